@@ -1,0 +1,144 @@
+"""Reading and writing audio files.
+
+`read_audio` loads any format libsndfile reads (WAV, FLAC, OGG, ...) as float32 (channels, samples)
+at the model's rate, for continuation prompts and for building steering vectors from audio.
+`write_wav` writes a result atomically as 32-bit float WAV. Every user-caused failure (missing or
+corrupt file, an output path that cannot be written) is a one-line `MusicsteerError`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import uuid
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+from .errors import MusicsteerError
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+def read_audio(
+    path: str | Path, sample_rate: int, channels: int, max_seconds: float | None = None
+) -> np.ndarray:
+    """Read an audio file as float32 (channels, samples) at `sample_rate`.
+
+    channels=1 averages the file's channels; channels=2 duplicates a mono file, keeps stereo, and
+    takes the first two channels of anything wider. Resampling uses soxr (quality "HQ").
+    max_seconds keeps the LAST max_seconds of the clip: a continuation prompt is continued from
+    its end, so the end is the part that matters.
+    """
+    if channels not in (1, 2):
+        raise ValueError(f"channels must be 1 or 2, got {channels!r}")
+    if sample_rate <= 0:
+        raise ValueError(f"sample_rate must be > 0, got {sample_rate!r}")
+    if max_seconds is not None and not (math.isfinite(max_seconds) and max_seconds > 0):
+        raise MusicsteerError(f"the audio length to keep must be > 0 seconds, got {max_seconds!r}")
+    path = Path(path)
+    if not path.exists():
+        raise MusicsteerError(f"audio file not found: {path}")
+    if not path.is_file():
+        raise MusicsteerError(f"audio path is not a file: {path}")
+    try:
+        # always_2d gives (frames, file_channels) for mono and multichannel files alike.
+        data, file_rate = sf.read(path, dtype="float32", always_2d=True)
+    except (sf.SoundFileError, RuntimeError, OSError, ValueError, TypeError) as exc:
+        raise MusicsteerError(f"cannot read audio file {path}: {_one_line(exc)}") from None
+    if data.shape[0] == 0 or data.shape[1] == 0:
+        raise MusicsteerError(f"audio file {path} is empty (0 samples)")
+    if not np.isfinite(data).all():
+        raise MusicsteerError(f"audio file {path} contains NaN or infinite samples")
+
+    if channels == 1:
+        data = data.mean(axis=1, keepdims=True)
+    elif data.shape[1] == 1:
+        data = np.repeat(data, 2, axis=1)
+    else:
+        data = data[:, :2]
+
+    if max_seconds is not None:
+        # Trim before resampling so a long file is not resampled only to be thrown away; a few
+        # extra input samples keep soxr's start-up transient out of the part we keep.
+        keep_in = math.ceil(max_seconds * file_rate) + 64
+        data = data[-keep_in:]
+    if file_rate != sample_rate:
+        data = soxr.resample(np.ascontiguousarray(data), file_rate, sample_rate, quality="HQ")
+    if max_seconds is not None:
+        keep_out = max(1, round(max_seconds * sample_rate))
+        data = data[-keep_out:]
+    return np.ascontiguousarray(data.T, dtype=np.float32)
+
+
+def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int) -> Path:
+    """Write `audio` ((channels, samples) or (samples,)) as a 32-bit float WAV and return the path.
+
+    Float samples are stored as they are (subtype FLOAT), so nothing outside [-1, 1] is clipped;
+    call `peak_normalize` first when a player needs the usual range. Parent folders are created.
+    The file is written under a temporary name in the same folder and renamed with os.replace, so
+    a crash or a full disk never leaves a half-written file under the final name.
+    """
+    path = Path(path)
+    audio = np.asarray(audio)
+    if audio.ndim == 1:
+        audio = audio[np.newaxis, :]
+    # More than 8 "channels" almost always means (samples, channels) was passed by mistake.
+    if audio.ndim != 2 or not 1 <= audio.shape[0] <= 8:
+        raise ValueError(f"audio must be (channels, samples) or (samples,), got shape {audio.shape}")
+    if not np.isfinite(audio).all():
+        raise ValueError("audio contains NaN or infinite samples; refusing to write it")
+    if sample_rate <= 0:
+        raise ValueError(f"sample_rate must be > 0, got {sample_rate!r}")
+    frames = np.ascontiguousarray(audio.T, dtype=np.float32)
+
+    if path.is_dir():
+        raise MusicsteerError(f"cannot write audio to {path}: it is a folder")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise MusicsteerError(f"cannot write audio to {path}: {path.parent} is a file, not a folder")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MusicsteerError(
+            f"cannot create folder {path.parent} for {path.name}: {exc.strerror or _one_line(exc)}"
+        ) from None
+    # A hidden name in the same folder keeps the rename on one file system (atomic); a plain open
+    # (not mkstemp) keeps the user's umask permissions on the final file.
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        sf.write(tmp, frames, int(sample_rate), subtype="FLOAT", format="WAV")
+        os.replace(tmp, path)
+    except (sf.SoundFileError, RuntimeError, OSError) as exc:
+        reason = getattr(exc, "strerror", None) or _one_line(exc)
+        raise MusicsteerError(f"cannot write audio file {path}: {reason}") from None
+    finally:
+        # After a successful replace the temp name is gone; after a failure, clean it up.
+        if tmp.exists():
+            tmp.unlink(missing_ok=True)
+    return path
+
+
+def peak_normalize(audio: np.ndarray, peak: float = 0.95) -> np.ndarray:
+    """Return a copy scaled so max |x| == peak (up or down); silence is returned unchanged.
+
+    Scaling up as well as down is deliberate: a tiny random test model can produce near-silent
+    or very loud output, and both should come out audible and unclipped.
+    """
+    if not (math.isfinite(peak) and peak > 0):
+        raise ValueError(f"peak must be > 0, got {peak!r}")
+    audio = np.asarray(audio)
+    if not np.issubdtype(audio.dtype, np.floating):
+        audio = audio.astype(np.float32)
+    if audio.size == 0:
+        return audio.copy()
+    if not np.isfinite(audio).all():
+        raise ValueError("audio contains NaN or infinite samples; cannot normalize it")
+    top = float(np.max(np.abs(audio)))
+    if top == 0.0:
+        return audio.copy()
+    return (audio * (peak / top)).astype(audio.dtype, copy=False)

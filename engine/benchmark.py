@@ -1,0 +1,230 @@
+"""`musicsteer bench`: the engine's token loop against transformers' own `generate`, same model.
+
+Three contenders run on one loaded model object (same weights, dtype and prompt):
+  engine        the `Generator` loop, MusicGen sampling (top-k 250, CFG 3), no steering;
+  engine+steer  the same with one residual steering term at the vectors' best layer;
+  hf_generate   `model.generate(do_sample=True, guidance_scale=3)`, EnCodec decode excluded.
+The machines this runs on are shared and noisy, so the contenders alternate within every repeat
+(A B C A B C ...) and the report gives medians, with the per-repeat values kept in `extra`.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+import transformers
+from transformers import StoppingCriteria, StoppingCriteriaList
+
+from .control import Controls
+from .generator import Generator
+from .vectors import SteeringVectors
+
+if TYPE_CHECKING:
+    from .loading import LoadedModel
+
+PROMPT = "lo-fi jazz with warm piano"
+STEER_ALPHA = 0.5
+WARMUP_STEPS = 16  # enough to build the fast decoder and settle kernel choices, cheap on big models
+
+
+@dataclass
+class BenchResult:
+    name: str
+    steps_per_s: float
+    rtf: float  # steps_per_s / frame rate: > 1 is faster than real time
+    ttfa_s: float  # time to the first complete frame of codes
+    ms_per_step: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Run:
+    seconds: float  # wall time of the timed steps
+    ttfa_s: float
+    steps: int
+    step_s: list[float]  # each decode step on its own: its median shrugs off a burst of contention
+
+
+def _sync(device: torch.device) -> None:
+    # CUDA work is asynchronous: read the clock only once the queued kernels have finished.
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def device_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass  # not Linux: keep platform's name
+    return f"{device.type} ({torch.get_num_threads()} threads, {cpu})"
+
+
+def random_vectors(lm: LoadedModel, seed: int = 0) -> SteeringVectors:
+    """Two random unit directions per layer: the cost of steering does not depend on which."""
+    gen = torch.Generator().manual_seed(seed)
+    layers, width = lm.num_layers, lm.d_model
+    directions = {label: torch.randn(layers, width, generator=gen) for label in ("a", "b")}
+    return SteeringVectors.create(directions, model=lm.name, method="random", best_layer=layers // 2)
+
+
+def _run_engine(lm: LoadedModel, steps: int, vectors: SteeringVectors | None) -> _Run:
+    if vectors is None:
+        controls = Controls(prompt=PROMPT)
+    else:
+        controls = Controls(prompt=PROMPT, mix={"a": 1.0}, alpha=STEER_ALPHA)
+    _sync(lm.device)
+    t0 = time.perf_counter()
+    gen = Generator(lm, controls, vectors)
+    gen.start()
+    _sync(lm.device)
+    t_start = time.perf_counter()
+    ttfa = math.nan
+    stamps = [t_start]
+    for _ in range(steps):
+        frame = gen.step()  # a completed frame is copied to the host, which syncs the device
+        stamps.append(time.perf_counter())
+        if frame is not None and math.isnan(ttfa):
+            ttfa = stamps[-1] - t0
+    _sync(lm.device)
+    t_end = time.perf_counter()
+    if math.isnan(ttfa):  # fewer steps than the delay pattern needs: finish the first frame untimed
+        while gen.step() is None:
+            pass
+        ttfa = time.perf_counter() - t0
+    return _Run(t_end - t_start, ttfa, steps, [b - a for a, b in zip(stamps, stamps[1:], strict=False)])
+
+
+@contextmanager
+def _no_audio_decode(lm: LoadedModel) -> Iterator[None]:
+    """Swap EnCodec's decode for one returning silence of the right shape, and restore it.
+
+    `generate` decodes all the audio once at the end; the engine streams codes and leaves the
+    decode to the streaming decoder. Timing only the token loop on both sides is the fair
+    comparison, so this measures generate's loop; it does not fake its result (the codes are real).
+    """
+    encoder = lm.model.audio_encoder
+    had_own = "decode" in vars(encoder)  # an instance attribute to put back, not the class method
+    original = encoder.decode
+    hop = round(encoder.config.sampling_rate / lm.frame_rate)
+
+    def silent_decode(codes: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        from transformers.models.encodec.modeling_encodec import EncodecDecoderOutput
+
+        # codes: (frames_chunks, B, K, T) -> audio (B, 1, T * hop), as EnCodec would return.
+        audio = torch.zeros(codes.shape[1], 1, codes.shape[-1] * hop, device=codes.device)
+        return EncodecDecoderOutput(audio_values=audio)
+
+    encoder.decode = silent_decode
+    try:
+        yield
+    finally:
+        if had_own:
+            encoder.decode = original
+        else:
+            del encoder.decode  # back to the class's bound method, the very same function
+
+
+class _StepClock(StoppingCriteria):
+    """Never stops generation; notes the time at the end of each of generate's decode steps."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.stamps: list[float] = []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        _sync(self.device)
+        self.stamps.append(time.perf_counter())
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+
+def _run_generate(lm: LoadedModel, steps: int) -> _Run:
+    clock = _StepClock(lm.device)
+    inputs = lm.processor(text=[PROMPT], padding=True, return_tensors="pt").to(lm.device)
+    defaults = Controls()
+    # fork_rng: generate samples from the global RNG; seed it for repeatability, restore it after.
+    with _no_audio_decode(lm), torch.random.fork_rng(devices=[lm.device] if lm.device.type == "cuda" else []):
+        torch.manual_seed(defaults.seed)
+        _sync(lm.device)
+        t0 = time.perf_counter()
+        lm.model.generate(**inputs, do_sample=True, guidance_scale=defaults.guidance, top_k=defaults.top_k,
+                          max_new_tokens=steps, stopping_criteria=StoppingCriteriaList([clock]))
+        _sync(lm.device)
+        seconds = time.perf_counter() - t0
+    # generate returns every frame at once (its streamer is broken in transformers 5.23), so its
+    # first frame arrives with the last.
+    # Step intervals start at the first stamp: the first step also ran the text encoder.
+    return _Run(seconds, seconds, steps, [b - a for a, b in zip(clock.stamps, clock.stamps[1:], strict=False)])
+
+
+def _summarise(name: str, runs: list[_Run], frame_rate: float, note: str) -> BenchResult:
+    rates = [r.steps / r.seconds for r in runs]
+    ms = [1000 * r.seconds / r.steps for r in runs]
+    ttfa = [r.ttfa_s for r in runs]
+    rate = statistics.median(rates)
+    each = [t for r in runs for t in r.step_s] or [r.seconds / r.steps for r in runs]  # steps=1
+    extra = {"steps_per_s_runs": rates, "ms_per_step_runs": ms, "ttfa_s_runs": ttfa,
+             "ms_per_step_median_of_steps": 1000 * statistics.median(each), "note": note}
+    return BenchResult(name, rate, rate / frame_rate, statistics.median(ttfa), statistics.median(ms), extra)
+
+
+def run_benchmark(lm: LoadedModel, steps: int = 100, repeats: int = 3, warmup: int = 1) -> dict[str, Any]:
+    """Time the engine, the engine with steering and `generate`, interleaved; a JSON-ready report."""
+    if steps < 1 or repeats < 1 or warmup < 0:
+        raise ValueError("steps and repeats must be >= 1, warmup >= 0")
+    vectors = random_vectors(lm)
+    contenders: list[tuple[str, Callable[[int], _Run]]] = [
+        ("engine", lambda n: _run_engine(lm, n, None)),
+        ("engine+steer", lambda n: _run_engine(lm, n, vectors)),
+        ("hf_generate", lambda n: _run_generate(lm, n)),
+    ]
+    runs: dict[str, list[_Run]] = {name: [] for name, _ in contenders}
+    # no_grad, not inference_mode: the engine's first Generator re-lays the model's weights
+    # (FastDecoder), and inference tensors would break later autograd or in-place use of the model.
+    with torch.no_grad():
+        for _ in range(warmup):
+            for _, run in contenders:
+                run(min(steps, WARMUP_STEPS))
+        for _ in range(repeats):
+            for name, run in contenders:
+                runs[name].append(run(steps))
+
+    notes = {
+        "engine": "steps/s over `steps` step() calls after start(); ttfa includes Generator() + start()",
+        "engine+steer": f"as engine, one residual term (alpha {STEER_ALPHA}) at layer {vectors.best_layer}",
+        "hf_generate": "wall time of generate() incl. text encoding and one prefill, EnCodec decode "
+                       "excluded (no-op decode); ttfa = whole call (no streaming)",
+    }
+    results = [_summarise(name, runs[name], lm.frame_rate, notes[name]) for name, _ in contenders]
+    by_name = {r.name: r for r in results}
+    engine, steer, hf = by_name["engine"], by_name["engine+steer"], by_name["hf_generate"]
+    return {
+        "model": lm.name,
+        "device": device_description(lm.device),
+        "dtype": str(lm.dtype).removeprefix("torch."),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "steps": steps,
+        "repeats": repeats,
+        "prompt": PROMPT,
+        "results": [asdict(r) for r in results],
+        "ratios": {
+            "engine_vs_hf_generate": engine.steps_per_s / hf.steps_per_s,
+            "steer_overhead_pct": (steer.ms_per_step / engine.ms_per_step - 1) * 100,
+            # The same from the median single step (no prefill, robust to contention bursts).
+            "engine_vs_hf_generate_step_median": hf.extra["ms_per_step_median_of_steps"]
+            / engine.extra["ms_per_step_median_of_steps"],
+        },
+    }

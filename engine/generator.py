@@ -1,0 +1,209 @@
+"""One generation session: the token-by-token loop over a preallocated cache.
+
+Each `step()` is one token boundary: apply the control changes due now, run the decoder on the
+pending input (the prefill of a window, or the last sampled token), mix the CFG halves, sample,
+place the tokens in the delay pattern, and return the frame this step completed, if any.
+
+Sessions are endless: when the window (the model's trained 30 s by default) is full, the last
+`keep` frames are re-prefilled at positions from 0 (audiocraft's extension keeps 12 s of 30 s),
+and generation continues from exactly where it was.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from . import decoder as decoder_fn
+from .control import Controls, ControlState
+from .decoder import FastDecoder
+from .delay import DelayPattern
+from .errors import MusicsteerError
+from .events import Change
+from .kv_cache import KVCache
+from .sampling import guided_logits, sample_tokens
+from .steering import SteeringTensors
+from .vectors import SteeringVectors
+
+if TYPE_CHECKING:
+    from .loading import LoadedModel
+
+DEFAULT_WINDOW_SECONDS = 30.0  # MusicGen's training length; positions past it are untrained
+DEFAULT_KEEP_SECONDS = 12.0  # context carried into the next window (audiocraft's choice)
+
+
+@dataclass(frozen=True)
+class Frame:
+    index: int  # frame number in the session (50 per second)
+    codes: Tensor  # (B, K) long, on the CPU
+
+
+def fast_decoder(lm: LoadedModel) -> FastDecoder:
+    """The FastDecoder of a loaded model, built once (it re-points the model's weights as views)."""
+    dec = getattr(lm.model, "_musicsteer_fast_decoder", None)
+    if dec is None:
+        dec = FastDecoder(lm.model).eval()
+        lm.model._musicsteer_fast_decoder = dec
+    return dec
+
+
+@torch.no_grad()
+def encode_text(lm: LoadedModel, prompt: str) -> tuple[Tensor, Tensor]:
+    """Text -> (states (2, S, d_text), mask (2, S)): the conditional row, then the null row."""
+    inputs = lm.processor(text=[prompt], padding=True, return_tensors="pt").to(lm.device)
+    states = lm.model.text_encoder(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask)
+    states = states.last_hidden_state
+    mask = inputs.attention_mask
+    return torch.cat([states, torch.zeros_like(states)]), torch.cat([mask, torch.zeros_like(mask)])
+
+
+class Generator:
+    def __init__(
+        self,
+        lm: LoadedModel,
+        controls: Controls | None = None,
+        vectors: SteeringVectors | None = None,
+        *,
+        window_seconds: float = DEFAULT_WINDOW_SECONDS,
+        keep_seconds: float = DEFAULT_KEEP_SECONDS,
+        steer_rule: str = "renorm",
+        steer_both: bool = False,
+    ) -> None:
+        if vectors is not None:
+            vectors.check_model(lm.num_layers, lm.d_model, lm.name)
+        self.lm = lm
+        self.dec = fast_decoder(lm)
+        self.window = min(round(window_seconds * lm.frame_rate) + 1, lm.max_positions)
+        self.keep = round(keep_seconds * lm.frame_rate)
+        if not 0 < self.keep < self.window - lm.num_codebooks - 1:
+            raise MusicsteerError(f"keep ({keep_seconds} s) must be shorter than the window ({window_seconds} s)")
+        batch = 1
+        dec = self.dec
+        self.cache = KVCache(dec.num_layers, 2 * batch, dec.num_heads, self.window, dec.head_dim,
+                             lm.dtype, lm.device)
+        self.steering = SteeringTensors(dec.num_layers, dec.d_model, batch, lm.device, steer_rule, steer_both)
+        self.control = ControlState(controls or Controls(), vectors, dec.num_layers, lm.frame_rate)
+        self.delay = DelayPattern(lm.num_codebooks, lm.audio_channels, lm.pad_token_id, batch, self.window,
+                                  lm.device)
+        self.rng = torch.Generator(device=lm.device)
+        self.step_index = 0  # tokens generated in this session
+        self.frame_offset = 0  # session index of the current window's frame 0
+        self.end_frame: int | None = None
+        self.capture: dict[str, Tensor] | None = None  # set to a dict to read activations (tests, meter)
+        self.last_logits: Tensor | None = None  # raw (2B, K, V) logits of the last step
+        self.on_applied = None  # optional callback(step, changes) for the session log
+        self._inputs: tuple[Tensor, Tensor] | None = None
+        self._position = 0
+
+    # -- session control --------------------------------------------------------------------
+    def submit(self, change: Change, at_step: int | None = None) -> Change:
+        """Queue a change (thread-safe); it takes effect at the next token (or at `at_step`)."""
+        return self.control.submit(change, at_step)
+
+    def start(self, prompt_codes: Tensor | None = None) -> None:
+        """Begin the session: encode the text prompt, and prefill the audio prompt codes (1, K, F) if any."""
+        self.rng.manual_seed(self.control.values.seed)
+        self._set_prompt(self.control.values.prompt)
+        if prompt_codes is not None:
+            # A prompt longer than the window keeps its end (the part the continuation follows).
+            prompt_codes = prompt_codes[..., -(self.window - self.delay.max_delay - 2):]
+        self._begin_window(prompt_codes)
+
+    def set_end(self, total_frames: int) -> None:
+        """Finish after `total_frames` session frames, padding the last delayed codebooks as
+        transformers' generate does (so a finite render is exactly generate's)."""
+        self.end_frame = total_frames
+        self.delay.end_frame = total_frames - self.frame_offset
+
+    # -- the loop -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def step(self) -> Frame | None:
+        """Generate one token for every codebook; return the frame it completed, if any."""
+        applied = self.control.apply_due(self.step_index)
+        self._sync_controls()
+        if applied and self.on_applied is not None:
+            self.on_applied(self.step_index, applied)
+        if self._position >= self.window:
+            self._slide()
+
+        tokens, positions = self._inputs
+        attend = int(positions[-1]) + 1 if positions.numel() > 1 else self._position
+        logits = decoder_fn.forward(self.dec, tokens, positions, self.cache, self.steering, attend, self.capture)
+        self.last_logits = logits[:, :, -1]
+        values = self.control.values
+        mixed = guided_logits(self.last_logits, values.guidance)
+        sampled = sample_tokens(mixed, values.temperature, values.top_k, values.top_p, self.rng)
+
+        position = self._position
+        resolved = self.delay.resolve(position, sampled)
+        self._inputs = (resolved.repeat(2, 1)[:, :, None], self._positions[position : position + 1])
+        self._position += 1
+        self.step_index += 1
+        frame = self.delay.completed_frame(position)
+        if frame is None:
+            return None
+        return Frame(self.frame_offset + frame, self.delay.frame(frame).cpu())
+
+    @property
+    def done(self) -> bool:
+        """True once a finite session (set_end) has produced its last frame."""
+        return self.end_frame is not None and self.frames_completed >= self.end_frame
+
+    @property
+    def frames_completed(self) -> int:
+        return self.frame_offset + max(0, self._position - 1 - self.delay.max_delay)
+
+    # -- internals ----------------------------------------------------------------------------
+    def _sync_controls(self) -> None:
+        control = self.control
+        if control.steering_dirty:
+            self.steering.set_terms(control.terms())
+            control.steering_dirty = False
+        if control.prompt_dirty:
+            self._set_prompt(control.values.prompt)
+            control.prompt_dirty = False
+        if control.seed_dirty:
+            self.rng.manual_seed(control.values.seed)
+            control.seed_dirty = False
+
+    def _set_prompt(self, prompt: str) -> None:
+        states, mask = encode_text(self.lm, prompt)
+        self.dec.fill_cross_attention(self.cache, states.to(self.lm.dtype), mask)
+
+    def _begin_window(self, known: Tensor | list[Tensor] | None) -> None:
+        self.delay.reset(known)
+        if self.end_frame is not None:
+            self.delay.end_frame = self.end_frame - self.frame_offset
+        tokens = self.delay.prefill_tokens()  # (B, K, P+1)
+        self._positions = torch.arange(self.window, device=self.lm.device)
+        length = tokens.shape[-1]
+        self._inputs = (tokens.repeat(2, 1, 1), self._positions[:length])
+        self._position = length
+
+    def _slide(self) -> None:
+        """Window full: carry the last `keep` frames of every codebook into a fresh window."""
+        last = self._position - 1  # the newest sampled position (its token is not yet in the cache)
+        generated = [last - d for d in self.delay.delays]  # frames held per codebook
+        start = min(generated) - self.keep
+        tail = [self.delay.codes[:, k, start:n].clone() for k, n in enumerate(generated)]
+        self.frame_offset += start
+        self._begin_window(tail)
+
+
+def render_codes(gen: Generator, total_frames: int, prompt_codes: Tensor | None = None,
+                 on_frame: Callable[[Frame], None] | None = None) -> Tensor:
+    """Run a finite session to `total_frames` (prompt frames included); return codes (K, total_frames)."""
+    gen.start(prompt_codes)
+    gen.set_end(total_frames)
+    frames = [] if prompt_codes is None else list(prompt_codes[0].cpu().unbind(-1))
+    while not gen.done:
+        frame = gen.step()
+        if frame is not None:
+            frames.append(frame.codes[0])
+            if on_frame is not None:
+                on_frame(frame)
+    return torch.stack(frames, dim=-1)

@@ -1,0 +1,169 @@
+"""Streaming EnCodec decode: complete frames of codes in, settled PCM chunks out, at constant cost.
+
+The 32 kHz EnCodec decoder is conv(k7) -> LSTM -> transposed-conv upsampler (x640) with symmetric
+(non-causal) padding. Re-decoding the whole history per chunk (the HF demo) is quadratic; instead
+each chunk decodes a bounded window [context | new frames | lookahead] and keeps only the new
+frames' samples, which the lookahead has settled.
+
+The LSTM is the one part with unbounded memory. A bounded left context only approximates it, so
+by default we carry the LSTM's (h, c) state across chunks instead: it is advanced only over frames
+whose conv inputs are already final, so it equals the one-shot state (up to rounding), and the
+window then needs only the convs' few frames of receptive field. `stateful_lstm=False` decodes each
+window from a zero state (for decoders laid out differently, and to measure what context costs).
+
+Measured (real-architecture EnCodec, random weights, 21 s of random codes) in the tests' notes and
+the module report; the defaults give SNR >= 30 dB against one-shot `codec.decode_codes`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .errors import MusicsteerError
+
+if TYPE_CHECKING:
+    from .loading import LoadedModel
+
+
+@dataclass
+class StreamingConfig:
+    context_frames: int = 2  # left frames re-decoded before each chunk: the upsampler's receptive field
+    lookahead_frames: int = 3  # right frames decoded but not emitted: settle the non-causal convs
+    chunk_frames: int = 5  # decode every 5 frames (100 ms): per-call overhead vs latency
+    crossfade_samples: int = 128  # 4 ms raised-cosine seam with the previous chunk's lookahead tail
+    stateful_lstm: bool = True  # carry LSTM state (exact); False: zero state + context (approximate)
+
+
+class StreamingDecoder:
+    """Push frames of codes as they are generated; get back audio as soon as it is settled."""
+
+    def __init__(self, lm: LoadedModel, config: StreamingConfig | None = None) -> None:
+        self.config = cfg = config or StreamingConfig()
+        self.codec = lm.model.audio_encoder
+        self.device, self.dtype = lm.device, lm.dtype
+        self.channels, self.num_codebooks = lm.audio_channels, lm.num_codebooks
+        self.hop = lm.sample_rate // lm.frame_rate  # samples per frame (640 at 32 kHz / 50 Hz)
+        self.frame_ms = 1000.0 / lm.frame_rate
+        if min(cfg.context_frames, cfg.lookahead_frames, cfg.crossfade_samples) < 0 or cfg.chunk_frames < 1:
+            raise MusicsteerError(f"invalid streaming config {cfg}")
+        if cfg.crossfade_samples > cfg.lookahead_frames * self.hop:
+            # the tail we fade out of is decoded from the lookahead frames, so it cannot be longer
+            raise MusicsteerError("crossfade_samples must be <= lookahead_frames * samples per frame")
+        layers = list(self.codec.decoder.layers)
+        lstm = getattr(layers[1], "lstm", None) if len(layers) > 2 else None
+        self._stateful = cfg.stateful_lstm and isinstance(lstm, torch.nn.LSTM)
+        if self._stateful:
+            self._pre, self._lstm, self._post = layers[0], lstm, layers[2:]
+            # frames of right context the first conv reads: features nearer the window's end than
+            # this see reflect padding instead of codes, so the state must not advance over them
+            self._pre_reach = (int(layers[0].conv.kernel_size[0]) - 1) // 2
+        fade = (np.arange(cfg.crossfade_samples) + 0.5) / max(cfg.crossfade_samples, 1)
+        self._fade_in = (0.5 - 0.5 * np.cos(np.pi * fade)).astype(np.float32)  # sums to 1 with 1 - it
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the stream: the next push starts a new one at frame 0."""
+        self._codes = torch.empty((self.num_codebooks, 0), dtype=torch.long, device=self.device)
+        self._base = 0  # absolute frame index of self._codes[:, 0]
+        self._done = 0  # frames whose audio has been emitted
+        self._state: tuple[Tensor, Tensor] | None = None  # LSTM (h, c) after frame self._state_pos - 1
+        self._state_pos = 0
+        self._tail: np.ndarray | None = None  # decoded samples just past the emitted ones, to fade out of
+        self._flushed = False
+        self.frames_in = 0
+        self.samples_out = 0
+        self.last_decode_frames = 0  # code frames the last chunk decoded (bounded: the cost per chunk)
+        self.last_decode_ms = 0.0
+
+    @property
+    def latency_ms(self) -> float:
+        """Added algorithmic latency: a frame waits for its chunk to fill, then for the lookahead."""
+        return (self.config.lookahead_frames + self.config.chunk_frames) * self.frame_ms
+
+    def push(self, codes: Tensor) -> np.ndarray | None:
+        """codes (K,) or (K, n) long -> float32 (channels, samples) newly settled audio, or None."""
+        if self._flushed:
+            raise MusicsteerError("StreamingDecoder.push after flush(); call reset() to start a new stream")
+        codes = torch.as_tensor(codes).to(self.device, torch.long)
+        codes = codes[:, None] if codes.dim() == 1 else codes
+        if codes.dim() != 2 or codes.shape[0] != self.num_codebooks:
+            raise MusicsteerError(f"expected codes of shape ({self.num_codebooks},) or ({self.num_codebooks}, n), "
+                                  f"got {tuple(codes.shape)}")
+        self._codes = torch.cat([self._codes, codes], dim=1)
+        self.frames_in += codes.shape[1]
+        cfg, out = self.config, []
+        while self._done + cfg.chunk_frames + cfg.lookahead_frames <= self.frames_in:
+            out.append(self._decode_chunk(self._done + cfg.chunk_frames, self._done + cfg.chunk_frames
+                                          + cfg.lookahead_frames))
+        return np.concatenate(out, axis=1) if out else None
+
+    def flush(self) -> np.ndarray:
+        """End of stream: decode what is left with no lookahead (the one-shot decode's right edge),
+        so that the total output is exactly frames_in * hop samples."""
+        out = self._decode_chunk(self.frames_in, self.frames_in) if self._done < self.frames_in else None
+        self._flushed, self._tail = True, None
+        return out if out is not None else np.zeros((self.channels, 0), dtype=np.float32)
+
+    # ------------------------------------------------------------------ one chunk
+
+    def _run_lstm(self, seq: Tensor, state: tuple[Tensor, Tensor] | None) -> tuple[Tensor, tuple | None]:
+        if seq.shape[0] == 0:  # nn.LSTM rejects empty sequences; the state simply stays put
+            return seq, state
+        return self._lstm(seq, state)
+
+    @torch.inference_mode()
+    def _decode_chunk(self, end: int, window_end: int) -> np.ndarray:
+        """Emit frames [self._done, end), decoding codes up to window_end (exclusive)."""
+        start = time.perf_counter()
+        cfg = self.config
+        first = max(0, self._done - cfg.context_frames)  # first frame through the upsampler
+        if self._stateful:
+            next_first = max(0, end - cfg.context_frames)
+            # advance the LSTM state only over frames whose first-conv input is all real codes
+            save_at = max(self._state_pos, min(next_first, window_end - self._pre_reach))
+            codes_from = max(0, self._state_pos - self._pre_reach)
+        else:
+            codes_from = first
+        window = self._codes[:, codes_from - self._base : window_end - self._base]
+        # stereo: the ::2 / 1::2 codebook groups are two mono streams, decoded as a batch of 2
+        groups = window[None] if self.channels == 1 else torch.stack([window[0::2], window[1::2]])
+        embeddings = self.codec.quantizer.decode(groups.transpose(0, 1)).to(self.dtype)  # (C, D, T)
+        if self._stateful:
+            hidden = self._pre(embeddings)[..., self._state_pos - codes_from :]  # frames from _state_pos
+            seq = hidden.permute(2, 0, 1)  # (T, C, D): nn.LSTM's layout
+            split = save_at - self._state_pos
+            head, state = self._run_lstm(seq[:split], self._state)
+            tail, _ = self._run_lstm(seq[split:], state)
+            hidden = (torch.cat([head, tail]) + seq).permute(1, 2, 0)  # EncodecLSTM's residual
+            hidden = hidden[..., first - self._state_pos :]
+            for layer in self._post:
+                hidden = layer(hidden)
+            audio = hidden
+            self._state, self._state_pos = state, save_at
+            self.last_decode_frames = window_end - codes_from
+        else:
+            audio = self.codec.decoder(embeddings)
+            self.last_decode_frames = window_end - first
+        audio = audio[:, 0].float().cpu().numpy()  # (C, (window_end - first) * hop)
+        lo, hi = (self._done - first) * self.hop, (end - first) * self.hop
+        chunk = audio[:, lo:hi].copy()
+        fade = min(len(self._fade_in), chunk.shape[1])
+        if self._tail is not None and fade:
+            # the previous chunk decoded these samples too, from a window that ended nearer them:
+            # blend from its version into ours so the seam has no step
+            w = self._fade_in[:fade]
+            chunk[:, :fade] = self._tail[:, :fade] * (1.0 - w) + chunk[:, :fade] * w
+        self._tail = audio[:, hi : hi + len(self._fade_in)] if window_end > end else None
+        self._done = end
+        keep_from = max(0, self._state_pos - self._pre_reach) if self._stateful else max(0, end - cfg.context_frames)
+        self._codes = self._codes[:, keep_from - self._base :]  # bounded memory: drop frames no window needs
+        self._base = keep_from
+        self.samples_out += chunk.shape[1]
+        self.last_decode_ms = (time.perf_counter() - start) * 1000.0
+        return chunk

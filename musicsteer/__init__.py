@@ -1,0 +1,3 @@
+"""musicsteer: realtime streaming activation steering for MusicGen."""
+
+__version__ = "0.1.0"

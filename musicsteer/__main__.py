@@ -1,0 +1,5 @@
+import sys
+
+from musicsteer.cli import main
+
+sys.exit(main())

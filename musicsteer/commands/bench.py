@@ -1,0 +1,36 @@
+"""`musicsteer bench`: this engine against transformers' generate on the same model, in one run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from musicsteer.engine.benchmark import run_benchmark
+from musicsteer.engine.loading import load_model
+
+from .options import add_model_options
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("bench", help="measure decode speed against transformers' generate",
+                            description="Steps/s, real-time factor and time to first audio of the engine, "
+                                        "with and without steering, against model.generate in the same run.")
+    add_model_options(parser)
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", help="write the report to this JSON file")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    lm = load_model(args.model, args.device, args.dtype)
+    report = run_benchmark(lm, steps=args.steps, repeats=args.repeats)
+    for result in report["results"]:
+        print(f"{result['name']:>14}: {result['steps_per_s']:8.1f} steps/s  rtf {result['rtf']:6.2f}  "
+              f"ttfa {result['ttfa_s'] * 1000:7.1f} ms")
+    for name, value in report["ratios"].items():
+        print(f"{name}: {value:.3f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+    return 0

@@ -1,0 +1,39 @@
+"""Shared fixtures: tiny random MusicGen models built offline, and a steering-vectors file for them.
+
+Nothing here is mocked: every model is a real transformers MusicGen with random weights (the hub's
+weights cannot be downloaded here), built by the project's own recipe.
+"""
+
+from __future__ import annotations
+
+import torch
+import pytest
+
+from musicsteer.engine.loading import LoadedModel, load_model
+from musicsteer.engine.tiny import build_tiny_model
+from musicsteer.engine.vectors import SteeringVectors
+
+
+def in_memory(stereo: bool = False, **shape: int) -> LoadedModel:
+    """A tiny random MusicGen of the given shape, wrapped as the engine sees a loaded model."""
+    model, processor = build_tiny_model(stereo=stereo, **shape)
+    return LoadedModel(model.eval(), processor, "tiny-test", torch.device("cpu"), torch.float32)
+
+
+@pytest.fixture(scope="session")
+def tiny() -> LoadedModel:
+    """The cached `--model tiny`, loaded through the same from_pretrained path a user's model takes."""
+    return load_model("tiny", "cpu", "float32")
+
+
+def random_vectors(lm: LoadedModel, labels: tuple[str, ...] = ("rock", "jazz", "classical"), seed: int = 0,
+                   best_layer: int | None = None) -> SteeringVectors:
+    gen = torch.Generator().manual_seed(seed)
+    directions = {label: torch.randn(lm.num_layers, lm.d_model, generator=gen) for label in labels}
+    layer = lm.num_layers - 1 if best_layer is None else best_layer
+    return SteeringVectors.create(directions, model=lm.name, method="random", best_layer=layer)
+
+
+@pytest.fixture
+def vectors_file(tiny: LoadedModel, tmp_path) -> str:
+    return str(random_vectors(tiny).save(tmp_path / "tiny-vectors.safetensors"))

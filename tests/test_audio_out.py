@@ -1,0 +1,233 @@
+"""Ring buffer units, and real playback: PortAudio through a JACK dummy server, and the null sink."""
+
+from __future__ import annotations
+
+import threading
+import time
+import tracemalloc
+
+import numpy as np
+import pytest
+from jack import jack_server
+
+from musicsteer.engine.audio_out import (
+    NullSink,
+    PortAudioSink,
+    list_output_devices,
+    open_sink,
+    resolve_output_device,
+)
+from musicsteer.engine.errors import MusicsteerError
+from musicsteer.engine.ring_buffer import RingBuffer
+
+RATE = 32000
+BLOCK = 1024
+
+
+def ramp(channels: int, start: int, n: int) -> np.ndarray:
+    """(channels, n) frames whose values name their position, so any misplaced frame shows."""
+    idx = np.arange(start, start + n, dtype=np.float32)
+    return np.stack([idx + 0.25 * c for c in range(channels)])
+
+
+def sine(seconds: float, rate: int = RATE, channels: int = 2) -> np.ndarray:
+    t = np.arange(round(seconds * rate)) / rate
+    return np.repeat(0.2 * np.sin(2 * np.pi * 440 * t)[np.newaxis], channels, axis=0).astype(np.float32)
+
+
+# ---- ring buffer --------------------------------------------------------------------------------
+def test_ring_wraps_around_and_keeps_frames_whole() -> None:
+    ring = RingBuffer(channels=2, capacity=10, sample_rate=RATE)
+    assert ring.write(ramp(2, 0, 7)) == 7
+    out = np.empty((5, 2), np.float32)
+    assert ring.read_into(out) == 5
+    np.testing.assert_array_equal(out, ramp(2, 0, 5).T)
+    assert ring.write(ramp(2, 7, 7)) == 7  # crosses the end of the storage
+    out = np.empty((9, 2), np.float32)
+    assert ring.read_into(out) == 9
+    np.testing.assert_array_equal(out, ramp(2, 5, 9).T)
+    assert ring.available == 0 and ring.underrun_events == 0
+
+
+def test_ring_overfill_writes_what_fits() -> None:
+    ring = RingBuffer(channels=1, capacity=10, sample_rate=RATE)
+    assert ring.write(ramp(1, 0, 15)) == 10
+    assert ring.space == 0 and ring.write(ramp(1, 15, 3)) == 0
+    assert ring.seconds == pytest.approx(10 / RATE)
+    out = np.empty((10, 1), np.float32)
+    ring.read_into(out)
+    np.testing.assert_array_equal(out[:, 0], np.arange(10))  # the oldest frames, none overwritten
+
+
+def test_ring_underrun_zero_fills_and_counts_dropouts() -> None:
+    ring = RingBuffer(channels=2, capacity=16, sample_rate=RATE)
+    out = np.full((8, 2), 9.0, np.float32)
+    assert ring.read_into(out) == 0  # nothing written yet: start-up silence, not an underrun
+    assert not out.any() and ring.idle_frames == 8 and ring.underrun_events == 0
+    ring.write(ramp(2, 0, 3))
+    out[:] = 9.0
+    assert ring.read_into(out) == 3
+    np.testing.assert_array_equal(out[:3], ramp(2, 0, 3).T)
+    assert not out[3:].any()
+    ring.read_into(out)  # still starved: the same dropout
+    assert (ring.underrun_events, ring.underrun_frames) == (1, 13)
+    ring.write(ramp(2, 3, 8))
+    ring.read_into(out)
+    ring.read_into(out)  # a second dropout
+    assert (ring.underrun_events, ring.underrun_frames) == (2, 21)
+    ring.write(ramp(2, 0, 2))
+    ring.mark_end()
+    ring.read_into(out)  # the tail after the producer finished is expected silence
+    assert (ring.underrun_events, ring.underrun_frames, ring.idle_frames) == (2, 21, 14)
+    assert ring.frames_read + ring.underrun_frames + ring.idle_frames == 6 * 8
+
+
+def test_ring_read_into_allocates_nothing() -> None:
+    calls, frames = 10_000, 64
+    ring = RingBuffer(channels=2, capacity=calls * frames, sample_rate=RATE)
+    ring.write(np.ones((2, calls * frames // 2), np.float32))  # the second half of the calls underruns
+    out = np.empty((frames, 2), np.float32)
+    ring.read_into(out)
+    tracemalloc.start()
+    try:
+        before, _ = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        for _ in range(calls - 1):
+            ring.read_into(out)
+        after, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert ring.underrun_events == 1 and ring.frames_read == calls * frames // 2
+    assert after - before < 1024, f"read_into grew memory by {after - before} bytes"
+    assert peak - before < out.nbytes, f"read_into allocated {peak - before} bytes at its peak"
+
+
+def test_wait_for_space_times_out_then_wakes_when_consumed() -> None:
+    ring = RingBuffer(channels=1, capacity=1000, sample_rate=RATE)
+    ring.write(np.zeros((1, 1000), np.float32))
+    assert ring.wait_for_space(10, timeout=0.05) is False
+    threading.Timer(0.05, ring.read_into, args=(np.empty((500, 1), np.float32),)).start()
+    assert ring.wait_for_space(400, timeout=2.0) is True
+    with pytest.raises(ValueError):
+        ring.wait_for_space(1001)
+
+
+# ---- device resolution --------------------------------------------------------------------------
+def test_unknown_device_is_one_clear_line() -> None:
+    with pytest.raises(MusicsteerError) as err:
+        resolve_output_device("no-such-speaker")
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith("unknown output device 'no-such-speaker'; available: ") and "null" in message
+    with pytest.raises(MusicsteerError, match="unknown output device '4242'"):
+        resolve_output_device(4242)
+    assert resolve_output_device("NULL") == "null"
+    assert list_output_devices()[-1]["name"] == "null"
+
+
+# ---- playback -----------------------------------------------------------------------------------
+def play(sink, audio: np.ndarray, chunk: int = 640) -> None:
+    """Produce like the generation thread: write in chunks, pacing on the ring's space."""
+    for i in range(0, audio.shape[1], chunk):
+        block = audio[:, i : i + chunk]
+        assert sink.wait_for_space(block.shape[1], timeout=5.0)
+        assert sink.write(block) == block.shape[1]
+
+
+def check_books(sink, ring: RingBuffer) -> None:
+    """Every frame the device asked for was audio, a counted underrun, or start/end silence."""
+    assert sink.callback_errors == 0
+    assert sink.callbacks * BLOCK == ring.frames_read + ring.underrun_frames + ring.idle_frames
+
+
+@pytest.fixture(scope="module")
+def jack32k():
+    with jack_server(RATE) as name:
+        yield name
+
+
+def test_portaudio_sink_plays_three_seconds_through_jack(jack32k: str) -> None:
+    ring = RingBuffer(2, RATE // 2, RATE)
+    sink = open_sink("system", ring, RATE, 2, blocksize=BLOCK, resample=False)
+    assert isinstance(sink, PortAudioSink) and not sink.resampling
+    audio = sine(3.0)
+    ring.write(audio[:, : RATE // 4])  # prime a quarter second, as a session does before start()
+    start = time.monotonic()
+    sink.start()
+    try:
+        play(sink, audio[:, RATE // 4 :])
+        assert sink.drain(timeout=5.0)
+        elapsed = time.monotonic() - start
+    finally:
+        sink.stop()
+    expected = 3 * RATE / BLOCK  # 93.75
+    print(f"jack 32k: {sink.callbacks} callbacks in {elapsed:.3f} s (expected ~{expected:.1f}), "
+          f"underruns {sink.underrun_events}/{sink.underrun_frames} frames, xruns {sink.output_underflows}")
+    assert ring.frames_read == audio.shape[1]
+    assert expected - 1 <= sink.callbacks <= expected + 8
+    assert 2.7 <= elapsed <= 3.5
+    assert sink.underrun_events == 0
+    check_books(sink, ring)
+
+
+def test_portaudio_sink_counts_underruns_when_producer_stops_early(jack32k: str) -> None:
+    ring = RingBuffer(2, RATE // 2, RATE)
+    sink = open_sink("sys", ring, RATE, 2, blocksize=BLOCK)  # a substring of the name is enough
+    ring.write(sine(0.5))
+    sink.start()
+    try:
+        play(sink, sine(0.5))  # one second in all, then the producer "stalls" without drain()
+        ring.wait_until_empty(timeout=5.0)
+        time.sleep(0.6)
+    finally:
+        sink.stop()
+    starved_s = sink.underrun_frames / RATE
+    print(f"early stop: {sink.underrun_events} dropout(s), {starved_s:.3f} s of silence inserted")
+    assert sink.underrun_events == 1
+    assert 0.45 <= starved_s <= 1.0
+    assert ring.frames_read == RATE
+    check_books(sink, ring)
+
+
+def test_device_refusing_the_model_rate() -> None:
+    with jack_server(48000):
+        ring = RingBuffer(2, RATE // 2, RATE)
+        with pytest.raises(MusicsteerError) as err:
+            open_sink("system", ring, RATE, 2, resample=False)
+        assert str(err.value) == "output device 'system' refuses 32000 Hz (supports 48000 Hz)"
+        assert ring.sample_rate == RATE
+        sink = open_sink("system", ring, RATE, 2, blocksize=BLOCK, resample=True)
+        assert sink.resampling and sink.device_rate == 48000 and ring.sample_rate == 48000
+        sink.start()
+        try:
+            play(sink, sine(1.0))
+            assert sink.drain(timeout=5.0)
+        finally:
+            sink.stop()
+        print(f"jack 48k via soxr: {sink.callbacks} callbacks, {ring.frames_read} device frames for 1 s")
+        assert ring.frames_read == 48000  # every model frame arrived, resampled 3:2, tail included
+        assert sink.underrun_events == 0
+        check_books(sink, ring)
+
+
+def test_null_sink_runs_in_real_time() -> None:
+    ring = RingBuffer(2, 4096, RATE)
+    sink = open_sink("null", ring, RATE, 2, blocksize=BLOCK)
+    assert isinstance(sink, NullSink)
+    audio = sine(3.0)
+    ring.write(audio[:, :4096])  # primed, or the first tick would race the producer's first write
+    start = time.monotonic()
+    sink.start()
+    try:
+        play(sink, audio[:, 4096:])
+        assert sink.drain(timeout=5.0)
+        elapsed = time.monotonic() - start
+    finally:
+        sink.stop()
+    # The last of 94 blocks is due 93 periods after start: 2.976 s.
+    ideal = (np.ceil(audio.shape[1] / BLOCK) - 1) * BLOCK / RATE
+    print(f"null sink: 3 s of audio took {elapsed:.3f} s (ideal {ideal:.3f} s, error {elapsed / ideal - 1:+.2%}), "
+          f"{sink.callbacks} blocks")
+    assert abs(elapsed / 3.0 - 1) <= 0.10
+    assert ring.frames_read == audio.shape[1] and sink.underrun_events == 0
+    check_books(sink, ring)

@@ -1,0 +1,145 @@
+"""Steering semantics, checked on the activations the engine itself computes (tiny model, greedy)."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+from conftest import random_vectors
+
+from musicsteer.engine.control import Controls
+from musicsteer.engine.events import Change
+from musicsteer.engine.generator import Generator
+
+PROMPT = "jazz trio"
+GREEDY = dict(prompt=PROMPT, top_k=1)
+
+
+def run_steps(gen: Generator, steps: int, capture_at: int | None = None) -> tuple[list[torch.Tensor], dict]:
+    """Step `gen`; return every step's raw logits and the activations captured at step `capture_at`."""
+    logits, captured = [], {}
+    gen.start()
+    for step in range(steps):
+        gen.capture = {} if step == capture_at else None
+        gen.step()
+        logits.append(gen.last_logits.clone())
+        if step == capture_at:
+            captured = {name: t.clone() for name, t in gen.capture.items()}
+    return logits, captured
+
+
+def by_hand(h: torch.Tensor, alpha: float, v: torch.Tensor, rule: str = "renorm") -> torch.Tensor:
+    h, v = h.double(), v.double()
+    if rule == "add":
+        return h + alpha * v
+    return (h + alpha * h.norm(dim=-1, keepdim=True) * v) / (1 + alpha)
+
+
+def test_alpha_zero_is_bit_identical_to_no_steering(tiny) -> None:
+    vectors = random_vectors(tiny)
+    plain, _ = run_steps(Generator(tiny, Controls(**GREEDY)), 40)
+    zero, _ = run_steps(Generator(tiny, Controls(**GREEDY, mix={"rock": 1.0}, alpha=0.0), vectors), 40)
+    # alpha 0 scheduled as an explicit term too (not just "no terms"): still exact
+    gen = Generator(tiny, Controls(**GREEDY, mix={"rock": 1.0}, alpha=0.7), vectors)
+    gen.steering.set_terms([t.__class__(t.site, t.layer, t.direction, 0.0) for t in gen.control.terms()])
+    gen.control.steering_dirty = False
+    explicit, _ = run_steps(gen, 40)
+    for a, b, c in zip(plain, zero, explicit, strict=True):
+        assert torch.equal(a, b) and torch.equal(a, c)
+
+
+@pytest.mark.parametrize("site", ["residual", "attention"])
+@pytest.mark.parametrize("rule", ["renorm", "add"])
+def test_change_at_step_k_follows_the_rule_and_leaves_earlier_steps(tiny, site: str, rule: str) -> None:
+    vectors = random_vectors(tiny)
+    layer, k, alpha = 1, 12, 0.6
+    base, seen = run_steps(Generator(tiny, Controls(**GREEDY), vectors, steer_rule=rule), 30, capture_at=k)
+    gen = Generator(tiny, Controls(**GREEDY, mix={"jazz": 1.0}, alpha=0.0, layers=(layer,), site=site), vectors,
+                    steer_rule=rule)
+    gen.submit(Change("alpha", alpha), at_step=k)
+    steered, got = run_steps(gen, 30, capture_at=k)
+
+    for step in range(k):
+        assert torch.equal(base[step], steered[step]), f"step {step} before the change moved"
+    assert not torch.equal(base[k], steered[k])
+    assert any(not torch.equal(a, b) for a, b in zip(base[k + 1 :], steered[k + 1 :], strict=True))
+
+    name = f"{site}.{layer}"
+    before, after = seen[name], got[name]
+    want = by_hand(before[:1], alpha, vectors.direction("jazz", layer), rule)
+    torch.testing.assert_close(after[:1].double(), want, rtol=1e-5, atol=1e-5)
+    assert torch.equal(after[1:], before[1:]), "the unconditional half must be untouched by default"
+    # layers before the steered one see exactly the same activations
+    for earlier in range(layer):
+        assert torch.equal(got[f"residual.{earlier}"], seen[f"residual.{earlier}"])
+
+
+def test_steer_both_steers_the_unconditional_half_too(tiny) -> None:
+    vectors = random_vectors(tiny)
+    _, seen = run_steps(Generator(tiny, Controls(**GREEDY), vectors), 6, capture_at=5)
+    gen = Generator(tiny, Controls(**GREEDY, mix={"rock": 1.0}, alpha=0.0, layers=(1,)), vectors, steer_both=True)
+    gen.submit(Change("alpha", 0.5), at_step=5)
+    _, got = run_steps(gen, 6, capture_at=5)
+    want = by_hand(seen["residual.1"], 0.5, vectors.direction("rock", 1))
+    torch.testing.assert_close(got["residual.1"].double(), want, rtol=1e-5, atol=1e-5)
+
+
+def test_mix_and_several_layers(tiny) -> None:
+    vectors = random_vectors(tiny)
+    mix = {"rock": 0.5, "classical": -0.25}
+    gen = Generator(tiny, Controls(**GREEDY, mix=mix, alpha=0.4, layers=(0, 1)), vectors)
+    gen.start()
+    gen.step()
+    for layer in (0, 1):
+        v = sum(w * vectors.direction(n, layer) for n, w in mix.items())
+        torch.testing.assert_close(gen.steering.direction["residual"][layer], v / v.norm())
+        assert gen.steering.alpha["residual"][layer].item() == pytest.approx(0.4)
+    assert gen.steering.active["residual"] == frozenset({0, 1})
+
+
+def test_glides_reach_their_target_in_the_given_time(tiny) -> None:
+    vectors = random_vectors(tiny)
+    gen = Generator(tiny, Controls(**GREEDY, mix={"rock": 1.0}, alpha=0.0), vectors)
+    gen.submit(Change("alpha", 1.0, seconds=0.2), at_step=2)  # 10 steps at 50 steps/s
+    gen.submit(Change("mix", {"jazz": 1.0}, seconds=0.1), at_step=4)
+    gen.start()
+    alphas = []
+    for _ in range(16):
+        gen.step()
+        alphas.append(gen.control.values.alpha)
+    assert alphas[:2] == [0.0, 0.0]
+    assert alphas[2] == pytest.approx(0.1) and alphas[6] == pytest.approx(0.5) and alphas[11:] == [1.0] * 5
+    assert gen.control.values.mix == {"jazz": 1.0}
+    torch.testing.assert_close(gen.steering.direction["residual"][vectors.best_layer],
+                               vectors.direction("jazz", vectors.best_layer))
+
+
+def test_change_from_another_thread_lands_at_the_next_token(tiny) -> None:
+    vectors = random_vectors(tiny)
+    gen = Generator(tiny, Controls(**GREEDY, mix={"rock": 1.0}, alpha=0.1), vectors)
+    applied: list[tuple[int, list[Change]]] = []
+    gen.on_applied = lambda step, changes: applied.append((step, changes))
+    gen.start()
+    for _ in range(5):
+        gen.step()
+    sent_at = gen.step_index
+    sender = threading.Thread(target=gen.submit, args=(Change("alpha", 0.9),))
+    sender.start()
+    sender.join()
+    gen.step()
+    assert applied == [(sent_at, [Change("alpha", 0.9)])]
+    assert gen.steering.alpha["residual"][vectors.best_layer].item() == pytest.approx(0.9)
+
+
+def test_bad_changes_are_refused_and_never_queued(tiny) -> None:
+    from musicsteer.engine.errors import MusicsteerError
+
+    gen = Generator(tiny, Controls(**GREEDY), random_vectors(tiny))
+    for bad in (Change("mix", {"polka": 1.0}), Change("alpha", float("nan")), Change("layer", 99),
+                Change("site", "mlp"), Change("top_k", 2.5), Change("volume", 1.0)):
+        with pytest.raises(MusicsteerError) as err:
+            gen.submit(bad)
+        assert "\n" not in str(err.value)
+    gen.start()
+    assert gen.control.apply_due(0) == []
