@@ -11,8 +11,8 @@ and generation continues from exactly where it was.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -146,7 +146,8 @@ class Generator:
         frame = self.delay.completed_frame(position)
         if frame is None:
             return None
-        return Frame(self.frame_offset + frame, self.delay.frame(frame).cpu())
+        # A copy: on the CPU .cpu() would alias the window's buffer, which the next slide overwrites.
+        return Frame(self.frame_offset + frame, self.delay.frame(frame).to("cpu", copy=True))
 
     @property
     def done(self) -> bool:

@@ -46,6 +46,11 @@ class RingBuffer:
         self.underrun_events = 0
         self._starved = False
         self.idle_frames = 0  # zero-filled before the first write or after mark_end(): expected silence
+        # Rebuffering: after a dropout, hold playback (silence, counted as underrun) until this many
+        # frames are queued again, so a slow generator gives clean pauses instead of random stutter.
+        # 0 plays whatever arrives.
+        self.rebuffer_frames = 0
+        self.rebuffer_events = 0
 
     # ---- shared views -------------------------------------------------------------------------
     @property
@@ -137,6 +142,8 @@ class RingBuffer:
         """
         frames = out.shape[0]
         avail = self._written - self._read
+        if self._starved and self.rebuffer_frames and avail < self.rebuffer_frames and not self._ended:
+            avail = 0  # still refilling after a dropout: play nothing yet
         n = frames if avail >= frames else avail
         if n > 0:
             start = self._read % self.capacity
@@ -155,6 +162,7 @@ class RingBuffer:
                 self.underrun_frames += missing
                 if not self._starved:
                     self.underrun_events += 1
+                    self.rebuffer_events += 1 if self.rebuffer_frames else 0
                     self._starved = True
         else:
             self._starved = False

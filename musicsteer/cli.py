@@ -11,10 +11,10 @@ import os
 import sys
 
 from musicsteer import __version__
-from musicsteer.commands import bench, render
+from musicsteer.commands import bench, devices, play, render
 from musicsteer.engine.errors import MusicsteerError
 
-COMMANDS = (render, bench)
+COMMANDS = (render, play, devices, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:

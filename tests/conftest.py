@@ -6,8 +6,8 @@ weights cannot be downloaded here), built by the project's own recipe.
 
 from __future__ import annotations
 
-import torch
 import pytest
+import torch
 
 from musicsteer.engine.loading import LoadedModel, load_model
 from musicsteer.engine.tiny import build_tiny_model

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+
 from musicsteer.engine.audio_io import peak_normalize, read_audio, write_wav
 from musicsteer.engine.errors import MusicsteerError
 

@@ -82,6 +82,22 @@ def test_ring_underrun_zero_fills_and_counts_dropouts() -> None:
     assert ring.frames_read + ring.underrun_frames + ring.idle_frames == 6 * 8
 
 
+def test_ring_rebuffers_after_a_dropout_until_the_prebuffer_is_back() -> None:
+    ring = RingBuffer(channels=1, capacity=64, sample_rate=RATE)
+    ring.rebuffer_frames = 20
+    out = np.zeros((8, 1), np.float32)
+    ring.write(ramp(1, 0, 8))
+    assert ring.read_into(out) == 8
+    assert ring.read_into(out) == 0 and (ring.underrun_events, ring.rebuffer_events) == (1, 1)
+    ring.write(ramp(1, 8, 12))  # 12 queued < 20: playback stays paused, nothing is consumed
+    assert ring.read_into(out) == 0 and ring.available == 12
+    ring.write(ramp(1, 20, 8))  # 20 queued: playback resumes exactly where it stopped
+    assert ring.read_into(out) == 8
+    np.testing.assert_array_equal(out[:, 0], np.arange(8, 16))
+    assert ring.read_into(out) == 8 and ring.read_into(out) == 4  # plays down to empty: a new dropout
+    assert (ring.underrun_events, ring.rebuffer_events) == (2, 2)
+
+
 def test_ring_read_into_allocates_nothing() -> None:
     calls, frames = 10_000, 64
     ring = RingBuffer(channels=2, capacity=calls * frames, sample_rate=RATE)

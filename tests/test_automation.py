@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from musicsteer.controllers.automation import TimedChange, load_automation, parse_automation, step_for_time
 from musicsteer.engine.errors import MusicsteerError
 from musicsteer.engine.events import Change

@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from musicsteer.engine.errors import MusicsteerError
-from musicsteer.engine.vectors import FORMAT, SteeringVectors
 from safetensors import safe_open
 from safetensors.torch import save_file
+
+from musicsteer.engine.errors import MusicsteerError
+from musicsteer.engine.vectors import FORMAT, SteeringVectors
 
 L, D = 3, 4
 

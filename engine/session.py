@@ -1,0 +1,203 @@
+"""A live session: generation thread -> streaming decoder -> ring buffer -> sound card, and a recorder.
+
+Threads (DESIGN §1): the generation thread owns the model and produces PCM; the audio callback (or
+the null sink's clock) only copies from the ring; the recorder's writer thread does all disk I/O;
+the caller's thread waits, reports status and may stop the session at any moment. Output devices
+and the recording path are opened before anything is generated, so a wrong device or an
+unwritable path fails at once with one line, and a recording is finalised however the session ends.
+
+How far generation runs ahead of playback is bounded by the ring (`buffer_seconds`): that is the
+delay between turning a knob and hearing it, on top of the decoder's lookahead and the device's own
+latency. When generation is slower than real time the ring runs dry; `when_slow` chooses between
+`rebuffer` (stop playback until `prebuffer_seconds` are queued again: a clean pause, counted) and
+`play` (keep playing whatever arrives: zero-filled, counted underruns).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from torch import Tensor
+
+from .audio_out import open_sink
+from .errors import MusicsteerError
+from .recorder import Recorder
+from .ring_buffer import RingBuffer
+from .streaming_decoder import StreamingDecoder
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from .generator import Generator
+
+WHEN_SLOW = ("rebuffer", "play")
+
+
+@dataclass
+class StreamOptions:
+    seconds: float | None = None  # None: until stop()
+    output_device: str | int | None = None  # None: the system default; "null": no sound card
+    buffer_seconds: float = 1.0  # most audio queued ahead of playback (knob-to-ear delay)
+    prebuffer_seconds: float = 0.5  # queued before playback starts (and after a rebuffer)
+    blocksize: int = 1024
+    when_slow: str = "rebuffer"
+    record: str | Path | None = None
+    resample: bool = True  # resample when the device refuses the model's rate (else a clear error)
+
+
+@dataclass
+class SessionStats:
+    step: int
+    generated_seconds: float
+    played_seconds: float
+    elapsed_seconds: float
+    rtf: float  # audio seconds generated per second of generation work (> 1: faster than real time)
+    buffer_seconds: float
+    underrun_events: int
+    underrun_seconds: float
+    rebuffers: int
+    callbacks: int
+    recording: str | None
+
+
+class StreamingSession:
+    def __init__(self, gen: Generator, options: StreamOptions, prompt_codes: Tensor | None = None) -> None:
+        if options.when_slow not in WHEN_SLOW:
+            raise MusicsteerError(f"--when-slow must be one of {', '.join(WHEN_SLOW)}, got {options.when_slow!r}")
+        if options.seconds is not None and not options.seconds > 0:
+            raise MusicsteerError(f"--seconds must be > 0, got {options.seconds}")
+        if not 0 < options.prebuffer_seconds <= options.buffer_seconds:
+            raise MusicsteerError("the prebuffer must be > 0 and no longer than the buffer")
+        lm = gen.lm
+        self.gen, self.options, self.prompt_codes = gen, options, prompt_codes
+        self.sample_rate, self.channels = lm.sample_rate, lm.audio_channels
+        capacity = math.ceil(options.buffer_seconds * lm.sample_rate) + options.blocksize
+        self.ring = RingBuffer(self.channels, capacity, lm.sample_rate)
+        self.sink = open_sink(options.output_device, self.ring, lm.sample_rate, self.channels, options.blocksize,
+                              resample=options.resample)
+        if options.when_slow == "rebuffer":
+            self.ring.rebuffer_frames = round(options.prebuffer_seconds * self.ring.sample_rate)
+        self.decoder = StreamingDecoder(lm)
+        self._recorder_lock = threading.Lock()
+        self._recorder: Recorder | None = None
+        self.takes: list[Path] = []
+        if options.record:
+            self.start_recording(options.record)
+        self._stop = threading.Event()
+        self._produced = threading.Event()
+        self.error: BaseException | None = None
+        self.generated_frames = 0
+        self.busy_seconds = 0.0  # generation + decode time, excluding waits for buffer space
+        self._t_play: float | None = None
+        self._t_start = time.monotonic()
+
+    # -- recording (thread-safe; OSC and the API call these mid-session) -----------------------
+    def start_recording(self, path: str | Path) -> Path:
+        recorder = Recorder(path, self.sample_rate, self.channels)  # raises MusicsteerError if unwritable
+        recorder.start()
+        with self._recorder_lock:
+            previous, self._recorder = self._recorder, recorder
+        if previous is not None:
+            self.takes.append(previous.stop())
+        return recorder.path
+
+    def stop_recording(self) -> Path | None:
+        with self._recorder_lock:
+            recorder, self._recorder = self._recorder, None
+        if recorder is None:
+            return None
+        path = recorder.stop()
+        self.takes.append(path)
+        return path
+
+    # -- running --------------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Ask the session to end (thread- and signal-safe); run() then finalises everything."""
+        self._stop.set()
+
+    def run(self, on_status: Callable[[SessionStats], None] | None = None, interval: float = 0.5) -> SessionStats:
+        """Generate and play until the requested seconds are played or stop() is called."""
+        producer = threading.Thread(target=self._produce, name="musicsteer-generation", daemon=True)
+        self._t_start = time.monotonic()
+        try:
+            self.gen.start(self.prompt_codes)
+            if self.options.seconds is not None:
+                prompt = 0 if self.prompt_codes is None else self.prompt_codes.shape[-1]
+                self.gen.set_end(prompt + max(1, round(self.options.seconds * self.gen.lm.frame_rate)))
+            producer.start()
+            prebuffer = round(self.options.prebuffer_seconds * self.ring.sample_rate)
+            while self.ring.available < prebuffer and not self._produced.is_set() and not self._stop.is_set():
+                self._stop.wait(0.01)
+            self._t_play = time.monotonic()
+            self.sink.start()
+            while not self._stop.is_set() and not (self._produced.is_set() and self._drained()):
+                self._stop.wait(interval)
+                if on_status is not None:
+                    on_status(self.stats())
+        finally:
+            self._stop.set()
+            producer.join(timeout=30)
+            self.sink.stop()
+            self.stop_recording()
+        if self.error is not None:
+            raise self.error
+        return self.stats()
+
+    def _drained(self) -> bool:
+        return self.ring.available == 0
+
+    def _produce(self) -> None:
+        """The generation thread: one token per step; PCM to the ring (paced by its space) and recorder."""
+        try:
+            while not self._stop.is_set() and not self.gen.done:
+                began = time.perf_counter()
+                frame = self.gen.step()
+                pcm = None if frame is None else self.decoder.push(frame.codes[0])
+                self.busy_seconds += time.perf_counter() - began
+                if frame is not None:
+                    self.generated_frames += 1
+                if pcm is not None:
+                    self._emit(pcm)
+            if self.gen.done and not self._stop.is_set():
+                self._emit(self.decoder.flush())
+                self.ring.mark_end()
+        except BaseException as err:  # noqa: BLE001 - reported by run() after the recording is safe
+            self.error = err
+            self._stop.set()
+        finally:
+            self._produced.set()
+
+    def _emit(self, pcm: np.ndarray) -> None:
+        with self._recorder_lock:
+            if self._recorder is not None:
+                self._recorder.write(pcm)
+        while pcm.shape[1] and not self._stop.is_set():
+            self.sink.wait_for_space(pcm.shape[1], timeout=0.1)
+            taken = self.sink.write(pcm)
+            pcm = pcm[:, taken:]
+
+    def stats(self) -> SessionStats:
+        now = time.monotonic()
+        generated = self.decoder.samples_out / self.sample_rate
+        ring = self.ring
+        with self._recorder_lock:
+            recording = str(self._recorder.path) if self._recorder is not None else None
+        return SessionStats(
+            step=self.gen.step_index,
+            generated_seconds=generated,
+            played_seconds=ring.frames_read / ring.sample_rate,
+            elapsed_seconds=now - self._t_start,
+            rtf=generated / self.busy_seconds if self.busy_seconds > 0 else 0.0,
+            buffer_seconds=ring.seconds,
+            underrun_events=ring.underrun_events,
+            underrun_seconds=ring.underrun_frames / ring.sample_rate,
+            rebuffers=getattr(ring, "rebuffer_events", 0),
+            callbacks=self.sink.callbacks,
+            recording=recording,
+        )

@@ -1,0 +1,101 @@
+"""`musicsteer play`: stream to the sound card while generating, record, stop cleanly on Ctrl-C."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.live import Live
+
+from musicsteer.engine.audio_io import read_audio
+from musicsteer.engine.codec import encode_audio
+from musicsteer.engine.errors import MusicsteerError
+from musicsteer.engine.generator import Generator
+from musicsteer.engine.session import WHEN_SLOW, SessionStats, StreamingSession, StreamOptions
+
+from .options import add_generation_options, add_model_options, session_spec
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("play", help="stream live to a sound device, with recording",
+                            description="Generate token by token and play through a sound device as it is made.")
+    add_model_options(parser)
+    add_generation_options(parser)
+    group = parser.add_argument_group("stream")
+    group.add_argument("--seconds", type=float, help="stop after this much new audio (default: until Ctrl-C)")
+    group.add_argument("--output-device", help="device name, index, or 'null' (no sound card; real-time clock)")
+    group.add_argument("--record", help="record the session to this WAV file")
+    group.add_argument("--init-audio", help="audio file to continue from")
+    group.add_argument("--init-seconds", type=float, default=10.0, help="seconds of --init-audio to use")
+    group.add_argument("--buffer", type=float, default=1.0,
+                       help="most seconds generated ahead of playback (the delay before a change is heard)")
+    group.add_argument("--prebuffer", type=float, default=0.5, help="seconds queued before playback starts")
+    group.add_argument("--blocksize", type=int, default=1024, help="audio callback block, in frames")
+    group.add_argument("--when-slow", choices=WHEN_SLOW, default="rebuffer",
+                       help="if generation is slower than real time: pause until the prebuffer is refilled "
+                            "(rebuffer), or keep playing with gaps (play); both are counted")
+    group.add_argument("--no-resample", action="store_true",
+                       help="fail if the device refuses the model's rate, instead of resampling")
+    group.add_argument("--no-status", action="store_true", help="no live status line")
+    parser.set_defaults(run=run)
+
+
+def status_line(stats: SessionStats, gen: Generator) -> str:
+    values = gen.control.values
+    mix = ",".join(f"{name}={weight:g}" for name, weight in values.mix.items()) or "-"
+    rec = f"  rec {Path(stats.recording).name}" if stats.recording else ""
+    return (f"step {stats.step:6d}  {stats.played_seconds:7.1f}s  rtf {stats.rtf:5.2f}  "
+            f"buffer {stats.buffer_seconds:4.2f}s  underruns {stats.underrun_events} "
+            f"({stats.underrun_seconds:.2f}s)  alpha {values.alpha:.2f}  steer {mix}{rec}")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.seconds is not None and not args.seconds > 0:
+        raise MusicsteerError(f"--seconds must be > 0, got {args.seconds}")
+    if args.init_audio and not Path(args.init_audio).is_file():
+        raise MusicsteerError(f"init audio not found: {args.init_audio}")
+    spec = session_spec(args)
+    lm = spec.lm
+    gen = Generator(lm, spec.controls, spec.vectors, steer_rule=args.steer_rule, steer_both=args.steer_both)
+    prompt_codes = None
+    if args.init_audio:
+        audio = read_audio(args.init_audio, lm.sample_rate, lm.audio_channels, max_seconds=args.init_seconds)
+        prompt_codes = encode_audio(lm, audio)
+    options = StreamOptions(seconds=args.seconds, output_device=args.output_device, buffer_seconds=args.buffer,
+                            prebuffer_seconds=args.prebuffer, blocksize=args.blocksize, when_slow=args.when_slow,
+                            record=args.record, resample=not args.no_resample)
+    session = StreamingSession(gen, options, prompt_codes)  # device and record path are checked here
+    return stream(session, gen, show_status=not args.no_status)
+
+
+def stream(session: StreamingSession, gen: Generator, show_status: bool = True) -> int:
+    """Run the session with Ctrl-C / SIGTERM stopping it cleanly; print a summary line."""
+    console = Console(stderr=True)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: session.stop())
+    live = Live(console=console, refresh_per_second=4, transient=True) if show_status and console.is_terminal else None
+    last_print = [0.0]
+
+    def on_status(stats: SessionStats) -> None:
+        if live is not None:
+            live.update(status_line(stats, gen))
+        elif show_status and stats.elapsed_seconds - last_print[0] >= 5:
+            last_print[0] = stats.elapsed_seconds
+            print(status_line(stats, gen), file=sys.stderr, flush=True)
+
+    if live is not None:
+        live.start()
+    try:
+        stats = session.run(on_status)
+    finally:
+        if live is not None:
+            live.stop()
+    print(f"played {stats.played_seconds:.2f} s; generated {stats.generated_seconds:.2f} s at rtf {stats.rtf:.2f}; "
+          f"underruns {stats.underrun_events} ({stats.underrun_seconds:.2f} s), rebuffers {stats.rebuffers}; "
+          f"{stats.callbacks} audio callbacks", file=sys.stderr)
+    for take in session.takes:
+        print(f"recorded {take}", file=sys.stderr)
+    return 0
