@@ -27,6 +27,7 @@ from torch import Tensor
 
 from .audio_out import open_sink
 from .errors import MusicsteerError
+from .events import Change
 from .recorder import Recorder
 from .ring_buffer import RingBuffer
 from .streaming_decoder import StreamingDecoder
@@ -84,6 +85,9 @@ class StreamingSession:
         if options.when_slow == "rebuffer":
             self.ring.rebuffer_frames = round(options.prebuffer_seconds * self.ring.sample_rate)
         self.decoder = StreamingDecoder(lm)
+        self._listeners: list[Callable[[int, list[Change]], None]] = []
+        self.listener_errors = 0
+        gen.on_applied = self._changes_applied
         self._recorder_lock = threading.Lock()
         self._recorder: Recorder | None = None
         self.takes: list[Path] = []
@@ -96,6 +100,41 @@ class StreamingSession:
         self.busy_seconds = 0.0  # generation + decode time, excluding waits for buffer space
         self._t_play: float | None = None
         self._t_start = time.monotonic()
+
+    # -- the control surface controllers use (thread-safe) --------------------------------------
+    def submit(self, change: Change) -> Change:
+        """Queue a change for the next token; raises MusicsteerError (nothing queued) if invalid."""
+        return self.gen.submit(change)
+
+    @property
+    def step(self) -> int:
+        """Tokens generated so far (the engine's clock: changes apply at these boundaries)."""
+        return self.gen.step_index
+
+    def add_listener(self, listener: Callable[[int, list[Change]], None]) -> None:
+        """Call `listener(step, changes)` on the generation thread whenever changes are applied.
+        Listeners must be quick and must not raise (hand work to another thread)."""
+        self._listeners.append(listener)
+
+    def _changes_applied(self, step: int, changes: list[Change]) -> None:
+        for listener in self._listeners:
+            try:
+                listener(step, changes)
+            except Exception:  # noqa: BLE001 - a broken listener must not stop the music
+                self.listener_errors += 1
+
+    def status(self) -> dict:
+        """A snapshot for status lines and OSC subscribers."""
+        stats = self.stats()
+        values = self.gen.control.values
+        return {
+            "step": stats.step, "seconds": round(stats.played_seconds, 3), "rtf": round(stats.rtf, 3),
+            "buffer": round(stats.buffer_seconds, 3), "underruns": stats.underrun_events,
+            "alpha": float(values.alpha), "mix": dict(values.mix), "layers": list(values.layers),
+            "site": values.site, "prompt": values.prompt, "guidance": values.guidance,
+            "temperature": values.temperature, "top_k": values.top_k, "top_p": values.top_p,
+            "recording": stats.recording or "",
+        }
 
     # -- recording (thread-safe; OSC and the API call these mid-session) -----------------------
     def start_recording(self, path: str | Path) -> Path:
