@@ -59,8 +59,10 @@ class _Glide:
 
 class ControlState:
     def __init__(self, controls: Controls, vectors: SteeringVectors | None, num_layers: int,
-                 steps_per_second: float) -> None:
+                 steps_per_second: float, alpha_slew_seconds: float = 0.0) -> None:
         self.vectors = vectors
+        # A knob jump in alpha glides over this time instead of landing in one token (no clicks).
+        self.alpha_slew_seconds = alpha_slew_seconds
         self.num_layers = num_layers
         self.steps_per_second = steps_per_second
         self.values = replace(controls, mix=dict(controls.mix))
@@ -131,8 +133,9 @@ class ControlState:
         param, value = change.param, change.value
         if param in ("alpha", "mix"):
             self._glides.pop(param, None)
-            if change.seconds > 0:
-                steps = max(1, round(change.seconds * self.steps_per_second))
+            seconds = change.seconds or (self.alpha_slew_seconds if param == "alpha" else 0.0)
+            if seconds > 0:
+                steps = max(1, round(seconds * self.steps_per_second))
                 self._glides[param] = _Glide(step, steps, getattr(self.values, param), value)
                 return
             setattr(self.values, param, value)

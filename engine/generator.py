@@ -72,6 +72,7 @@ class Generator:
         keep_seconds: float = DEFAULT_KEEP_SECONDS,
         steer_rule: str = "renorm",
         steer_both: bool = False,
+        alpha_slew_seconds: float = 0.0,
     ) -> None:
         if vectors is not None:
             vectors.check_model(lm.num_layers, lm.d_model, lm.name)
@@ -86,7 +87,11 @@ class Generator:
         self.cache = KVCache(dec.num_layers, 2 * batch, dec.num_heads, self.window, dec.head_dim,
                              lm.dtype, lm.device)
         self.steering = SteeringTensors(dec.num_layers, dec.d_model, batch, lm.device, steer_rule, steer_both)
-        self.control = ControlState(controls or Controls(), vectors, dec.num_layers, lm.frame_rate)
+        self.control = ControlState(controls or Controls(), vectors, dec.num_layers, lm.frame_rate, alpha_slew_seconds)
+        # Everything besides the controls that decides the codes: a session log records it for replay.
+        self.settings = {"window_seconds": window_seconds, "keep_seconds": keep_seconds, "steer_rule": steer_rule,
+                         "steer_both": steer_both, "alpha_slew_seconds": alpha_slew_seconds}
+        self.vectors = vectors
         self.delay = DelayPattern(lm.num_codebooks, lm.audio_channels, lm.pad_token_id, batch, self.window,
                                   lm.device)
         self.rng = torch.Generator(device=lm.device)
@@ -196,12 +201,16 @@ class Generator:
 
 
 def render_codes(gen: Generator, total_frames: int, prompt_codes: Tensor | None = None,
-                 on_frame: Callable[[Frame], None] | None = None) -> Tensor:
-    """Run a finite session to `total_frames` (prompt frames included); return codes (K, total_frames)."""
+                 on_frame: Callable[[Frame], None] | None = None, pad_end: bool = True) -> Tensor:
+    """Run a finite session to `total_frames` (prompt frames included); return codes (K, total_frames).
+
+    pad_end: end as generate does (the last delayed codebooks see padding). A replay of a live
+    session, which never knew where it would stop, passes False to continue as the stream did."""
     gen.start(prompt_codes)
-    gen.set_end(total_frames)
+    if pad_end:
+        gen.set_end(total_frames)
     frames = [] if prompt_codes is None else list(prompt_codes[0].cpu().unbind(-1))
-    while not gen.done:
+    while len(frames) < total_frames:
         frame = gen.step()
         if frame is not None:
             frames.append(frame.codes[0])

@@ -18,18 +18,21 @@ from __future__ import annotations
 import math
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 from torch import Tensor
 
+from . import __version__
 from .audio_out import open_sink
 from .errors import MusicsteerError
 from .events import Change
 from .recorder import Recorder
 from .ring_buffer import RingBuffer
+from .session_log import SessionLog, log_path_for
 from .streaming_decoder import StreamingDecoder
 
 if TYPE_CHECKING:
@@ -68,7 +71,8 @@ class SessionStats:
 
 
 class StreamingSession:
-    def __init__(self, gen: Generator, options: StreamOptions, prompt_codes: Tensor | None = None) -> None:
+    def __init__(self, gen: Generator, options: StreamOptions, prompt_codes: Tensor | None = None,
+                 init_audio: dict | None = None, keep_codes: bool = False) -> None:
         if options.when_slow not in WHEN_SLOW:
             raise MusicsteerError(f"--when-slow must be one of {', '.join(WHEN_SLOW)}, got {options.when_slow!r}")
         if options.seconds is not None and not options.seconds > 0:
@@ -85,6 +89,12 @@ class StreamingSession:
         if options.when_slow == "rebuffer":
             self.ring.rebuffer_frames = round(options.prebuffer_seconds * self.ring.sample_rate)
         self.decoder = StreamingDecoder(lm)
+        self.prompt_frames = 0 if prompt_codes is None else int(prompt_codes.shape[-1])
+        self.init_audio = init_audio  # {"path", "sha256", "seconds"} of an audio prompt, for the log
+        self.initial_controls = asdict(gen.control.values)
+        self.applied: list[tuple[int, Change]] = []
+        self.log: SessionLog | None = None
+        self.codes: list[Tensor] | None = [] if keep_codes else None
         self._listeners: list[Callable[[int, list[Change]], None]] = []
         self.listener_errors = 0
         gen.on_applied = self._changes_applied
@@ -117,11 +127,33 @@ class StreamingSession:
         self._listeners.append(listener)
 
     def _changes_applied(self, step: int, changes: list[Change]) -> None:
+        for change in changes:
+            self.applied.append((step, change))
+            if self.log is not None:
+                self.log.record(step, self.sample_at(step), change)
         for listener in self._listeners:
             try:
                 listener(step, changes)
             except Exception:  # noqa: BLE001 - a broken listener must not stop the music
                 self.listener_errors += 1
+
+    def sample_at(self, step: int) -> int:
+        """Where the frame generated at `step` starts in the recording (one frame per step)."""
+        return (self.prompt_frames + step) * self.gen.lm.sample_rate // self.gen.lm.frame_rate
+
+    def log_header(self) -> dict:
+        gen, lm = self.gen, self.gen.lm
+        vectors = gen.vectors
+        return {
+            "model": lm.name, "model_fingerprint": lm.fingerprint, "engine_version": __version__,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "sample_rate": lm.sample_rate, "frame_rate": lm.frame_rate, "channels": lm.audio_channels,
+            "seed": self.initial_controls["seed"], "prompt": self.initial_controls["prompt"],
+            "controls": self.initial_controls, "settings": gen.settings,
+            "vectors": str(vectors.path) if vectors is not None and vectors.path else None,
+            "vectors_sha256": vectors.sha256 if vectors is not None else None,
+            "init_audio": self.init_audio, "prompt_frames": self.prompt_frames,
+        }
 
     def status(self) -> dict:
         """A snapshot for status lines and OSC subscribers."""
@@ -139,6 +171,11 @@ class StreamingSession:
     # -- recording (thread-safe; OSC and the API call these mid-session) -----------------------
     def start_recording(self, path: str | Path) -> Path:
         recorder = Recorder(path, self.sample_rate, self.channels)  # raises MusicsteerError if unwritable
+        if self.log is None:
+            # The log covers the whole session from step 0, so a take started later still replays.
+            self.log = SessionLog(log_path_for(recorder.path), self.log_header())
+            for step, change in list(self.applied):
+                self.log.record(step, self.sample_at(step), change)
         recorder.start()
         with self._recorder_lock:
             previous, self._recorder = self._recorder, recorder
@@ -184,6 +221,10 @@ class StreamingSession:
             producer.join(timeout=30)
             self.sink.stop()
             self.stop_recording()
+            if self.log is not None:
+                # padded: the stream knew its end (--seconds) and padded it as generate does.
+                self.log.close(end={"steps": self.gen.step_index, "frames": self.generated_frames,
+                                    "padded": self.gen.end_frame is not None})
         if self.error is not None:
             raise self.error
         return self.stats()
@@ -201,6 +242,8 @@ class StreamingSession:
                 self.busy_seconds += time.perf_counter() - began
                 if frame is not None:
                     self.generated_frames += 1
+                    if self.codes is not None:
+                        self.codes.append(frame.codes[0])
                 if pcm is not None:
                     self._emit(pcm)
             if self.gen.done and not self._stop.is_set():

@@ -11,8 +11,11 @@ whose conv inputs are already final, so it equals the one-shot state (up to roun
 window then needs only the convs' few frames of receptive field. `stateful_lstm=False` decodes each
 window from a zero state (for decoders laid out differently, and to measure what context costs).
 
-Measured (real-architecture EnCodec, random weights, 21 s of random codes) in the tests' notes and
-the module report; the defaults give SNR >= 30 dB against one-shot `codec.decode_codes`.
+Measured on the real 32 kHz architecture (random weights, random codes), SNR vs one-shot decode:
+stateful, context 1 / lookahead 4: 120 dB (float rounding); lookahead 3: 18 dB; context 0: 14 dB.
+Stateless (zero LSTM state), lookahead 4: context 1: 8 dB, 10: 61 dB, 25: 115 dB -- and a trained
+LSTM may remember longer than a random one, while stateful is exact whatever the weights.
+Cost per 5-frame chunk, 2-core CPU: 43 ms on 1 thread, 27 ms on 2 (one-shot: ~15 ms per 5 frames).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 from torch import Tensor
+from torch.nn import functional as F
 from torch.nn.utils import parametrize
 
 from .errors import MusicsteerError
@@ -139,7 +143,7 @@ class StreamingDecoder:
             # lookahead only settles the first conv, so neither the LSTM nor the upsampler runs on it
             post_end = min(window_end, end + self._post_reach)
             hidden = self._pre(embeddings)[..., self._state_pos - codes_from : post_end - codes_from]
-            seq = hidden.permute(2, 0, 1)  # (T, C, D): nn.LSTM's layout
+            seq = hidden.permute(2, 0, 1).contiguous()  # (T, C, D): nn.LSTM's layout; contiguous: 2x faster matmul
             out, self._state = _lstm_steps(self._lstm, seq, self._state, save_at - self._state_pos)
             hidden = (out + seq).permute(1, 2, 0)[..., first - self._state_pos :]  # EncodecLSTM's residual
             self._state_pos = save_at
@@ -169,7 +173,7 @@ class StreamingDecoder:
 
 def _without_weight_norm(*modules: torch.nn.Module) -> torch.nn.Sequential:
     """A private copy whose weight-normed convs are plain convs holding the normed weight: weight
-    norm recomputes g * v / |v| on every call (a third of a chunk's time once the LSTM was fixed).
+    norm recomputes g * v / |v| on every call (measured: 57 vs 81 ms a chunk, 1 thread).
     Copied at construction; the codec's own modules are untouched (remove_parametrizations on a
     deepcopy would not do: it deletes the property from the class the copy shares with the original)."""
     frozen = copy.deepcopy(torch.nn.Sequential(*modules))
@@ -204,9 +208,9 @@ def _lstm_steps(lstm: torch.nn.LSTM, x: Tensor, state: tuple[Tensor, Tensor] | N
         state = (zeros, zeros)
     saved_h, saved_c = [], []
     for k in range(lstm.num_layers):
-        w_hh = getattr(lstm, f"weight_hh_l{k}").t()
+        w_hh = getattr(lstm, f"weight_hh_l{k}")
         bias = getattr(lstm, f"bias_ih_l{k}") + getattr(lstm, f"bias_hh_l{k}")
-        gates_in = torch.matmul(x, getattr(lstm, f"weight_ih_l{k}").t()) + bias  # all steps at once
+        gates_in = F.linear(x, getattr(lstm, f"weight_ih_l{k}"), bias)  # the input part, all steps at once
         h, c, outs = state[0][k], state[1][k], []
         for t in range(x.shape[0] + 1):
             if t == split:
@@ -214,7 +218,7 @@ def _lstm_steps(lstm: torch.nn.LSTM, x: Tensor, state: tuple[Tensor, Tensor] | N
                 saved_c.append(c)
             if t == x.shape[0]:
                 break
-            i, f, g, o = torch.addmm(gates_in[t], h, w_hh).chunk(4, dim=-1)
+            i, f, g, o = (gates_in[t] + F.linear(h, w_hh)).chunk(4, dim=-1)
             c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
             h = torch.sigmoid(o) * torch.tanh(c)
             outs.append(h)

@@ -1,3 +1,5 @@
 """musicsteer: realtime streaming activation steering for MusicGen."""
 
-__version__ = "0.1.0"
+from musicsteer.engine import __version__
+
+__all__ = ["__version__"]

@@ -9,6 +9,7 @@ also build a 420M decoder we do not need.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from types import SimpleNamespace
 
 import numpy as np
@@ -31,6 +32,16 @@ def random_codes(k: int, frames: int, seed: int) -> torch.Tensor:
 
 def power_db(signal: np.ndarray, error: np.ndarray) -> float:
     return 10 * math.log10(float(np.mean(error**2)) / float(np.mean(signal**2)))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    # on this shared 2-core CPU two spinning OpenMP threads ran these decodes up to 10x slower
+    # under load; one thread keeps the test time and the early/late timing ratio steady
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

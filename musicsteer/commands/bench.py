@@ -9,7 +9,7 @@ from pathlib import Path
 from musicsteer.engine.benchmark import run_benchmark
 from musicsteer.engine.loading import load_model
 
-from .options import add_model_options
+from .options import DEFAULT_MODEL, add_model_options
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    lm = load_model(args.model, args.device, args.dtype)
+    lm = load_model(args.model or DEFAULT_MODEL, args.device, args.dtype)
     report = run_benchmark(lm, steps=args.steps, repeats=args.repeats)
     for result in report["results"]:
         print(f"{result['name']:>14}: {result['steps_per_s']:8.1f} steps/s  rtf {result['rtf']:6.2f}  "

@@ -12,11 +12,14 @@ from musicsteer.engine.loading import LoadedModel, load_model
 from musicsteer.engine.steering import RULES, SITES
 from musicsteer.engine.vectors import SteeringVectors
 
+DEFAULT_MODEL = "facebook/musicgen-small"
+
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
-    group.add_argument("--model", default="facebook/musicgen-small",
-                       help="hub id, local folder, 'tiny' (offline test model) or 'random:small|medium|large'")
+    group.add_argument("--model", default=None,
+                       help=f"hub id, local folder, 'tiny' (offline test model) or 'random:small|medium|large' "
+                            f"(default {DEFAULT_MODEL})")
     group.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     group.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
 
@@ -64,7 +67,7 @@ def session_spec(args: argparse.Namespace) -> SessionSpec:
     if mix and not args.vectors:
         raise MusicsteerError("--steer needs --vectors FILE")
     vectors = SteeringVectors.load(args.vectors) if args.vectors else None
-    lm = load_model(args.model, args.device, args.dtype)
+    lm = load_model(args.model or DEFAULT_MODEL, args.device, args.dtype)
     if vectors is not None:
         vectors.check_model(lm.num_layers, lm.d_model, lm.name)
     controls = Controls(

@@ -7,16 +7,17 @@ import signal
 import sys
 from pathlib import Path
 
+import numpy as np
+import torch
 from rich.console import Console
 from rich.live import Live
 
-from musicsteer.engine.audio_io import read_audio
-from musicsteer.engine.codec import encode_audio
 from musicsteer.engine.errors import MusicsteerError
 from musicsteer.engine.generator import Generator
 from musicsteer.engine.session import WHEN_SLOW, SessionStats, StreamingSession, StreamOptions
 
 from .options import add_generation_options, add_model_options, session_spec
+from .render import prompt_codes_from, sha256_of
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -39,6 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                             "(rebuffer), or keep playing with gaps (play); both are counted")
     group.add_argument("--no-resample", action="store_true",
                        help="fail if the device refuses the model's rate, instead of resampling")
+    group.add_argument("--slew", type=float, default=0.05, help="seconds an alpha jump glides over (no clicks)")
+    group.add_argument("--codes-out", help="save the session's codes (codebooks, frames) as .npy at the end")
     group.add_argument("--no-status", action="store_true", help="no live status line")
     parser.set_defaults(run=run)
 
@@ -59,16 +62,25 @@ def run(args: argparse.Namespace) -> int:
         raise MusicsteerError(f"init audio not found: {args.init_audio}")
     spec = session_spec(args)
     lm = spec.lm
-    gen = Generator(lm, spec.controls, spec.vectors, steer_rule=args.steer_rule, steer_both=args.steer_both)
-    prompt_codes = None
+    gen = Generator(lm, spec.controls, spec.vectors, steer_rule=args.steer_rule, steer_both=args.steer_both,
+                    alpha_slew_seconds=args.slew)
+    prompt_codes = prompt_codes_from(lm, args.init_audio, args.init_seconds)
+    init = None
     if args.init_audio:
-        audio = read_audio(args.init_audio, lm.sample_rate, lm.audio_channels, max_seconds=args.init_seconds)
-        prompt_codes = encode_audio(lm, audio)
+        init = {"path": str(Path(args.init_audio).resolve()), "sha256": sha256_of(args.init_audio),
+                "seconds": args.init_seconds}
     options = StreamOptions(seconds=args.seconds, output_device=args.output_device, buffer_seconds=args.buffer,
                             prebuffer_seconds=args.prebuffer, blocksize=args.blocksize, when_slow=args.when_slow,
                             record=args.record, resample=not args.no_resample)
-    session = StreamingSession(gen, options, prompt_codes)  # device and record path are checked here
-    return stream(session, gen, show_status=not args.no_status)
+    # The output device and the record path are checked here, before anything is generated.
+    session = StreamingSession(gen, options, prompt_codes, init_audio=init, keep_codes=bool(args.codes_out))
+    code = stream(session, gen, show_status=not args.no_status)
+    if args.codes_out:
+        codes = torch.stack(session.codes, dim=-1)
+        if prompt_codes is not None:  # the same layout render writes: the prompt's frames first
+            codes = torch.cat([prompt_codes[0].cpu(), codes], dim=-1)
+        np.save(args.codes_out, codes.numpy())
+    return code
 
 
 def stream(session: StreamingSession, gen: Generator, show_status: bool = True) -> int:

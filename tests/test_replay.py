@@ -1,0 +1,71 @@
+"""Session log and exact replay: a live session with alpha changes, a morph and a prompt change,
+regenerated offline by `render --replay`, gives identical codes."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import numpy as np
+import pytest
+from conftest import random_vectors
+
+from musicsteer.cli import main
+from musicsteer.engine.control import Controls
+from musicsteer.engine.events import Change
+from musicsteer.engine.generator import Generator
+from musicsteer.engine.session import StreamingSession, StreamOptions
+from musicsteer.engine.session_log import read_log
+
+
+def live_session(tiny, tmp_path, seconds: float | None, vectors_path: str):
+    from musicsteer.engine.vectors import SteeringVectors
+
+    vectors = SteeringVectors.load(vectors_path)
+    gen = Generator(tiny, Controls(prompt="rock", mix={"rock": 1.0}, alpha=0.2, seed=11), vectors,
+                    window_seconds=2.0, keep_seconds=0.5, alpha_slew_seconds=0.05)  # slides twice in 5 s
+    session = StreamingSession(gen, StreamOptions(seconds=seconds, output_device="null",
+                                                  record=tmp_path / "live.wav"), keep_codes=True)
+    script = [(0.6, Change("alpha", 0.8)), (1.2, Change("mix", {"jazz": 1.0}, seconds=1.0)),
+              (2.0, Change("prompt", "smooth jazz")), (2.6, Change("alpha", 0.1)), (3.1, Change("layer", 0))]
+
+    def performer():  # changes arrive from another thread at arbitrary moments, as OSC would
+        for at, change in script:
+            while session.stats().played_seconds < at and not session._stop.is_set():
+                threading.Event().wait(0.01)
+            session.submit(change)
+        if seconds is None:
+            while session.stats().played_seconds < 4.0:
+                threading.Event().wait(0.01)
+            session.stop()
+
+    threading.Thread(target=performer, daemon=True).start()
+    session.run()
+    return session
+
+
+@pytest.mark.parametrize("seconds", [5.0, None], ids=["bounded", "stopped"])
+def test_replay_regenerates_identical_codes(tiny, tmp_path, vectors_file, seconds) -> None:
+    session = live_session(tiny, tmp_path, seconds, vectors_file)
+    live = np.stack([c.numpy() for c in session.codes], axis=-1)
+    log = read_log(tmp_path / "live.jsonl")
+    assert [c.param for _, c in log.changes] == ["alpha", "mix", "prompt", "alpha", "layer"]
+    assert log.end["frames"] == live.shape[-1] and log.end["padded"] == (seconds is not None)
+    for step, _ in log.changes:
+        assert 0 < step <= log.end["steps"]
+    first = json.loads((tmp_path / "live.jsonl").read_text().splitlines()[1])
+    assert first["sample"] == first["step"] * 640
+
+    out = tmp_path / "replayed.npy"
+    assert main(["render", "--replay", str(tmp_path / "live.jsonl"), "--device", "cpu",
+                 "--out", str(tmp_path / "replayed.wav"), "--codes-out", str(out)]) == 0
+    assert np.array_equal(np.load(out), live)
+
+
+def test_replay_refuses_a_different_vectors_file(tiny, tmp_path, vectors_file, capsys) -> None:
+    live_session(tiny, tmp_path, 1.0, vectors_file)
+    other = str(random_vectors(tiny, seed=99).save(tmp_path / "other.safetensors"))
+    code = main(["render", "--replay", str(tmp_path / "live.jsonl"), "--vectors", other, "--device", "cpu",
+                 "--out", str(tmp_path / "x.wav")])
+    assert code == 2
+    assert "not the one the session used (sha256 differs)" in capsys.readouterr().err
