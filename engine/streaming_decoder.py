@@ -152,7 +152,7 @@ class StreamingDecoder:
         else:
             audio = self.codec.decoder(embeddings)
             self.last_decode_frames = window_end - first
-        audio = audio[:, 0].float().cpu().numpy()  # (C, (window_end - first) * hop)
+        audio = audio[:, 0].float().cpu().numpy()  # (C, samples), starting at frame `first`
         lo, hi = (self._done - first) * self.hop, (end - first) * self.hop
         chunk = audio[:, lo:hi].copy()
         fade = min(len(self._fade_in), chunk.shape[1])
@@ -198,7 +198,7 @@ def _plain_conv(conv: torch.nn.Module) -> torch.nn.Module:
 
 
 def _lstm_steps(lstm: torch.nn.LSTM, x: Tensor, state: tuple[Tensor, Tensor] | None,
-                split: int) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
+                split: int) -> tuple[Tensor, tuple[Tensor, Tensor]]:
     """nn.LSTM's recurrence (gates i, f, g, o) written out, returning the outputs for x (T, B, D)
     and the (h, c) state after its first `split` steps. Written out because nn.LSTM returns only the
     final state (two calls would be needed), and on CPU its oneDNN kernel re-packs the weights on

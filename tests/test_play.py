@@ -23,7 +23,8 @@ from musicsteer.engine.generator import Generator
 from musicsteer.engine.session import StreamingSession, StreamOptions
 from musicsteer.engine.streaming_decoder import StreamingDecoder
 
-PLAY = [sys.executable, "-m", "musicsteer", "play", "--model", "tiny", "--device", "cpu", "--no-status"]
+PLAY = [sys.executable, "-m", "musicsteer", "play", "--model", "tiny", "--device", "cpu", "--no-status",
+        "--osc-port", "0"]
 SUMMARY = re.compile(r"played ([\d.]+) s; .*underruns (\d+) \(([\d.]+) s\), rebuffers (\d+); (\d+) audio callbacks")
 
 

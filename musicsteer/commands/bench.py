@@ -8,6 +8,7 @@ from pathlib import Path
 
 from musicsteer.engine.benchmark import run_benchmark
 from musicsteer.engine.loading import load_model
+from musicsteer.engine.soak import run_soak
 
 from .options import DEFAULT_MODEL, add_model_options
 
@@ -19,12 +20,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_model_options(parser)
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--soak", type=float, metavar="SECONDS",
+                        help="instead: a live null-device session this long; time to first audio, decode cost "
+                             "and memory over time")
     parser.add_argument("--json", help="write the report to this JSON file")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     lm = load_model(args.model or DEFAULT_MODEL, args.device, args.dtype)
+    if args.soak:
+        report = run_soak(lm, args.soak)
+        print(json.dumps({k: v for k, v in report.items() if k != "rss_samples"}, indent=1))
+        if args.json:
+            Path(args.json).write_text(json.dumps(report, indent=2))
+        return 0
     report = run_benchmark(lm, steps=args.steps, repeats=args.repeats)
     for result in report["results"]:
         print(f"{result['name']:>14}: {result['steps_per_s']:8.1f} steps/s  rtf {result['rtf']:6.2f}  "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from musicsteer.engine.errors import MusicsteerError
 from musicsteer.engine.generator import Generator
 from musicsteer.engine.session import WHEN_SLOW, SessionStats, StreamingSession, StreamOptions
 
+from .live_controls import add_control_options, load_session_config, open_controllers
 from .options import add_generation_options, add_model_options, session_spec
 from .render import prompt_codes_from, sha256_of
 
@@ -43,7 +45,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     group.add_argument("--slew", type=float, default=0.05, help="seconds an alpha jump glides over (no clicks)")
     group.add_argument("--codes-out", help="save the session's codes (codebooks, frames) as .npy at the end")
     group.add_argument("--no-status", action="store_true", help="no live status line")
-    parser.set_defaults(run=run)
+    add_control_options(parser)
+    parser.set_defaults(run=run, parser=parser)
 
 
 def status_line(stats: SessionStats, gen: Generator) -> str:
@@ -60,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
         raise MusicsteerError(f"--seconds must be > 0, got {args.seconds}")
     if args.init_audio and not Path(args.init_audio).is_file():
         raise MusicsteerError(f"init audio not found: {args.init_audio}")
+    config = load_session_config(args, args.parser)
     spec = session_spec(args)
     lm = spec.lm
     gen = Generator(lm, spec.controls, spec.vectors, steer_rule=args.steer_rule, steer_both=args.steer_both,
@@ -74,7 +78,11 @@ def run(args: argparse.Namespace) -> int:
                             record=args.record, resample=not args.no_resample)
     # The output device and the record path are checked here, before anything is generated.
     session = StreamingSession(gen, options, prompt_codes, init_audio=init, keep_codes=bool(args.codes_out))
-    code = stream(session, gen, show_status=not args.no_status)
+    with ExitStack() as controllers:
+        osc = open_controllers(controllers, session, args, config)
+        if osc is not None:
+            print(f"listening for OSC on {osc.address[0]}:{osc.address[1]}", file=sys.stderr, flush=True)
+        code = stream(session, gen, show_status=not args.no_status)
     if args.codes_out:
         codes = torch.stack(session.codes, dim=-1)
         if prompt_codes is not None:  # the same layout render writes: the prompt's frames first

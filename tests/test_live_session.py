@@ -1,0 +1,107 @@
+"""A real `musicsteer play` process driven over real UDP: the examples' OSC score performs a
+classical -> electronic -> jazz morph, every change lands in the session log with its step, and the
+log replays to the same codes. Also: the example layouts and configs name only real addresses."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from musicsteer.cli import main
+from musicsteer.controllers.config import load_config
+from musicsteer.engine.session_log import read_log
+from musicsteer.engine.vectors import SteeringVectors
+
+ROOT = Path(__file__).resolve().parents[1]
+LABELS = ("classical", "electronic", "jazz", "rock")
+
+
+def genre_vectors(tmp_path) -> str:
+    gen = torch.Generator().manual_seed(3)
+    directions = {label: torch.randn(2, 64, generator=gen) for label in LABELS}
+    return str(SteeringVectors.create(directions, model="tiny", method="random", best_layer=1)
+               .save(tmp_path / "genres.safetensors"))
+
+
+def start_play(tmp_path, vectors: str) -> tuple[subprocess.Popen, int]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "musicsteer", "play", "--model", "tiny", "--device", "cpu", "--no-status",
+         "--output-device", "null", "--osc-port", "0", "--vectors", vectors, "--steer", "classical",
+         "--alpha", "0.3", "--record", str(tmp_path / "set.wav"), "--codes-out", str(tmp_path / "set.npy")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = proc.stderr.readline()
+    match = re.search(r"listening for OSC on 127\.0\.0\.1:(\d+)", line)
+    assert match, line + proc.stderr.read()
+    return proc, int(match.group(1))
+
+
+def test_osc_score_morphs_logs_and_replays(tmp_path) -> None:
+    proc, port = start_play(tmp_path, genre_vectors(tmp_path))
+    try:
+        score = subprocess.run([sys.executable, str(ROOT / "examples" / "osc_morph.py"), "--port", str(port),
+                                "--speed", "12"], capture_output=True, text=True, timeout=120)
+        assert score.returncode == 0, score.stderr
+        assert "engine answered /musicsteer/pong" in score.stdout
+        assert "<- /musicsteer/changed" in score.stdout  # subscribed feedback came back
+        time.sleep(0.5)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+
+    log = read_log(tmp_path / "set.jsonl")
+    params = [change.param for _, change in log.changes]
+    assert params.count("mix") == 3 and "alpha" in params  # two morphs and the fusion mix
+    morphs = [c for _, c in log.changes if c.param == "mix" and c.seconds > 0]
+    assert [list(c.value) for c in morphs] == [["electronic"], ["jazz"]]
+    steps = [step for step, _ in log.changes]
+    assert steps == sorted(steps) and log.end["steps"] >= steps[-1]
+    with open(tmp_path / "set.jsonl") as f:
+        header = json.loads(f.readline())
+    assert header["vectors_sha256"] and header["controls"]["mix"] == {"classical": 1.0}
+
+    out = tmp_path / "replay.npy"
+    assert main(["render", "--replay", str(tmp_path / "set.jsonl"), "--device", "cpu",
+                 "--out", str(tmp_path / "replay.wav"), "--codes-out", str(out)]) == 0
+    assert np.array_equal(np.load(out), np.load(tmp_path / "set.npy"))
+
+
+def test_osc_port_in_use_is_one_line(tmp_path) -> None:
+    busy = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    busy.bind(("127.0.0.1", 0))
+    try:
+        result = subprocess.run([sys.executable, "-m", "musicsteer", "play", "--model", "tiny", "--device", "cpu",
+                                 "--output-device", "null", "--seconds", "1", "--record", str(tmp_path / "x.wav"),
+                                 "--osc-port", str(busy.getsockname()[1])], capture_output=True, text=True, timeout=120)
+    finally:
+        busy.close()
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and "in use" in lines[0], result.stderr
+    assert not (tmp_path / "x.wav").exists() or (tmp_path / "x.wav").stat().st_size < 100
+
+
+def test_open_stage_control_layout_uses_the_osc_address_space() -> None:
+    from musicsteer.controllers.osc import OscServer
+
+    layout = json.loads((ROOT / "examples" / "open-stage-control.json").read_text())
+    assert layout["createdWith"] == "Open Stage Control" and layout["type"] == "session"
+    server = OscServer(None, port=0)  # binds a free port; no session needed to list the address space
+    known = set(server.addresses)
+    server.stop()
+    for widget in layout["content"]["widgets"]:
+        assert widget["address"] in known, widget["address"]
+
+
+def test_example_configs_load() -> None:
+    for name in ("session.yaml", "nanokontrol2.yaml"):
+        config = load_config(ROOT / "examples" / name)
+        assert config.presets or config.midi
