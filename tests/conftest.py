@@ -13,6 +13,10 @@ from musicsteer.engine.loading import LoadedModel, load_model
 from musicsteer.engine.tiny import build_tiny_model
 from musicsteer.engine.vectors import SteeringVectors
 
+# Tiny models are all per-op overhead: on a 2-core machine a second torch thread only adds contention
+# (measured here: up to 10x slower under load). The CLI does the same for tiny models (--threads).
+torch.set_num_threads(1)
+
 
 def in_memory(stereo: bool = False, **shape: int) -> LoadedModel:
     """A tiny random MusicGen of the given shape, wrapped as the engine sees a loaded model."""

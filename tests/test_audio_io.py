@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -121,16 +120,11 @@ def test_write_wav_unwritable_paths(tmp_path: Path) -> None:
         assert "\n" not in str(info.value)
 
 
-@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root ignores permissions")
-def test_write_wav_read_only_folder(tmp_path: Path) -> None:
-    folder = tmp_path / "ro"
-    folder.mkdir()
-    folder.chmod(0o500)
-    try:
-        with pytest.raises(MusicsteerError, match="cannot write audio file"):
-            write_wav(folder / "out.wav", np.zeros(4), SR_OUT)
-    finally:
-        folder.chmod(0o700)
+def test_write_wav_read_only_filesystem() -> None:
+    # /proc refuses new files even to root (CI runs as root, so chmod-based checks would prove nothing).
+    with pytest.raises(MusicsteerError) as info:
+        write_wav("/proc/musicsteer-test/out.wav", np.zeros(4), SR_OUT)
+    assert "\n" not in str(info.value)
 
 
 def test_write_wav_bad_shape() -> None:

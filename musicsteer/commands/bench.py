@@ -7,10 +7,9 @@ import json
 from pathlib import Path
 
 from musicsteer.engine.benchmark import run_benchmark
-from musicsteer.engine.loading import load_model
 from musicsteer.engine.soak import run_soak
 
-from .options import DEFAULT_MODEL, add_model_options
+from .options import add_model_options, load
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    lm = load_model(args.model or DEFAULT_MODEL, args.device, args.dtype)
+    lm = load(args)
     if args.soak:
         report = run_soak(lm, args.soak)
         print(json.dumps({k: v for k, v in report.items() if k != "rss_samples"}, indent=1))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
+import torch
+
 from musicsteer.engine.control import Controls
 from musicsteer.engine.errors import MusicsteerError
 from musicsteer.engine.events import parse_mix
@@ -22,6 +24,8 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
                             f"(default {DEFAULT_MODEL})")
     group.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     group.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
+    group.add_argument("--threads", type=int,
+                       help="CPU threads for torch (default: 1 for the tiny models, torch's choice otherwise)")
 
 
 def add_generation_options(parser: argparse.ArgumentParser) -> None:
@@ -42,6 +46,18 @@ def add_generation_options(parser: argparse.ArgumentParser) -> None:
                        help="renorm: (h + a|h|v)/(1+a), the paper's; add: h + a v")
     group.add_argument("--steer-both", action="store_true",
                        help="steer both CFG halves (default: the conditional half only)")
+
+
+def load(args: argparse.Namespace, name: str | None = None) -> LoadedModel:
+    """Load the model the options name, with the thread count they ask for."""
+    name = name or args.model or DEFAULT_MODEL
+    threads = args.threads or (1 if name.startswith("tiny") else None)
+    if threads is not None:
+        if threads < 1:
+            raise MusicsteerError(f"--threads must be >= 1, got {threads}")
+        # Tiny models are all overhead: a second thread only adds contention on a small machine.
+        torch.set_num_threads(threads)
+    return load_model(name, args.device, args.dtype)
 
 
 @dataclass
@@ -67,7 +83,7 @@ def session_spec(args: argparse.Namespace) -> SessionSpec:
     if mix and not args.vectors:
         raise MusicsteerError("--steer needs --vectors FILE")
     vectors = SteeringVectors.load(args.vectors) if args.vectors else None
-    lm = load_model(args.model or DEFAULT_MODEL, args.device, args.dtype)
+    lm = load(args)
     if vectors is not None:
         vectors.check_model(lm.num_layers, lm.d_model, lm.name)
     controls = Controls(

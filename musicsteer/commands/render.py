@@ -17,11 +17,11 @@ from musicsteer.engine.codec import decode_codes, encode_audio
 from musicsteer.engine.control import Controls
 from musicsteer.engine.errors import MusicsteerError
 from musicsteer.engine.generator import Generator, render_codes
-from musicsteer.engine.loading import LoadedModel, load_model
+from musicsteer.engine.loading import LoadedModel
 from musicsteer.engine.session_log import read_log
 from musicsteer.engine.vectors import SteeringVectors
 
-from .options import DEFAULT_MODEL, add_generation_options, add_model_options, session_spec
+from .options import add_generation_options, add_model_options, load, session_spec
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -82,7 +82,7 @@ def replay(args: argparse.Namespace) -> int:
     vectors = SteeringVectors.load(vectors_path) if vectors_path else None
     if vectors is not None and header.get("vectors_sha256") and vectors.sha256 != header["vectors_sha256"]:
         raise MusicsteerError(f"vectors file {vectors_path} is not the one the session used (sha256 differs)")
-    lm = load_model(args.model or header.get("model") or DEFAULT_MODEL, args.device, args.dtype)
+    lm = load(args, args.model or header.get("model"))
     controls = dict(header["controls"], layers=tuple(header["controls"]["layers"]))
     gen = Generator(lm, Controls(**controls), vectors, **header["settings"])
     for step, change in logged.changes:
