@@ -174,6 +174,8 @@ class OscServer:
             return
         self._running = True
         self._surface.add_listener(self._on_applied)
+        if hasattr(self._surface, "add_meter_listener"):
+            self._surface.add_meter_listener(self._on_meter)
         self._threads = [threading.Thread(target=run, name=f"musicsteer-osc{tail}", daemon=True)
                          for run, tail in ((self._serve, ""), (self._send_loop, "-out"))]
         for thread in self._threads:
@@ -319,6 +321,10 @@ class OscServer:
         args += ["layer", int(status["layers"][0])] if status.get("layers") else []  # the first steered layer
         return [*args, "mix", *(x for name, w in (status.get("mix") or {}).items() for x in (name, float(w)))]
 
+    def _on_meter(self, step: int, scores: dict[str, float]) -> None:
+        if self._running and self._subscribers:
+            self._outbox.put(("meter", scores))
+
     def _on_applied(self, step: int, changes: list[Change]) -> None:
         if self._running and self._subscribers:  # only an enqueue: this runs between tokens
             self._outbox.put(changes)
@@ -334,7 +340,9 @@ class OscServer:
             try:
                 with self._lock:
                     subscribers = list(self._subscribers)
-                if isinstance(item, tuple):  # a new subscriber's address
+                if isinstance(item, tuple) and item[0] == "meter":  # /musicsteer/meter label score ...
+                    self._send(subscribers, f"{PREFIX}/meter", *(x for pair in item[1].items() for x in pair))
+                elif isinstance(item, tuple):  # a new subscriber's address
                     self._send(item, f"{PREFIX}/status", *self._status_args())
                 for change in item if isinstance(item, list) else ():
                     value = change.value  # arguments mirror the input forms: mix pairs, then seconds

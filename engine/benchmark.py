@@ -11,6 +11,7 @@ The machines this runs on are shared and noisy, so the contenders alternate with
 from __future__ import annotations
 
 import math
+import os
 import platform
 import statistics
 import time
@@ -70,6 +71,13 @@ def device_description(device: torch.device) -> str:
     except OSError:
         pass  # not Linux: keep platform's name
     return f"{device.type} ({torch.get_num_threads()} threads, {cpu})"
+
+
+def _load_average() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):  # Windows has no load average
+        return None
 
 
 def random_vectors(lm: LoadedModel, seed: int = 0) -> SteeringVectors:
@@ -191,6 +199,7 @@ def run_benchmark(lm: LoadedModel, steps: int = 100, repeats: int = 3, warmup: i
         ("hf_generate", lambda n: _run_generate(lm, n)),
     ]
     runs: dict[str, list[_Run]] = {name: [] for name, _ in contenders}
+    load_before = _load_average()
     # no_grad, not inference_mode: the engine's first Generator re-lays the model's weights
     # (FastDecoder), and inference tensors would break later autograd or in-place use of the model.
     with torch.no_grad():
@@ -219,6 +228,8 @@ def run_benchmark(lm: LoadedModel, steps: int = 100, repeats: int = 3, warmup: i
         "steps": steps,
         "repeats": repeats,
         "prompt": PROMPT,
+        # Other users' load on a shared machine explains outliers better than any statistic.
+        "load_avg_1min": [load_before, _load_average()],
         "results": [asdict(r) for r in results],
         "ratios": {
             "engine_vs_hf_generate": engine.steps_per_s / hf.steps_per_s,

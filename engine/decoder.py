@@ -128,8 +128,8 @@ def forward(
     attend_len: eager callers pass the number of valid cache positions (a Python int) so attention
     reads only those; a captured graph passes None and attends over the whole cache with a mask.
     capture: if given, filled with the residual stream entering each layer ("residual.{i}") and each
-    self-attention output ("attention.{i}"), after steering, for the whole CFG batch (the
-    conditional rows first).
+    self-attention output ("attention.{i}"), after steering, and the stream entering each layer
+    before its steering ("unsteered.{i}"), for the whole CFG batch (the conditional rows first).
     """
     batch, _, steps = tokens.shape
     hidden = sum(dec.embed_tokens[k](tokens[:, k]) for k in range(dec.num_codebooks))
@@ -141,6 +141,8 @@ def forward(
     cross_mask = cache.cross_mask
 
     for i, layer in enumerate(dec.layers):
+        if capture is not None:  # before this token's intervention: what the music so far makes of it
+            capture[f"unsteered.{i}"] = hidden
         hidden = steering.apply("residual", i, hidden)
         if capture is not None:
             capture[f"residual.{i}"] = hidden

@@ -31,6 +31,7 @@ from .vectors import SteeringVectors
 
 if TYPE_CHECKING:
     from .loading import LoadedModel
+    from .meter import GenreMeter
 
 DEFAULT_WINDOW_SECONDS = 30.0  # MusicGen's training length; positions past it are untrained
 DEFAULT_KEEP_SECONDS = 12.0  # context carried into the next window (audiocraft's choice)
@@ -98,7 +99,8 @@ class Generator:
         self.step_index = 0  # tokens generated in this session
         self.frame_offset = 0  # session index of the current window's frame 0
         self.end_frame: int | None = None
-        self.capture: dict[str, Tensor] | None = None  # set to a dict to read activations (tests, meter)
+        self.capture: dict[str, Tensor] | None = None  # set to a dict to read activations (tests, probes)
+        self.meter: GenreMeter | None = None  # a live genre meter reading the same activations
         self.last_logits: Tensor | None = None  # raw (2B, K, V) logits of the last step
         self.on_applied = None  # optional callback(step, changes) for the session log
         self._inputs: tuple[Tensor, Tensor] | None = None
@@ -137,7 +139,10 @@ class Generator:
 
         tokens, positions = self._inputs
         attend = int(positions[-1]) + 1 if positions.numel() > 1 else self._position
-        logits = decoder_fn.forward(self.dec, tokens, positions, self.cache, self.steering, attend, self.capture)
+        capture = self.capture if self.capture is not None else ({} if self.meter is not None else None)
+        logits = decoder_fn.forward(self.dec, tokens, positions, self.cache, self.steering, attend, capture)
+        if self.meter is not None:
+            self.meter.observe(self.step_index, capture[self.meter.tap], self.control)
         self.last_logits = logits[:, :, -1]
         values = self.control.values
         mixed = guided_logits(self.last_logits, values.guidance)

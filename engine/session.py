@@ -98,6 +98,9 @@ class StreamingSession:
         self._listeners: list[Callable[[int, list[Change]], None]] = []
         self.listener_errors = 0
         gen.on_applied = self._changes_applied
+        self.meter_listeners: list[Callable[[int, dict[str, float]], None]] = []
+        if gen.meter is not None:
+            gen.meter.listeners.append(self._meter_read)
         self._recorder_lock = threading.Lock()
         self._recorder: Recorder | None = None
         self.takes: list[Path] = []
@@ -137,6 +140,19 @@ class StreamingSession:
             except Exception:  # noqa: BLE001 - a broken listener must not stop the music
                 self.listener_errors += 1
 
+    def add_meter_listener(self, listener: Callable[[int, dict[str, float]], None]) -> None:
+        """Call `listener(step, {label: score})` (generation thread) at every genre-meter reading."""
+        self.meter_listeners.append(listener)
+
+    def _meter_read(self, step: int, scores: dict[str, float]) -> None:
+        if self.log is not None:
+            self.log.record_meter(step, self.sample_at(step), scores)
+        for listener in self.meter_listeners:
+            try:
+                listener(step, scores)
+            except Exception:  # noqa: BLE001 - a broken listener must not stop the music
+                self.listener_errors += 1
+
     def sample_at(self, step: int) -> int:
         """Where the frame generated at `step` starts in the recording (one frame per step)."""
         return (self.prompt_frames + step) * self.gen.lm.sample_rate // self.gen.lm.frame_rate
@@ -166,6 +182,7 @@ class StreamingSession:
             "site": values.site, "prompt": values.prompt, "guidance": values.guidance,
             "temperature": values.temperature, "top_k": values.top_k, "top_p": values.top_p,
             "recording": stats.recording or "",
+            "meter": dict(self.gen.meter.latest) if self.gen.meter is not None else {},
         }
 
     # -- recording (thread-safe; OSC and the API call these mid-session) -----------------------

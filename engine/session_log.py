@@ -51,6 +51,10 @@ class SessionLog:
         self._queue.put({"step": step, "sample": sample, "param": change.param, "value": change.value,
                          "seconds": change.seconds})
 
+    def record_meter(self, step: int, sample: int, scores: dict[str, float]) -> None:
+        """A genre-meter reading (read_log skips these: they describe, they do not change anything)."""
+        self._queue.put({"step": step, "sample": sample, "meter": scores})
+
     def close(self, end: dict[str, Any] | None = None) -> Path:
         if end is not None:
             self._queue.put({"end": end})
@@ -96,6 +100,8 @@ def read_log(path: str | Path) -> LoggedSession:
     for number, record in records[1:]:
         if "end" in record:
             session.end = record["end"]
+            continue
+        if "meter" in record:
             continue
         try:
             change = Change(record["param"], record["value"], float(record.get("seconds", 0.0)))

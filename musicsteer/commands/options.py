@@ -10,7 +10,9 @@ import torch
 from musicsteer.engine.control import Controls
 from musicsteer.engine.errors import MusicsteerError
 from musicsteer.engine.events import parse_mix
+from musicsteer.engine.generator import Generator
 from musicsteer.engine.loading import LoadedModel, load_model
+from musicsteer.engine.meter import GenreMeter
 from musicsteer.engine.steering import RULES, SITES
 from musicsteer.engine.vectors import SteeringVectors
 
@@ -46,6 +48,12 @@ def add_generation_options(parser: argparse.ArgumentParser) -> None:
                        help="renorm: (h + a|h|v)/(1+a), the paper's; add: h + a v")
     group.add_argument("--steer-both", action="store_true",
                        help="steer both CFG halves (default: the conditional half only)")
+    group = parser.add_argument_group("genre meter (needs --vectors)")
+    group.add_argument("--meter", action="store_true", help="score the music against every vector as it plays")
+    group.add_argument("--meter-every", type=int, default=25, help="tokens per meter reading (25 = 0.5 s)")
+    group.add_argument("--meter-layer", type=int, help="layer to read (default: the vectors file's best layer)")
+    group.add_argument("--ease-at", type=float, metavar="SCORE",
+                       help="ease alpha off while the target's score holds above SCORE, back on below it")
 
 
 def load(args: argparse.Namespace, name: str | None = None) -> LoadedModel:
@@ -58,6 +66,20 @@ def load(args: argparse.Namespace, name: str | None = None) -> LoadedModel:
         # Tiny models are all overhead: a second thread only adds contention on a small machine.
         torch.set_num_threads(threads)
     return load_model(name, args.device, args.dtype)
+
+
+def attach_meter(gen: Generator, args: argparse.Namespace) -> GenreMeter | None:
+    if not (args.meter or args.ease_at is not None):
+        return None
+    if gen.vectors is None:
+        raise MusicsteerError("--meter and --ease-at need --vectors FILE")
+    layer = args.meter_layer
+    if layer is not None and not 0 <= layer < gen.lm.num_layers:
+        raise MusicsteerError(f"--meter-layer {layer} out of range: this model has layers 0-{gen.lm.num_layers - 1}")
+    if args.meter_every < 1:
+        raise MusicsteerError(f"--meter-every must be >= 1, got {args.meter_every}")
+    gen.meter = GenreMeter(gen.vectors, layer, args.meter_every, ease_at=args.ease_at)
+    return gen.meter
 
 
 @dataclass

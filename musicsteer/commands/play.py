@@ -18,7 +18,7 @@ from musicsteer.engine.generator import Generator
 from musicsteer.engine.session import WHEN_SLOW, SessionStats, StreamingSession, StreamOptions
 
 from .live_controls import add_control_options, load_session_config, open_controllers
-from .options import add_generation_options, add_model_options, session_spec
+from .options import add_generation_options, add_model_options, attach_meter, session_spec
 from .render import prompt_codes_from, sha256_of
 
 
@@ -53,6 +53,9 @@ def status_line(stats: SessionStats, gen: Generator) -> str:
     values = gen.control.values
     mix = ",".join(f"{name}={weight:g}" for name, weight in values.mix.items()) or "-"
     rec = f"  rec {Path(stats.recording).name}" if stats.recording else ""
+    if gen.meter is not None and gen.meter.latest:
+        top = sorted(gen.meter.latest.items(), key=lambda item: -item[1])[:3]
+        rec += "  meter " + " ".join(f"{label} {score:+.2f}" for label, score in top)
     return (f"step {stats.step:6d}  {stats.played_seconds:7.1f}s  rtf {stats.rtf:5.2f}  "
             f"buffer {stats.buffer_seconds:4.2f}s  underruns {stats.underrun_events} "
             f"({stats.underrun_seconds:.2f}s)  alpha {values.alpha:.2f}  steer {mix}{rec}")
@@ -68,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
     lm = spec.lm
     gen = Generator(lm, spec.controls, spec.vectors, steer_rule=args.steer_rule, steer_both=args.steer_both,
                     alpha_slew_seconds=args.slew)
+    attach_meter(gen, args)
     prompt_codes = prompt_codes_from(lm, args.init_audio, args.init_seconds)
     init = None
     if args.init_audio:

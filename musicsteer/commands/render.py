@@ -21,7 +21,7 @@ from musicsteer.engine.loading import LoadedModel
 from musicsteer.engine.session_log import read_log
 from musicsteer.engine.vectors import SteeringVectors
 
-from .options import add_generation_options, add_model_options, load, session_spec
+from .options import add_generation_options, add_model_options, attach_meter, load, session_spec
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -62,6 +62,10 @@ def run(args: argparse.Namespace) -> int:
     spec = session_spec(args)
     lm = spec.lm
     gen = Generator(lm, spec.controls, spec.vectors, steer_rule=args.steer_rule, steer_both=args.steer_both)
+    meter = attach_meter(gen, args)
+    readings: list[dict[str, float]] = []
+    if meter is not None:
+        meter.listeners.append(lambda step, scores: readings.append(scores))
     for timed in automation:
         try:
             gen.submit(timed.change, at_step=step_for_time(timed.at, lm.frame_rate))
@@ -70,7 +74,12 @@ def run(args: argparse.Namespace) -> int:
     prompt_codes = prompt_codes_from(lm, args.init_audio, args.init_seconds)
     prompt_frames = 0 if prompt_codes is None else prompt_codes.shape[-1]
     total = prompt_frames + max(1, round(args.seconds * lm.frame_rate))
-    return finish(args, gen, total, prompt_codes, pad_end=True)
+    code = finish(args, gen, total, prompt_codes, pad_end=True)
+    if readings:
+        mean = {label: sum(r[label] for r in readings) / len(readings) for label in readings[0]}
+        print("genre meter (mean of " + str(len(readings)) + " readings): "
+              + "  ".join(f"{label} {score:+.3f}" for label, score in mean.items()))
+    return code
 
 
 def replay(args: argparse.Namespace) -> int:
