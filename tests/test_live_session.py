@@ -105,3 +105,11 @@ def test_example_configs_load() -> None:
     for name in ("session.yaml", "nanokontrol2.yaml"):
         config = load_config(ROOT / "examples" / name)
         assert config.presets or config.midi
+
+
+def test_example_automation_parses() -> None:
+    from musicsteer.controllers.automation import load_automation
+
+    timed = load_automation(ROOT / "examples" / "morph.yaml")
+    assert [t.at for t in timed] == sorted(t.at for t in timed) and len(timed) >= 6
+    assert {t.change.param for t in timed} >= {"alpha", "mix"}
