@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -101,31 +102,21 @@ class RingBuffer:
         self._ended = True
 
     def wait_for_space(self, frames: int, timeout: float | None = None) -> bool:
-        """Sleep until `frames` can be written (True) or `timeout` seconds pass (False).
-
-        Polls with naps sized to how long the consumer needs to free the missing frames, so the
-        realtime side never has to signal anything (signalling would mean taking a lock).
-        """
+        """Sleep until `frames` can be written (True) or `timeout` seconds pass (False)."""
         if frames > self.capacity:
             raise ValueError(f"cannot wait for {frames} frames in a ring of {self.capacity}")
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            deficit = frames - self.space
-            if deficit <= 0:
-                return True
-            nap = min(max(deficit / self.sample_rate, 0.0005), 0.05)
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                nap = min(nap, left)
-            time.sleep(nap)
+        return self._wait_until(lambda: frames - self.space, timeout)
 
     def wait_until_empty(self, timeout: float | None = None) -> bool:
         """Sleep until the consumer has read everything written (True) or `timeout` passes (False)."""
+        return self._wait_until(lambda: self.available, timeout)
+
+    def _wait_until(self, missing: Callable[[], int], timeout: float | None) -> bool:
+        """Poll until `missing()` frames reach 0, with naps sized to how long the consumer needs to
+        catch up, so the realtime side never has to signal anything (that would mean taking a lock)."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        while self.available > 0:
-            nap = min(max(self.available / self.sample_rate, 0.0005), 0.05)
+        while (deficit := missing()) > 0:
+            nap = min(max(deficit / self.sample_rate, 0.0005), 0.05)
             if deadline is not None:
                 left = deadline - time.monotonic()
                 if left <= 0:

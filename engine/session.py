@@ -134,11 +134,7 @@ class StreamingSession:
             self.applied.append((step, change))
             if self.log is not None:
                 self.log.record(step, self.sample_at(step), change)
-        for listener in self._listeners:
-            try:
-                listener(step, changes)
-            except Exception:  # noqa: BLE001 - a broken listener must not stop the music
-                self.listener_errors += 1
+        self._notify(self._listeners, step, changes)
 
     def add_meter_listener(self, listener: Callable[[int, dict[str, float]], None]) -> None:
         """Call `listener(step, {label: score})` (generation thread) at every genre-meter reading."""
@@ -147,9 +143,12 @@ class StreamingSession:
     def _meter_read(self, step: int, scores: dict[str, float]) -> None:
         if self.log is not None:
             self.log.record_meter(step, self.sample_at(step), scores)
-        for listener in self.meter_listeners:
+        self._notify(self.meter_listeners, step, scores)
+
+    def _notify(self, listeners: list[Callable], step: int, payload: object) -> None:
+        for listener in listeners:
             try:
-                listener(step, scores)
+                listener(step, payload)
             except Exception:  # noqa: BLE001 - a broken listener must not stop the music
                 self.listener_errors += 1
 
