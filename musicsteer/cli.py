@@ -11,10 +11,10 @@ import os
 import sys
 
 from musicsteer import __version__
-from musicsteer.commands import bench, devices, midi_learn, play, probe, render
+from musicsteer.commands import bench, devices, eval, midi_learn, play, probe, render
 from musicsteer.engine.errors import MusicsteerError
 
-COMMANDS = (render, play, devices, midi_learn, probe, bench)
+COMMANDS = (render, play, devices, midi_learn, probe, eval, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:

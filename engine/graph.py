@@ -1,0 +1,216 @@
+"""The decode step as one static-shape function, captured once as a CUDA graph (gpt-fast style).
+
+Eager PyTorch on a GPU is launch-bound: a musicgen-small step launches ~600 kernels, each costing
+more host time than the GPU needs for it (DESIGN §4). `GraphDecoder` runs one whole decode step
+(every layer, every steering slot, the CFG mix and the sampler) on buffers allocated once, so it
+can be captured as a `torch.cuda.CUDAGraph` and replayed every token with one launch.
+
+What a replay reads, and how a value changes without recapture:
+  tokens, position                  copied into static input buffers by `step` (device tensors)
+  guidance, temperature, top-k/p    0-d device tensors written by `set_sampling` (only when changed)
+  steering alpha/direction/layer    `SteeringTensors(apply_all=True)`: copy_ in place, every slot computed
+  prompt (same text-length bucket)  `KVCache.set_cross` copies in place
+  seed                              the torch.Generator's host state, read by every replay
+Only a prompt in a new text-length bucket rebinds buffers the graph points at; `step` notices and
+rebuilds (counted in `builds`). On the CPU (`capture=False`) the same function runs eagerly, so its
+numerics are what the CPU tests check. Prefill (many tokens at once) stays eager.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from . import decoder as decoder_fn
+from .decoder import FastDecoder
+from .generator import Frame, Generator
+from .kv_cache import KVCache
+from .steering import SteeringTensors
+
+if TYPE_CHECKING:
+    from .control import Controls
+    from .loading import LoadedModel
+    from .vectors import SteeringVectors
+
+# torch's CUDA graph docs: run a few eager iterations on a side stream before capturing, so lazy
+# initialisation (cuBLAS workspaces, autotuning) happens outside the graph.
+WARMUP_STEPS = 3
+
+
+class GraphDecoder:
+    """One decode step (all layers, steering terms, CFG mix, sampling) on static buffers."""
+
+    def __init__(self, dec: FastDecoder, cache: KVCache, steering: SteeringTensors,
+                 rng: torch.Generator | None = None, *, capture: bool | None = None) -> None:
+        if not steering.apply_all:
+            # A graph cannot branch on which (site, layer) slots hold a term: it must compute all.
+            raise ValueError("GraphDecoder needs SteeringTensors(apply_all=True)")
+        device = cache.k.device
+        capture = device.type == "cuda" if capture is None else capture
+        if capture and device.type != "cuda":
+            raise ValueError(f"CUDA graph capture needs a CUDA device, not {device}")
+        self.dec, self.cache, self.steering, self.device, self.capture = dec, cache, steering, device, capture
+        self.rng = rng if rng is not None else torch.Generator(device=device)
+        batch2, codebooks, vocab = cache.k.shape[1], dec.num_codebooks, dec.vocab_size
+        self.vocab = vocab
+        # Static inputs.
+        self.tokens = torch.zeros(batch2, codebooks, 1, dtype=torch.long, device=device)
+        self.position = torch.zeros(1, dtype=torch.long, device=device)
+        self.guidance = torch.zeros((), device=device)
+        self.temperature = torch.ones((), device=device)
+        self.top_k = torch.full((1,), vocab, dtype=torch.long, device=device)
+        self.top_p_floor = torch.full((), -1.0, device=device)
+        self.greedy = torch.zeros((), dtype=torch.bool, device=device)
+        # Static outputs: valid until the next step (copy them to keep them).
+        self.logits = torch.zeros(batch2, codebooks, vocab, dtype=cache.k.dtype, device=device)
+        self.sampled = torch.zeros(batch2 // 2, codebooks, dtype=torch.long, device=device)
+        self.builds = 0  # captures on CUDA; on the CPU, what would have been captured
+        self.steps = 0
+        self._graph: torch.cuda.CUDAGraph | None = None
+        self._bound: tuple | None = None
+        self._knobs: tuple | None = None
+        self.set_sampling(3.0, 1.0, 250, 0.0)
+
+    # -- per-token API ----------------------------------------------------------------------
+    def set_sampling(self, guidance: float, temperature: float, top_k: int, top_p: float) -> None:
+        """Write the sampling knobs into their device tensors, only when they changed (no launches
+        otherwise). Semantics as `sampling.sample_tokens`: top_k/top_p 0 = off, greedy when
+        temperature <= 0 or top_k == 1. Derived values are computed here, on the host, in the same
+        precision the eager sampler uses, so CPU results match it bit for bit."""
+        knobs = (guidance, temperature, top_k, top_p)
+        if knobs == self._knobs:
+            return
+        self._knobs = knobs
+        self.guidance.fill_(guidance)
+        self.temperature.fill_(temperature if temperature > 0 else 1.0)
+        self.top_k.fill_(top_k if 0 < top_k < self.vocab else self.vocab)
+        # float32(1 - p) rounds as the eager `cumulative <= (1 - top_p)` comparison does; -1 = off.
+        self.top_p_floor.fill_(1 - top_p if 0 < top_p < 1 else -1.0)
+        self.greedy.fill_(temperature <= 0 or top_k == 1)
+
+    @torch.no_grad()
+    def step(self, tokens: Tensor, position: int | Tensor) -> Tensor:
+        """Decode tokens (2B, K, 1) at `position`; return the sampled tokens (B, K) (a static buffer).
+        `self.logits` then holds the raw logits (2B, K, V) of both CFG halves."""
+        self.tokens.copy_(tokens)
+        if isinstance(position, Tensor):
+            self.position.copy_(position.reshape(1))
+        else:
+            if not 0 <= position < self.cache.max_len:
+                raise IndexError(f"position {position} outside the cache (0..{self.cache.max_len - 1})")
+            self.position.fill_(position)
+        if self._bound != self._binding():
+            self._build()  # first step, or a prompt in a new text-length bucket rebound the cross k/v
+        if self._graph is not None:
+            self._graph.replay()
+        else:
+            self._run()
+        self.steps += 1
+        return self.sampled
+
+    # -- the static function ----------------------------------------------------------------
+    def _run(self) -> None:
+        logits = decoder_fn.forward(self.dec, self.tokens, self.position, self.cache, self.steering, None)
+        raw = logits[:, :, -1]
+        self.logits.copy_(raw)
+        cond, uncond = raw.float().chunk(2, dim=0)
+        mixed = uncond + (cond - uncond) * self.guidance
+        self.sampled.copy_(self._sample(mixed))
+
+    def _sample(self, mixed: Tensor) -> Tensor:
+        """`sampling.sample_tokens` with every knob a tensor: no data-dependent shapes, no host sync."""
+        scores = mixed / self.temperature
+        # One ascending sort serves top-k (the k-th largest is at V - k) and top-p (its cumsum).
+        ascending, order = scores.sort(dim=-1)
+        kth = ascending.index_select(-1, self.vocab - self.top_k)
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+        kept = ascending.masked_fill(ascending < kth, float("-inf"))
+        drop = kept.softmax(dim=-1).cumsum(dim=-1) <= self.top_p_floor
+        drop[..., -1:] = False  # always keep the most likely token
+        scores = scores.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+        probs = scores.softmax(dim=-1)
+        # The exponential race is what torch.multinomial does for one sample (same draws from the
+        # same generator state, checked in the tests), minus its host-side validity check (.item()),
+        # which is what made multinomial uncapturable before torch 2.6.
+        race = torch.empty_like(probs).exponential_(1, generator=self.rng)
+        drawn = (probs / race).argmax(dim=-1)
+        return torch.where(self.greedy, mixed.argmax(dim=-1), drawn)
+
+    # -- capture ------------------------------------------------------------------------------
+    def _binding(self) -> tuple:
+        """Addresses of the buffers that can be rebound (the prompt's cross-attention k/v)."""
+        c = self.cache
+        if c.cross_k is None or c.cross_v is None or c.cross_mask is None:
+            raise RuntimeError("set the prompt (KVCache.set_cross) before decoding")
+        return (c.cross_k.data_ptr(), c.cross_v.data_ptr(), c.cross_mask.data_ptr(), tuple(c.cross_k.shape))
+
+    def _build(self) -> None:
+        self.builds += 1
+        self._bound = self._binding()
+        self._graph = None  # drop an old graph (and its memory pool) before capturing anew
+        if not self.capture:
+            return
+        # Warm-up and capture must not move the sampling stream: a seed gives the same music
+        # whether or not this token happened to trigger a (re)capture.
+        state = self.rng.get_state()
+        current = torch.cuda.current_stream(self.device)
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(current)
+        with torch.cuda.stream(side):
+            for _ in range(WARMUP_STEPS):  # recomputes this step: the KV writes are idempotent
+                self._run()
+        current.wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        # A non-default generator must be registered with the graph (torch >= 2.4) so each replay
+        # advances its Philox offset; newer torch registers it lazily and deprecates this call.
+        register = getattr(graph, "register_generator_state", None)
+        if register is not None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                register(self.rng)
+        with torch.cuda.graph(graph):
+            self._run()
+        self.rng.set_state(state)
+        self._graph = graph
+
+
+class GraphGenerator(Generator):
+    """A `Generator` whose single-token steps go through one `GraphDecoder`.
+
+    Prefills (session start, window slides) and steps that read activations (`capture`) stay
+    eager. The codes, logits and RNG stream equal the eager Generator's (tests/test_graph.py).
+    """
+
+    def __init__(self, lm: LoadedModel, controls: Controls | None = None, vectors: SteeringVectors | None = None,
+                 *, capture: bool | None = None, **kwargs: object) -> None:
+        super().__init__(lm, controls, vectors, **kwargs)
+        self.steering.apply_all = True
+        self.graph = GraphDecoder(self.dec, self.cache, self.steering, self.rng, capture=capture)
+
+    @torch.no_grad()
+    def step(self) -> Frame | None:
+        if self._inputs[1].numel() > 1 or self._position >= self.window or self.capture is not None:
+            return super().step()
+        # From here on this mirrors Generator.step with the decode+sample swapped for the graph.
+        applied = self.control.apply_due(self.step_index)
+        self._sync_controls()
+        if applied and self.on_applied is not None:
+            self.on_applied(self.step_index, applied)
+        values = self.control.values
+        self.graph.set_sampling(values.guidance, values.temperature, values.top_k, values.top_p)
+        tokens, positions = self._inputs
+        sampled = self.graph.step(tokens, positions)
+        self.last_logits = self.graph.logits
+
+        position = self._position
+        resolved = self.delay.resolve(position, sampled)
+        self._inputs = (resolved.repeat(2, 1)[:, :, None], self._positions[position : position + 1])
+        self._position += 1
+        self.step_index += 1
+        frame = self.delay.completed_frame(position)
+        if frame is None:
+            return None
+        return Frame(self.frame_offset + frame, self.delay.frame(frame).to("cpu", copy=True))

@@ -1,0 +1,108 @@
+"""`musicsteer eval`: the paper's §IV evaluation (CLAP Table I, 2AFC listening test, α sweep).
+
+  musicsteer eval --model M --vectors FILE [--clap ID|DIR|tiny] [--pairs a:b,c:d] [--n N] --out DIR
+  musicsteer eval score-2afc answers.csv [answers2.csv ...] [--out DIR] [--alternative two-sided|greater]
+
+The evaluation modules (CLAP, scipy, matplotlib) are imported when the command runs, so the rest
+of the CLI starts as fast as before.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from musicsteer.engine.errors import MusicsteerError
+
+from .options import add_model_options, load
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("eval", help="CLAP genre-transition table, alpha sweep and a 2AFC listening test",
+                            description=__doc__.splitlines()[0])
+    add_model_options(parser)
+    parser.add_argument("--vectors", help="steering-vectors file (.safetensors) with a vector per genre")
+    parser.add_argument("--out", help="output folder (a rerun reuses the clips already there)")
+    parser.add_argument("--clap", default="laion/clap-htsat-unfused",
+                        help="CLAP hub id, local folder, or 'tiny' (offline random model; default %(default)s)")
+    parser.add_argument("--pairs", help="transitions SOURCE:TARGET,... (default: rock:classical,"
+                                        "classical:electronic,electronic:jazz,jazz:rock)")
+    parser.add_argument("--n", type=int, default=20, help="source clips per transition (default %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="first seed (clip i uses seed+i; default 0)")
+    parser.add_argument("--source-seconds", type=float, default=10.0, help="length of a source clip (default 10)")
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of a continuation (default 10)")
+    parser.add_argument("--alpha", type=float, default=0.5, help="steering strength of Table I (default 0.5)")
+    parser.add_argument("--alphas", help="extra strengths for the sweep plot, e.g. 0.2,0.4,0.6,0.8")
+    parser.add_argument("--layer", type=int, help="steering layer (default: the vectors file's best_layer)")
+    parser.add_argument("--site", choices=("residual", "attention"), help="default: the vectors file's site")
+    parser.add_argument("--steer-rule", choices=("renorm", "add"), default="renorm",
+                        help="renorm: (h + a|h|v)/(1+a), the paper's; add: h + a v")
+    parser.add_argument("--steer-text", choices=("source", "none"), default="source",
+                        help="text of the steered arm: the source prompt (default) or none (the paper's wording)")
+    parser.add_argument("--source-prompt", default="a {source} music piece", help="default: %(default)r")
+    parser.add_argument("--blend-prompt", default="{source} music transitioning into {target}",
+                        help="prompted baseline's text (default: %(default)r)")
+    parser.add_argument("--labels", help="CLAP label set, comma-separated (default: the vectors file's labels)")
+    parser.add_argument("--template", default="This is a sound of {}.",
+                        help="CLAP text per label (default: transformers' zero-shot pipeline's, %(default)r)")
+    parser.add_argument("--guidance", type=float, default=3.0)
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--top-k", type=int, default=250)
+    parser.add_argument("--top-p", type=float, default=0.0)
+    parser.add_argument("--trial-seed", type=int, default=0, help="seed of the 2AFC trial and A/B order")
+    parser.add_argument("--clap-batch", type=int, default=8, help="clips per CLAP forward pass")
+    parser.set_defaults(run=run)
+
+    jobs = parser.add_subparsers(dest="eval_command", metavar="score-2afc")
+    score = jobs.add_parser("score-2afc", help="score 2AFC answers CSVs (paper Table II)",
+                            description="Per transition: share of steered choices and an exact binomial p-value.")
+    score.add_argument("answers", nargs="+", help="answers CSV(s) exported by listening_test.html")
+    score.add_argument("--out", dest="score_out", help="folder for 2afc.md and 2afc.json")
+    score.add_argument("--alternative", choices=("two-sided", "greater"), default="two-sided",
+                       help="binomial test against chance: two-sided (default) or greater (steered preferred)")
+    score.set_defaults(run=run_score)
+
+
+def run(args: argparse.Namespace) -> int:
+    from musicsteer.evaluation.protocol import Protocol, Sampling, parse_floats, parse_labels, parse_pairs
+    from musicsteer.evaluation.runner import EvalRequest, evaluate
+
+    if not args.vectors:
+        raise MusicsteerError("eval needs --vectors FILE (a steering-vectors file with one vector per genre)")
+    if not args.out:
+        raise MusicsteerError("eval needs --out DIR")
+    if args.clap_batch < 1:
+        raise MusicsteerError(f"--clap-batch must be >= 1, got {args.clap_batch}")
+    protocol = Protocol(
+        pairs=parse_pairs(args.pairs), n=args.n, seed=args.seed, source_seconds=args.source_seconds,
+        seconds=args.seconds, alpha=args.alpha, alphas=parse_floats(args.alphas, "--alphas"), layer=args.layer,
+        site=args.site or "", steer_rule=args.steer_rule, steer_text=args.steer_text,
+        source_prompt=args.source_prompt, blend_prompt=args.blend_prompt,
+        sampling=Sampling(args.guidance, args.temperature, args.top_k, args.top_p),
+    )
+    request = EvalRequest(protocol, args.vectors, Path(args.out), args.clap, args.template,
+                          parse_labels(args.labels), args.trial_seed, args.clap_batch)
+    evaluate(request, lambda: load(args))
+    out = Path(args.out)
+    print((out / "table.md").read_text(encoding="utf-8"))
+    print(f"wrote {out}/table.md, results.json, alpha_sweep.png, manifest.json, listening_test.html and clips/")
+    return 0
+
+
+def run_score(args: argparse.Namespace) -> int:
+    from musicsteer.evaluation import twoafc
+    from musicsteer.evaluation.report import write_json
+
+    result = twoafc.score(twoafc.read_answers(args.answers), args.alternative)
+    table = twoafc.markdown(result)
+    print(table, end="")
+    if args.score_out:
+        out = Path(args.score_out)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise MusicsteerError(f"cannot create {out}: {e.strerror or e}") from None
+        (out / "2afc.md").write_text(table, encoding="utf-8")
+        write_json(out / "2afc.json", {**result, "files": list(args.answers)})
+        print(f"wrote {out}/2afc.md and 2afc.json")
+    return 0

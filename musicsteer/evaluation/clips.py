@@ -1,0 +1,163 @@
+"""Generating the evaluation clips, resumably.
+
+Each clip is three files: NAME.wav (the audio), NAME.npy (its codes, (codebooks, frames)) and
+NAME.json (its identity: every setting that decides its codes, and where the continuation starts).
+The JSON is written last, so a clip counts as done only when all three are whole; a rerun with the
+same identity reuses the files untouched (no regeneration, mtimes unchanged), and any change of
+model, seed, prompt, length, sampling or steering makes a new clip. Layout under OUT/clips/:
+
+  source/{genre}-{i:02d}.*                      the source clips (shared by pairs with that source)
+  {source}-to-{target}/{i:02d}-prompted.*       the prompted baseline
+  {source}-to-{target}/{i:02d}-steered-a{α}.*   the steered continuation at strength α
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from musicsteer.engine.audio_io import write_wav
+from musicsteer.engine.codec import decode_codes
+from musicsteer.engine.control import Controls
+from musicsteer.engine.generator import Generator, render_codes
+from musicsteer.engine.loading import LoadedModel
+from musicsteer.engine.vectors import SteeringVectors
+
+from .protocol import Protocol, slug
+
+
+@dataclass(frozen=True)
+class ClipJob:
+    """One clip to make: its name, its identity, and how to generate it."""
+
+    name: str  # path under OUT/clips without suffix, e.g. "rock-to-jazz/00-prompted"
+    kind: str  # "source" | "prompted" | "steered"
+    pair: str  # "rock:jazz" ("" for source clips)
+    index: int
+    alpha: float | None
+    identity: dict  # compared as JSON with the stored one
+    controls: Controls
+    steered: bool
+    source_name: str = ""  # the source clip this continues ("" for source clips)
+
+
+@dataclass
+class Clip:
+    job: ClipJob
+    wav: Path
+    prompt_frames: int  # frames of the source at the start of the WAV (0 for source clips)
+    frames: int
+    reused: bool
+
+
+def _sampling_controls(protocol: Protocol, prompt: str, seed: int, **steer) -> Controls:
+    s = protocol.sampling
+    return Controls(prompt=prompt, seed=seed, guidance=s.guidance, temperature=s.temperature,
+                    top_k=s.top_k, top_p=s.top_p, **steer)
+
+
+def plan(protocol: Protocol, model_id: dict, vectors: SteeringVectors) -> list[ClipJob]:
+    """Every clip the protocol needs, source clips first (continuations read their codes)."""
+    layer = vectors.best_layer if protocol.layer is None else protocol.layer
+    site = protocol.site or vectors.site
+    sampling = dict(vars(protocol.sampling))
+    jobs: list[ClipJob] = []
+    sources: dict[tuple[str, int], ClipJob] = {}
+    for source, _target in protocol.pairs:
+        for i in range(protocol.n):
+            if (source, i) in sources:
+                continue
+            prompt, seed = protocol.source_text(source), protocol.source_seed(i)
+            identity = {"kind": "source", **model_id, "prompt": prompt, "seed": seed,
+                        "seconds": protocol.source_seconds, **sampling}
+            job = ClipJob(f"source/{slug(source)}-{i:02d}", "source", "", i, None, identity,
+                          _sampling_controls(protocol, prompt, seed), False)
+            sources[(source, i)] = job
+            jobs.append(job)
+    for source, target in protocol.pairs:
+        folder = f"{slug(source)}-to-{slug(target)}"
+        for i in range(protocol.n):
+            start = sources[(source, i)]
+            seed = protocol.continuation_seed(i)
+            base = {**model_id, "source": start.identity, "seed": seed, "seconds": protocol.seconds, **sampling}
+            prompt = protocol.blend_text(source, target)
+            jobs.append(ClipJob(f"{folder}/{i:02d}-prompted", "prompted", f"{source}:{target}", i, None,
+                                {"kind": "prompted", **base, "prompt": prompt},
+                                _sampling_controls(protocol, prompt, seed), False, start.name))
+            for alpha in protocol.sweep:
+                prompt = protocol.steered_text(source)
+                steer = {"vectors_sha256": vectors.sha256, "target": target, "alpha": alpha, "layer": layer,
+                         "site": site, "rule": protocol.steer_rule}
+                controls = _sampling_controls(protocol, prompt, seed, alpha=alpha, mix={target: 1.0},
+                                              layers=(layer,), site=site)
+                jobs.append(ClipJob(f"{folder}/{i:02d}-steered-a{alpha:g}", "steered", f"{source}:{target}", i,
+                                    alpha, {"kind": "steered", **base, "prompt": prompt, **steer}, controls,
+                                    True, start.name))
+    return jobs
+
+
+class ClipStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def paths(self, name: str) -> tuple[Path, Path, Path]:
+        # Not with_suffix: a name like "00-steered-a0.5" has a dot that is no suffix.
+        return tuple(self.root / f"{name}{suffix}" for suffix in (".wav", ".npy", ".json"))
+
+    def lookup(self, job: ClipJob) -> Clip | None:
+        """The finished clip with exactly this identity, if it is on disk."""
+        wav, codes, meta = self.paths(job.name)
+        if not (wav.is_file() and codes.is_file() and meta.is_file()):
+            return None
+        try:
+            stored = json.loads(meta.read_text())
+        except (OSError, ValueError):
+            return None  # a damaged record is regenerated, not trusted
+        # Round-trip the identity through JSON so tuples and lists compare alike.
+        if stored.get("identity") != json.loads(json.dumps(job.identity)):
+            return None
+        return Clip(job, wav, int(stored["prompt_frames"]), int(stored["frames"]), reused=True)
+
+    def codes(self, name: str) -> torch.Tensor:
+        return torch.from_numpy(np.load(self.paths(name)[1]))
+
+    def save(self, job: ClipJob, codes: torch.Tensor, audio: np.ndarray, sample_rate: int,
+             prompt_frames: int) -> Clip:
+        wav, codes_path, meta = self.paths(job.name)
+        write_wav(wav, audio, sample_rate)
+        _atomic(codes_path, lambda tmp: np.save(tmp, codes.numpy()))
+        record = {"identity": job.identity, "prompt_frames": prompt_frames, "frames": int(codes.shape[-1]),
+                  "sample_rate": sample_rate}
+        _atomic(meta, lambda tmp: tmp.write_text(json.dumps(record, indent=1) + "\n"))
+        return Clip(job, wav, prompt_frames, int(codes.shape[-1]), reused=False)
+
+
+def _atomic(path: Path, write) -> None:
+    # np.save appends ".npy" to a name without it, so the temporary name keeps the suffix.
+    tmp = path.with_name(f".{uuid.uuid4().hex}.tmp{path.suffix}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def make_clip(lm: LoadedModel, vectors: SteeringVectors, store: ClipStore, job: ClipJob, protocol: Protocol) -> Clip:
+    """Generate one clip (the source's codes must already be in the store) and save it."""
+    if job.kind == "source":
+        prompt_codes = None
+        total = max(1, round(protocol.source_seconds * lm.frame_rate))
+    else:
+        prompt_codes = store.codes(job.source_name)[None].to(lm.device)
+        total = prompt_codes.shape[-1] + max(1, round(protocol.seconds * lm.frame_rate))
+    gen = Generator(lm, job.controls, vectors if job.steered else None, steer_rule=protocol.steer_rule)
+    codes = render_codes(gen, total, prompt_codes)
+    audio = decode_codes(lm, codes)
+    prompt_frames = 0 if prompt_codes is None else int(prompt_codes.shape[-1])
+    return store.save(job, codes, audio, lm.sample_rate, prompt_frames)

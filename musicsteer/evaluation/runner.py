@@ -1,0 +1,156 @@
+"""`musicsteer eval` from checked inputs to the files in OUT (the protocol is in protocol.py).
+
+Order of work, cheapest failure first: settings, vectors file and genres, CLAP model, MusicGen
+model; then the clips (reused when already on disk), CLAP scores, and the outputs:
+  table.md             paper Table I (Markdown)
+  results.json         settings, Table I numbers, per-clip deltas, the α sweep, every clip's scores
+  alpha_sweep.png      mean target-genre score vs α
+  manifest.json        every clip (WAV path, kind, pair, seed, prompt, α, where the continuation
+                       starts) and the 2AFC trials
+  listening_test.html  the 2AFC page (next to clips/, which it references relatively)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from musicsteer.engine.errors import MusicsteerError
+from musicsteer.engine.loading import LoadedModel
+from musicsteer.engine.vectors import SITES, SteeringVectors
+
+from . import listening, metrics, report
+from .clap import ClapScorer
+from .clips import Clip, ClipStore, make_clip, plan
+from .protocol import Protocol, check_genres, check_numbers
+
+
+@dataclass
+class EvalRequest:
+    protocol: Protocol
+    vectors: str
+    out: Path
+    clap: str
+    template: str
+    labels: list[str]  # empty: the vectors file's labels
+    trial_seed: int = 0
+    clap_batch: int = 8
+
+
+def evaluate(request: EvalRequest, load_model: Callable[[], LoadedModel]) -> dict:
+    """Run the whole evaluation; returns the results dict written to results.json."""
+    protocol, out = request.protocol, Path(request.out)
+    check_numbers(protocol)
+    if out.exists() and not out.is_dir():
+        raise MusicsteerError(f"--out {out} is a file; give a folder")
+    vectors = SteeringVectors.load(request.vectors)
+    labels = request.labels or vectors.labels
+    check_genres(protocol, vectors.labels, labels)
+    if protocol.layer is not None and not 0 <= protocol.layer < vectors.num_layers:
+        raise MusicsteerError(f"--layer {protocol.layer} out of range; the vectors file has layers "
+                              f"0..{vectors.num_layers - 1}")
+    if protocol.site and protocol.site not in SITES:
+        raise MusicsteerError(f"--site must be one of {', '.join(SITES)}")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise MusicsteerError(f"cannot create {out}: {e.strerror or e}") from None
+
+    # CLAP before MusicGen: a missing CLAP model fails before the slow part, not after it.
+    scorer = ClapScorer(request.clap, request.template, request.clap_batch)
+    lm = load_model()
+    scorer.to(lm.device)
+    vectors.check_model(lm.num_layers, lm.d_model, lm.name)
+    clips = _make_clips(lm, vectors, protocol, ClipStore(out / "clips"))
+    scores = _score(scorer, clips, labels, lm.frame_rate)
+
+    layer = vectors.best_layer if protocol.layer is None else protocol.layer
+    results = {
+        "settings": {"model": lm.name, "model_fingerprint": lm.fingerprint, "dtype": str(lm.dtype),
+                     "vectors": str(request.vectors), "vectors_sha256": vectors.sha256, "layer": layer,
+                     "site": protocol.site or vectors.site, "clap": request.clap, "template": request.template,
+                     "labels": labels, "protocol": protocol.to_json()},
+        "transitions": {}, "sweep": {},
+        "clips": {name: dict(zip(labels, map(float, row), strict=True)) for name, row in scores.items()},
+    }
+    by_key = {(c.job.kind, c.job.pair, c.job.index, c.job.alpha): c for c in clips.values()}
+    for source, target in protocol.pairs:
+        pair = f"{source}:{target}"
+
+        def target_scores(kind: str, alpha: float | None = None, *, pair: str = pair, target: str = target):
+            return [scores[by_key[(kind, pair, i, alpha)].job.name][labels.index(target)] for i in range(protocol.n)]
+
+        src = [scores[by_key[("prompted", pair, i, None)].job.source_name][labels.index(target)]
+               for i in range(protocol.n)]
+        results["transitions"][pair] = metrics.transition(src, target_scores("steered", protocol.alpha),
+                                                          target_scores("prompted"))
+        results["sweep"][pair] = []
+        for alpha in protocol.sweep:
+            steered = np.asarray(target_scores("steered", alpha))
+            results["sweep"][pair].append({"alpha": alpha, "target_score": metrics.summary(steered),
+                                           "delta": metrics.summary(steered - np.asarray(src))})
+    report.write_json(out / "results.json", results)
+    report.write_table(out / "table.md", results)
+    report.plot_sweep(out / "alpha_sweep.png", results)
+    _write_listening(out, clips, protocol, request.trial_seed, results["settings"])
+    return results
+
+
+def _make_clips(lm: LoadedModel, vectors: SteeringVectors, protocol: Protocol, store: ClipStore) -> dict[str, Clip]:
+    model_id = {"model": lm.fingerprint, "dtype": str(lm.dtype)}
+    jobs = plan(protocol, model_id, vectors)
+    clips: dict[str, Clip] = {}
+    reused = 0
+    with tqdm(jobs, desc="clips", unit="clip", leave=False) as bar:
+        for job in bar:
+            bar.set_postfix_str(job.name, refresh=False)
+            clip = store.lookup(job)
+            if clip is None:
+                clip = make_clip(lm, vectors, store, job, protocol)
+            reused += clip.reused
+            clips[job.name] = clip
+    print(f"clips: {len(clips) - reused} generated, {reused} reused from {store.root}")
+    return clips
+
+
+def _score(scorer: ClapScorer, clips: dict[str, Clip], labels: list[str], frame_rate: int) -> dict[str, np.ndarray]:
+    """CLAP scores of every clip: source clips whole, continuations without their source part."""
+    names = list(clips)
+    rows: list[np.ndarray] = []
+    batch = scorer.batch_size
+    with tqdm(total=len(names), desc="CLAP", unit="clip", leave=False) as bar:
+        for start in range(0, len(names), batch):
+            audios = []
+            for name in names[start : start + batch]:
+                clip = clips[name]
+                tail = (clip.frames - clip.prompt_frames) / frame_rate if clip.prompt_frames else None
+                audios.append(scorer.load(clip.wav, tail))
+            rows.extend(scorer.scores(audios, labels))
+            bar.update(len(audios))
+    return dict(zip(names, rows, strict=True))
+
+
+def _write_listening(out: Path, clips: dict[str, Clip], protocol: Protocol, seed: int, settings: dict) -> None:
+    def rel(clip: Clip) -> str:
+        return clip.wav.relative_to(out).as_posix()
+
+    pairs: dict[str, list[tuple[str, str]]] = {}
+    for clip in clips.values():
+        job = clip.job
+        if job.kind == "prompted":
+            steered = clips[job.name.removesuffix("prompted") + f"steered-a{protocol.alpha:g}"]
+            pairs.setdefault(job.pair, []).append((rel(steered), rel(clip)))
+    trials = listening.make_trials(pairs, seed)
+    listening.write_page(out / "listening_test.html", trials)
+    manifest = {
+        "format": "musicsteer.eval/1", "settings": settings, "trial_seed": seed, "trials": trials,
+        "clips": [{"name": c.job.name, "wav": rel(c), "kind": c.job.kind, "pair": c.job.pair, "index": c.job.index,
+                   "alpha": c.job.alpha, "prompt": c.job.controls.prompt, "seed": c.job.controls.seed,
+                   "source": c.job.source_name, "prompt_frames": c.prompt_frames, "frames": c.frames}
+                  for c in clips.values()],
+    }
+    report.write_json(out / "manifest.json", manifest)
