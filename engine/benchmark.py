@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import transformers
 from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers.models.encodec.modeling_encodec import EncodecDecoderOutput
 
 from .control import Controls
 from .generator import Generator
@@ -128,9 +129,7 @@ def _no_audio_decode(lm: LoadedModel) -> Iterator[None]:
     original = encoder.decode
     hop = round(encoder.config.sampling_rate / lm.frame_rate)
 
-    def silent_decode(codes: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-        from transformers.models.encodec.modeling_encodec import EncodecDecoderOutput
-
+    def silent_decode(codes: torch.Tensor, *args: Any, **kwargs: Any) -> EncodecDecoderOutput:
         # codes: (frames_chunks, B, K, T) -> audio (B, 1, T * hop), as EnCodec would return.
         audio = torch.zeros(codes.shape[1], 1, codes.shape[-1] * hop, device=codes.device)
         return EncodecDecoderOutput(audio_values=audio)
@@ -172,8 +171,8 @@ def _run_generate(lm: LoadedModel, steps: int) -> _Run:
         _sync(lm.device)
         seconds = time.perf_counter() - t0
     # generate returns every frame at once (its streamer is broken in transformers 5.23), so its
-    # first frame arrives with the last.
-    # Step intervals start at the first stamp: the first step also ran the text encoder.
+    # first frame arrives with the last. Step intervals start at the first stamp: the first step
+    # also ran the text encoder.
     return _Run(seconds, seconds, steps, [b - a for a, b in zip(clock.stamps, clock.stamps[1:], strict=False)])
 
 
