@@ -27,6 +27,7 @@ from transformers.models.encodec.modeling_encodec import EncodecDecoderOutput
 
 from .control import Controls
 from .generator import Generator
+from .graph import GraphGenerator
 from .vectors import SteeringVectors
 
 if TYPE_CHECKING:
@@ -89,15 +90,17 @@ def random_vectors(lm: LoadedModel, seed: int = 0) -> SteeringVectors:
     return SteeringVectors.create(directions, model=lm.name, method="random", best_layer=layers // 2)
 
 
-def _run_engine(lm: LoadedModel, steps: int, vectors: SteeringVectors | None) -> _Run:
+def _run_engine(lm: LoadedModel, steps: int, vectors: SteeringVectors | None, graph: bool = False) -> _Run:
     if vectors is None:
         controls = Controls(prompt=PROMPT)
     else:
         controls = Controls(prompt=PROMPT, mix={"a": 1.0}, alpha=STEER_ALPHA)
     _sync(lm.device)
     t0 = time.perf_counter()
-    gen = Generator(lm, controls, vectors)
+    gen = (GraphGenerator if graph else Generator)(lm, controls, vectors)
     gen.start()
+    if graph:
+        gen.step()  # captures the graph: a one-off, counted in ttfa, not in steps/s
     _sync(lm.device)
     t_start = time.perf_counter()
     ttfa = math.nan
@@ -195,6 +198,7 @@ def run_benchmark(lm: LoadedModel, steps: int = 100, repeats: int = 3, warmup: i
     contenders: list[tuple[str, Callable[[int], _Run]]] = [
         ("engine", lambda n: _run_engine(lm, n, None)),
         ("engine+steer", lambda n: _run_engine(lm, n, vectors)),
+        ("engine+graph", lambda n: _run_engine(lm, n, None, graph=True)),
         ("hf_generate", lambda n: _run_generate(lm, n)),
     ]
     runs: dict[str, list[_Run]] = {name: [] for name, _ in contenders}
@@ -212,6 +216,8 @@ def run_benchmark(lm: LoadedModel, steps: int = 100, repeats: int = 3, warmup: i
     notes = {
         "engine": "steps/s over `steps` step() calls after start(); ttfa includes Generator() + start()",
         "engine+steer": f"as engine, one residual term (alpha {STEER_ALPHA}) at layer {vectors.best_layer}",
+        "engine+graph": "as engine via GraphGenerator (CUDA: one captured graph replayed per token; CPU: the "
+                        "same static step run eagerly); the capturing first step is untimed, in ttfa",
         "hf_generate": "wall time of generate() incl. text encoding and one prefill, EnCodec decode "
                        "excluded (no-op decode); ttfa = whole call (no streaming)",
     }
@@ -232,6 +238,7 @@ def run_benchmark(lm: LoadedModel, steps: int = 100, repeats: int = 3, warmup: i
         "results": [asdict(r) for r in results],
         "ratios": {
             "engine_vs_hf_generate": engine.steps_per_s / hf.steps_per_s,
+            "graph_vs_engine": by_name["engine+graph"].steps_per_s / engine.steps_per_s,
             "steer_overhead_pct": (steer.ms_per_step / engine.ms_per_step - 1) * 100,
             # The same from the median single step (no prefill, robust to contention bursts).
             "engine_vs_hf_generate_step_median": hf.extra["ms_per_step_median_of_steps"]

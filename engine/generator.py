@@ -137,17 +137,7 @@ class Generator:
         if self._position >= self.window:
             self._slide()
 
-        tokens, positions = self._inputs
-        attend = int(positions[-1]) + 1 if positions.numel() > 1 else self._position
-        capture = self.capture if self.capture is not None else ({} if self.meter is not None else None)
-        logits = decoder_fn.forward(self.dec, tokens, positions, self.cache, self.steering, attend, capture)
-        if self.meter is not None:
-            self.meter.observe(self.step_index, capture[self.meter.tap], self.control)
-        self.last_logits = logits[:, :, -1]
-        values = self.control.values
-        mixed = guided_logits(self.last_logits, values.guidance)
-        sampled = sample_tokens(mixed, values.temperature, values.top_k, values.top_p, self.rng)
-
+        sampled = self._decode(*self._inputs)
         position = self._position
         resolved = self.delay.resolve(position, sampled)
         self._inputs = (resolved.repeat(2, 1)[:, :, None], self._positions[position : position + 1])
@@ -158,6 +148,19 @@ class Generator:
             return None
         # A copy: on the CPU .cpu() would alias the window's buffer, which the next slide overwrites.
         return Frame(self.frame_offset + frame, self.delay.frame(frame).to("cpu", copy=True))
+
+    def _decode(self, tokens: Tensor, positions: Tensor) -> Tensor:
+        """Run the decoder on the pending input, set last_logits, return the sampled tokens (B, K).
+        GraphGenerator overrides this to send single-token steps through a captured graph."""
+        attend = int(positions[-1]) + 1 if positions.numel() > 1 else self._position
+        capture = self.capture if self.capture is not None else ({} if self.meter is not None else None)
+        logits = decoder_fn.forward(self.dec, tokens, positions, self.cache, self.steering, attend, capture)
+        if self.meter is not None:
+            self.meter.observe(self.step_index, capture[self.meter.tap], self.control)
+        self.last_logits = logits[:, :, -1]
+        values = self.control.values
+        mixed = guided_logits(self.last_logits, values.guidance)
+        return sample_tokens(mixed, values.temperature, values.top_k, values.top_p, self.rng)
 
     @property
     def done(self) -> bool:

@@ -1,9 +1,10 @@
 """The decode step as one static-shape function, captured once as a CUDA graph (gpt-fast style).
 
-Eager PyTorch on a GPU is launch-bound: a musicgen-small step launches ~600 kernels, each costing
-more host time than the GPU needs for it (DESIGN §4). `GraphDecoder` runs one whole decode step
-(every layer, every steering slot, the CFG mix and the sampler) on buffers allocated once, so it
-can be captured as a `torch.cuda.CUDAGraph` and replayed every token with one launch.
+Eager PyTorch on a GPU is launch-bound: a musicgen-small step launches hundreds of kernels (145
+matmuls alone), each costing more host time than the GPU needs for it (DESIGN §4). `GraphDecoder`
+runs one whole decode step (every layer, every steering slot, the CFG mix and the sampler) on
+buffers allocated once, so it can be captured as a `torch.cuda.CUDAGraph` and replayed every token
+with one launch.
 
 What a replay reads, and how a value changes without recapture:
   tokens, position                  copied into static input buffers by `step` (device tensors)
@@ -26,7 +27,7 @@ from torch import Tensor
 
 from . import decoder as decoder_fn
 from .decoder import FastDecoder
-from .generator import Frame, Generator
+from .generator import Generator
 from .kv_cache import KVCache
 from .steering import SteeringTensors
 
@@ -134,7 +135,7 @@ class GraphDecoder:
         probs = scores.softmax(dim=-1)
         # The exponential race is what torch.multinomial does for one sample (same draws from the
         # same generator state, checked in the tests), minus its host-side validity check (.item()),
-        # which is what made multinomial uncapturable before torch 2.6.
+        # which made multinomial uncapturable until pytorch#134818.
         race = torch.empty_like(probs).exponential_(1, generator=self.rng)
         drawn = (probs / race).argmax(dim=-1)
         return torch.where(self.greedy, mixed.argmax(dim=-1), drawn)
@@ -164,8 +165,9 @@ class GraphDecoder:
                 self._run()
         current.wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        # A non-default generator must be registered with the graph (torch >= 2.4) so each replay
-        # advances its Philox offset; newer torch registers it lazily and deprecates this call.
+        # A non-default generator must be registered with the graph so each replay advances its
+        # Philox offset (pytorch#114068); newer torch registers lazily (pytorch#176753) and
+        # deprecates the call. Torch without either refuses the capture with a clear error.
         register = getattr(graph, "register_generator_state", None)
         if register is not None:
             with warnings.catch_warnings():
@@ -180,8 +182,9 @@ class GraphDecoder:
 class GraphGenerator(Generator):
     """A `Generator` whose single-token steps go through one `GraphDecoder`.
 
-    Prefills (session start, window slides) and steps that read activations (`capture`) stay
-    eager. The codes, logits and RNG stream equal the eager Generator's (tests/test_graph.py).
+    Prefills (an audio prompt, window slides) and steps that read activations (`capture`, the
+    genre meter) stay eager. For a fixed sampling mode the codes, logits and random stream equal
+    the eager Generator's (tests/test_graph.py).
     """
 
     def __init__(self, lm: LoadedModel, controls: Controls | None = None, vectors: SteeringVectors | None = None,
@@ -190,27 +193,11 @@ class GraphGenerator(Generator):
         self.steering.apply_all = True
         self.graph = GraphDecoder(self.dec, self.cache, self.steering, self.rng, capture=capture)
 
-    @torch.no_grad()
-    def step(self) -> Frame | None:
-        if self._inputs[1].numel() > 1 or self._position >= self.window or self.capture is not None:
-            return super().step()
-        # From here on this mirrors Generator.step with the decode+sample swapped for the graph.
-        applied = self.control.apply_due(self.step_index)
-        self._sync_controls()
-        if applied and self.on_applied is not None:
-            self.on_applied(self.step_index, applied)
+    def _decode(self, tokens: Tensor, positions: Tensor) -> Tensor:
+        if self.capture is not None or self.meter is not None or positions.numel() > 1:
+            return super()._decode(tokens, positions)  # activations wanted, or a prefill: eager
         values = self.control.values
         self.graph.set_sampling(values.guidance, values.temperature, values.top_k, values.top_p)
-        tokens, positions = self._inputs
         sampled = self.graph.step(tokens, positions)
         self.last_logits = self.graph.logits
-
-        position = self._position
-        resolved = self.delay.resolve(position, sampled)
-        self._inputs = (resolved.repeat(2, 1)[:, :, None], self._positions[position : position + 1])
-        self._position += 1
-        self.step_index += 1
-        frame = self.delay.completed_frame(position)
-        if frame is None:
-            return None
-        return Frame(self.frame_offset + frame, self.delay.frame(frame).to("cpu", copy=True))
+        return sampled

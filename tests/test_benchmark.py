@@ -32,7 +32,7 @@ def test_report_has_every_result_with_finite_positive_numbers(report_and_model: 
     assert report["device"].startswith("cpu")
     assert {"torch", "transformers"} <= report.keys()
     names = [r["name"] for r in report["results"]]
-    assert names == ["engine", "engine+steer", "hf_generate"]
+    assert names == ["engine", "engine+steer", "engine+graph", "hf_generate"]
     for result in report["results"]:
         for key in ("steps_per_s", "rtf", "ttfa_s", "ms_per_step"):
             value = result[key]
@@ -46,7 +46,7 @@ def test_ratios_present_and_json_serialisable(report_and_model: tuple) -> None:
     ratios = report["ratios"]
     assert {"engine_vs_hf_generate", "steer_overhead_pct"} <= set(ratios)
     assert all(math.isfinite(v) for v in ratios.values())
-    engine, _, hf = report["results"]
+    engine, _, _, hf = report["results"]
     assert ratios["engine_vs_hf_generate"] == pytest.approx(engine["steps_per_s"] / hf["steps_per_s"])
     assert json.loads(json.dumps(report, allow_nan=False)) == report
 

@@ -59,7 +59,7 @@ def test_static_path_equals_eager_greedy_with_steering_moving_every_token(tiny) 
     automate(static, steps)
     want_codes, want_logits = run(eager, steps)
     got_codes, got_logits = run(static, steps)
-    assert static.graph.steps == steps - 1  # every token after the prefill went through the static step
+    assert static.graph.steps == steps  # no audio prompt: no multi-token prefill, every step is static
     assert (got_logits - want_logits).abs().max().item() < 1e-5
     assert torch.equal(got_codes, want_codes)
     # Not vacuous: the steering changed the music, and the music is not one repeated code.
@@ -110,7 +110,7 @@ def test_steering_changes_every_token_never_rebuild(tiny) -> None:
     for _ in range(steps):
         gen.step()
         seen_alphas.add(round(gen.steering.alpha["residual"].max().item(), 6))
-    assert gen.graph.builds == 1 and gen.graph.steps == steps - 1
+    assert gen.graph.builds == 1 and gen.graph.steps == steps
     assert gen.steering.alpha["residual"] is alpha_buffer  # written in place, never rebound
     assert len(seen_alphas) > 100  # the changes really reached the tensors the step reads
     # A prompt of another length in the same text bucket is copied in place: still one build.
@@ -124,6 +124,15 @@ def test_steering_changes_every_token_never_rebuild(tiny) -> None:
     assert gen.graph.builds == 2
 
 
+def test_steps_that_read_activations_stay_eager(tiny) -> None:
+    gen = GraphGenerator(tiny, Controls(prompt=PROMPT), capture=False)
+    gen.start()
+    gen.step()
+    gen.capture = {}
+    gen.step()
+    assert gen.graph.steps == 1 and "residual.0" in gen.capture
+
+
 def test_graph_decoder_refuses_skipping_steering(tiny) -> None:
     gen = Generator(tiny, Controls(prompt=PROMPT))
     with pytest.raises(ValueError, match="apply_all"):
@@ -135,8 +144,8 @@ def test_graph_decoder_refuses_skipping_steering(tiny) -> None:
 
 # bf16 static against fp32 eager, teacher-forced on the fp32 run's inputs so every step compares
 # like with like. bf16 keeps 8 mantissa bits (~0.4 % per rounding); measured on tiny: max |diff|
-# 0.7 % of the largest logit, argmax agreement ~94 % (tiny's logits are nearly flat, so near-ties
-# are common). Bounds with margin:
+# 0.77 % of the largest logit, raw-logit argmax agreement 97 % (tiny's logits are nearly flat, so
+# near-ties are common). Bounds with margin:
 BF16_REL_MAX = 0.03
 BF16_MIN_AGREE = 0.85
 
@@ -162,15 +171,18 @@ def test_bf16_static_vs_fp32_eager() -> None:
     agree = (got_logits.float().argmax(-1) == want_logits.argmax(-1)).float().mean()
     assert agree >= BF16_MIN_AGREE
 
-    # Free-running greedy: the codes agree until the first near-tie flips (reported, not bounded).
+    # Free-running greedy: bf16 and fp32 part at the first near-tie (tiny's logits are nearly flat:
+    # measured at frame 4 of 116), eager bf16 just the same, while static and eager bf16 agree on
+    # every frame — the divergence is the dtype's, not the static path's.
     greedy = Controls(prompt=PROMPT, top_k=1)
     want_codes, _ = run(Generator(fp32, greedy), steps)
     got_codes, _ = run(GraphGenerator(bf16, greedy, capture=False), steps)
+    eager_bf16, _ = run(Generator(bf16, greedy), steps)
     same = (want_codes == got_codes).all(dim=0)
     first_diff = int((~same).nonzero()[0]) if not same.all() else same.numel()
     print(f"bf16 static vs fp32 eager: logits rel {rel:.4f}, argmax agree {agree:.3f}, "
           f"greedy codes equal for the first {first_diff} of {same.numel()} frames")
-    assert torch.equal(want_codes[:, :first_diff], got_codes[:, :first_diff])
+    assert torch.equal(got_codes, eager_bf16)
 
 
 # -- on a GPU: the captured graph itself (skipped on CPU-only machines) ------------------------
@@ -188,7 +200,7 @@ def test_cuda_graph_matches_eager_and_captures_once() -> None:
     automate(graph, steps)
     want_codes, want_logits = run(eager, steps)
     got_codes, got_logits = run(graph, steps)
-    assert graph.graph.builds == 1 and graph.graph.steps == steps - 1
+    assert graph.graph.builds == 1 and graph.graph.steps == steps
     assert (got_logits - want_logits).abs().max().item() < 1e-4
     assert torch.equal(got_codes, want_codes)
 

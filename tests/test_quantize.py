@@ -69,8 +69,8 @@ def test_drift_meter_is_exact_on_itself_and_sees_a_real_change(tiny) -> None:
     same = logit_drift(tiny, tiny, steps=20)
     assert same.max_abs == 0 and same.argmax_agree_pct == 100
     q = quantize_decoder(tiny)
-    broken = fast_decoder(q).layers[-1]
-    broken.fc2 = nn.Linear(broken.fc2.in_features, broken.fc2.out_features, bias=False)  # fresh random weights
+    head = fast_decoder(q).lm_head  # a wrong kernel: the output projection's weights scrambled
+    fast_decoder(q).lm_head = nn.Linear(head.in_features, head.out_features, bias=False)
     assert logit_drift(tiny, q, steps=20).rel_max > 5 * REL_MAX["int8"]
 
 
