@@ -37,6 +37,17 @@ class TimedChange:
     line: int  # 1-based line in the file, for messages
 
 
+
+def yaml_error(exc: yaml.YAMLError, source: str) -> str:
+    """One line for any YAML failure, with the line it happened on (automation files and configs)."""
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{source} line {mark.line + 1}" if mark else source
+        kind = "YAML error" if isinstance(exc, yaml.constructor.ConstructorError) else "YAML syntax error"
+        return f"{where}: {kind}: {' '.join(str(exc.problem or exc.context or 'invalid YAML').split())}"
+    return f"{source}: YAML error: {' '.join(str(exc).split())}"
+
+
 def load_automation(path: str | Path) -> list[TimedChange]:
     """Read and parse an automation file; every failure is a one-line MusicsteerError."""
     path = Path(path)
@@ -64,14 +75,8 @@ def parse_automation(text: str, source: str = "<automation>") -> list[TimedChang
         out: list[TimedChange] = []
         for item in _event_list(root, source):
             out.extend(_parse_item(item, source, loader))
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f"{source} line {mark.line + 1}" if mark else source
-        kind = "YAML error" if isinstance(exc, yaml.constructor.ConstructorError) else "YAML syntax error"
-        problem = " ".join(str(exc.problem or exc.context or "invalid YAML").split())
-        raise MusicsteerError(f"{where}: {kind}: {problem}") from None
     except yaml.YAMLError as exc:
-        raise MusicsteerError(f"{source}: YAML error: {' '.join(str(exc).split())}") from None
+        raise MusicsteerError(yaml_error(exc, source)) from None
     finally:
         if loader is not None:
             loader.dispose()

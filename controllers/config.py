@@ -20,6 +20,7 @@ import yaml
 from musicsteer.engine.errors import MusicsteerError
 from musicsteer.engine.events import NUMERIC_PARAMS, Change, parse_mix, validate_change
 
+from .automation import yaml_error
 from .midi import KnobMapping, TriggerMapping
 
 CURVES = ("linear", "exp", "log")  # "log" is the same curve as "exp" (the name a "log pot" goes by)
@@ -111,13 +112,8 @@ def parse_config(text: str, source: str = "<config>") -> SessionConfig:
         loader = yaml.SafeLoader(text)
         root = loader.get_single_node()
         return _Reader(source, loader).config(root)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f"{source} line {mark.line + 1}" if mark else source
-        problem = " ".join(str(exc.problem or exc.context or "invalid YAML").split())
-        raise MusicsteerError(f"{where}: YAML error: {problem}") from None
     except yaml.YAMLError as exc:
-        raise MusicsteerError(f"{source}: YAML error: {' '.join(str(exc).split())}") from None
+        raise MusicsteerError(yaml_error(exc, source)) from None
     finally:
         if loader is not None:
             loader.dispose()

@@ -9,8 +9,6 @@ corrupt file, an output path that cannot be written) is a one-line `MusicsteerEr
 from __future__ import annotations
 
 import math
-import os
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +16,7 @@ import soundfile as sf
 import soxr
 
 from .errors import MusicsteerError
+from .files import atomic_write
 
 
 def _one_line(exc: BaseException) -> str:
@@ -107,19 +106,11 @@ def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int) -> Path:
         raise MusicsteerError(
             f"cannot create folder {path.parent} for {path.name}: {exc.strerror or _one_line(exc)}"
         ) from None
-    # A hidden name in the same folder keeps the rename on one file system (atomic); a plain open
-    # (not mkstemp) keeps the user's umask permissions on the final file.
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
-        sf.write(tmp, frames, int(sample_rate), subtype="FLOAT", format="WAV")
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: sf.write(tmp, frames, int(sample_rate), subtype="FLOAT", format="WAV"))
     except (sf.SoundFileError, RuntimeError, OSError) as exc:
         reason = getattr(exc, "strerror", None) or _one_line(exc)
         raise MusicsteerError(f"cannot write audio file {path}: {reason}") from None
-    finally:
-        # After a successful replace the temp name is gone; after a failure, clean it up.
-        if tmp.exists():
-            tmp.unlink(missing_ok=True)
     return path
 
 

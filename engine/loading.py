@@ -234,7 +234,7 @@ def _locate(name: str) -> tuple[str, bool]:
     """(what to pass to from_pretrained, local_files_only) for a folder or a hub id."""
     path = Path(name).expanduser()
     if path.exists():
-        _check_musicgen_folder(name, path)
+        check_model_folder(name, path)
         return str(path), True
     looks_like_path = path.is_absolute() or name.startswith((".", "~")) or "\\" in name or name.count("/") > 1
     if looks_like_path:
@@ -256,16 +256,17 @@ def _locate(name: str) -> tuple[str, bool]:
     return name, True
 
 
-def _check_musicgen_folder(name: str, path: Path) -> None:
+def check_model_folder(name: str, path: Path, model_type: str = "musicgen", kind: str = "MusicGen") -> None:
+    """Refuse, in one line, a folder that is not a save_pretrained folder of `model_type`."""
     config = path / "config.json"
     if not path.is_dir() or not config.is_file():
-        raise MusicsteerError(f"{name} is not a MusicGen model folder (no config.json; make one with save_pretrained)")
+        raise MusicsteerError(f"{name} is not a {kind} model folder (no config.json; make one with save_pretrained)")
     try:
-        model_type = json.loads(config.read_text()).get("model_type")
+        found = json.loads(config.read_text()).get("model_type")
     except (OSError, ValueError, AttributeError) as e:
         raise MusicsteerError(f"{name}: unreadable config.json ({_first_line(e)})") from e
-    if model_type != "musicgen":
-        raise MusicsteerError(f"{name} holds a {model_type!r} model, not MusicGen (model_type 'musicgen')")
+    if found != model_type:
+        raise MusicsteerError(f"{name} holds a {found!r} model, not {kind} (model_type {model_type!r})")
 
 
 def _in_hub_cache(repo_id: str) -> bool:

@@ -20,15 +20,14 @@ Disk: 4 arrays x layers x d_model x 4 bytes per segment: musicgen-small (24 x 10
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from musicsteer.engine.errors import MusicsteerError
+from musicsteer.engine.files import atomic_write
 
 FORMAT = "musicsteer.activations/1"
 SITES = ("residual", "attention")
@@ -36,15 +35,6 @@ POOLS = ("mean", "last")
 KEYS = tuple(f"{site}.{pool}" for site in SITES for pool in POOLS)
 # The settings that make two extractions comparable; any difference means another cache.
 IDENTITY = ("model", "segment_seconds", "prompt", "dtype")
-
-
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".tmp-{uuid.uuid4().hex}-{path.name}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 @dataclass
@@ -79,7 +69,7 @@ class ActivationCache:
         return manifest
 
     def write_manifest(self, manifest: dict) -> None:
-        _atomic_write(self.manifest_path, lambda p: p.write_text(json.dumps(manifest, indent=1) + "\n"))
+        atomic_write(self.manifest_path, lambda p: p.write_text(json.dumps(manifest, indent=1) + "\n"))
 
     def check_settings(self, settings: dict) -> dict | None:
         """Refuse a folder made by another model, segment length, prompt or dtype (mixing them would
@@ -138,7 +128,7 @@ class ActivationCache:
             with tmp.open("wb") as f:
                 np.savez(f, index=np.asarray(index, dtype=np.int64), **data)
 
-        _atomic_write(path, write)
+        atomic_write(path, write)
         return path
 
     def finalise(self, manifest: dict) -> None:
@@ -155,7 +145,7 @@ class ActivationCache:
                 out.flush()
                 del out
 
-            _atomic_write(self.root / f"{key}.npy", write)
+            atomic_write(self.root / f"{key}.npy", write)
         manifest = dict(manifest, complete=True)
         self.write_manifest(manifest)
         shutil.rmtree(self.shards, ignore_errors=True)

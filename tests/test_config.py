@@ -189,7 +189,7 @@ BLOCK = "midi:\n  mappings:\n    - cc: 1\n      channel: 1\n      param: alpha\n
     ("defaults:\n  layer: [17, x]\n", "set.yaml line 2: 'layer' needs a whole number, got 'x'"),
     ("defaults:\n  temprature: 1\n", "set.yaml line 2: unknown key 'temprature' in defaults (known: prompt"),
     ("osc: [1, 2]\n", "set.yaml line 1: osc must be a mapping"),
-    ("osc: {port: 1\n", "set.yaml line 2: YAML error"),
+    ("osc: {port: 1\n", "set.yaml line 2: YAML syntax error"),
 ])
 def test_errors_name_the_key_and_line(text: str, expected: str) -> None:
     assert _error(text).startswith(expected)

@@ -14,7 +14,6 @@ scores are deterministic. Shorter audio is repeat-padded by the extractor, as in
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from transformers import AutoProcessor, ClapModel, ClapProcessor
 
 from musicsteer.engine.audio_io import read_audio
 from musicsteer.engine.errors import MusicsteerError
+from musicsteer.engine.loading import check_model_folder
 from musicsteer.engine.tiny import no_progress_bars
 
 from .tiny_clap import ensure_tiny_clap
@@ -43,15 +43,7 @@ def _locate(spec: str) -> tuple[str, bool]:
         return str(ensure_tiny_clap()), True
     path = Path(spec).expanduser()
     if path.exists():
-        config = path / "config.json"
-        if not config.is_file():
-            raise MusicsteerError(f"CLAP model folder {spec} has no config.json (make one with save_pretrained)")
-        try:
-            model_type = json.loads(config.read_text()).get("model_type")
-        except (OSError, ValueError, AttributeError) as e:
-            raise MusicsteerError(f"{spec}: unreadable config.json ({_one_line(e)})") from None
-        if model_type != "clap":
-            raise MusicsteerError(f"{spec} holds a {model_type!r} model, not CLAP (model_type 'clap')")
+        check_model_folder(spec, path, "clap", "CLAP")
         return str(path), True
     if path.is_absolute() or spec.startswith((".", "~")) or spec.count("/") > 1:
         raise MusicsteerError(f"CLAP model not found: no folder {spec}")

@@ -14,8 +14,6 @@ model, seed, prompt, length, sampling or steering makes a new clip. Layout under
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +23,7 @@ import torch
 from musicsteer.engine.audio_io import write_wav
 from musicsteer.engine.codec import decode_codes
 from musicsteer.engine.control import Controls
+from musicsteer.engine.files import atomic_write
 from musicsteer.engine.generator import Generator, render_codes
 from musicsteer.engine.loading import LoadedModel
 from musicsteer.engine.vectors import SteeringVectors
@@ -131,21 +130,12 @@ class ClipStore:
              prompt_frames: int) -> Clip:
         wav, codes_path, meta = self.paths(job.name)
         write_wav(wav, audio, sample_rate)
-        _atomic(codes_path, lambda tmp: np.save(tmp, codes.numpy()))
+        atomic_write(codes_path, lambda tmp: np.save(tmp, codes.numpy()))
         record = {"identity": job.identity, "prompt_frames": prompt_frames, "frames": int(codes.shape[-1]),
                   "sample_rate": sample_rate}
-        _atomic(meta, lambda tmp: tmp.write_text(json.dumps(record, indent=1) + "\n"))
+        atomic_write(meta, lambda tmp: tmp.write_text(json.dumps(record, indent=1) + "\n"))
         return Clip(job, wav, prompt_frames, int(codes.shape[-1]), reused=False)
 
-
-def _atomic(path: Path, write) -> None:
-    # np.save appends ".npy" to a name without it, so the temporary name keeps the suffix.
-    tmp = path.with_name(f".{uuid.uuid4().hex}.tmp{path.suffix}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def make_clip(lm: LoadedModel, vectors: SteeringVectors, store: ClipStore, job: ClipJob, protocol: Protocol) -> Clip:

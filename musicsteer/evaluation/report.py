@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from pathlib import Path
 
 import matplotlib
@@ -12,18 +10,15 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display on servers and in tests
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 
+from musicsteer.engine.files import atomic_write  # noqa: E402
+
 from .metrics import markdown_table  # noqa: E402
 
 
 def write_json(path: Path, data: dict) -> Path:
-    # Temporary name + rename: an interrupted run never leaves half a results file.
-    tmp = path.with_name(f".{uuid.uuid4().hex}.tmp")
-    try:
-        tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    # An interrupted run never leaves half a results file.
+    return atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n",
+                                                         encoding="utf-8"))
 
 
 def write_table(path: Path, results: dict) -> Path:
