@@ -113,3 +113,30 @@ def test_example_automation_parses() -> None:
     timed = load_automation(ROOT / "examples" / "morph.yaml")
     assert [t.at for t in timed] == sorted(t.at for t in timed) and len(timed) >= 6
     assert {t.change.param for t in timed} >= {"alpha", "mix"}
+
+
+def test_play_config_defaults_fill_unset_flags_and_explicit_flags_win(tmp_path) -> None:
+    vectors = genre_vectors(tmp_path)
+    config = tmp_path / "set.yaml"
+    config.write_text("osc: {status_interval: 0.5}\n"
+                      "defaults: {prompt: a string quartet, seed: 7, steer: classical, alpha: 0.4, temperature: 0.9}\n"
+                      "presets:\n  opening: {mix: classical, alpha: 0.4}\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "musicsteer", "play", "--model", "tiny", "--device", "cpu", "--no-status",
+         "--output-device", "null", "--seconds", "1", "--vectors", vectors, "--config", str(config),
+         "--alpha", "0.6", "--osc-port", "0", "--record", str(tmp_path / "cfg.wav")],
+        capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"listening for OSC on 127\.0\.0\.1:[1-9]\d*", result.stderr)
+    with open(tmp_path / "cfg.jsonl") as f:
+        controls = json.loads(f.readline())["controls"]
+    assert controls["prompt"] == "a string quartet" and controls["seed"] == 7 and controls["temperature"] == 0.9
+    assert controls["mix"] == {"classical": 1.0} and controls["alpha"] == 0.6  # --alpha given: it wins
+
+    config.write_text("presets:\n  odd: {mix: polka, alpha: 0.4}\n")
+    refused = subprocess.run(
+        [sys.executable, "-m", "musicsteer", "play", "--model", "tiny", "--device", "cpu", "--output-device", "null",
+         "--seconds", "1", "--vectors", vectors, "--config", str(config), "--osc-port", "0"],
+        capture_output=True, text=True, timeout=120)
+    lines = refused.stderr.strip().splitlines()
+    assert refused.returncode == 2 and len(lines) == 1 and "polka" in lines[0], refused.stderr
