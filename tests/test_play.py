@@ -178,3 +178,19 @@ def test_endless_session_crosses_windows_without_gaps_repeats_or_growth(tiny) ->
     assert samples == 600 * 640  # continuous audio: no gap, nothing repeated
     assert gen.cache.k.shape[3] == gen.window  # the cache never grew
     assert rss[600] - rss[150] < 25, rss
+
+
+def test_devices_lists_outputs_and_midi_inputs() -> None:
+    import mido
+
+    with jack_server(32000):
+        port = mido.Backend("mido.backends.rtmidi", api="UNIX_JACK").open_output("musicsteer-devices", virtual=True)
+        try:
+            result = subprocess.run([sys.executable, "-m", "musicsteer", "devices", "--midi-api", "jack"],
+                                    capture_output=True, text=True, timeout=60)
+        finally:
+            port.close()
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "audio outputs" in out and "system" in out and "null" in out
+    assert "MIDI inputs" in out and "musicsteer-devices" in out

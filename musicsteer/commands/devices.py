@@ -1,14 +1,17 @@
-"""`musicsteer devices`: the output devices `play --output-device` accepts."""
+"""`musicsteer devices`: the output devices `play --output-device` accepts and the MIDI inputs `--midi` accepts."""
 
 from __future__ import annotations
 
 import argparse
 
+from musicsteer.controllers.midi import list_midi_inputs
 from musicsteer.engine.audio_out import list_output_devices
+from musicsteer.engine.errors import MusicsteerError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("devices", help="list audio output devices")
+    parser = sub.add_parser("devices", help="list audio outputs and MIDI inputs")
+    parser.add_argument("--midi-api", choices=("alsa", "jack"), help="MIDI system to ask (default: rtmidi's)")
     parser.set_defaults(run=run)
 
 
@@ -20,4 +23,14 @@ def run(args: argparse.Namespace) -> int:
             continue
         print(f"  {device['index']:>4}  {device['name']}  ({device['host_api']}, "
               f"{device['max_output_channels']} ch, {device['default_samplerate']:.0f} Hz)")
+    print("MIDI inputs (play --midi NAME|INDEX):")
+    try:
+        inputs = list_midi_inputs(args.midi_api)
+    except MusicsteerError as err:  # no MIDI system is not an error for a listing: say why there are none
+        print(f"  none: {err}")
+        return 0
+    for index, name in enumerate(inputs):
+        print(f"  {index:>4}  {name}")
+    if not inputs:
+        print("  none")
     return 0
