@@ -51,7 +51,6 @@ class _Glide:
         if isinstance(self.end, dict):
             names = dict.fromkeys([*self.start, *self.end])
             value = {n: (1 - t) * self.start.get(n, 0.0) + t * self.end.get(n, 0.0) for n in names}
-            value = {n: w for n, w in value.items() if w != 0.0} if t >= 1 else value
         else:
             value = (1 - t) * self.start + t * self.end
         return (self.end if t >= 1 else value), t >= 1

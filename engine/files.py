@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+
+from .errors import MusicsteerError
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
@@ -23,3 +27,30 @@ def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def build_folder_once(final: Path, build: Callable[[Path], object], complete: Callable[[Path], bool],
+                      what: str) -> Path:
+    """The folder `final`, made by `build(tmp)` on first use (cached models built offline).
+
+    Built into a temporary sibling and renamed into place, so a reader never sees half a folder and
+    two processes building at once both end with one complete folder (the later rename fails onto
+    the winner's folder, which is then used).
+    """
+    if complete(final):
+        return final
+    root = final.parent
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-building-", dir=root))
+    except OSError as e:
+        raise MusicsteerError(f"cannot write the model cache {root}: {e.strerror or e}") from e
+    try:
+        build(tmp)
+        os.rename(tmp, final)
+    except OSError as e:
+        if not complete(final):
+            raise MusicsteerError(f"cannot write {what} into {final}: {e.strerror or e}") from e
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final

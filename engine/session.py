@@ -295,7 +295,7 @@ class StreamingSession:
             buffer_seconds=ring.seconds,
             underrun_events=ring.underrun_events,
             underrun_seconds=ring.underrun_frames / ring.sample_rate,
-            rebuffers=getattr(ring, "rebuffer_events", 0),
+            rebuffers=ring.rebuffer_events,
             callbacks=self.sink.callbacks,
             recording=recording,
         )

@@ -8,6 +8,7 @@ underruns and the generation speed.
 
 from __future__ import annotations
 
+import os
 import statistics
 import threading
 import time
@@ -20,8 +21,6 @@ from .session import StreamingSession, StreamOptions
 
 def rss_mb() -> float:
     with open("/proc/self/statm") as f:
-        import os
-
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 

@@ -19,8 +19,6 @@ import json
 import logging
 import math
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -40,6 +38,7 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from .errors import MusicsteerError
+from .files import build_folder_once
 
 # Bump whenever anything below changes the saved model: the cache folder name includes it, so an
 # old cached tiny model is never mistaken for the current recipe.
@@ -373,23 +372,10 @@ def ensure_tiny(variant: str = "tiny") -> Path:
     """
     if variant not in VARIANTS:
         raise MusicsteerError(f"unknown tiny variant {variant!r}; expected one of {', '.join(VARIANTS)}")
-    root = cache_dir()
-    final = root / f"{variant}-v{RECIPE_VERSION}"
-    if (final / "musicsteer_tiny.json").is_file():
-        return final
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{variant}-building-", dir=root))
-    except OSError as e:
-        raise MusicsteerError(f"cannot write the model cache {root}: {e.strerror or e}") from e
-    try:
+    final = cache_dir() / f"{variant}-v{RECIPE_VERSION}"
+
+    def build(tmp: Path) -> None:
         log.info("building the %s model into %s", variant, final)
         save_tiny(tmp, stereo=VARIANTS[variant])
-        os.rename(tmp, final)
-    except OSError as e:
-        # another process finished first (rename onto a non-empty folder fails): use theirs
-        if not (final / "musicsteer_tiny.json").is_file():
-            raise MusicsteerError(f"cannot write the tiny model into {final}: {e.strerror or e}") from e
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
+
+    return build_folder_once(final, build, lambda path: (path / "musicsteer_tiny.json").is_file(), "the tiny model")

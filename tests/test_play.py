@@ -21,6 +21,7 @@ from musicsteer.engine.control import Controls
 from musicsteer.engine.errors import MusicsteerError
 from musicsteer.engine.generator import Generator
 from musicsteer.engine.session import StreamingSession, StreamOptions
+from musicsteer.engine.soak import rss_mb
 from musicsteer.engine.streaming_decoder import StreamingDecoder
 
 PLAY = [sys.executable, "-m", "musicsteer", "play", "--model", "tiny", "--device", "cpu", "--no-status",
@@ -144,11 +145,6 @@ def test_a_failed_second_take_loses_nothing_already_recorded(tiny, tmp_path) -> 
     assert len(sf.read(tmp_path / "take1.wav")[0]) == 32000
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
 def test_endless_session_crosses_windows_without_gaps_repeats_or_growth(tiny) -> None:
     vectors = random_vectors(tiny)
     gen = Generator(tiny, Controls(prompt="rock", mix={"rock": 1.0}, alpha=0.3), vectors,
@@ -171,7 +167,7 @@ def test_endless_session_crosses_windows_without_gaps_repeats_or_growth(tiny) ->
         pcm = decoder.push(frame.codes[0])
         samples += 0 if pcm is None else pcm.shape[1]
         if len(indices) in (150, 600):
-            rss[len(indices)] = _rss_mb()
+            rss[len(indices)] = rss_mb()
     samples += decoder.flush().shape[1]
     assert seams > 10  # many windows, not three
     assert indices == list(range(600))  # every frame once, in order, across every seam

@@ -11,8 +11,6 @@ Like engine/tiny.py, it is saved once into the user cache and loaded back throug
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -27,7 +25,7 @@ from transformers import (
     RobertaTokenizer,
 )
 
-from musicsteer.engine.errors import MusicsteerError
+from musicsteer.engine.files import build_folder_once
 from musicsteer.engine.tiny import cache_dir, no_progress_bars
 
 # Bump when the recipe changes: the cache folder name includes it.
@@ -58,25 +56,13 @@ def build_tiny_clap(seed: int = 0) -> tuple[ClapModel, ClapProcessor]:
 
 def ensure_tiny_clap() -> Path:
     """The cached tiny CLAP folder, built on first use (into a temporary sibling, then renamed)."""
-    root = cache_dir()
-    final = root / f"clap-tiny-v{RECIPE_VERSION}"
-    if (final / "config.json").is_file() and (final / "processor_config.json").is_file():
-        return final
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".clap-tiny-building-", dir=root))
-    except OSError as e:
-        raise MusicsteerError(f"cannot write the model cache {root}: {e.strerror or e}") from e
-    try:
+    def build(tmp: Path) -> None:
         model, processor = build_tiny_clap()
         with no_progress_bars():
             model.save_pretrained(tmp)
             processor.save_pretrained(tmp)
-        tmp.rename(final)
-    except OSError as e:
-        # another process finished first (rename onto a non-empty folder fails): use theirs
-        if not (final / "config.json").is_file():
-            raise MusicsteerError(f"cannot write the tiny CLAP into {final}: {e.strerror or e}") from e
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
+
+    def complete(path: Path) -> bool:
+        return (path / "config.json").is_file() and (path / "processor_config.json").is_file()
+
+    return build_folder_once(cache_dir() / f"clap-tiny-v{RECIPE_VERSION}", build, complete, "the tiny CLAP")
