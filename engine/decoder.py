@@ -15,6 +15,10 @@ layer, and a layer's self-attention output.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -29,15 +33,46 @@ def _shared_linear(weight: Tensor) -> nn.Linear:
     return layer
 
 
-def _fuse_into(modules: list[nn.Linear]) -> nn.Linear:
-    """Concatenate the weights of `modules` into one Linear and make each module a view of it."""
+def _fuse_rows(modules: list[nn.Module]) -> Tensor:
+    """Concatenate the weight rows of `modules` into one tensor and make each module's weight a view
+    of it, so the fused copy is the only copy."""
     fused = torch.cat([m.weight.detach() for m in modules], dim=0).contiguous()
     start = 0
     for m in modules:
         rows = m.weight.shape[0]
         m.weight = nn.Parameter(fused[start : start + rows], requires_grad=False)
         start += rows
-    return _shared_linear(fused)
+    return fused
+
+
+def _fuse_into(modules: list[nn.Linear]) -> nn.Linear:
+    """Concatenate the weights of `modules` into one Linear and make each module a view of it."""
+    return _shared_linear(_fuse_rows(modules))
+
+
+def direct_call(module: nn.Module) -> Callable[[Tensor], Tensor]:
+    """`module` as a plain function: a Linear or LayerNorm as the bare torch op over its weights,
+    anything else (a quantised Linear, an activation) as its own forward. This skips nn.Module's
+    call machinery (hooks, which nothing here uses), which on a tiny model costs as much as the op."""
+    if type(module) is nn.Linear:
+        return partial(F.linear, weight=module.weight, bias=module.bias)
+    if type(module) is nn.LayerNorm:
+        return partial(torch.layer_norm, normalized_shape=module.normalized_shape, weight=module.weight,
+                       bias=module.bias, eps=module.eps)
+    return module.forward
+
+
+class LayerOps(NamedTuple):
+    attn_norm: Callable[[Tensor], Tensor]
+    wqkv: Callable[[Tensor], Tensor]
+    wo: Callable[[Tensor], Tensor]
+    cross_norm: Callable[[Tensor], Tensor]
+    cross_q: Callable[[Tensor], Tensor]
+    cross_o: Callable[[Tensor], Tensor]
+    ffn_norm: Callable[[Tensor], Tensor]
+    fc1: Callable[[Tensor], Tensor]
+    act: Callable[[Tensor], Tensor]
+    fc2: Callable[[Tensor], Tensor]
 
 
 class FastLayer(nn.Module):
@@ -59,10 +94,20 @@ class FastLayer(nn.Module):
         self.fc1 = hf_layer.fc1
         self.fc2 = hf_layer.fc2
         self.act = hf_layer.activation_fn
+        self.bind()
+
+    def bind(self) -> None:
+        """(Re)make `ops`, the direct calls `forward` uses; after replacing a submodule, call again."""
+        self.ops = LayerOps(*(direct_call(getattr(self, name)) for name in LayerOps._fields))
 
     def heads(self, x: Tensor) -> Tensor:
         """(batch, time, d_model) -> (batch, heads, time, head_dim)"""
         return x.view(x.shape[0], x.shape[1], self.num_heads, self.head_dim).transpose(1, 2)
+
+    def qkv_heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """x (batch, time, d_model) -> q, k, v, each (batch, heads, time, head_dim), from one matmul."""
+        qkv = self.ops.wqkv(x).view(x.shape[0], x.shape[1], 3, self.num_heads, self.head_dim)
+        return qkv.permute(2, 0, 3, 1, 4).unbind(0)
 
 
 class FastDecoder(nn.Module):
@@ -78,7 +123,10 @@ class FastDecoder(nn.Module):
         self.num_layers = config.num_hidden_layers
         self.num_heads = config.num_attention_heads
         self.head_dim = config.hidden_size // config.num_attention_heads
-        self.embed_tokens = decoder.embed_tokens
+        # The codebooks' embedding tables stacked into one, read by one lookup at offset ids.
+        self.register_buffer("embed_table", _fuse_rows(list(decoder.embed_tokens)), persistent=False)
+        rows = decoder.embed_tokens[0].num_embeddings
+        self.register_buffer("embed_offsets", torch.arange(self.num_codebooks)[:, None] * rows, persistent=False)
         # transformers grows this table on demand; we read it directly by position index.
         self.register_buffer("pos_table", decoder.embed_positions.weights, persistent=False)
         self.layers = nn.ModuleList(FastLayer(layer) for layer in decoder.layers)
@@ -86,6 +134,13 @@ class FastDecoder(nn.Module):
         self.lm_head = _fuse_into(list(hf_model.decoder.lm_heads))
         # Optional text-to-decoder projection (present when the text encoder's width differs).
         self.enc_to_dec_proj = getattr(hf_model, "enc_to_dec_proj", None)
+        self.bind()
+
+    def bind(self) -> None:
+        """(Re)make the direct calls `forward` uses, here and in every layer (see `direct_call`)."""
+        for layer in self.layers:
+            layer.bind()
+        self.final_norm_op, self.lm_head_op = direct_call(self.final_norm), direct_call(self.lm_head)
 
     @torch.no_grad()
     def fill_cross_attention(self, cache: KVCache, text_states: Tensor, text_mask: Tensor) -> None:
@@ -132,8 +187,13 @@ def forward(
     before its steering ("unsteered.{i}"), for the whole CFG batch (the conditional rows first).
     """
     batch, _, steps = tokens.shape
-    hidden = sum(dec.embed_tokens[k](tokens[:, k]) for k in range(dec.num_codebooks))
-    hidden = hidden + dec.pos_table[positions].to(hidden.dtype)
+    # One lookup for every codebook, summed in transformers' order (codebook 0 first) so the sum
+    # rounds exactly as theirs does.
+    embedded = F.embedding(tokens + dec.embed_offsets, dec.embed_table).unbind(1)
+    hidden = embedded[0]
+    for e in embedded[1:]:
+        hidden = hidden + e
+    hidden = hidden + dec.pos_table.index_select(0, positions).to(hidden.dtype)
 
     key_len = cache.max_len if attend_len is None else attend_len
     # One decoded token attending to every valid position needs no mask at all.
@@ -141,29 +201,26 @@ def forward(
     cross_mask = cache.cross_mask
 
     for i, layer in enumerate(dec.layers):
+        ops = layer.ops
         if capture is not None:  # before this token's intervention: what the music so far makes of it
             capture[f"unsteered.{i}"] = hidden
         hidden = steering.apply("residual", i, hidden)
         if capture is not None:
             capture[f"residual.{i}"] = hidden
-        x = layer.attn_norm(hidden)
-        q, k, v = layer.wqkv(x).split(dec.d_model, dim=-1)
-        k_all, v_all = cache.write(i, positions, layer.heads(k), layer.heads(v), key_len)
-        attn = _attend(layer.heads(q), k_all, v_all, mask, layer.scaling)
-        attn = layer.wo(attn.transpose(1, 2).reshape(batch, steps, dec.d_model))
+        q, k, v = layer.qkv_heads(ops.attn_norm(hidden))
+        k_all, v_all = cache.write(i, positions, k, v, key_len)
+        attn = _attend(q, k_all, v_all, mask, layer.scaling)
+        attn = ops.wo(attn.transpose(1, 2).reshape(batch, steps, dec.d_model))
         attn = steering.apply("attention", i, attn)
         if capture is not None:
             capture[f"attention.{i}"] = attn
         hidden = hidden + attn
 
-        x = layer.cross_norm(hidden)
-        query = layer.heads(layer.cross_q(x))
-        cross = _attend(query, cache.cross_k[i], cache.cross_v[i], cross_mask, layer.scaling)
-        hidden = hidden + layer.cross_o(cross.transpose(1, 2).reshape(batch, steps, dec.d_model))
+        query = layer.heads(ops.cross_q(ops.cross_norm(hidden)))
+        cross = _attend(query, cache.cross_k_layers[i], cache.cross_v_layers[i], cross_mask, layer.scaling)
+        hidden = hidden + ops.cross_o(cross.transpose(1, 2).reshape(batch, steps, dec.d_model))
 
-        x = layer.ffn_norm(hidden)
-        hidden = hidden + layer.fc2(layer.act(layer.fc1(x)))
+        hidden = hidden + ops.fc2(ops.act(ops.fc1(ops.ffn_norm(hidden))))
 
-    hidden = dec.final_norm(hidden)
-    logits = dec.lm_head(hidden)  # (2B, T, K*V)
+    logits = dec.lm_head_op(dec.final_norm_op(hidden))  # (2B, T, K*V)
     return logits.view(batch, steps, dec.num_codebooks, dec.vocab_size).transpose(1, 2)

@@ -105,6 +105,8 @@ class Generator:
         self.on_applied = None  # optional callback(step, changes) for the session log
         self._inputs: tuple[Tensor, Tensor] | None = None
         self._position = 0
+        # The next single-token input, both CFG halves: written in place each step (no allocation).
+        self._step_tokens = torch.empty(2 * batch, lm.num_codebooks, 1, dtype=torch.long, device=lm.device)
 
     # -- session control --------------------------------------------------------------------
     def submit(self, change: Change, at_step: int | None = None) -> Change:
@@ -140,7 +142,9 @@ class Generator:
         sampled = self._decode(*self._inputs)
         position = self._position
         resolved = self.delay.resolve(position, sampled)
-        self._inputs = (resolved.repeat(2, 1)[:, :, None], self._positions[position : position + 1])
+        halves = self._step_tokens.view(2, -1, self.delay.num_codebooks)
+        halves.copy_(resolved.expand(2, -1, -1))
+        self._inputs = (self._step_tokens, self._positions[position : position + 1])
         self._position += 1
         self.step_index += 1
         frame = self.delay.completed_frame(position)

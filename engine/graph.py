@@ -8,13 +8,14 @@ with one launch.
 
 What a replay reads, and how a value changes without recapture:
   tokens, position                  copied into static input buffers by `step` (device tensors)
-  guidance, temperature, top-k/p    0-d device tensors written by `set_sampling` (only when changed)
+  guidance, temperature, top-p      0-d device tensors written by `set_sampling` (only when changed)
   steering alpha/direction/layer    `SteeringTensors(apply_all=True)`: copy_ in place, every slot computed
   prompt (same text-length bucket)  `KVCache.set_cross` copies in place
   seed                              the torch.Generator's host state, read by every replay
-Only a prompt in a new text-length bucket rebinds buffers the graph points at; `step` notices and
-rebuilds (counted in `builds`). On the CPU (`capture=False`) the same function runs eagerly, so its
-numerics are what the CPU tests check. Prefill (many tokens at once) stays eager.
+Only a prompt in a new text-length bucket (it rebinds buffers the graph points at), a new top-k (the
+draw's shape) or switching greedy on or off rebuilds; `step` notices and rebuilds (counted in
+`builds`). On the CPU (`capture=False`) the same function runs eagerly, so its numerics are what
+the CPU tests check. Prefill (many tokens at once) stays eager.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import torch
 from torch import Tensor
 
 from . import decoder as decoder_fn
+from . import sampling
 from .decoder import FastDecoder
 from .generator import Generator
 from .kv_cache import KVCache
@@ -62,9 +64,10 @@ class GraphDecoder:
         self.position = torch.zeros(1, dtype=torch.long, device=device)
         self.guidance = torch.zeros((), device=device)
         self.temperature = torch.ones((), device=device)
-        self.top_k = torch.full((1,), vocab, dtype=torch.long, device=device)
         self.top_p_floor = torch.full((), -1.0, device=device)
-        self.greedy = torch.zeros((), dtype=torch.bool, device=device)
+        # Shapes and branches of the sampler, fixed in a captured graph: a change rebuilds.
+        self.k = vocab  # candidates per draw
+        self.greedy = False
         # Static outputs: valid until the next step (copy them to keep them).
         self.logits = torch.zeros(batch2, codebooks, vocab, dtype=cache.k.dtype, device=device)
         self.sampled = torch.zeros(batch2 // 2, codebooks, dtype=torch.long, device=device)
@@ -77,20 +80,21 @@ class GraphDecoder:
 
     # -- per-token API ----------------------------------------------------------------------
     def set_sampling(self, guidance: float, temperature: float, top_k: int, top_p: float) -> None:
-        """Write the sampling knobs into their device tensors, only when they changed (no launches
-        otherwise). Semantics as `sampling.sample_tokens`: top_k/top_p 0 = off, greedy when
-        temperature <= 0 or top_k == 1. Derived values are computed here, on the host, in the same
-        precision the eager sampler uses, so CPU results match it bit for bit."""
+        """Set the sampling knobs, as `sampling.sample_tokens` reads them (top_k/top_p 0 = off,
+        greedy when temperature <= 0 or top_k == 1). Guidance, temperature and top-p are 0-d device
+        tensors written in place, only when changed (no launches otherwise). Top-k is the shape of
+        the draw and greedy a branch: changing either rebuilds the graph once (counted in `builds`);
+        they are set-and-forget knobs, unlike the steering ones. Derived values are computed on the
+        host in the precision the eager sampler uses, so CPU results match it bit for bit."""
         knobs = (guidance, temperature, top_k, top_p)
         if knobs == self._knobs:
             return
         self._knobs = knobs
         self.guidance.fill_(guidance)
         self.temperature.fill_(temperature if temperature > 0 else 1.0)
-        self.top_k.fill_(top_k if 0 < top_k < self.vocab else self.vocab)
-        # float32(1 - p) rounds as the eager `cumulative <= (1 - top_p)` comparison does; -1 = off.
-        self.top_p_floor.fill_(1 - top_p if 0 < top_p < 1 else -1.0)
-        self.greedy.fill_(temperature <= 0 or top_k == 1)
+        self.top_p_floor.fill_(sampling.top_p_floor(top_p))
+        self.k = sampling.candidate_count(top_k, self.vocab)
+        self.greedy = sampling.is_greedy(temperature, top_k)
 
     @torch.no_grad()
     def step(self, tokens: Tensor, position: int | Tensor) -> Tensor:
@@ -122,31 +126,26 @@ class GraphDecoder:
         self.sampled.copy_(self._sample(mixed))
 
     def _sample(self, mixed: Tensor) -> Tensor:
-        """`sampling.sample_tokens` with every knob a tensor: no data-dependent shapes, no host sync."""
-        scores = mixed / self.temperature
-        # One ascending sort serves top-k (the k-th largest is at V - k) and top-p (its cumsum).
-        ascending, order = scores.sort(dim=-1)
-        kth = ascending.index_select(-1, self.vocab - self.top_k)
-        scores = scores.masked_fill(scores < kth, float("-inf"))
-        kept = ascending.masked_fill(ascending < kth, float("-inf"))
-        drop = kept.softmax(dim=-1).cumsum(dim=-1) <= self.top_p_floor
-        drop[..., -1:] = False  # always keep the most likely token
-        scores = scores.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
-        probs = scores.softmax(dim=-1)
+        """`sampling.sample_tokens` with tensor knobs: no data-dependent shapes, no host sync."""
+        if self.greedy:
+            return mixed.argmax(dim=-1)  # draws nothing: the random stream is untouched, as in eager
+        probs, ids = sampling.candidates(mixed / self.temperature, self.k, self.top_p_floor)
         # The exponential race is what torch.multinomial does for one sample (same draws from the
         # same generator state, checked in the tests), minus its host-side validity check (.item()),
         # which made multinomial uncapturable until pytorch#134818.
         race = torch.empty_like(probs).exponential_(1, generator=self.rng)
-        drawn = (probs / race).argmax(dim=-1)
-        return torch.where(self.greedy, mixed.argmax(dim=-1), drawn)
+        choice = (probs / race).argmax(dim=-1, keepdim=True)
+        return ids.gather(-1, choice).squeeze(-1)
 
     # -- capture ------------------------------------------------------------------------------
     def _binding(self) -> tuple:
-        """Addresses of the buffers that can be rebound (the prompt's cross-attention k/v)."""
+        """What a captured graph depends on besides in-place tensors: the addresses of the buffers
+        that can be rebound (the prompt's cross-attention k/v) and the sampler's shape and branch."""
         c = self.cache
         if c.cross_k is None or c.cross_v is None or c.cross_mask is None:
             raise RuntimeError("set the prompt (KVCache.set_cross) before decoding")
-        return (c.cross_k.data_ptr(), c.cross_v.data_ptr(), c.cross_mask.data_ptr(), tuple(c.cross_k.shape))
+        return (c.cross_k.data_ptr(), c.cross_v.data_ptr(), c.cross_mask.data_ptr(), tuple(c.cross_k.shape),
+                self.k, self.greedy)
 
     def _build(self) -> None:
         self.builds += 1

@@ -30,15 +30,20 @@ class KVCache:
         self.max_len = max_len
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
+        # Per-layer views, made once: indexing the 5-d buffers every layer of every step costs ops.
+        self.k_layers, self.v_layers = self.k.unbind(0), self.v.unbind(0)
+        self.cross_k_layers: tuple[Tensor, ...] = ()
+        self.cross_v_layers: tuple[Tensor, ...] = ()
         self.cross_k: Tensor | None = None
         self.cross_v: Tensor | None = None
         self.cross_mask: Tensor | None = None
 
     def write(self, layer: int, positions: Tensor, k: Tensor, v: Tensor, key_len: int) -> tuple[Tensor, Tensor]:
         """Store k/v (2B, H, T, D) at `positions`; return the first `key_len` cached positions."""
-        self.k[layer].index_copy_(2, positions, k)
-        self.v[layer].index_copy_(2, positions, v)
-        return self.k[layer, :, :, :key_len], self.v[layer, :, :, :key_len]
+        k_all, v_all = self.k_layers[layer], self.v_layers[layer]
+        k_all.index_copy_(2, positions, k)
+        v_all.index_copy_(2, positions, v)
+        return k_all.narrow(2, 0, key_len), v_all.narrow(2, 0, key_len)
 
     def set_cross(self, keys: Tensor, values: Tensor, text_mask: Tensor) -> None:
         """Install cross-attention k/v (layers, 2B, H, S, D) and the text mask (2B, S).
@@ -65,6 +70,7 @@ class KVCache:
             self.cross_mask.copy_(bias)
         else:
             self.cross_k, self.cross_v, self.cross_mask = keys.contiguous(), values.contiguous(), bias
+            self.cross_k_layers, self.cross_v_layers = self.cross_k.unbind(0), self.cross_v.unbind(0)
 
     def clear(self) -> None:
         self.k.zero_()

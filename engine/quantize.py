@@ -61,6 +61,7 @@ def quantize_decoder(lm: LoadedModel, mode: str = "int8") -> LoadedModel:
                     # quantize_dynamic copies what it converts, so the shared fp32 Linear survives.
                     holder = quantize_dynamic(nn.Sequential(child), {nn.Linear: qconfig}, dtype=torch.qint8)
                     setattr(owner, name, holder[0])
+    qdec.bind()  # forward calls the quantised modules from now on
     return _with_decoder(lm, qdec, f"{lm.name}+{mode}")
 
 
@@ -114,7 +115,8 @@ def _record_inputs(lm: LoadedModel, steps: int, prompt: str, seed: int, guidance
     gen.start()
     inputs = []
     for _ in range(steps):
-        inputs.append(gen._inputs)  # (tokens, positions) this step decodes; never mutated later
+        tokens, positions = gen._inputs  # what this step decodes (the token buffer is reused: copy it)
+        inputs.append((tokens.clone(), positions))
         gen.step()
     return inputs
 

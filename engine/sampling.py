@@ -4,6 +4,13 @@ The order of operations follows transformers' logits processors (CFG mix, then t
 top-p), so greedy decoding reproduces `generate(do_sample=False)` exactly. Randomness comes from a
 seeded `torch.Generator` owned by the session, never from the global RNG, so a run is reproducible
 and a seed change mid-session takes effect at a known token.
+
+Sampling draws among the top-k candidates only: `topk` returns them sorted, top-p filters that
+short row, and the draw is over k probabilities instead of the whole vocabulary. The distribution
+is exactly the masked full-vocabulary one (filtered tokens have probability 0 either way); the
+work per token is a fraction (on the CPU the full-vocabulary draw was a third of a tiny model's
+step). The captured CUDA step (engine/graph.py) calls the same `candidates` function, so both
+paths draw the same tokens from the same generator state.
 """
 
 from __future__ import annotations
@@ -22,6 +29,32 @@ def is_greedy(temperature: float, top_k: int) -> bool:
     return temperature <= 0 or top_k == 1
 
 
+def candidate_count(top_k: int, vocab: int) -> int:
+    """How many candidates a draw considers: top_k, or the whole vocabulary when top-k is off (0)."""
+    return top_k if 0 < top_k < vocab else vocab
+
+
+def candidates(scores: Tensor, k: int, top_p_floor: float | Tensor) -> tuple[Tensor, Tensor]:
+    """The k best scores (..., V) -> (probabilities (..., k), their token ids (..., k)).
+
+    top_p_floor: 1 - top_p, or a negative number for no top-p. As transformers' TopPLogitsWarper,
+    ranked from the least likely up, the candidates whose cumulative probability stays <= the floor
+    are dropped, and the most likely is always kept. A tensor floor (the captured step) computes the
+    same comparison as a float one, so both paths drop the same candidates."""
+    values, ids = scores.topk(k, dim=-1)  # descending
+    if isinstance(top_p_floor, Tensor) or top_p_floor >= 0:
+        ascending = values.flip(-1)
+        drop = ascending.softmax(dim=-1).cumsum(dim=-1) <= top_p_floor
+        drop[..., -1] = False  # always keep the most likely token
+        values = values.masked_fill(drop.flip(-1), float("-inf"))
+    return values.softmax(dim=-1), ids
+
+
+def top_p_floor(top_p: float) -> float:
+    """The drop threshold for `candidates`: 1 - top_p, or -1 when top-p is off (0 or >= 1)."""
+    return 1 - top_p if 0 < top_p < 1 else -1.0
+
+
 def sample_tokens(
     logits: Tensor,
     temperature: float,
@@ -32,22 +65,8 @@ def sample_tokens(
     """Draw one token per row from logits (..., V). top_k 0 and top_p 0 (or 1) mean 'off'."""
     if is_greedy(temperature, top_k):
         return logits.argmax(dim=-1)
-    scores = logits / temperature
-    if 0 < top_k < scores.shape[-1]:
-        kth = torch.topk(scores, top_k, dim=-1).values[..., -1:]
-        scores = scores.masked_fill(scores < kth, float("-inf"))
-    if 0 < top_p < 1:
-        scores = _top_p_filter(scores, top_p)
-    probs = torch.softmax(scores, dim=-1)
-    flat = probs.reshape(-1, probs.shape[-1])
-    return torch.multinomial(flat, 1, generator=generator).view(probs.shape[:-1])
-
-
-def _top_p_filter(scores: Tensor, top_p: float) -> Tensor:
-    """Keep the smallest set of tokens whose probability reaches top_p (as transformers' TopPLogitsWarper)."""
-    sorted_scores, order = torch.sort(scores, descending=False, dim=-1)
-    cumulative = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
-    remove_sorted = cumulative <= (1 - top_p)
-    remove_sorted[..., -1:] = False  # always keep the most likely token
-    remove = remove_sorted.scatter(-1, order, remove_sorted)
-    return scores.masked_fill(remove, float("-inf"))
+    scores = logits if temperature == 1 else logits / temperature  # x / 1 == x: skip the op
+    k = candidate_count(top_k, scores.shape[-1])
+    probs, ids = candidates(scores, k, top_p_floor(top_p))
+    choice = torch.multinomial(probs.reshape(-1, k), 1, generator=generator)
+    return ids.reshape(-1, k).gather(1, choice).view(probs.shape[:-1])

@@ -71,6 +71,7 @@ def test_drift_meter_is_exact_on_itself_and_sees_a_real_change(tiny) -> None:
     q = quantize_decoder(tiny)
     head = fast_decoder(q).lm_head  # a wrong kernel: the output projection's weights scrambled
     fast_decoder(q).lm_head = nn.Linear(head.in_features, head.out_features, bias=False)
+    fast_decoder(q).bind()
     assert logit_drift(tiny, q, steps=20).rel_max > 5 * REL_MAX["int8"]
 
 
