@@ -12,7 +12,6 @@ and generation continues from exactly where it was.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -37,10 +36,37 @@ DEFAULT_WINDOW_SECONDS = 30.0  # MusicGen's training length; positions past it a
 DEFAULT_KEEP_SECONDS = 12.0  # context carried into the next window (audiocraft's choice)
 
 
-@dataclass(frozen=True)
 class Frame:
-    index: int  # frame number in the session (50 per second)
-    codes: Tensor  # (B, K) long, on the CPU
+    """One completed frame: `index` (frame number in the session, 50 per second) and `codes`
+    (B, K) long on the CPU.
+
+    On CUDA the codes travel to pinned host memory with a non-blocking copy and an event, so the
+    generation loop queues the next token without waiting for this one; reading `codes` waits for
+    the copy (normally long finished by then). This fetch is the loop's only host sync per token."""
+
+    __slots__ = ("index", "_codes", "_ready")
+
+    def __init__(self, index: int, codes: Tensor, ready: torch.cuda.Event | None = None) -> None:
+        self.index, self._codes, self._ready = index, codes, ready
+
+    @property
+    def codes(self) -> Tensor:
+        if self._ready is not None:
+            self._ready.synchronize()
+            self._ready = None
+        return self._codes
+
+    @classmethod
+    def fetch(cls, index: int, codes: Tensor) -> Frame:
+        """A frame of device `codes`, copied to the host (a copy: on the CPU, `codes` may be a view
+        of a buffer that the next window slide overwrites)."""
+        if codes.device.type != "cuda":
+            return cls(index, codes.to("cpu", copy=True))
+        host = torch.empty(codes.shape, dtype=codes.dtype, pin_memory=True)
+        host.copy_(codes, non_blocking=True)
+        ready = torch.cuda.Event()
+        ready.record()
+        return cls(index, host, ready)
 
 
 def fast_decoder(lm: LoadedModel) -> FastDecoder:
@@ -150,8 +176,7 @@ class Generator:
         frame = self.delay.completed_frame(position)
         if frame is None:
             return None
-        # A copy: on the CPU .cpu() would alias the window's buffer, which the next slide overwrites.
-        return Frame(self.frame_offset + frame, self.delay.frame(frame).to("cpu", copy=True))
+        return Frame.fetch(self.frame_offset + frame, self.delay.frame(frame))
 
     def _decode(self, tokens: Tensor, positions: Tensor) -> Tensor:
         """Run the decoder on the pending input, set last_logits, return the sampled tokens (B, K).

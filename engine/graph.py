@@ -12,9 +12,9 @@ What a replay reads, and how a value changes without recapture:
   steering alpha/direction/layer    `SteeringTensors(apply_all=True)`: copy_ in place, every slot computed
   prompt (same text-length bucket)  `KVCache.set_cross` copies in place
   seed                              the torch.Generator's host state, read by every replay
-Only a prompt in a new text-length bucket (it rebinds buffers the graph points at), a new top-k (the
-draw's shape) or switching greedy on or off rebuilds; `step` notices and rebuilds (counted in
-`builds`). On the CPU (`capture=False`) the same function runs eagerly, so its numerics are what
+Only a prompt in a new text-length bucket (it rebinds buffers the graph points at), a new top-k
+(the draw's shape) or switching greedy or top-p on or off rebuilds; `step` notices and rebuilds
+(counted in `builds`). On the CPU (`capture=False`) the same function runs eagerly, so its numerics are what
 the CPU tests check. Prefill (many tokens at once) stays eager.
 """
 
@@ -68,6 +68,7 @@ class GraphDecoder:
         # Shapes and branches of the sampler, fixed in a captured graph: a change rebuilds.
         self.k = vocab  # candidates per draw
         self.greedy = False
+        self.top_p_on = False
         # Static outputs: valid until the next step (copy them to keep them).
         self.logits = torch.zeros(batch2, codebooks, vocab, dtype=cache.k.dtype, device=device)
         self.sampled = torch.zeros(batch2 // 2, codebooks, dtype=torch.long, device=device)
@@ -83,16 +84,19 @@ class GraphDecoder:
         """Set the sampling knobs, as `sampling.sample_tokens` reads them (top_k/top_p 0 = off,
         greedy when temperature <= 0 or top_k == 1). Guidance, temperature and top-p are 0-d device
         tensors written in place, only when changed (no launches otherwise). Top-k is the shape of
-        the draw and greedy a branch: changing either rebuilds the graph once (counted in `builds`);
-        they are set-and-forget knobs, unlike the steering ones. Derived values are computed on the
-        host in the precision the eager sampler uses, so CPU results match it bit for bit."""
+        the draw, greedy and top-p on/off are branches: changing one of those rebuilds the graph
+        once (counted in `builds`); they are set-and-forget knobs, unlike the steering ones.
+        Derived values are computed on the host in the precision the eager sampler uses, so CPU
+        results match it bit for bit."""
         knobs = (guidance, temperature, top_k, top_p)
         if knobs == self._knobs:
             return
         self._knobs = knobs
         self.guidance.fill_(guidance)
         self.temperature.fill_(temperature if temperature > 0 else 1.0)
-        self.top_p_floor.fill_(sampling.top_p_floor(top_p))
+        floor = sampling.top_p_floor(top_p)
+        self.top_p_on = floor is not None
+        self.top_p_floor.fill_(floor if floor is not None else -1.0)
         self.k = sampling.candidate_count(top_k, self.vocab)
         self.greedy = sampling.is_greedy(temperature, top_k)
 
@@ -129,13 +133,11 @@ class GraphDecoder:
         """`sampling.sample_tokens` with tensor knobs: no data-dependent shapes, no host sync."""
         if self.greedy:
             return mixed.argmax(dim=-1)  # draws nothing: the random stream is untouched, as in eager
-        probs, ids = sampling.candidates(mixed / self.temperature, self.k, self.top_p_floor)
-        # The exponential race is what torch.multinomial does for one sample (same draws from the
-        # same generator state, checked in the tests), minus its host-side validity check (.item()),
-        # which made multinomial uncapturable until pytorch#134818.
-        race = torch.empty_like(probs).exponential_(1, generator=self.rng)
-        choice = (probs / race).argmax(dim=-1, keepdim=True)
-        return ids.gather(-1, choice).squeeze(-1)
+        floor = self.top_p_floor if self.top_p_on else None
+        probs, ids = sampling.candidates(mixed / self.temperature, self.k, floor)
+        # The race of sampling.draw, not torch.multinomial: the same draws, minus multinomial's
+        # host-side validity check (.item()), which made it uncapturable until pytorch#134818.
+        return sampling.draw(probs, ids, self.rng)
 
     # -- capture ------------------------------------------------------------------------------
     def _binding(self) -> tuple:
@@ -145,7 +147,7 @@ class GraphDecoder:
         if c.cross_k is None or c.cross_v is None or c.cross_mask is None:
             raise RuntimeError("set the prompt (KVCache.set_cross) before decoding")
         return (c.cross_k.data_ptr(), c.cross_v.data_ptr(), c.cross_mask.data_ptr(), tuple(c.cross_k.shape),
-                self.k, self.greedy)
+                self.k, self.greedy, self.top_p_on)
 
     def _build(self) -> None:
         self.builds += 1

@@ -5,12 +5,14 @@ top-p), so greedy decoding reproduces `generate(do_sample=False)` exactly. Rando
 seeded `torch.Generator` owned by the session, never from the global RNG, so a run is reproducible
 and a seed change mid-session takes effect at a known token.
 
-Sampling draws among the top-k candidates only: `topk` returns them sorted, top-p filters that
-short row, and the draw is over k probabilities instead of the whole vocabulary. The distribution
-is exactly the masked full-vocabulary one (filtered tokens have probability 0 either way); the
-work per token is a fraction (on the CPU the full-vocabulary draw was a third of a tiny model's
-step). The captured CUDA step (engine/graph.py) calls the same `candidates` function, so both
-paths draw the same tokens from the same generator state.
+Sampling draws among the top-k candidates only: `topk` finds them (unsorted, unless top-p needs
+their ranking), and the draw is over k probabilities instead of the whole vocabulary. The
+distribution is exactly the masked full-vocabulary one (filtered tokens have probability 0 either
+way); the work per token is a fraction (on the CPU the full-vocabulary draw was a third of a tiny
+model's step). The draw is the exponential race argmax(p / Exp(1)), which is what
+`torch.multinomial` does for one sample (tests/test_graph.py checks the two agree draw for draw),
+without its host-side validity check. The captured CUDA step (engine/graph.py) calls these same
+functions, so both paths draw the same tokens from the same generator state.
 """
 
 from __future__ import annotations
@@ -34,15 +36,15 @@ def candidate_count(top_k: int, vocab: int) -> int:
     return top_k if 0 < top_k < vocab else vocab
 
 
-def candidates(scores: Tensor, k: int, top_p_floor: float | Tensor) -> tuple[Tensor, Tensor]:
+def candidates(scores: Tensor, k: int, top_p_floor: float | Tensor | None) -> tuple[Tensor, Tensor]:
     """The k best scores (..., V) -> (probabilities (..., k), their token ids (..., k)).
 
-    top_p_floor: 1 - top_p, or a negative number for no top-p. As transformers' TopPLogitsWarper,
-    ranked from the least likely up, the candidates whose cumulative probability stays <= the floor
-    are dropped, and the most likely is always kept. A tensor floor (the captured step) computes the
-    same comparison as a float one, so both paths drop the same candidates."""
-    values, ids = scores.topk(k, dim=-1)  # descending
-    if isinstance(top_p_floor, Tensor) or top_p_floor >= 0:
+    top_p_floor: 1 - top_p, or None for no top-p. As transformers' TopPLogitsWarper, ranked from the
+    least likely up, the candidates whose cumulative probability stays <= the floor are dropped,
+    and the most likely is always kept. A tensor floor (the captured step) computes the same
+    comparison as a float one, so both paths drop the same candidates."""
+    values, ids = scores.topk(k, dim=-1, sorted=top_p_floor is not None)  # sorted: descending
+    if top_p_floor is not None:
         ascending = values.flip(-1)
         drop = ascending.softmax(dim=-1).cumsum(dim=-1) <= top_p_floor
         drop[..., -1] = False  # always keep the most likely token
@@ -50,9 +52,16 @@ def candidates(scores: Tensor, k: int, top_p_floor: float | Tensor) -> tuple[Ten
     return values.softmax(dim=-1), ids
 
 
-def top_p_floor(top_p: float) -> float:
-    """The drop threshold for `candidates`: 1 - top_p, or -1 when top-p is off (0 or >= 1)."""
-    return 1 - top_p if 0 < top_p < 1 else -1.0
+def top_p_floor(top_p: float) -> float | None:
+    """The drop threshold for `candidates`: 1 - top_p, or None when top-p is off (0 or >= 1)."""
+    return 1 - top_p if 0 < top_p < 1 else None
+
+
+def draw(probs: Tensor, ids: Tensor, generator: torch.Generator | None) -> Tensor:
+    """One token per row: the exponential race over the candidates' probabilities (..., k)."""
+    race = torch.empty_like(probs).exponential_(1, generator=generator)
+    choice = (probs / race).argmax(dim=-1, keepdim=True)
+    return ids.gather(-1, choice).squeeze(-1)
 
 
 def sample_tokens(
@@ -66,7 +75,5 @@ def sample_tokens(
     if is_greedy(temperature, top_k):
         return logits.argmax(dim=-1)
     scores = logits if temperature == 1 else logits / temperature  # x / 1 == x: skip the op
-    k = candidate_count(top_k, scores.shape[-1])
-    probs, ids = candidates(scores, k, top_p_floor(top_p))
-    choice = torch.multinomial(probs.reshape(-1, k), 1, generator=generator)
-    return ids.reshape(-1, k).gather(1, choice).view(probs.shape[:-1])
+    probs, ids = candidates(scores, candidate_count(top_k, scores.shape[-1]), top_p_floor(top_p))
+    return draw(probs, ids, generator)

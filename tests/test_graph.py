@@ -18,7 +18,7 @@ from musicsteer.engine.events import Change
 from musicsteer.engine.generator import Generator
 from musicsteer.engine.graph import GraphDecoder, GraphGenerator
 from musicsteer.engine.loading import load_model
-from musicsteer.engine.sampling import sample_tokens
+from musicsteer.engine.sampling import draw, sample_tokens
 from musicsteer.engine.steering import SteeringTensors
 
 PROMPT = "jazz trio with piano"
@@ -61,7 +61,7 @@ def test_static_path_equals_eager_greedy_with_steering_moving_every_token(tiny) 
     assert len(torch.unique(want_codes[0])) > 5
 
 
-KNOBS = [dict(), dict(temperature=0.7, top_k=40, top_p=0.9), dict(top_k=0, top_p=0.8), dict(top_p=0.5),
+KNOBS = [dict(), dict(temperature=0.7, top_k=40, top_p=0.9), dict(top_k=0, top_p=0.8), dict(top_p=0.5), dict(top_k=0),
          dict(temperature=1.3, top_k=2), dict(top_k=1), dict(temperature=0.0)]
 
 
@@ -123,13 +123,14 @@ def test_stereo_sampled_codes_equal_eager() -> None:
     assert want.shape[0] == 8 and torch.equal(got, want)
 
 
-def test_exponential_race_draws_what_multinomial_draws() -> None:
+def test_race_draws_what_multinomial_draws() -> None:
+    """sampling.draw (both paths' sampler) picks what torch.multinomial picks from the same state."""
     probs = torch.softmax(3 * torch.randn(8, 2048, generator=torch.Generator().manual_seed(0)), dim=-1)
     probs[:, :300] = 0  # filtered tokens
+    ids = torch.arange(2048).expand(8, -1)
     for seed in range(20):
         want = torch.multinomial(probs, 1, generator=torch.Generator().manual_seed(seed))[:, 0]
-        race = torch.empty_like(probs).exponential_(1, generator=torch.Generator().manual_seed(seed))
-        assert torch.equal((probs / race).argmax(-1), want)
+        assert torch.equal(draw(probs, ids, torch.Generator().manual_seed(seed)), want)
 
 
 def test_steering_changes_every_token_never_rebuild(tiny) -> None:
