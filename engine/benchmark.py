@@ -1,11 +1,17 @@
 """`musicsteer bench`: the engine's token loop against transformers' own `generate`, same model.
 
-Three contenders run on one loaded model object (same weights, dtype and prompt):
-  engine        the `Generator` loop, MusicGen sampling (top-k 250, CFG 3), no steering;
-  engine+steer  the same with one residual steering term at the vectors' best layer;
-  hf_generate   `model.generate(do_sample=True, guidance_scale=3)`, EnCodec decode excluded.
+Five contenders run on one loaded model object (same weights, dtype and prompt):
+  engine              the `Generator` loop, MusicGen sampling (top-k 250, CFG 3), no steering;
+  engine+steer        the same with one residual steering term at the vectors' best layer;
+  engine+graph        `GraphGenerator`: on CUDA one captured graph replayed per token;
+  engine+graph+steer  the same with steering automated every token (`bench_knobs.automate_steering`);
+  hf_generate         `model.generate(do_sample=True, guidance_scale=3)`, EnCodec decode excluded.
 The machines this runs on are shared and noisy, so the contenders alternate within every repeat
-(A B C A B C ...) and the report gives medians, with the per-repeat values kept in `extra`.
+(A B C D E A B C D E ...) and the report gives medians, with the per-repeat values kept in `extra`.
+
+Around the timed repeats: first, before anything else touches the freshly loaded model, one cold
+session each of engine+graph and engine (time to first audio, cold); last, a recapture check (α,
+mix, layer and site changing every token) and the knob → applied latency of both generators.
 """
 
 from __future__ import annotations
@@ -25,8 +31,9 @@ import transformers
 from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.models.encodec.modeling_encodec import EncodecDecoderOutput
 
+from .bench_knobs import automate_steering, knob_latencies, recapture_check
 from .control import Controls
-from .generator import Generator
+from .generator import Generator, fast_decoder
 from .graph import GraphGenerator
 from .vectors import SteeringVectors
 
@@ -36,6 +43,7 @@ if TYPE_CHECKING:
 PROMPT = "lo-fi jazz with warm piano"
 STEER_ALPHA = 0.5
 WARMUP_STEPS = 16  # enough to build the fast decoder and settle kernel choices, cheap on big models
+COLD_ORDER = ("engine+graph", "engine")  # the graph first: it is the CUDA path, whose cold start matters
 
 
 @dataclass
@@ -43,8 +51,9 @@ class BenchResult:
     name: str
     steps_per_s: float
     rtf: float  # steps_per_s / frame rate: > 1 is faster than real time
-    ttfa_s: float  # time to the first complete frame of codes
+    ttfa_s: float  # time to the first complete frame of codes, warm (median of the timed sessions)
     ms_per_step: float
+    ttfa_cold_s: float | None = None  # the same for this contender's first session in the process
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -54,6 +63,9 @@ class _Run:
     ttfa_s: float
     steps: int
     step_s: list[float]  # each decode step on its own: its median shrugs off a burst of contention
+    decoder_build_s: float = 0.0  # building the FastDecoder: only the first session of a fresh model does
+    graph_builds: int | None = None  # captures (CUDA) or would-be captures (CPU) of a GraphGenerator
+    changes_applied: int = 0  # control changes the generator applied (the automated contender)
 
 
 def _sync(device: torch.device) -> None:
@@ -90,14 +102,23 @@ def random_vectors(lm: LoadedModel, seed: int = 0) -> SteeringVectors:
     return SteeringVectors.create(directions, model=lm.name, method="random", best_layer=layers // 2)
 
 
-def _run_engine(lm: LoadedModel, steps: int, vectors: SteeringVectors | None, graph: bool = False) -> _Run:
-    if vectors is None:
-        controls = Controls(prompt=PROMPT)
-    else:
-        controls = Controls(prompt=PROMPT, mix={"a": 1.0}, alpha=STEER_ALPHA)
+def _controls(vectors: SteeringVectors | None) -> Controls:
+    return Controls(prompt=PROMPT) if vectors is None else Controls(prompt=PROMPT, mix={"a": 1.0}, alpha=STEER_ALPHA)
+
+
+def _run_engine(lm: LoadedModel, steps: int, vectors: SteeringVectors | None, graph: bool = False,
+                automate: bool = False) -> _Run:
+    """One session: `steps` timed steps (0: only up to the first frame, for a cold start).
+    automate: steering moves every token (`automate_steering`), submitted before the clock starts."""
     _sync(lm.device)
     t0 = time.perf_counter()
-    gen = (GraphGenerator if graph else Generator)(lm, controls, vectors)
+    fast_decoder(lm)  # cached on the model: timed apart so a cold session shows what it paid for it
+    decoder_build_s = time.perf_counter() - t0
+    gen = (GraphGenerator if graph else Generator)(lm, _controls(vectors), vectors)
+    applied: list[int] = []
+    if automate:
+        gen.on_applied = lambda _step, changes: applied.append(len(changes))
+        automate_steering(gen, steps + gen.delay.max_delay + 2)  # the capturing step and the first frame too
     gen.start()
     if graph:
         gen.step()  # captures the graph: a one-off, counted in ttfa, not in steps/s
@@ -116,7 +137,8 @@ def _run_engine(lm: LoadedModel, steps: int, vectors: SteeringVectors | None, gr
         while gen.step() is None:
             pass
         ttfa = time.perf_counter() - t0
-    return _Run(t_end - t_start, ttfa, steps, [b - a for a, b in zip(stamps, stamps[1:], strict=False)])
+    return _Run(t_end - t_start, ttfa, steps, [b - a for a, b in zip(stamps, stamps[1:], strict=False)],
+                decoder_build_s, gen.graph.builds if graph else None, sum(applied))
 
 
 @contextmanager
@@ -179,26 +201,37 @@ def _run_generate(lm: LoadedModel, steps: int) -> _Run:
     return _Run(seconds, seconds, steps, [b - a for a, b in zip(clock.stamps, clock.stamps[1:], strict=False)])
 
 
-def _summarise(name: str, runs: list[_Run], frame_rate: float, note: str) -> BenchResult:
+def _summarise(name: str, runs: list[_Run], frame_rate: float, note: str, cold: _Run | None) -> BenchResult:
     rates = [r.steps / r.seconds for r in runs]
     ms = [1000 * r.seconds / r.steps for r in runs]
     ttfa = [r.ttfa_s for r in runs]
     rate = statistics.median(rates)
     each = [t for r in runs for t in r.step_s] or [r.seconds / r.steps for r in runs]  # steps=1
-    extra = {"steps_per_s_runs": rates, "ms_per_step_runs": ms, "ttfa_s_runs": ttfa,
-             "ms_per_step_median_of_steps": 1000 * statistics.median(each), "note": note}
-    return BenchResult(name, rate, rate / frame_rate, statistics.median(ttfa), statistics.median(ms), extra)
+    extra: dict[str, Any] = {"steps_per_s_runs": rates, "ms_per_step_runs": ms, "ttfa_s_runs": ttfa,
+                             "ms_per_step_median_of_steps": 1000 * statistics.median(each), "note": note}
+    if runs[0].graph_builds is not None:
+        extra["graph_builds_runs"] = [r.graph_builds for r in runs]
+        extra["graph_builds"] = max(r.graph_builds for r in runs)  # 1 = never recaptured after the first capture
+    if any(r.changes_applied for r in runs):
+        extra["changes_applied_runs"] = [r.changes_applied for r in runs]
+    return BenchResult(name, rate, rate / frame_rate, statistics.median(ttfa), statistics.median(ms),
+                       ttfa_cold_s=None if cold is None else cold.ttfa_s, extra=extra)
 
 
-def run_benchmark(lm: LoadedModel, steps: int = 100, repeats: int = 3, warmup: int = 1) -> dict[str, Any]:
-    """Time the engine, the engine with steering and `generate`, interleaved; a JSON-ready report."""
-    if steps < 1 or repeats < 1 or warmup < 0:
-        raise ValueError("steps and repeats must be >= 1, warmup >= 0")
+def run_benchmark(lm: LoadedModel, steps: int = 100, repeats: int = 3, warmup: int = 1,
+                  recapture_tokens: int = 1000, knob_changes: int = 50) -> dict[str, Any]:
+    """Time every contender, interleaved, plus cold starts, recaptures and knob latency; a JSON-ready report.
+
+    Pass a freshly loaded model: its first sessions here are the cold starts. recapture_tokens or
+    knob_changes 0 skip those measurements."""
+    if steps < 1 or repeats < 1 or warmup < 0 or recapture_tokens < 0 or knob_changes < 0:
+        raise ValueError("steps and repeats must be >= 1; warmup, recapture_tokens and knob_changes >= 0")
     vectors = random_vectors(lm)
     contenders: list[tuple[str, Callable[[int], _Run]]] = [
         ("engine", lambda n: _run_engine(lm, n, None)),
         ("engine+steer", lambda n: _run_engine(lm, n, vectors)),
         ("engine+graph", lambda n: _run_engine(lm, n, None, graph=True)),
+        ("engine+graph+steer", lambda n: _run_engine(lm, n, vectors, graph=True, automate=True)),
         ("hf_generate", lambda n: _run_generate(lm, n)),
     ]
     runs: dict[str, list[_Run]] = {name: [] for name, _ in contenders}
@@ -206,24 +239,36 @@ def run_benchmark(lm: LoadedModel, steps: int = 100, repeats: int = 3, warmup: i
     # no_grad, not inference_mode: the engine's first Generator re-lays the model's weights
     # (FastDecoder), and inference tensors would break later autograd or in-place use of the model.
     with torch.no_grad():
+        # Cold first, before any other session touches the model: the first of them builds the
+        # FastDecoder and meets every first-call cost (CUDA kernel loading, cuBLAS handles).
+        cold = {name: _run_engine(lm, 0, None, graph=name == "engine+graph") for name in COLD_ORDER}
         for _ in range(warmup):
             for _, run in contenders:
                 run(min(steps, WARMUP_STEPS))
         for _ in range(repeats):
             for name, run in contenders:
                 runs[name].append(run(steps))
+        recapture = None
+        if recapture_tokens:
+            recapture = recapture_check(GraphGenerator(lm, _controls(vectors), vectors), recapture_tokens)
+        latency = knob_latencies(lm, _controls(vectors), vectors, knob_changes) if knob_changes else None
 
     notes = {
         "engine": "steps/s over `steps` step() calls after start(); ttfa includes Generator() + start()",
         "engine+steer": f"as engine, one residual term (alpha {STEER_ALPHA}) at layer {vectors.best_layer}",
         "engine+graph": "as engine via GraphGenerator (CUDA: one captured graph replayed per token; CPU: the "
-                        "same static step run eagerly); the capturing first step is untimed, in ttfa",
+                        "same static step run eagerly); the capturing first step is untimed, in ttfa: every "
+                        "session captures its own graph, warm ones too",
+        "engine+graph+steer": "as engine+graph, steering automated with at_step: alpha changes every token, "
+                              "the mix every 5th, the layer every 7th, the site every 11th; graph_builds "
+                              "1 = no recapture after the first capture",
         "hf_generate": "wall time of generate() incl. text encoding and one prefill, EnCodec decode "
                        "excluded (no-op decode); ttfa = whole call (no streaming)",
     }
-    results = [_summarise(name, runs[name], lm.frame_rate, notes[name]) for name, _ in contenders]
+    results = [_summarise(name, runs[name], lm.frame_rate, notes[name], cold.get(name)) for name, _ in contenders]
     by_name = {r.name: r for r in results}
     engine, steer, hf = by_name["engine"], by_name["engine+steer"], by_name["hf_generate"]
+    graph, graph_steer = by_name["engine+graph"], by_name["engine+graph+steer"]
     return {
         "model": lm.name,
         "device": device_description(lm.device),
@@ -238,10 +283,24 @@ def run_benchmark(lm: LoadedModel, steps: int = 100, repeats: int = 3, warmup: i
         "results": [asdict(r) for r in results],
         "ratios": {
             "engine_vs_hf_generate": engine.steps_per_s / hf.steps_per_s,
-            "graph_vs_engine": by_name["engine+graph"].steps_per_s / engine.steps_per_s,
+            "graph_vs_engine": graph.steps_per_s / engine.steps_per_s,
+            "graph_vs_hf_generate": graph.steps_per_s / hf.steps_per_s,
+            "graph_steer_vs_hf_generate": graph_steer.steps_per_s / hf.steps_per_s,
             "steer_overhead_pct": (steer.ms_per_step / engine.ms_per_step - 1) * 100,
+            "graph_steer_overhead_pct": (graph_steer.ms_per_step / graph.ms_per_step - 1) * 100,
             # The same from the median single step (no prefill, robust to contention bursts).
             "engine_vs_hf_generate_step_median": hf.extra["ms_per_step_median_of_steps"]
             / engine.extra["ms_per_step_median_of_steps"],
         },
+        "cold_start": {
+            "order": list(COLD_ORDER),
+            "fast_decoder_build_s": cold[COLD_ORDER[0]].decoder_build_s,
+            "note": "ttfa_cold_s: each contender's first session in this process, from Generator() to the first "
+                    f"frame of codes. {COLD_ORDER[0]} ran first on the freshly loaded model: it includes building "
+                    "the FastDecoder (fast_decoder_build_s; ~0 means the model had been used before the bench), "
+                    f"first-call kernel init and the graph capture; {COLD_ORDER[1]} ran next and pays only its own "
+                    "first calls. ttfa_s is warm: the median over the timed sessions, after cold and warm-up ones",
+        },
+        "recapture_check": recapture,
+        "knob_latency": latency,
     }

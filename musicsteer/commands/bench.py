@@ -5,20 +5,49 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 from musicsteer.engine.benchmark import run_benchmark
+from musicsteer.engine.errors import MusicsteerError
 from musicsteer.engine.soak import run_soak
 
 from .options import add_model_options, load
 
+EPILOG = """\
+contenders, all on the one loaded model, alternated within every repeat:
+  engine               the eager token loop (CFG 3, top-k 250), no steering
+  engine+steer         the same, one residual steering term
+  engine+graph         GraphGenerator: on CUDA one captured graph replayed per token
+  engine+graph+steer   the same, alpha changing every token, mix/layer/site every few (at_step)
+  hf_generate          model.generate on the same model, EnCodec decode excluded
+
+reported (JSON with --json: results[], ratios, cold_start, recapture_check, knob_latency):
+  steps/s, rtf (steps/s / 50), ms/step        per contender, median of --repeats sessions
+  ttfa_s (warm)       first frame of codes, median of the timed sessions (a graph session captures anew)
+  ttfa_cold_s         the contender's first session in this process; engine+graph runs first on the
+                      freshly loaded model (FastDecoder build, first kernel calls, capture), then engine
+  graph_builds        captures per graph session (1 = no recapture while steering moves)
+  ratios              engine_vs_hf_generate, graph_vs_engine, graph_vs_hf_generate,
+                      graph_steer_vs_hf_generate, steer_overhead_pct, graph_steer_overhead_pct
+  recapture_check     graph_builds over --recapture-tokens with alpha/mix/layer/site moving every token
+  knob_latency        submit (another thread) -> applied at the token boundary, median/p95/max ms,
+                      eager and graph, over --knob-changes alpha changes at seeded random moments
+"""
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("bench", help="measure decode speed against transformers' generate",
-                            description="Steps/s, real-time factor and time to first audio of the engine, "
-                                        "with and without steering, against model.generate in the same run.")
+                            description="Steps/s, real-time factor, time to first audio (warm and cold), "
+                                        "knob -> applied latency and steering overhead of the engine, eager "
+                                        "and CUDA-graph, against model.generate in the same run.",
+                            epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_options(parser)
-    parser.add_argument("--steps", type=int, default=100)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=100, help="timed tokens per session (default 100)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed sessions per contender (default 3)")
+    parser.add_argument("--recapture-tokens", type=int, default=1000, metavar="N",
+                        help="tokens of the recapture check (default 1000; 0 skips it)")
+    parser.add_argument("--knob-changes", type=int, default=50, metavar="N",
+                        help="alpha changes timed for knob -> applied latency (default 50; 0 skips it)")
     parser.add_argument("--soak", type=float, metavar="SECONDS",
                         help="instead: a live null-device session this long; time to first audio, decode cost "
                              "and memory over time")
@@ -26,7 +55,35 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
+def summary(report: dict[str, Any]) -> list[str]:
+    """The report's headline figures, one line each, for the terminal."""
+    lines = []
+    for result in report["results"]:
+        cold = result.get("ttfa_cold_s")
+        line = (f"{result['name']:>18}: {result['steps_per_s']:8.1f} steps/s  rtf {result['rtf']:6.2f}  "
+                f"ttfa {result['ttfa_s'] * 1000:7.1f} ms")
+        if cold is not None:
+            line += f"  cold {cold * 1000:7.1f} ms"
+        if "graph_builds" in result["extra"]:
+            line += f"  graph builds {result['extra']['graph_builds']}"
+        lines.append(line)
+    lines += [f"{name}: {value:.3f}" for name, value in report["ratios"].items()]
+    build_s = report["cold_start"]["fast_decoder_build_s"]
+    lines.append(f"FastDecoder build (in the first cold session): {build_s * 1000:.1f} ms")
+    check = report.get("recapture_check")
+    if check:
+        lines.append(f"recapture check: {check['graph_builds']} graph build(s) over {check['tokens']} tokens, "
+                     f"{check['changes_applied']} steering changes applied")
+    for name, knob in (report.get("knob_latency") or {}).items():
+        lines.append(f"knob -> applied ({name}): median {knob['median_ms']:.2f} ms  p95 {knob['p95_ms']:.2f} ms  "
+                     f"max {knob['max_ms']:.2f} ms  ({knob['changes_applied']}/{knob['changes_submitted']} "
+                     f"applied, {knob['ms_per_step']:.2f} ms/step)")
+    return lines
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.steps < 1 or args.repeats < 1 or args.recapture_tokens < 0 or args.knob_changes < 0:
+        raise MusicsteerError("--steps and --repeats must be >= 1, --recapture-tokens and --knob-changes >= 0")
     lm = load(args)
     if args.soak:
         report = run_soak(lm, args.soak)
@@ -34,12 +91,9 @@ def run(args: argparse.Namespace) -> int:
         if args.json:
             Path(args.json).write_text(json.dumps(report, indent=2))
         return 0
-    report = run_benchmark(lm, steps=args.steps, repeats=args.repeats)
-    for result in report["results"]:
-        print(f"{result['name']:>14}: {result['steps_per_s']:8.1f} steps/s  rtf {result['rtf']:6.2f}  "
-              f"ttfa {result['ttfa_s'] * 1000:7.1f} ms")
-    for name, value in report["ratios"].items():
-        print(f"{name}: {value:.3f}")
+    report = run_benchmark(lm, steps=args.steps, repeats=args.repeats, recapture_tokens=args.recapture_tokens,
+                           knob_changes=args.knob_changes)
+    print("\n".join(summary(report)))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
     return 0
