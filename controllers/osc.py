@@ -1,16 +1,16 @@
 """OSC controller: UDP packets -> validated `Change`s on a session's control surface (DESIGN §3).
 
 §3's addresses, plus `alpha f [ramp_s]`, `mix s f … [morph_s]`, `morph s f … morph_s`, `topp f`, `unsubscribe`.
-Ints pass for floats, whole floats for ints; numbers must be finite; argless commands ignore arguments
-(TouchOSC buttons send 1.0, then 0.0). Replies go to the sender's (ip, port): ping [args] -> pong [args];
-record/start s -> record/started s; record/stop -> record/stopped s (the file, "" if none); status ->
-/musicsteer/status: string keys each followed by one value (step i seconds f rtf f buffer f underruns i
-alpha f site s prompt s guidance f temperature f top_k i top_p f recording s layer i), then `mix` LAST
-with its name/weight pairs to the end. subscribe -> a status now and each `status_interval`, and
-`/musicsteer/changed param value…` per applied change (engine names: alpha mix layer site prompt guidance
-temperature top_k top_p seed; arguments as the inputs: `alpha f [s]`, `mix s f … [s]`). A clamped value
--> /musicsteer/clamped s f f (param, applied, asked; it WAS applied). Refused -> /musicsteer/error s
-"<address>: <reason>" (one line; nothing applied; counted by kind in `counters`). `rcvbuf`: as granted.
+Ints pass for floats, whole floats for ints; numbers must be finite; argless commands ignore arguments (TouchOSC
+buttons send 1.0, then 0.0). Replies go to the sender's (ip, port): ping [args] -> pong [args]; record/start s ->
+record/started s; record/stop -> record/stopped s (the file, "" if none); status -> /musicsteer/status: string keys
+each followed by one value (step i seconds f rtf f generation_rtf f decode_rtf f buffer f underruns i alpha f site s
+prompt s guidance f temperature f top_k i top_p f recording s layer i), then `mix` LAST with its name/weight pairs to
+the end. subscribe -> a status now and each `status_interval`, and `/musicsteer/changed param value…` per applied
+change (engine names: alpha mix layer site prompt guidance temperature top_k top_p seed; arguments as the inputs:
+`alpha f [s]`, `mix s f … [s]`). A clamped value -> /musicsteer/clamped s f f (param, applied, asked; it WAS
+applied). Refused -> /musicsteer/error s "<address>: <reason>" (one line; nothing applied; counted by kind in
+`counters`). `rcvbuf`: as granted.
 
 Threads (DESIGN §1, §4): a BlockingOSCUDPServer in one thread (the threading server lost 5–22 % at 1 kHz
 under torch load) that never touches torch; a sender thread for subscribers, fed by a queue the engine

@@ -1,14 +1,17 @@
-"""A live session: generation thread -> streaming decoder -> ring buffer -> sound card, and a recorder.
+"""A live session: generation thread -> decode thread -> ring buffer -> sound card, and a recorder.
 
-Threads (DESIGN §1): the generation thread owns the model and produces PCM; the audio callback (or
-the null sink's clock) only copies from the ring; the recorder's writer thread does all disk I/O;
-the caller's thread waits, reports status and may stop the session at any moment. Output devices
-and the recording path are opened before anything is generated, so a wrong device or an
-unwritable path fails at once with one line, and a recording is finalised however the session ends.
+Threads (DESIGN §1): the generation thread owns the model and hands complete frames of codes to the
+decode thread (engine/decode_worker.py), which runs the streaming EnCodec decoder and writes the PCM
+to the ring and the recorder, so the next tokens are generated while the last chunk decodes; the
+audio callback (or the null sink's clock) only copies from the ring; the recorder's writer thread
+does all disk I/O; the caller's thread waits, reports status and may stop the session at any moment.
+Output devices and the recording path are opened before anything is generated, so a wrong device or
+an unwritable path fails at once with one line, and a recording is finalised however the session ends.
 
 How far generation runs ahead of playback is bounded by the ring (`buffer_seconds`): that is the
-delay between turning a knob and hearing it, on top of the decoder's lookahead and the device's own
-latency. When generation is slower than real time the ring runs dry; `when_slow` chooses between
+delay between turning a knob and hearing it, on top of the decoder's lookahead, the decode queue (at
+most one decoder chunk of frames: 100 ms) and the device's own latency. When generation is slower
+than real time the ring runs dry; `when_slow` chooses between
 `rebuffer` (stop playback until `prebuffer_seconds` are queued again: a clean pause, counted) and
 `play` (keep playing whatever arrives: zero-filled, counted underruns).
 """
@@ -28,6 +31,7 @@ from torch import Tensor
 
 from . import __version__
 from .audio_out import open_sink
+from .decode_worker import DecodeWorker
 from .errors import MusicsteerError
 from .events import Change
 from .recorder import Recorder
@@ -38,7 +42,7 @@ from .streaming_decoder import StreamingDecoder
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from .generator import Generator
+    from .generator import Frame, Generator
 
 WHEN_SLOW = ("rebuffer", "play")
 
@@ -61,13 +65,16 @@ class SessionStats:
     generated_seconds: float
     played_seconds: float
     elapsed_seconds: float
-    rtf: float  # audio seconds generated per second of generation work (> 1: faster than real time)
+    rtf: float  # audio seconds made per second of work of the busier thread (> 1: faster than real time)
     buffer_seconds: float
     underrun_events: int
     underrun_seconds: float
     rebuffers: int
     callbacks: int
     recording: str | None
+    # The two stages run in parallel, so the pipeline goes at the slower one's pace (rtf, above).
+    generation_rtf: float = 0.0  # audio seconds of frames generated per second of token steps
+    decode_rtf: float = 0.0  # audio seconds decoded per second of streaming EnCodec decode
 
 
 class StreamingSession:
@@ -94,7 +101,7 @@ class StreamingSession:
         self.initial_controls = asdict(gen.control.values)
         self.applied: list[tuple[int, Change]] = []
         self.log: SessionLog | None = None
-        self.codes: list[Tensor] | None = [] if keep_codes else None
+        self._frames: list[Frame] | None = [] if keep_codes else None
         self._listeners: list[Callable[[int, list[Change]], None]] = []
         self.listener_errors = 0
         gen.on_applied = self._changes_applied
@@ -107,10 +114,14 @@ class StreamingSession:
         if options.record:
             self.start_recording(options.record)
         self._stop = threading.Event()
-        self._produced = threading.Event()
+        # Frames wait here between the threads. Generation blocks while it is full, so the lead over
+        # playback is the ring (--buffer) + this queue + the decoder's lookahead: one chunk (100 ms)
+        # is enough to keep generating while a chunk decodes, and small enough to add little delay.
+        self._decoding = DecodeWorker(self.decoder, self._emit, self.ring.mark_end, self._stop, self._fail,
+                                      depth=self.decoder.config.chunk_frames)
         self.error: BaseException | None = None
         self.generated_frames = 0
-        self.busy_seconds = 0.0  # generation + decode time, excluding waits for buffer space
+        self.busy_seconds = 0.0  # generation thread's token steps, excluding waits for queue room
         self._t_play: float | None = None
         self._t_start = time.monotonic()
 
@@ -118,6 +129,11 @@ class StreamingSession:
     def submit(self, change: Change) -> Change:
         """Queue a change for the next token; raises MusicsteerError (nothing queued) if invalid."""
         return self.gen.submit(change)
+
+    @property
+    def codes(self) -> list[Tensor] | None:
+        """With keep_codes: every generated frame's codes so far, (K,) each, in order."""
+        return None if self._frames is None else [frame.codes[0] for frame in list(self._frames)]
 
     @property
     def step(self) -> int:
@@ -176,6 +192,7 @@ class StreamingSession:
         values = self.gen.control.values
         return {
             "step": stats.step, "seconds": round(stats.played_seconds, 3), "rtf": round(stats.rtf, 3),
+            "generation_rtf": round(stats.generation_rtf, 3), "decode_rtf": round(stats.decode_rtf, 3),
             "buffer": round(stats.buffer_seconds, 3), "underruns": stats.underrun_events,
             "alpha": float(values.alpha), "mix": dict(values.mix), "layers": list(values.layers),
             "site": values.site, "prompt": values.prompt, "guidance": values.guidance,
@@ -216,25 +233,29 @@ class StreamingSession:
     def run(self, on_status: Callable[[SessionStats], None] | None = None, interval: float = 0.5) -> SessionStats:
         """Generate and play until the requested seconds are played or stop() is called."""
         producer = threading.Thread(target=self._produce, name="musicsteer-generation", daemon=True)
+        decoded = self._decoding.finished  # set when all PCM is emitted, or the session stopped
         self._t_start = time.monotonic()
         try:
             self.gen.start(self.prompt_codes)
             if self.options.seconds is not None:
                 prompt = 0 if self.prompt_codes is None else self.prompt_codes.shape[-1]
                 self.gen.set_end(prompt + max(1, round(self.options.seconds * self.gen.lm.frame_rate)))
+            self._decoding.start()
             producer.start()
             prebuffer = round(self.options.prebuffer_seconds * self.ring.sample_rate)
-            while self.ring.available < prebuffer and not self._produced.is_set() and not self._stop.is_set():
+            while self.ring.available < prebuffer and not decoded.is_set() and not self._stop.is_set():
                 self._stop.wait(0.01)
             self._t_play = time.monotonic()
             self.sink.start()
-            while not self._stop.is_set() and not (self._produced.is_set() and self._drained()):
+            while not self._stop.is_set() and not (decoded.is_set() and self._drained()):
                 self._stop.wait(interval)
                 if on_status is not None:
                     on_status(self.stats())
         finally:
-            self._stop.set()
-            producer.join(timeout=30)
+            self._stop.set()  # both threads poll it: neither stays blocked on the queue or the ring
+            if producer.ident is not None:  # not started if gen.start() failed
+                producer.join(timeout=30)
+            self._decoding.join(timeout=30)
             self.sink.stop()
             self.stop_recording()
             if self.log is not None:
@@ -249,27 +270,28 @@ class StreamingSession:
         return self.ring.available == 0
 
     def _produce(self) -> None:
-        """The generation thread: one token per step; PCM to the ring (paced by its space) and recorder."""
+        """The generation thread: one token per step; each complete frame goes to the decode thread."""
         try:
             while not self._stop.is_set() and not self.gen.done:
                 began = time.perf_counter()
                 frame = self.gen.step()
-                pcm = None if frame is None else self.decoder.push(frame.codes[0])
-                self.busy_seconds += time.perf_counter() - began
                 if frame is not None:
                     self.generated_frames += 1
-                    if self.codes is not None:
-                        self.codes.append(frame.codes[0])
-                if pcm is not None:
-                    self._emit(pcm)
-            if self.gen.done and not self._stop.is_set():
-                self._emit(self.decoder.flush())
-                self.ring.mark_end()
+                    if self._frames is not None:
+                        self._frames.append(frame)  # not frame.codes: reading them may wait for a GPU copy
+                self.busy_seconds += time.perf_counter() - began
+                if frame is not None and not self._decoding.put(frame):
+                    return  # stopped while the queue was full
+            if self.gen.done:
+                self._decoding.close()  # the decode thread flushes the decoder and marks the ring's end
         except BaseException as err:  # noqa: BLE001 - reported by run() after the recording is safe
+            self._fail(err)
+
+    def _fail(self, err: BaseException) -> None:
+        """Either thread failed: stop the session; run() raises the first error once all is finalised."""
+        if self.error is None:  # a later one is the other thread noticing the stop, not the cause
             self.error = err
-            self._stop.set()
-        finally:
-            self._produced.set()
+        self._stop.set()
 
     def _emit(self, pcm: np.ndarray) -> None:
         with self._recorder_lock:
@@ -283,6 +305,8 @@ class StreamingSession:
     def stats(self) -> SessionStats:
         now = time.monotonic()
         generated = self.decoder.samples_out / self.sample_rate
+        generation_rtf = _rate(self.generated_frames / self.gen.lm.frame_rate, self.busy_seconds)
+        decode_rtf = _rate(generated, self._decoding.busy_seconds)
         ring = self.ring
         with self._recorder_lock:
             recording = str(self._recorder.path) if self._recorder is not None else None
@@ -291,11 +315,17 @@ class StreamingSession:
             generated_seconds=generated,
             played_seconds=ring.frames_read / ring.sample_rate,
             elapsed_seconds=now - self._t_start,
-            rtf=generated / self.busy_seconds if self.busy_seconds > 0 else 0.0,
+            rtf=min((r for r in (generation_rtf, decode_rtf) if r > 0), default=0.0),
             buffer_seconds=ring.seconds,
             underrun_events=ring.underrun_events,
             underrun_seconds=ring.underrun_frames / ring.sample_rate,
             rebuffers=ring.rebuffer_events,
             callbacks=self.sink.callbacks,
             recording=recording,
+            generation_rtf=generation_rtf,
+            decode_rtf=decode_rtf,
         )
+
+
+def _rate(audio_seconds: float, busy_seconds: float) -> float:
+    return audio_seconds / busy_seconds if busy_seconds > 0 else 0.0

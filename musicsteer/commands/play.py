@@ -117,7 +117,8 @@ def stream(session: StreamingSession, gen: Generator, show_status: bool = True) 
     finally:
         if live is not None:
             live.stop()
-    print(f"played {stats.played_seconds:.2f} s; generated {stats.generated_seconds:.2f} s at rtf {stats.rtf:.2f}; "
+    print(f"played {stats.played_seconds:.2f} s; generated {stats.generated_seconds:.2f} s at rtf {stats.rtf:.2f} "
+          f"(generation {stats.generation_rtf:.2f}, decode {stats.decode_rtf:.2f}); "
           f"underruns {stats.underrun_events} ({stats.underrun_seconds:.2f} s), rebuffers {stats.rebuffers}; "
           f"{stats.callbacks} audio callbacks", file=sys.stderr)
     for take in session.takes:
