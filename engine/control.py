@@ -15,6 +15,7 @@ import queue
 from dataclasses import dataclass, field, replace
 
 import torch
+from torch import Tensor
 
 from .errors import MusicsteerError
 from .events import NUMERIC_PARAMS, Change, validate_change
@@ -56,6 +57,10 @@ class _Glide:
         return (self.end if t >= 1 else value), t >= 1
 
 
+# Mix directions remembered by ControlState; a morph's every token is a new mix, so it is bounded.
+MIX_MEMORY = 64
+
+
 class ControlState:
     def __init__(self, controls: Controls, vectors: SteeringVectors | None, num_layers: int,
                  steps_per_second: float, alpha_slew_seconds: float = 0.0) -> None:
@@ -78,6 +83,7 @@ class ControlState:
         self._scheduled: list[tuple[int, int, Change]] = []
         self._order = itertools.count()
         self._glides: dict[str, _Glide] = {}
+        self._mixed: dict[tuple, Tensor] = {}  # remembered mix directions (see _direction)
         self.steering_dirty = True
         self.prompt_dirty = False
         self.seed_dirty = False
@@ -167,12 +173,20 @@ class ControlState:
         v = self.values
         if self.vectors is None or not v.mix or v.alpha == 0:
             return []
-        terms = []
-        for layer in v.layers:
+        return [Term(v.site, layer, self._direction(v.mix, layer), float(v.alpha)) for layer in v.layers]
+
+    def _direction(self, mix: dict[str, float], layer: int) -> Tensor:
+        """The unit direction of a mix at a layer, remembered: an alpha knob or glide asks for the
+        same one every token, and mixing costs more than the rest of a steering update."""
+        key = (tuple(mix.items()), layer)
+        direction = self._mixed.get(key)
+        if direction is None:
             try:
-                direction = self.vectors.mix(v.mix, layer)
+                direction = self.vectors.mix(mix, layer)
             except MusicsteerError:
                 # A morph passing through a mix that cancels out: no steering for that instant.
                 direction = torch.zeros(self.vectors.d_model)
-            terms.append(Term(v.site, layer, direction, float(v.alpha)))
-        return terms
+            if len(self._mixed) >= MIX_MEMORY:
+                self._mixed.clear()  # a morph makes a new mix every token: never hold more than this
+            self._mixed[key] = direction
+        return direction

@@ -9,12 +9,13 @@ default, both halves with steer_both):
   add:                                       h <- h + alpha * v
 with v a unit direction. alpha = 0 leaves h bit-identical under both rules.
 
-All values live in one table allocated once and updated in place with one copy_, so a change between
-two steps never reallocates and a captured graph needs no recapture; the new values are assembled on
-the host (pinned memory on CUDA) and copied without blocking, so a knob move costs the token no
-host sync. `active` mirrors on the host which (site, layer) slots hold a term, so eager decoding
-skips the others; a captured graph sets `apply_all` and computes every slot (an empty slot has
-alpha = 0, which is exact identity).
+All values live in one table allocated once and updated in place, so a change between two steps
+never reallocates and a captured graph needs no recapture. A host mirror of the table (pinned on
+CUDA) is edited in the rows a change touches, and only the span of those rows is copied, without
+blocking: a knob moving every token (a glide, a performer's hand) costs a few microseconds and no
+host sync, whatever the model's size. `active` mirrors on the host which (site, layer) slots hold
+a term, so eager decoding skips the others; a captured graph sets `apply_all` and computes every
+slot (an empty slot has alpha = 0, which is exact identity).
 
 The renorm rule is computed as h * keep + ||h|| * push with keep = 1 / (1 + alpha) and
 push = alpha / (1 + alpha) * v, both made once per change: algebraically the rule above, in fewer
@@ -76,38 +77,52 @@ class SteeringTensors:
         rows[: 2 * batch if steer_both else batch] = True
         self.rows = rows
         self.active: dict[str, frozenset[int]] = {site: frozenset() for site in SITES}
-        self.set_terms([])
+        self._host = torch.zeros(self.table.shape, pin_memory=self.table.is_cuda)
+        self._host[:, :, 1] = 1.0  # keep = 1: identity
+        self.table.copy_(self._host)
+        self._set: dict[tuple[str, int], Term] = {}  # the terms the table holds now
+        self._copied: torch.cuda.Event | None = None  # the last copy out of the host mirror
 
     def set_terms(self, terms: list[Term]) -> None:
-        """Replace every term. Slots not named get alpha 0."""
-        seen: set[tuple[str, int]] = set()
-        table = self.table
-        host = torch.zeros(table.shape, pin_memory=table.is_cuda)
-        host[:, :, 1] = 1.0  # keep = 1: identity
-        d_model = (table.shape[2] - 2) // 2
+        """Replace every term. Slots not named get alpha 0. Invalid terms change nothing."""
+        new: dict[tuple[str, int], Term] = {}
         for term in terms:
             if term.site not in SITES:
                 raise MusicsteerError(f"unknown steering site {term.site!r} (known: {', '.join(SITES)})")
             if not 0 <= term.layer < self.num_layers:
                 raise MusicsteerError(f"layer {term.layer} out of range: this model has layers 0-{self.num_layers - 1}")
-            if (term.site, term.layer) in seen:
+            if (term.site, term.layer) in new:
                 raise MusicsteerError(f"two terms at {term.site} layer {term.layer}; mix their vectors instead")
-            seen.add((term.site, term.layer))
-            row = host[SITES.index(term.site), term.layer]
-            alpha = torch.tensor(term.alpha, dtype=torch.float64)
-            direction = term.direction.detach().to("cpu", torch.float64)
-            row[0] = alpha
-            row[2 : 2 + d_model] = direction
-            if self.rule == "renorm":
-                row[1] = 1 / (1 + alpha)
-                row[2 + d_model :] = alpha / (1 + alpha) * direction
-            else:
-                row[2 + d_model :] = alpha * direction
-        # Pinned memory on CUDA: an asynchronous copy that the next step is queued behind; torch's
-        # caching host allocator keeps the block alive until the copy has run.
-        table.copy_(host, non_blocking=True)
+            new[term.site, term.layer] = term
+        touched = sorted(SITES.index(site) * self.num_layers + layer for site, layer in self._set.keys() | new.keys())
+        if touched:
+            if self._copied is not None:
+                self._copied.synchronize()  # the previous copy has read the mirror (long done by now)
+            host = self._host.view(-1, self._host.shape[-1])
+            for index in touched:
+                site, layer = SITES[index // self.num_layers], index % self.num_layers
+                self._fill(host[index], new.get((site, layer)))
+            span = slice(touched[0], touched[-1] + 1)
+            self.table.view(host.shape)[span].copy_(host[span], non_blocking=True)
+            if self.table.is_cuda:
+                self._copied = torch.cuda.Event()
+                self._copied.record()
+        self._set = new
         for site in SITES:
-            self.active[site] = frozenset(layer for s, layer in seen if s == site)
+            self.active[site] = frozenset(layer for s, layer in new if s == site)
+
+    def _fill(self, row: Tensor, term: Term | None) -> None:
+        """Write one (site, layer) row of the mirror: [alpha, keep, direction, push], in float64
+        before rounding to the table's float32. No term: the identity row (alpha 0, keep 1)."""
+        if term is None:
+            row.zero_()
+            row[1] = 1.0
+            return
+        alpha = float(term.alpha)
+        direction = term.direction.detach().to("cpu", torch.float64)
+        keep, scale = (1 / (1 + alpha), alpha / (1 + alpha)) if self.rule == "renorm" else (1.0, alpha)
+        head = torch.tensor((alpha, keep), dtype=torch.float64)
+        row.copy_(torch.cat((head, direction, direction * scale)))  # one write: this runs every knob move
 
     def apply(self, site: str, layer: int, h: Tensor) -> Tensor:
         """Steer activations h (2B, T, d_model) at (site, layer); identity where no term is set."""

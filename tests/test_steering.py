@@ -9,8 +9,10 @@ import torch
 from conftest import random_vectors
 
 from musicsteer.engine.control import Controls
+from musicsteer.engine.errors import MusicsteerError
 from musicsteer.engine.events import Change
 from musicsteer.engine.generator import Generator
+from musicsteer.engine.steering import SteeringTensors, Term
 
 PROMPT = "jazz trio"
 GREEDY = dict(prompt=PROMPT, top_k=1)
@@ -143,3 +145,33 @@ def test_bad_changes_are_refused_and_never_queued(tiny) -> None:
         assert "\n" not in str(err.value)
     gen.start()
     assert gen.control.apply_due(0) == []
+
+
+@pytest.mark.parametrize("rule", ["renorm", "add"])
+def test_incremental_updates_equal_a_fresh_table(rule: str) -> None:
+    """set_terms rewrites only the rows a change touches: after any sequence of changes the table
+    equals the one a fresh SteeringTensors builds for the last terms, and a refused change leaves
+    it as it was."""
+    layers, width = 6, 16
+    gen = torch.Generator().manual_seed(0)
+
+    def term(site: str, layer: int, alpha: float) -> Term:
+        v = torch.randn(width, generator=gen)
+        return Term(site, layer, v / v.norm(), alpha)
+
+    live = SteeringTensors(layers, width, 1, torch.device("cpu"), rule)
+    sequence = [[term("residual", 1, 0.5)], [term("residual", 1, 0.7), term("attention", 4, 0.2)],
+                [term("residual", 3, 0.4)], [], [term("attention", 0, 0.9), term("residual", 5, 0.1)]]
+    for terms in sequence:
+        live.set_terms(terms)
+        fresh = SteeringTensors(layers, width, 1, torch.device("cpu"), rule)
+        fresh.set_terms(terms)
+        assert torch.equal(live.table, fresh.table)
+        assert live.active == fresh.active
+    before = live.table.clone()
+    with pytest.raises(MusicsteerError, match="two terms"):
+        live.set_terms([term("residual", 2, 0.3), term("residual", 2, 0.4)])
+    assert torch.equal(live.table, before)
+    # What the table holds is the rule's own numbers: alpha, and keep = 1 / (1 + alpha) for renorm.
+    assert live.alpha["attention"][0].item() == pytest.approx(0.9)
+    assert live._keep["attention"][0].item() == pytest.approx(1 / 1.9 if rule == "renorm" else 1.0)
