@@ -100,14 +100,30 @@ class FastLayer(nn.Module):
         """(Re)make `ops`, the direct calls `forward` uses; after replacing a submodule, call again."""
         self.ops = LayerOps(*(direct_call(getattr(self, name)) for name in LayerOps._fields))
 
+    # One decoded token (time = 1) is the hot path: there the head split and merge are plain views,
+    # with no transpose (moving a size-1 axis does not change the memory order).
     def heads(self, x: Tensor) -> Tensor:
         """(batch, time, d_model) -> (batch, heads, time, head_dim)"""
-        return x.view(x.shape[0], x.shape[1], self.num_heads, self.head_dim).transpose(1, 2)
+        batch, time = x.shape[0], x.shape[1]
+        if time == 1:
+            return x.view(batch, self.num_heads, 1, self.head_dim)
+        return x.view(batch, time, self.num_heads, self.head_dim).transpose(1, 2)
 
     def qkv_heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """x (batch, time, d_model) -> q, k, v, each (batch, heads, time, head_dim), from one matmul."""
-        qkv = self.ops.wqkv(x).view(x.shape[0], x.shape[1], 3, self.num_heads, self.head_dim)
-        return qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        batch, time = x.shape[0], x.shape[1]
+        qkv = self.ops.wqkv(x)
+        if time == 1:
+            return qkv.view(batch, 3, self.num_heads, 1, self.head_dim).unbind(1)
+        return qkv.view(batch, time, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+
+
+def merge_heads(x: Tensor) -> Tensor:
+    """(batch, heads, time, head_dim) -> (batch, time, heads * head_dim)"""
+    batch, heads, time, head_dim = x.shape
+    if time == 1:
+        return x.reshape(batch, 1, heads * head_dim)
+    return x.transpose(1, 2).reshape(batch, time, heads * head_dim)
 
 
 class FastDecoder(nn.Module):
@@ -210,7 +226,7 @@ def forward(
         q, k, v = layer.qkv_heads(ops.attn_norm(hidden))
         k_all, v_all = cache.write(i, positions, k, v, key_len)
         attn = _attend(q, k_all, v_all, mask, layer.scaling)
-        attn = ops.wo(attn.transpose(1, 2).reshape(batch, steps, dec.d_model))
+        attn = ops.wo(merge_heads(attn))
         attn = steering.apply("attention", i, attn)
         if capture is not None:
             capture[f"attention.{i}"] = attn
@@ -218,7 +234,7 @@ def forward(
 
         query = layer.heads(ops.cross_q(ops.cross_norm(hidden)))
         cross = _attend(query, cache.cross_k_layers[i], cache.cross_v_layers[i], cross_mask, layer.scaling)
-        hidden = hidden + ops.cross_o(cross.transpose(1, 2).reshape(batch, steps, dec.d_model))
+        hidden = hidden + ops.cross_o(merge_heads(cross))
 
         hidden = hidden + ops.fc2(ops.act(ops.fc1(ops.ffn_norm(hidden))))
 

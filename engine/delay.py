@@ -30,6 +30,9 @@ class DelayPattern:
         self._delays_t = torch.tensor(self.delays, device=device)
         self._codebooks_t = torch.arange(num_codebooks, device=device)
         self.codes = torch.full((batch, num_codebooks, capacity), -1, dtype=torch.long, device=device)
+        # Mono delays are 0, 1, ..., K-1: the tokens of one position then sit on an anti-diagonal of
+        # `codes`, a strided view (see `_diagonal`), so recording them is one copy, not an index_put.
+        self._uniform = self.delays == list(range(num_codebooks))
         self.known = [0] * num_codebooks
         self.end_frame: int | None = None
 
@@ -67,7 +70,10 @@ class DelayPattern:
         first = position - 1 - self.max_delay  # the frame the most-delayed codebook is at
         if first >= max(self.known) and self.end_frame is None:
             # Steady state: every codebook takes its sample. Record them at their frames.
-            self.codes[:, self._codebooks_t, position - 1 - self._delays_t] = sampled
+            if self._uniform:
+                self._diagonal(position - 1).copy_(sampled)
+            else:
+                self.codes[:, self._codebooks_t, position - 1 - self._delays_t] = sampled
             return sampled
         tokens = sampled.clone()
         for k, delay in enumerate(self.delays):
@@ -79,6 +85,12 @@ class DelayPattern:
             else:
                 self.codes[:, k, frame] = sampled[:, k]
         return tokens
+
+    def _diagonal(self, frame: int) -> Tensor:
+        """View (B, K) of codes[b, k, frame - k]: one step along k moves one row down, one frame back."""
+        batch, codebooks, capacity = self.codes.shape
+        return self.codes.as_strided((batch, codebooks), (codebooks * capacity, capacity - 1),
+                                     self.codes.storage_offset() + frame)
 
     def completed_frame(self, position: int) -> int | None:
         """Index of the frame that `position` completes, if it is newly generated (not known)."""

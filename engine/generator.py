@@ -133,6 +133,10 @@ class Generator:
         self._position = 0
         # The next single-token input, both CFG halves: written in place each step (no allocation).
         self._step_tokens = torch.empty(2 * batch, lm.num_codebooks, 1, dtype=torch.long, device=lm.device)
+        self._step_halves = self._step_tokens.view(2, batch, lm.num_codebooks)
+        self._positions = torch.arange(self.window, device=lm.device)
+        # One 1-element view per position, made once: slicing a tensor every token is an op.
+        self._position_views = self._positions.split(1)
 
     # -- session control --------------------------------------------------------------------
     def submit(self, change: Change, at_step: int | None = None) -> Change:
@@ -168,9 +172,8 @@ class Generator:
         sampled = self._decode(*self._inputs)
         position = self._position
         resolved = self.delay.resolve(position, sampled)
-        halves = self._step_tokens.view(2, -1, self.delay.num_codebooks)
-        halves.copy_(resolved.expand(2, -1, -1))
-        self._inputs = (self._step_tokens, self._positions[position : position + 1])
+        self._step_halves.copy_(resolved)  # broadcast into both CFG halves
+        self._inputs = (self._step_tokens, self._position_views[position])
         self._position += 1
         self.step_index += 1
         frame = self.delay.completed_frame(position)
@@ -222,7 +225,6 @@ class Generator:
         if self.end_frame is not None:
             self.delay.end_frame = self.end_frame - self.frame_offset
         tokens = self.delay.prefill_tokens()  # (B, K, P+1)
-        self._positions = torch.arange(self.window, device=self.lm.device)
         length = tokens.shape[-1]
         self._inputs = (tokens.repeat(2, 1, 1), self._positions[:length])
         self._position = length

@@ -4,7 +4,7 @@ A term is (site, layer, direction, alpha). Sites:
   residual  - the residual stream entering decoder layer L (the output of layer L-1);
   attention - the output of layer L's self-attention, before it joins the residual stream.
 Rules, applied per token to the rows being steered (the conditional half of the CFG batch by
-default, both halves with steer_both):
+default, both halves with steer_both; the other rows come out numerically unchanged):
   renorm (default, the paper authors' code): h <- (h + alpha * ||h|| * v) / (1 + alpha)
   add:                                       h <- h + alpha * v
 with v a unit direction. alpha = 0 leaves h bit-identical under both rules.
@@ -60,25 +60,24 @@ class SteeringTensors:
         self.rule = rule
         self.apply_all = apply_all
         # Computed in float32 whatever the model dtype: the norm of a bf16 vector loses digits.
-        # One table, columns [alpha, keep, direction (d), push (d)] per (site, layer); the names
-        # below are views into it.
-        self.table = torch.zeros(len(SITES), num_layers, 2 + 2 * d_model, device=device)
-        self.alpha = {site: self.table[i, :, 0] for i, site in enumerate(SITES)}
-        self._keep = {site: self.table[i, :, 1] for i, site in enumerate(SITES)}
-        self.direction = {site: self.table[i, :, 2 : 2 + d_model] for i, site in enumerate(SITES)}
-        self._push = {site: self.table[i, :, 2 + d_model :] for i, site in enumerate(SITES)}
-        # Per-slot views, made once (the table never moves): selecting them every token costs ops.
-        # The add rule has no keep factor; its slots see a constant 1 that `steer` ignores.
-        ones = torch.ones(num_layers, device=device)
-        self._slots = {(site, layer): (self._keep[site][layer] if rule == "renorm" else ones[layer],
-                                       self._push[site][layer])
-                       for site in SITES for layer in range(num_layers)}
-        rows = torch.zeros(2 * batch, 1, 1, dtype=torch.bool, device=device)
-        rows[: 2 * batch if steer_both else batch] = True
-        self.rows = rows
+        # One table, per (site, layer, CFG batch row) the columns [alpha, keep, direction (d),
+        # push (d)]. Rows that are not steered (the unconditional half, by default) hold the
+        # identity (keep 1, push 0), so the rule runs on the whole batch with no row selection.
+        self.batch_rows = 2 * batch
+        self.steered_rows = 2 * batch if steer_both else batch
+        self.table = torch.zeros(len(SITES), num_layers, self.batch_rows, 2 + 2 * d_model, device=device)
+        # Public views (the first conditional row, which is always steered).
+        self.alpha = {site: self.table[i, :, 0, 0] for i, site in enumerate(SITES)}
+        self.keep = {site: self.table[i, :, 0, 1] for i, site in enumerate(SITES)}
+        self.direction = {site: self.table[i, :, 0, 2 : 2 + d_model] for i, site in enumerate(SITES)}
+        # Per-slot views shaped for h (2B, T, d), made once (the table never moves): selecting them
+        # every token would cost ops.
+        self._slots = {(site, layer): (self.table[i, layer, :, 1][:, None, None],
+                                       self.table[i, layer, :, 2 + d_model :][:, None, :])
+                       for i, site in enumerate(SITES) for layer in range(num_layers)}
         self.active: dict[str, frozenset[int]] = {site: frozenset() for site in SITES}
         self._host = torch.zeros(self.table.shape, pin_memory=self.table.is_cuda)
-        self._host[:, :, 1] = 1.0  # keep = 1: identity
+        self._host[..., 1] = 1.0  # keep = 1: identity
         self.table.copy_(self._host)
         self._set: dict[tuple[str, int], Term] = {}  # the terms the table holds now
         self._copied: torch.cuda.Event | None = None  # the last copy out of the host mirror
@@ -98,7 +97,7 @@ class SteeringTensors:
         if touched:
             if self._copied is not None:
                 self._copied.synchronize()  # the previous copy has read the mirror (long done by now)
-            host = self._host.view(-1, self._host.shape[-1])
+            host = self._host.view(-1, *self._host.shape[2:])  # (sites * layers, 2B, columns)
             for index in touched:
                 site, layer = SITES[index // self.num_layers], index % self.num_layers
                 self._fill(host[index], new.get((site, layer)))
@@ -111,30 +110,32 @@ class SteeringTensors:
         for site in SITES:
             self.active[site] = frozenset(layer for s, layer in new if s == site)
 
-    def _fill(self, row: Tensor, term: Term | None) -> None:
-        """Write one (site, layer) row of the mirror: [alpha, keep, direction, push], in float64
-        before rounding to the table's float32. No term: the identity row (alpha 0, keep 1)."""
+    def _fill(self, rows: Tensor, term: Term | None) -> None:
+        """Write one (site, layer) block of the mirror, (2B, columns): the term's [alpha, keep,
+        direction, push] (float64 before rounding to the table's float32) in the steered rows,
+        the identity (alpha 0, keep 1) in the others and everywhere when there is no term."""
+        rows.zero_()
+        rows[:, 1] = 1.0
         if term is None:
-            row.zero_()
-            row[1] = 1.0
             return
         alpha = float(term.alpha)
         direction = term.direction.detach().to("cpu", torch.float64)
         keep, scale = (1 / (1 + alpha), alpha / (1 + alpha)) if self.rule == "renorm" else (1.0, alpha)
         head = torch.tensor((alpha, keep), dtype=torch.float64)
-        row.copy_(torch.cat((head, direction, direction * scale)))  # one write: this runs every knob move
+        rows[: self.steered_rows] = torch.cat((head, direction, direction * scale))  # one write per knob move
 
     def apply(self, site: str, layer: int, h: Tensor) -> Tensor:
         """Steer activations h (2B, T, d_model) at (site, layer); identity where no term is set."""
         if not self.apply_all and layer not in self.active[site]:
             return h
         keep, push = self._slots[site, layer]
-        return steer(h, keep, push, self.rows, self.rule)
+        return steer(h, keep, push, self.rule)
 
 
-def steer(h: Tensor, keep: Tensor, push: Tensor, rows: Tensor, rule: str) -> Tensor:
-    """The steering rule on the selected batch rows of h; the other rows are returned untouched.
-    renorm: h * keep + ||h|| * push; add: h + push (keep and push as SteeringTensors makes them)."""
+def steer(h: Tensor, keep: Tensor, push: Tensor, rule: str) -> Tensor:
+    """The rule over the whole batch with per-row keep (2B, 1, 1) and push (2B, 1, d):
+    renorm h * keep + ||h|| * push, add h + push. A row that is not steered has keep 1 and push 0,
+    so it comes out numerically unchanged (h * 1 + 0)."""
     hf = h if h.dtype == torch.float32 else h.float()
     steered = torch.addcmul(hf * keep, hf.norm(dim=-1, keepdim=True), push) if rule == "renorm" else hf + push
-    return torch.where(rows, steered if steered.dtype == h.dtype else steered.to(h.dtype), h)
+    return steered if steered.dtype == h.dtype else steered.to(h.dtype)

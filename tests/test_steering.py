@@ -174,4 +174,4 @@ def test_incremental_updates_equal_a_fresh_table(rule: str) -> None:
     assert torch.equal(live.table, before)
     # What the table holds is the rule's own numbers: alpha, and keep = 1 / (1 + alpha) for renorm.
     assert live.alpha["attention"][0].item() == pytest.approx(0.9)
-    assert live._keep["attention"][0].item() == pytest.approx(1 / 1.9 if rule == "renorm" else 1.0)
+    assert live.keep["attention"][0].item() == pytest.approx(1 / 1.9 if rule == "renorm" else 1.0)
