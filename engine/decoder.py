@@ -22,6 +22,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from transformers.activations import GELUActivation
 
 from .kv_cache import KVCache
 from .steering import SteeringTensors
@@ -59,6 +60,8 @@ def direct_call(module: nn.Module) -> Callable[[Tensor], Tensor]:
     if type(module) is nn.LayerNorm:
         return partial(torch.layer_norm, normalized_shape=module.normalized_shape, weight=module.weight,
                        bias=module.bias, eps=module.eps)
+    if type(module) is GELUActivation:
+        return module.act  # its forward only calls this
     return module.forward
 
 
@@ -205,7 +208,7 @@ def forward(
     batch, _, steps = tokens.shape
     # One lookup for every codebook, summed in transformers' order (codebook 0 first) so the sum
     # rounds exactly as theirs does.
-    embedded = F.embedding(tokens + dec.embed_offsets, dec.embed_table).unbind(1)
+    embedded = torch.embedding(dec.embed_table, tokens + dec.embed_offsets).unbind(1)  # F.embedding's checks cost
     hidden = embedded[0]
     for e in embedded[1:]:
         hidden = hidden + e

@@ -137,5 +137,9 @@ def steer(h: Tensor, keep: Tensor, push: Tensor, rule: str) -> Tensor:
     renorm h * keep + ||h|| * push, add h + push. A row that is not steered has keep 1 and push 0,
     so it comes out numerically unchanged (h * 1 + 0)."""
     hf = h if h.dtype == torch.float32 else h.float()
-    steered = torch.addcmul(hf * keep, hf.norm(dim=-1, keepdim=True), push) if rule == "renorm" else hf + push
+    if rule == "renorm":
+        # linalg.vector_norm, not Tensor.norm: the latter detours through a Python wrapper.
+        steered = torch.addcmul(hf * keep, torch.linalg.vector_norm(hf, dim=-1, keepdim=True), push)
+    else:
+        steered = hf + push
     return steered if steered.dtype == h.dtype else steered.to(h.dtype)

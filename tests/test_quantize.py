@@ -48,11 +48,14 @@ def test_int8_runs_and_leaves_the_original_alone(tiny, mode: str) -> None:
     assert isinstance(qdec.lm_head, DQ_LINEAR) and all(isinstance(layer.wqkv, DQ_LINEAR) for layer in qdec.layers)
     assert isinstance(tiny.model.decoder.lm_heads[0], nn.Linear)  # transformers' generate untouched
     assert torch.equal(greedy_logits(tiny), before)
-    # The int8 model generates through both the eager and the static path, identically.
-    codes = render_codes(Generator(q, Controls(prompt=PROMPT, seed=3)), 60)
-    static = render_codes(GraphGenerator(q, Controls(prompt=PROMPT, seed=3), capture=False), 60)
-    assert torch.equal(codes, static)
-    assert len(torch.unique(codes[0])) > 20
+    # The int8 model generates through both the eager and the static path, identically (greedy:
+    # activations are quantised per call, so the ~1e-7 gap between the two attention layouts can
+    # cross a rounding step and move a sampled draw that sits on a boundary; an argmax needs a tie).
+    greedy = Controls(prompt=PROMPT, top_k=1)
+    codes = render_codes(Generator(q, greedy), 60)
+    assert torch.equal(codes, render_codes(GraphGenerator(q, greedy, capture=False), 60))
+    sampled = render_codes(Generator(q, Controls(prompt=PROMPT, seed=3)), 60)
+    assert len(torch.unique(sampled[0])) > 20
 
 
 @pytest.mark.parametrize("mode", ["int8", "int8-tensor", "bf16"])
