@@ -7,11 +7,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+from musicsteer.engine import bench_drift
 from musicsteer.engine.benchmark import run_benchmark
 from musicsteer.engine.errors import MusicsteerError
 from musicsteer.engine.soak import run_soak
 
-from .options import add_model_options, load
+from .options import add_model_options, load_options
 
 EPILOG = """\
 contenders, all on the one loaded model, alternated within every repeat:
@@ -32,6 +33,13 @@ reported (JSON with --json: results[], ratios, cold_start, recapture_check, knob
   recapture_check     graph_builds over --recapture-tokens with alpha/mix/layer/site moving every token
   knob_latency        submit (another thread) -> applied at the token boundary, median/p95/max ms,
                       eager and graph, over --knob-changes alpha changes at seeded random moments
+
+with --dtype bfloat16|float16 or --quantize int8|int8-tensor the contenders run on that model, and:
+  drift               its logits against a float32 reference with the same weights, teacher-forced
+                      over --drift-steps tokens: max_abs, mean_abs, rel_max (of the largest logit),
+                      argmax_agree_pct; for --quantize the reference is the model it was made from
+  speed_option        which precision hf_generate ran in: the model's dtype, so float32 under
+                      --quantize (only the engine's decoder is quantised)
 """
 
 
@@ -48,6 +56,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="tokens of the recapture check (default 1000; 0 skips it)")
     parser.add_argument("--knob-changes", type=int, default=50, metavar="N",
                         help="alpha changes timed for knob -> applied latency (default 50; 0 skips it)")
+    parser.add_argument("--drift-steps", type=int, default=100, metavar="N",
+                        help="with --dtype other than float32 or --quantize: teacher-forced tokens of the logit "
+                             "drift against float32 (default 100; 0 skips it)")
     parser.add_argument("--soak", type=float, metavar="SECONDS",
                         help="instead: a live null-device session this long; time to first audio, decode cost "
                              "and memory over time")
@@ -78,13 +89,14 @@ def summary(report: dict[str, Any]) -> list[str]:
         lines.append(f"knob -> applied ({name}): median {knob['median_ms']:.2f} ms  p95 {knob['p95_ms']:.2f} ms  "
                      f"max {knob['max_ms']:.2f} ms  ({knob['changes_applied']}/{knob['changes_submitted']} "
                      f"applied, {knob['ms_per_step']:.2f} ms/step)")
-    return lines
+    return lines + bench_drift.summary(report)
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.steps < 1 or args.repeats < 1 or args.recapture_tokens < 0 or args.knob_changes < 0:
-        raise MusicsteerError("--steps and --repeats must be >= 1, --recapture-tokens and --knob-changes >= 0")
-    lm = load(args)
+    if min(args.steps, args.repeats) < 1 or min(args.recapture_tokens, args.knob_changes, args.drift_steps) < 0:
+        raise MusicsteerError("--steps and --repeats must be >= 1, --recapture-tokens, --knob-changes and "
+                              "--drift-steps >= 0")
+    lm, base, quantize, quantize_s = load_options(args)
     if args.soak:
         report = run_soak(lm, args.soak)
         print(json.dumps({k: v for k, v in report.items() if k != "rss_samples"}, indent=1))
@@ -93,6 +105,12 @@ def run(args: argparse.Namespace) -> int:
         return 0
     report = run_benchmark(lm, steps=args.steps, repeats=args.repeats, recapture_tokens=args.recapture_tokens,
                            knob_changes=args.knob_changes)
+    option = bench_drift.option_name(lm, quantize)
+    if option is not None:
+        bench_drift.annotate(report, option, quantize, quantize_s)
+        if args.drift_steps:
+            # After the timed sessions, so their cold starts were cold; a dtype option loads the reference now.
+            report["drift"] = bench_drift.drift_section(lm, base, option, args.drift_steps)
     print("\n".join(summary(report)))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import time
 from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -11,8 +14,9 @@ from musicsteer.engine.control import Controls
 from musicsteer.engine.errors import MusicsteerError
 from musicsteer.engine.events import parse_mix
 from musicsteer.engine.generator import Generator
-from musicsteer.engine.loading import LoadedModel, load_model
+from musicsteer.engine.loading import LoadedModel, load_model, resolve_device, resolve_dtype
 from musicsteer.engine.meter import GenreMeter
+from musicsteer.engine.quantize import MODES, quantize_decoder
 from musicsteer.engine.steering import RULES, SITES
 from musicsteer.engine.vectors import SteeringVectors
 
@@ -26,6 +30,12 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
                             f"(default {DEFAULT_MODEL})")
     group.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     group.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
+    # No argparse `choices`: a bad value must come out as one `musicsteer: error:` line (cli.main),
+    # not argparse's usage block.
+    group.add_argument("--quantize", metavar="MODE",
+                       help="CPU only: int8 dynamic quantisation of the engine decoder's Linear layers, "
+                            "'int8' (per-channel scales) or 'int8-tensor' (one scale per matrix); "
+                            "needs --dtype float32")
     group.add_argument("--threads", type=int,
                        help="CPU threads for torch (default: 1 for the tiny models, torch's choice otherwise)")
 
@@ -56,16 +66,58 @@ def add_generation_options(parser: argparse.ArgumentParser) -> None:
                        help="ease alpha off while the target's score holds above SCORE, back on below it")
 
 
+class Loaded(NamedTuple):
+    lm: LoadedModel  # what the command runs: `base` itself, or its int8 copy
+    base: LoadedModel  # the model as loaded, before quantisation (bench's drift reference for int8)
+    quantize: str | None  # the int8 mode applied, if any
+    quantize_s: float  # wall time of quantize_decoder (it builds the fp32 FastDecoder first)
+
+
 def load(args: argparse.Namespace, name: str | None = None) -> LoadedModel:
-    """Load the model the options name, with the thread count they ask for."""
-    name = name or args.model or DEFAULT_MODEL
+    """Load the model the options name, with the thread count and quantisation they ask for."""
+    return load_options(args, name).lm
+
+
+def load_options(args: argparse.Namespace, name: str | None = None) -> Loaded:
+    """`load`, keeping the unquantised model too. Every refusal happens before the weights load."""
+    name, mode = _quantize_mode(name or args.model or DEFAULT_MODEL, getattr(args, "quantize", None))
+    if mode is not None:
+        _check_quantizable(mode, args.device, args.dtype)
     threads = args.threads or (1 if name.startswith("tiny") else None)
     if threads is not None:
         if threads < 1:
             raise MusicsteerError(f"--threads must be >= 1, got {threads}")
         # Tiny models are all overhead: a second thread only adds contention on a small machine.
         torch.set_num_threads(threads)
-    return load_model(name, args.device, args.dtype)
+    base = load_model(name, args.device, args.dtype)
+    if mode is None:
+        return Loaded(base, base, None, 0.0)
+    t0 = time.perf_counter()
+    lm = quantize_decoder(base, mode)
+    return Loaded(lm, base, mode, time.perf_counter() - t0)
+
+
+def _quantize_mode(name: str, asked: str | None) -> tuple[str, str | None]:
+    """(model name to load, int8 mode or None). A quantised model is named "NAME+MODE" (quantize_decoder),
+    and session logs record that name, so `render --replay` of an int8 session quantises again."""
+    base, plus, suffix = name.rpartition("+")
+    if plus and suffix in MODES and not Path(name).expanduser().exists():  # a folder may have '+' in its name
+        if asked is not None and asked != suffix:
+            raise MusicsteerError(f"--quantize {asked} contradicts the model name {name!r} (quantised {suffix})")
+        return base, suffix
+    if asked is not None and asked not in MODES:
+        raise MusicsteerError(f"unknown --quantize mode {asked!r}; expected one of {', '.join(MODES)}")
+    return name, asked
+
+
+def _check_quantizable(mode: str, device: str, dtype: str) -> None:
+    # quantize_decoder refuses these too, but only after the weights have loaded (minutes for a big model).
+    if resolve_device(device).type != "cpu":
+        raise MusicsteerError(f"--quantize {mode} runs on the CPU only (dynamic int8 has no CUDA kernels); "
+                              "use --device cpu, or --dtype bfloat16 on the GPU")
+    if resolve_dtype(dtype) != torch.float32:
+        raise MusicsteerError(f"--quantize {mode} quantises float32 weights: drop --dtype {dtype} "
+                              "(bfloat16 is the other CPU speed option, not one to combine with int8)")
 
 
 def attach_meter(gen: Generator, args: argparse.Namespace) -> GenreMeter | None:

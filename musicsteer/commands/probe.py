@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 
+from musicsteer.engine.errors import MusicsteerError
+
 from .options import DEFAULT_MODEL
 
 SITES = ("residual", "attention")
@@ -33,6 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     extract.add_argument("--batch", type=int, default=4, help="segments per forward pass (default 4)")
     extract.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     extract.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
+    # Accepted only to be refused in words: the other model commands take --quantize.
+    extract.add_argument("--quantize", help=argparse.SUPPRESS)
     extract.set_defaults(run=run_extract)
 
     analyze = jobs.add_parser("analyze", help="per-layer clustering and probe report",
@@ -61,6 +65,9 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 
 def run_extract(args: argparse.Namespace) -> int:
+    if args.quantize is not None:
+        raise MusicsteerError("probe extract takes no --quantize: vectors trained on the full-precision "
+                              "activations apply unchanged to an int8 model (render, play, bench, eval --quantize)")
     from musicsteer.probes.extract import extract
 
     extract(args.data, args.model, args.out, args.segment_seconds, args.prompt, args.batch, args.device,
