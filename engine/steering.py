@@ -7,7 +7,7 @@ Rules, applied per token to the rows being steered (the conditional half of the 
 default, both halves with steer_both; the other rows come out numerically unchanged):
   renorm (default, the paper authors' code): h <- (h + alpha * ||h|| * v) / (1 + alpha)
   add:                                       h <- h + alpha * v
-with v a unit direction. alpha = 0 leaves h bit-identical under both rules.
+with v a unit direction. alpha = 0 leaves h unchanged under both rules (h * 1 + 0).
 
 All values live in one table allocated once and updated in place, so a change between two steps
 never reallocates and a captured graph needs no recapture. A host mirror of the table (pinned on
