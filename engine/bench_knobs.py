@@ -22,13 +22,32 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from .events import Change
-from .generator import Generator
+from .generator import Frame, Generator
 from .graph import GraphGenerator
 
 if TYPE_CHECKING:
     from .control import Controls
     from .loading import LoadedModel
     from .vectors import SteeringVectors
+
+class LateReader:
+    """Steps a generator and reads each frame's codes one token late, as the streaming decoder does.
+    On CUDA a frame's codes arrive asynchronously (`Frame.fetch`): reading them waits for that token
+    on the device while the next one is already queued, so timed steps are throughput, and the host
+    never runs more than a token or two ahead (nor do knob changes wait behind a deep queue)."""
+
+    def __init__(self, gen: Generator) -> None:
+        self.gen = gen
+        self._waiting: Frame | None = None
+
+    def step(self) -> Frame | None:
+        frame = self.gen.step()
+        if frame is not None:
+            if self._waiting is not None:
+                _ = self._waiting.codes
+            self._waiting = frame
+        return frame
+
 
 # Alphas the latency probe submits: distinct per change, so the applied callback can tell them apart.
 _PROBE_ALPHA0, _PROBE_ALPHA_STEP = 0.25, 1e-3
@@ -75,8 +94,9 @@ def recapture_check(gen: GraphGenerator, tokens: int) -> dict[str, int]:
     gen.on_applied = lambda _step, changes: applied.append(len(changes))
     submitted = automate_steering(gen, tokens, mix_every=1, layer_every=1, site_every=1)
     gen.start()
+    reader = LateReader(gen)
     for _ in range(tokens):
-        gen.step()
+        reader.step()
     return {"tokens": tokens, "graph_builds": gen.graph.builds, "changes_submitted": submitted,
             "changes_applied": sum(applied)}
 
@@ -108,12 +128,13 @@ def knob_latency(gen: Generator, changes: int = 50, seed: int = 0) -> dict[str, 
                 applied[change.value] = (now, step)
 
     gen.start()
-    gen.step()  # the prefill (and, for a graph, its capture): a one-off no knob should wait on
+    reader = LateReader(gen)
+    reader.step()  # the prefill (and, for a graph, its capture): a one-off no knob should wait on
     stamps = [time.perf_counter()]
-    # Past the delay pattern's first frame: from then on every step copies a frame to the host, so
+    # Past the delay pattern's first frame: from then on every step reads the frame before it, so
     # on CUDA these intervals are whole steps, not just their launches.
     for _ in range(8):
-        gen.step()
+        reader.step()
         stamps.append(time.perf_counter())
     step_s = statistics.median(b - a for a, b in zip(stamps, stamps[1:], strict=False))
     gen.on_applied = on_applied
@@ -135,7 +156,7 @@ def knob_latency(gen: Generator, changes: int = 50, seed: int = 0) -> dict[str, 
     thread.start()
     # Every submission is applied at the next boundary, so this ends one step after the last one.
     while thread.is_alive() or len(applied) < len(submitted):
-        gen.step()
+        reader.step()
     thread.join()
     gen.on_applied = None
     if errors:

@@ -31,7 +31,7 @@ import transformers
 from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.models.encodec.modeling_encodec import EncodecDecoderOutput
 
-from .bench_knobs import automate_steering, knob_latencies, recapture_check
+from .bench_knobs import LateReader, automate_steering, knob_latencies, recapture_check
 from .control import Controls
 from .generator import Generator, fast_decoder
 from .graph import GraphGenerator
@@ -126,25 +126,19 @@ def _run_engine(lm: LoadedModel, steps: int, vectors: SteeringVectors | None, gr
     t_start = time.perf_counter()
     ttfa = math.nan
     stamps = [t_start]
-    waiting = None
+    reader = LateReader(gen)  # frames read one token late, as the streaming decoder reads them
     for _ in range(steps):
-        frame = gen.step()
-        # As the streaming decoder does, read each frame's codes (on CUDA: wait for its copy to the
-        # host) one token late, so the next token is queued while the device finishes this one,
-        # and the step times measure throughput rather than how fast the host can queue work.
-        if frame is not None:
-            if math.isnan(ttfa):
-                _ = frame.codes  # the wait itself: time to the first frame on the host
-                ttfa = time.perf_counter() - t0
-            elif waiting is not None:
-                _ = waiting.codes
-            waiting = frame
+        frame = reader.step()
+        if frame is not None and math.isnan(ttfa):
+            _ = frame.codes  # the first frame is waited for at once: time to the first frame on the host
+            ttfa = time.perf_counter() - t0
         stamps.append(time.perf_counter())
     _sync(lm.device)
     t_end = time.perf_counter()
     if math.isnan(ttfa):  # fewer steps than the delay pattern needs: finish the first frame untimed
-        while gen.step() is None:
+        while (frame := gen.step()) is None:
             pass
+        _ = frame.codes  # on CUDA: the wait for its copy to the host is part of the first frame's time
         ttfa = time.perf_counter() - t0
     return _Run(t_end - t_start, ttfa, steps, [b - a for a, b in zip(stamps, stamps[1:], strict=False)],
                 decoder_build_s, gen.graph.builds if graph else None, sum(applied))

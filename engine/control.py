@@ -63,8 +63,9 @@ MIX_MEMORY = 64
 
 class ControlState:
     def __init__(self, controls: Controls, vectors: SteeringVectors | None, num_layers: int,
-                 steps_per_second: float, alpha_slew_seconds: float = 0.0) -> None:
+                 steps_per_second: float, alpha_slew_seconds: float = 0.0, steer_rule: str = "renorm") -> None:
         self.vectors = vectors
+        self.steer_rule = steer_rule  # renorm divides by 1 + alpha: it needs alpha > -1
         # A knob jump in alpha glides over this time instead of landing in one token (no clicks).
         self.alpha_slew_seconds = alpha_slew_seconds
         self.num_layers = num_layers
@@ -97,6 +98,9 @@ class ControlState:
     def check(self, change: Change) -> Change:
         """Validate a change against the parameter rules, the model and the vectors file."""
         change = validate_change(change)
+        if change.param == "alpha" and self.steer_rule == "renorm" and change.value <= -1:
+            raise MusicsteerError(f"alpha {change.value} needs to be above -1 with the renorm rule (it divides by "
+                                  "1 + alpha); for stronger negative steering use --steer-rule add")
         if change.param == "layer" and change.value >= self.num_layers:
             raise MusicsteerError(f"layer {change.value} out of range: this model has layers 0-{self.num_layers - 1}")
         if change.param == "mix":

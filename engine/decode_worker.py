@@ -88,13 +88,18 @@ class DecodeWorker:
     # -- this thread ----------------------------------------------------------------------------------
     def _run(self) -> None:
         try:
+            if self.stream is not None:
+                torch.cuda.set_device(self.stream.device)  # a new thread starts on device 0
             with torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext():
                 while (item := self._get()) is not None:
+                    # Waiting for a frame's codes (on CUDA, for the token's copy off the device) is
+                    # generation's time, not the decoder's: read them before the clock starts.
+                    codes = None if item is _END else item.codes[0]
                     began = time.perf_counter()
-                    if item is _END:
+                    if codes is None:
                         pcm = self.decoder.flush()
                     else:
-                        pcm = self.decoder.push(item.codes[0])
+                        pcm = self.decoder.push(codes)
                         self.frames_decoded += 1
                     self.busy_seconds += time.perf_counter() - began
                     if pcm is not None:

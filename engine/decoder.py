@@ -145,7 +145,8 @@ class FastDecoder(nn.Module):
         # The codebooks' embedding tables stacked into one, read by one lookup at offset ids.
         self.register_buffer("embed_table", _fuse_rows(list(decoder.embed_tokens)), persistent=False)
         rows = decoder.embed_tokens[0].num_embeddings
-        self.register_buffer("embed_offsets", torch.arange(self.num_codebooks)[:, None] * rows, persistent=False)
+        offsets = torch.arange(self.num_codebooks, device=self.embed_table.device)[:, None] * rows
+        self.register_buffer("embed_offsets", offsets, persistent=False)
         # transformers grows this table on demand; we read it directly by position index.
         self.register_buffer("pos_table", decoder.embed_positions.weights, persistent=False)
         self.layers = nn.ModuleList(FastLayer(layer) for layer in decoder.layers)

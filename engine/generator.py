@@ -51,8 +51,12 @@ class Frame:
 
     @property
     def codes(self) -> Tensor:
-        if self._ready is not None:
-            self._ready.synchronize()
+        ready = self._ready  # read once: two threads may ask at the same time
+        if ready is not None:
+            ready.synchronize()
+            # Into ordinary memory: page-locked blocks are for transfers, not for a session's
+            # worth of kept frames; the pinned block goes back to torch's cache for the next fetch.
+            self._codes = self._codes.clone()  # clone allocates ordinary (pageable) memory
             self._ready = None
         return self._codes
 
@@ -65,7 +69,7 @@ class Frame:
         host = torch.empty(codes.shape, dtype=codes.dtype, pin_memory=True)
         host.copy_(codes, non_blocking=True)
         ready = torch.cuda.Event()
-        ready.record()
+        ready.record(torch.cuda.current_stream(codes.device))  # the copy's stream, whatever the thread's device
         return cls(index, host, ready)
 
 
@@ -114,7 +118,8 @@ class Generator:
         self.cache = KVCache(dec.num_layers, 2 * batch, dec.num_heads, self.window, dec.head_dim,
                              lm.dtype, lm.device)
         self.steering = SteeringTensors(dec.num_layers, dec.d_model, batch, lm.device, steer_rule, steer_both)
-        self.control = ControlState(controls or Controls(), vectors, dec.num_layers, lm.frame_rate, alpha_slew_seconds)
+        self.control = ControlState(controls or Controls(), vectors, dec.num_layers, lm.frame_rate, alpha_slew_seconds,
+                                    steer_rule)
         # Everything besides the controls that decides the codes: a session log records it for replay.
         self.settings = {"window_seconds": window_seconds, "keep_seconds": keep_seconds, "steer_rule": steer_rule,
                          "steer_both": steer_both, "alpha_slew_seconds": alpha_slew_seconds}

@@ -63,7 +63,7 @@ class GraphDecoder:
         self.tokens = torch.zeros(batch2, codebooks, 1, dtype=torch.long, device=device)
         self.position = torch.zeros(1, dtype=torch.long, device=device)
         self.guidance = torch.zeros((), device=device)
-        self.temperature = torch.ones((), device=device)
+        self.inverse_temperature = torch.ones((), device=device)
         self.top_p_floor = torch.full((), -1.0, device=device)
         # Shapes and branches of the sampler, fixed in a captured graph: a change rebuilds.
         self.k = vocab  # candidates per draw
@@ -93,7 +93,7 @@ class GraphDecoder:
             return
         self._knobs = knobs
         self.guidance.fill_(guidance)
-        self.temperature.fill_(temperature if temperature > 0 else 1.0)
+        self.inverse_temperature.fill_(1 / temperature if temperature > 0 else 1.0)
         floor = sampling.top_p_floor(top_p)
         self.top_p_on = floor is not None
         self.top_p_floor.fill_(floor if floor is not None else -1.0)
@@ -134,7 +134,7 @@ class GraphDecoder:
         if self.greedy:
             return mixed.argmax(dim=-1)  # draws nothing: the random stream is untouched, as in eager
         floor = self.top_p_floor if self.top_p_on else None
-        probs, ids = sampling.candidates(mixed / self.temperature, self.k, floor)
+        probs, ids = sampling.candidates(mixed * self.inverse_temperature, self.k, floor)
         # The race of sampling.draw, not torch.multinomial: the same draws, minus multinomial's
         # host-side validity check (.item()), which made it uncapturable until pytorch#134818.
         return sampling.draw(probs, ids, self.rng)
@@ -146,8 +146,9 @@ class GraphDecoder:
         c = self.cache
         if c.cross_k is None or c.cross_v is None or c.cross_mask is None:
             raise RuntimeError("set the prompt (KVCache.set_cross) before decoding")
-        return (c.cross_k.data_ptr(), c.cross_v.data_ptr(), c.cross_mask.data_ptr(), tuple(c.cross_k.shape),
-                self.k, self.greedy, self.top_p_on)
+        # Greedy is one branch whatever top-k and top-p say: changing them then rebuilds nothing.
+        sampler = ("greedy",) if self.greedy else (self.k, self.top_p_on)
+        return (c.cross_k.data_ptr(), c.cross_v.data_ptr(), c.cross_mask.data_ptr(), tuple(c.cross_k.shape), sampler)
 
     def _build(self) -> None:
         self.builds += 1
@@ -174,7 +175,9 @@ class GraphDecoder:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 register(self.rng)
-        with torch.cuda.graph(graph):
+        # thread_local: the streaming decoder's thread keeps using CUDA (its own stream) while a
+        # mid-session rebuild captures; the default "global" mode would fail the capture on that.
+        with torch.cuda.graph(graph, stream=torch.cuda.Stream(self.device), capture_error_mode="thread_local"):
             self._run()
         self.rng.set_state(state)
         self._graph = graph

@@ -74,6 +74,8 @@ def sample_tokens(
     """Draw one token per row from logits (..., V). top_k 0 and top_p 0 (or 1) mean 'off'."""
     if is_greedy(temperature, top_k):
         return logits.argmax(dim=-1)
-    scores = logits if temperature == 1 else logits / temperature  # x / 1 == x: skip the op
+    # Times the reciprocal, as the captured step does with a tensor: CUDA turns a division by a
+    # Python number into exactly this, but a division by a device tensor into a true division.
+    scores = logits if temperature == 1 else logits * (1 / temperature)  # x * 1 == x: skip the op
     probs, ids = candidates(scores, candidate_count(top_k, scores.shape[-1]), top_p_floor(top_p))
     return draw(probs, ids, generator)

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
 from torch import Tensor
 
 from . import __version__
@@ -272,6 +273,8 @@ class StreamingSession:
     def _produce(self) -> None:
         """The generation thread: one token per step; each complete frame goes to the decode thread."""
         try:
+            if self.gen.lm.device.type == "cuda":
+                torch.cuda.set_device(self.gen.lm.device)  # a new thread starts on device 0
             while not self._stop.is_set() and not self.gen.done:
                 began = time.perf_counter()
                 frame = self.gen.step()

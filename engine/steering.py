@@ -10,9 +10,10 @@ default, both halves with steer_both; the other rows come out numerically unchan
 with v a unit direction. alpha = 0 leaves h unchanged under both rules (h * 1 + 0).
 
 All values live in one table allocated once and updated in place, so a change between two steps
-never reallocates and a captured graph needs no recapture. A host mirror of the table (pinned on
-CUDA) is edited in the rows a change touches, and only the span of those rows is copied, without
-blocking: a knob moving every token (a glide, a performer's hand) costs a few microseconds and no
+never reallocates and a captured graph needs no recapture. A host mirror of the table is edited in
+the rows a change touches, and only those rows are copied, without blocking (on CUDA through one of
+two pinned staging buffers, each reused only once the copy from it two changes ago has run): a
+knob moving every token (a glide, a performer's hand) costs some microseconds of host time and no
 host sync, whatever the model's size. `active` mirrors on the host which (site, layer) slots hold
 a term, so eager decoding skips the others; a captured graph sets `apply_all` and computes every
 slot (an empty slot has alpha = 0, which is exact identity).
@@ -76,11 +77,14 @@ class SteeringTensors:
                                        self.table[i, layer, :, 2 + d_model :][:, None, :])
                        for i, site in enumerate(SITES) for layer in range(num_layers)}
         self.active: dict[str, frozenset[int]] = {site: frozenset() for site in SITES}
-        self._host = torch.zeros(self.table.shape, pin_memory=self.table.is_cuda)
+        self._host = torch.zeros(self.table.shape)
         self._host[..., 1] = 1.0  # keep = 1: identity
         self.table.copy_(self._host)
         self._set: dict[tuple[str, int], Term] = {}  # the terms the table holds now
-        self._copied: torch.cuda.Event | None = None  # the last copy out of the host mirror
+        # CUDA: pinned staging buffers, used in turn, and the event of the last copy out of each.
+        self._staging = [torch.empty(self.table.shape, pin_memory=True) for _ in range(2)] if self.table.is_cuda else []
+        self._staged: list[torch.cuda.Event | None] = [None, None]
+        self._turn = 0
 
     def set_terms(self, terms: list[Term]) -> None:
         """Replace every term. Slots not named get alpha 0. Invalid terms change nothing."""
@@ -93,36 +97,56 @@ class SteeringTensors:
             if (term.site, term.layer) in new:
                 raise MusicsteerError(f"two terms at {term.site} layer {term.layer}; mix their vectors instead")
             new[term.site, term.layer] = term
-        touched = sorted(SITES.index(site) * self.num_layers + layer for site, layer in self._set.keys() | new.keys())
-        if touched:
-            if self._copied is not None:
-                self._copied.synchronize()  # the previous copy has read the mirror (long done by now)
-            host = self._host.view(-1, *self._host.shape[2:])  # (sites * layers, 2B, columns)
-            for index in touched:
-                site, layer = SITES[index // self.num_layers], index % self.num_layers
-                self._fill(host[index], new.get((site, layer)))
-            span = slice(touched[0], touched[-1] + 1)
-            self.table.view(host.shape)[span].copy_(host[span], non_blocking=True)
-            if self.table.is_cuda:
-                self._copied = torch.cuda.Event()
-                self._copied.record()
+        blocks = {self._row(site, layer): self._block(new.get((site, layer)))
+                  for site, layer in self._set.keys() | new.keys()}  # built first: a failure changes nothing
+        host = self._host.view(-1, *self._host.shape[2:])  # (sites * layers, 2B, columns)
+        for index, block in blocks.items():
+            host[index] = block
+        self._copy([slice(first, last + 1) for first, last in _runs(sorted(blocks))])
         self._set = new
         for site in SITES:
             self.active[site] = frozenset(layer for s, layer in new if s == site)
 
-    def _fill(self, rows: Tensor, term: Term | None) -> None:
-        """Write one (site, layer) block of the mirror, (2B, columns): the term's [alpha, keep,
-        direction, push] (float64 before rounding to the table's float32) in the steered rows,
-        the identity (alpha 0, keep 1) in the others and everywhere when there is no term."""
-        rows.zero_()
-        rows[:, 1] = 1.0
-        if term is None:
+    def _row(self, site: str, layer: int) -> int:
+        return SITES.index(site) * self.num_layers + layer
+
+    def _copy(self, spans: list[slice]) -> None:
+        """Copy spans of mirror rows (of the (sites * layers) flattening) into the table, without
+        blocking. On CUDA through this change's staging buffer, whose last use (two changes ago)
+        must have been copied out before it is overwritten."""
+        table = self.table.view(-1, *self.table.shape[2:])
+        host = self._host.view(table.shape)
+        if not self.table.is_cuda:
+            for rows in spans:
+                table[rows].copy_(host[rows])
             return
+        turn, self._turn = self._turn, 1 - self._turn
+        if self._staged[turn] is not None:
+            self._staged[turn].synchronize()  # normally long done; at most it keeps the host ~2 changes ahead
+        staging = self._staging[turn].view(table.shape)
+        for rows in spans:
+            staging[rows].copy_(host[rows])
+            table[rows].copy_(staging[rows], non_blocking=True)
+        event = torch.cuda.Event()
+        event.record(torch.cuda.current_stream(self.table.device))
+        self._staged[turn] = event
+
+    def _block(self, term: Term | None) -> Tensor:
+        """One (site, layer) block of the table, (2B, columns): the term's [alpha, keep, direction,
+        push] (float64 before rounding to the table's float32) in the steered rows, the identity
+        (alpha 0, keep 1) in the others and everywhere when there is no term."""
+        block = torch.zeros(self._host.shape[2:], dtype=torch.float64)
+        block[:, 1] = 1.0
+        if term is None:
+            return block
         alpha = float(term.alpha)
+        if self.rule == "renorm" and alpha <= -1:
+            raise MusicsteerError(f"alpha {alpha} needs to be above -1 with the renorm rule (it divides by 1 + alpha)")
         direction = term.direction.detach().to("cpu", torch.float64)
         keep, scale = (1 / (1 + alpha), alpha / (1 + alpha)) if self.rule == "renorm" else (1.0, alpha)
         head = torch.tensor((alpha, keep), dtype=torch.float64)
-        rows[: self.steered_rows] = torch.cat((head, direction, direction * scale))  # one write per knob move
+        block[: self.steered_rows] = torch.cat((head, direction, direction * scale))
+        return block
 
     def apply(self, site: str, layer: int, h: Tensor) -> Tensor:
         """Steer activations h (2B, T, d_model) at (site, layer); identity where no term is set."""
@@ -130,6 +154,17 @@ class SteeringTensors:
             return h
         keep, push = self._slots[site, layer]
         return steer(h, keep, push, self.rule)
+
+
+def _runs(indices: list[int]) -> list[tuple[int, int]]:
+    """Sorted indices -> (first, last) of each run of consecutive ones: one copy per run."""
+    runs: list[tuple[int, int]] = []
+    for i in indices:
+        if runs and runs[-1][1] == i - 1:
+            runs[-1] = (runs[-1][0], i)
+        else:
+            runs.append((i, i))
+    return runs
 
 
 def steer(h: Tensor, keep: Tensor, push: Tensor, rule: str) -> Tensor:

@@ -8,6 +8,7 @@ import torch
 from conftest import in_memory
 
 from musicsteer.engine.control import Controls
+from musicsteer.engine.decoder import FastDecoder
 from musicsteer.engine.generator import Generator, render_codes
 
 PROMPT = "classical piano with strings"
@@ -81,3 +82,10 @@ def test_sampling_is_reproducible_per_seed(tiny) -> None:
 
     assert torch.equal(run(7), run(7))
     assert not torch.equal(run(7), run(8))
+
+
+def test_fast_decoder_holds_everything_on_the_model_device() -> None:
+    """A FastDecoder built from a model on another device keeps every tensor there (the meta
+    device stands in for CUDA: a buffer left on the CPU would fail the first CUDA step)."""
+    dec = FastDecoder(in_memory().model.to("meta"))
+    assert {t.device.type for t in [*dec.buffers(), *dec.parameters()]} == {"meta"}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import in_memory, random_vectors
+from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
 
 from musicsteer.engine.bench_knobs import automate_steering
 from musicsteer.engine.control import Controls
@@ -113,6 +114,12 @@ def test_sampling_shape_changes_rebuild_once(tiny) -> None:
     gen.submit(Change("temperature", 0.0))
     gen.step()
     assert gen.graph.builds == 3 and gen.graph.greedy
+    # Greedy is one branch whatever top-k and top-p are: moving them rebuilds nothing.
+    gen.submit(Change("top_k", 40))
+    gen.submit(Change("top_p", 0.9))
+    gen.step()
+    gen.step()
+    assert gen.graph.builds == 3
 
 
 def test_stereo_sampled_codes_equal_eager() -> None:
@@ -131,6 +138,23 @@ def test_race_draws_what_multinomial_draws() -> None:
     for seed in range(20):
         want = torch.multinomial(probs, 1, generator=torch.Generator().manual_seed(seed))[:, 0]
         assert torch.equal(draw(probs, ids, torch.Generator().manual_seed(seed)), want)
+
+
+@pytest.mark.parametrize("top_k, top_p", [(5, 0.0), (20, 0.7), (0, 0.5)])
+def test_draws_follow_transformers_filtered_distribution(top_k: int, top_p: float) -> None:
+    """Drawing among the top-k candidates (unsorted, or ranked for top-p) maps back to the right
+    token ids: the frequencies match transformers' own top-k/top-p warpers' distribution."""
+    logits = 2 * torch.randn(1, 60, generator=torch.Generator().manual_seed(4))
+    reference = logits.clone()
+    if top_k:
+        reference = TopKLogitsWarper(top_k)(None, reference)
+    if top_p:
+        reference = TopPLogitsWarper(top_p)(None, reference)
+    want = reference.softmax(-1)[0]
+    draws = sample_tokens(logits.expand(40000, -1), 1.0, top_k, top_p, torch.Generator().manual_seed(0))
+    freq = torch.bincount(draws, minlength=60).float() / draws.numel()
+    assert set(draws.unique().tolist()) <= set(torch.nonzero(want).flatten().tolist())
+    assert (freq - want).abs().max().item() < 0.012
 
 
 def test_steering_changes_every_token_never_rebuild(tiny) -> None:

@@ -69,3 +69,19 @@ def test_replay_refuses_a_different_vectors_file(tiny, tmp_path, vectors_file, c
                  "--out", str(tmp_path / "x.wav")])
     assert code == 2
     assert "not the one the session used (sha256 differs)" in capsys.readouterr().err
+
+
+def test_replay_of_another_versions_log_warns_and_runs(tiny, tmp_path, vectors_file, capsys) -> None:
+    """Seeded sampling changed between versions: a log from another version still replays (its
+    changes at their steps), with a one-line warning that sampled codes may differ."""
+    live_session(tiny, tmp_path, 1.0, vectors_file)
+    log = tmp_path / "live.jsonl"
+    lines = log.read_text().splitlines()
+    header = json.loads(lines[0])
+    header["engine_version"] = "0.1.0"
+    log.write_text("\n".join([json.dumps(header), *lines[1:]]) + "\n")
+    capsys.readouterr()
+    assert main(["render", "--replay", str(log), "--device", "cpu", "--out", str(tmp_path / "old.wav")]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "recorded by musicsteer 0.1.0" in warnings[0]
+    assert (tmp_path / "old.wav").stat().st_size > 0

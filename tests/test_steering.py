@@ -175,3 +175,22 @@ def test_incremental_updates_equal_a_fresh_table(rule: str) -> None:
     # What the table holds is the rule's own numbers: alpha, and keep = 1 / (1 + alpha) for renorm.
     assert live.alpha["attention"][0].item() == pytest.approx(0.9)
     assert live.keep["attention"][0].item() == pytest.approx(1 / 1.9 if rule == "renorm" else 1.0)
+
+
+def test_renorm_refuses_alpha_at_or_below_minus_one(tiny) -> None:
+    """renorm divides by 1 + alpha: alpha <= -1 is refused when submitted (a live session keeps
+    running), and refused by the tensors themselves without touching what they hold."""
+    vectors = random_vectors(tiny)
+    gen = Generator(tiny, Controls(prompt=PROMPT, mix={"rock": 1.0}, alpha=0.3), vectors)
+    with pytest.raises(MusicsteerError, match="above -1 with the renorm rule"):
+        gen.submit(Change("alpha", -1.0))
+    gen.submit(Change("alpha", -0.5))  # allowed: steers away
+    add = Generator(tiny, Controls(prompt=PROMPT, mix={"rock": 1.0}, alpha=0.3), vectors, steer_rule="add")
+    add.submit(Change("alpha", -2.0))
+    steering = SteeringTensors(4, 8, 1, torch.device("cpu"))
+    v = torch.nn.functional.normalize(torch.ones(8), dim=0)
+    steering.set_terms([Term("residual", 1, v, 0.3)])
+    before = steering.table.clone()
+    with pytest.raises(MusicsteerError, match="above -1"):
+        steering.set_terms([Term("residual", 1, v, 0.5), Term("residual", 2, v, -1.0)])
+    assert torch.equal(steering.table, before) and steering.active["residual"] == {1}

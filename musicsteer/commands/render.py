@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from musicsteer import __version__
 from musicsteer.controllers.automation import load_automation, step_for_time
 from musicsteer.engine.audio_io import read_audio, write_wav
 from musicsteer.engine.codec import decode_codes, encode_audio
@@ -91,6 +93,11 @@ def replay(args: argparse.Namespace) -> int:
     vectors = SteeringVectors.load(vectors_path) if vectors_path else None
     if vectors is not None and header.get("vectors_sha256") and vectors.sha256 != header["vectors_sha256"]:
         raise MusicsteerError(f"vectors file {vectors_path} is not the one the session used (sha256 differs)")
+    recorded_by = header.get("engine_version")
+    if recorded_by != __version__:
+        # Seeded sampling draws changed in 0.2 (a race among the top-k candidates): warn, not refuse.
+        print(f"musicsteer: warning: {args.replay} was recorded by musicsteer {recorded_by}, this is "
+              f"{__version__}; sampled codes may differ (greedy sessions replay exactly)", file=sys.stderr)
     lm = load(args, args.model or header.get("model"))
     controls = dict(header["controls"], layers=tuple(header["controls"]["layers"]))
     gen = Generator(lm, Controls(**controls), vectors, **header["settings"])
