@@ -39,6 +39,20 @@ def test_render_writes_the_requested_seconds_and_is_deterministic(tmp_path) -> N
     assert not np.array_equal(a, np.load(tmp_path / "c.npy"))
 
 
+def test_decode_graph_renders_what_eager_renders(tmp_path, vectors_file) -> None:
+    """--decode graph (on the CPU: the captured step's function, run eagerly) gives the eager codes,
+    steering on; --decode auto on the CPU is eager."""
+    codes = {}
+    for mode in ("eager", "graph", "auto"):
+        out = tmp_path / f"{mode}.npy"
+        assert main(["render", *TINY, "--decode", mode, "--prompt", "rock", "--seconds", "2", "--top-k", "1",
+                     "--vectors", vectors_file, "--steer", "jazz", "--alpha", "0.6",
+                     "--out", str(tmp_path / f"{mode}.wav"), "--codes-out", str(out)]) == 0
+        codes[mode] = np.load(out)
+    assert np.array_equal(codes["graph"], codes["eager"]) and np.array_equal(codes["auto"], codes["eager"])
+    assert len(np.unique(codes["eager"])) > 5  # not one repeated code
+
+
 AUTOMATION = """\
 - {at: 0.4, alpha: 0.8}
 - {at: 0.2, steer: jazz}

@@ -14,6 +14,7 @@ from musicsteer.engine.control import Controls
 from musicsteer.engine.errors import MusicsteerError
 from musicsteer.engine.events import parse_mix
 from musicsteer.engine.generator import Generator
+from musicsteer.engine.graph import GraphGenerator
 from musicsteer.engine.loading import LoadedModel, load_model, resolve_device, resolve_dtype
 from musicsteer.engine.meter import GenreMeter
 from musicsteer.engine.quantize import MODES, quantize_decoder
@@ -38,6 +39,10 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
                             "needs --dtype float32")
     group.add_argument("--threads", type=int,
                        help="CPU threads for torch (default: 1 for the tiny models, torch's choice otherwise)")
+    group.add_argument("--decode", choices=("auto", "graph", "eager"), default="auto",
+                       help="render and play: 'graph' replays one captured CUDA graph per token, 'eager' runs "
+                            "the step op by op; auto = graph on CUDA, eager on the CPU (where the static step "
+                            "is slower)")
 
 
 def add_generation_options(parser: argparse.ArgumentParser) -> None:
@@ -71,6 +76,14 @@ class Loaded(NamedTuple):
     base: LoadedModel  # the model as loaded, before quantisation (bench's drift reference for int8)
     quantize: str | None  # the int8 mode applied, if any
     quantize_s: float  # wall time of quantize_decoder (it builds the fp32 FastDecoder first)
+
+
+def generator_class(args: argparse.Namespace, lm: LoadedModel) -> type[Generator]:
+    """The token loop --decode asks for: the captured graph by default on CUDA (launch overhead is
+    what bounds an eager step there), eager on the CPU. Both give the same codes (tests/test_graph.py)."""
+    mode = getattr(args, "decode", "auto")
+    graph = mode == "graph" or (mode == "auto" and lm.device.type == "cuda")
+    return GraphGenerator if graph else Generator
 
 
 def load(args: argparse.Namespace, name: str | None = None) -> LoadedModel:

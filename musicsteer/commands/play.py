@@ -18,7 +18,7 @@ from musicsteer.engine.generator import Generator
 from musicsteer.engine.session import WHEN_SLOW, SessionStats, StreamingSession, StreamOptions
 
 from .live_controls import add_control_options, load_session_config, open_controllers
-from .options import add_generation_options, add_model_options, attach_meter, session_spec
+from .options import add_generation_options, add_model_options, attach_meter, generator_class, session_spec
 from .render import prompt_codes_from, sha256_of
 
 
@@ -69,8 +69,8 @@ def run(args: argparse.Namespace) -> int:
     config = load_session_config(args, args.parser)
     spec = session_spec(args)
     lm = spec.lm
-    gen = Generator(lm, spec.controls, spec.vectors, steer_rule=args.steer_rule, steer_both=args.steer_both,
-                    alpha_slew_seconds=args.slew)
+    gen = generator_class(args, lm)(lm, spec.controls, spec.vectors, steer_rule=args.steer_rule,
+                                    steer_both=args.steer_both, alpha_slew_seconds=args.slew)
     attach_meter(gen, args)
     prompt_codes = prompt_codes_from(lm, args.init_audio, args.init_seconds)
     init = None

@@ -23,7 +23,7 @@ from musicsteer.engine.loading import LoadedModel
 from musicsteer.engine.session_log import read_log
 from musicsteer.engine.vectors import SteeringVectors
 
-from .options import add_generation_options, add_model_options, attach_meter, load, session_spec
+from .options import add_generation_options, add_model_options, attach_meter, generator_class, load, session_spec
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -63,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
     automation = load_automation(args.automation) if args.automation else []
     spec = session_spec(args)
     lm = spec.lm
-    gen = Generator(lm, spec.controls, spec.vectors, steer_rule=args.steer_rule, steer_both=args.steer_both)
+    gen = generator_class(args, lm)(lm, spec.controls, spec.vectors, steer_rule=args.steer_rule,
+                                    steer_both=args.steer_both)
     meter = attach_meter(gen, args)
     readings: list[dict[str, float]] = []
     if meter is not None:
@@ -100,7 +101,7 @@ def replay(args: argparse.Namespace) -> int:
               f"{__version__}; sampled codes may differ (greedy sessions replay exactly)", file=sys.stderr)
     lm = load(args, args.model or header.get("model"))
     controls = dict(header["controls"], layers=tuple(header["controls"]["layers"]))
-    gen = Generator(lm, Controls(**controls), vectors, **header["settings"])
+    gen = generator_class(args, lm)(lm, Controls(**controls), vectors, **header["settings"])
     for step, change in logged.changes:
         gen.submit(change, at_step=step)
     init = header.get("init_audio") or {}
