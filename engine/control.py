@@ -19,7 +19,7 @@ from torch import Tensor
 
 from .errors import MusicsteerError
 from .events import NUMERIC_PARAMS, Change, validate_change
-from .steering import Term
+from .steering import Term, check_alpha
 from .vectors import SteeringVectors
 
 
@@ -98,9 +98,8 @@ class ControlState:
     def check(self, change: Change) -> Change:
         """Validate a change against the parameter rules, the model and the vectors file."""
         change = validate_change(change)
-        if change.param == "alpha" and self.steer_rule == "renorm" and change.value <= -1:
-            raise MusicsteerError(f"alpha {change.value} needs to be above -1 with the renorm rule (it divides by "
-                                  "1 + alpha); for stronger negative steering use --steer-rule add")
+        if change.param == "alpha":
+            check_alpha(change.value, self.steer_rule)
         if change.param == "layer" and change.value >= self.num_layers:
             raise MusicsteerError(f"layer {change.value} out of range: this model has layers 0-{self.num_layers - 1}")
         if change.param == "mix":

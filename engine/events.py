@@ -9,10 +9,13 @@ types and non-finite numbers are refused with `MusicsteerError`.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from .errors import MusicsteerError
+
+T = TypeVar("T")
 
 # Parameters that take a number: (kind, low, high). Values outside [low, high] are clamped.
 NUMERIC_PARAMS: dict[str, tuple[type, float, float]] = {
@@ -96,6 +99,17 @@ def _validate_mix(value: Any) -> dict[str, float]:
     if all(w == 0 for w in mix.values()):
         raise MusicsteerError("a mix needs at least one non-zero weight")
     return mix
+
+
+def parse_list(text: str | None, convert: Callable[[str], T], error: str) -> tuple[T, ...]:
+    """Comma-separated values (`17,19`), blanks skipped; None or '' -> (). `error` is the one-line
+    message when a part does not convert."""
+    if not text:
+        return ()
+    try:
+        return tuple(convert(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise MusicsteerError(error) from None
 
 
 def parse_mix(text: str) -> dict[str, float]:

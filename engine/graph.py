@@ -125,9 +125,7 @@ class GraphDecoder:
         logits = decoder_fn.forward(self.dec, self.tokens, self.position, self.cache, self.steering, None)
         raw = logits[:, :, -1]
         self.logits.copy_(raw)
-        cond, uncond = raw.float().chunk(2, dim=0)
-        mixed = uncond + (cond - uncond) * self.guidance
-        self.sampled.copy_(self._sample(mixed))
+        self.sampled.copy_(self._sample(sampling.guided_logits(raw, self.guidance)))
 
     def _sample(self, mixed: Tensor) -> Tensor:
         """`sampling.sample_tokens` with tensor knobs: no data-dependent shapes, no host sync."""

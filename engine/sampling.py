@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 
-def guided_logits(logits: Tensor, guidance: float) -> Tensor:
+def guided_logits(logits: Tensor, guidance: float | Tensor) -> Tensor:
     """logits (2B, ...) with the conditional half first -> uncond + (cond - uncond) * guidance."""
     cond, uncond = logits.float().chunk(2, dim=0)
     return uncond + (cond - uncond) * guidance

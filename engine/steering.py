@@ -36,6 +36,13 @@ SITES = ("residual", "attention")
 RULES = ("renorm", "add")
 
 
+def check_alpha(alpha: float, rule: str) -> None:
+    """renorm divides by 1 + alpha: alpha must stay above -1 (the add rule takes any alpha)."""
+    if rule == "renorm" and alpha <= -1:
+        raise MusicsteerError(f"alpha {alpha} needs to be above -1 with the renorm rule (it divides by 1 + alpha); "
+                              "for stronger negative steering use --steer-rule add")
+
+
 @dataclass(frozen=True)
 class Term:
     site: str
@@ -140,8 +147,7 @@ class SteeringTensors:
         if term is None:
             return block
         alpha = float(term.alpha)
-        if self.rule == "renorm" and alpha <= -1:
-            raise MusicsteerError(f"alpha {alpha} needs to be above -1 with the renorm rule (it divides by 1 + alpha)")
+        check_alpha(alpha, self.rule)
         direction = term.direction.detach().to("cpu", torch.float64)
         keep, scale = (1 / (1 + alpha), alpha / (1 + alpha)) if self.rule == "renorm" else (1.0, alpha)
         head = torch.tensor((alpha, keep), dtype=torch.float64)

@@ -6,9 +6,12 @@ weights cannot be downloaded here), built by the project's own recipe.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 
+from musicsteer.engine.errors import MusicsteerError
 from musicsteer.engine.loading import LoadedModel, load_model
 from musicsteer.engine.tiny import build_tiny_model
 from musicsteer.engine.vectors import SteeringVectors
@@ -16,6 +19,15 @@ from musicsteer.engine.vectors import SteeringVectors
 # Tiny models are all per-op overhead: on a 2-core machine a second torch thread only adds contention
 # (measured here: up to 10x slower under load). The CLI does the same for tiny models (--threads).
 torch.set_num_threads(1)
+
+
+def one_line_error(call: Callable[..., object], *args: object, **kwargs: object) -> str:
+    """The message of the MusicsteerError `call(*args, **kwargs)` raises, checked to be one line."""
+    with pytest.raises(MusicsteerError) as info:
+        call(*args, **kwargs)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
 
 
 def in_memory(stereo: bool = False, **shape: int) -> LoadedModel:

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import one_line_error
 
 from musicsteer.engine.audio_io import peak_normalize, read_audio, write_wav
 from musicsteer.engine.errors import MusicsteerError
@@ -26,10 +27,7 @@ def _peak_hz(signal: np.ndarray, sr: int) -> float:
 
 
 def _error(*args: object, **kwargs: object) -> str:
-    with pytest.raises(MusicsteerError) as info:
-        read_audio(*args, **kwargs)  # type: ignore[arg-type]
-    assert "\n" not in str(info.value)
-    return str(info.value)
+    return one_line_error(read_audio, *args, **kwargs)
 
 
 @pytest.mark.parametrize(("name", "fmt"), [("tone.flac", "FLAC"), ("tone.ogg", "OGG")])

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import one_line_error
 
 from musicsteer.controllers.automation import TimedChange, load_automation, parse_automation, step_for_time
 from musicsteer.engine.errors import MusicsteerError
@@ -22,11 +23,7 @@ EXAMPLE = """\
 
 
 def _error(text: str) -> str:
-    with pytest.raises(MusicsteerError) as info:
-        parse_automation(text, source="automation.yaml")
-    message = str(info.value)
-    assert "\n" not in message
-    return message
+    return one_line_error(parse_automation, text, source="automation.yaml")
 
 
 def test_example_parses_in_time_order() -> None:

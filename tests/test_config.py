@@ -6,6 +6,7 @@ from pathlib import Path
 
 import mido
 import pytest
+from conftest import one_line_error
 
 from musicsteer.commands.midi_learn import KnobTarget, MidiLearn, parse_knob_targets
 from musicsteer.controllers.config import (
@@ -126,11 +127,7 @@ def note(number: int, velocity: int = 100, channel: int = 1) -> mido.Message:
 
 
 def _error(text: str) -> str:
-    with pytest.raises(MusicsteerError) as info:
-        parse_config(text, source="set.yaml")
-    message = str(info.value)
-    assert "\n" not in message
-    return message
+    return one_line_error(parse_config, text, source="set.yaml")
 
 
 M = "midi:\n  mappings:\n    - "

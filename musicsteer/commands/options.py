@@ -12,7 +12,7 @@ import torch
 
 from musicsteer.engine.control import Controls
 from musicsteer.engine.errors import MusicsteerError
-from musicsteer.engine.events import parse_mix
+from musicsteer.engine.events import parse_list, parse_mix
 from musicsteer.engine.generator import Generator
 from musicsteer.engine.graph import GraphGenerator
 from musicsteer.engine.loading import LoadedModel, load_model, resolve_device, resolve_dtype
@@ -81,8 +81,7 @@ class Loaded(NamedTuple):
 def generator_class(args: argparse.Namespace, lm: LoadedModel) -> type[Generator]:
     """The token loop --decode asks for: the captured graph by default on CUDA (launch overhead is
     what bounds an eager step there), eager on the CPU. Both give the same codes (tests/test_graph.py)."""
-    mode = getattr(args, "decode", "auto")
-    graph = mode == "graph" or (mode == "auto" and lm.device.type == "cuda")
+    graph = args.decode == "graph" or (args.decode == "auto" and lm.device.type == "cuda")
     return GraphGenerator if graph else Generator
 
 
@@ -154,18 +153,9 @@ class SessionSpec:
     controls: Controls
 
 
-def _layers(text: str | None) -> tuple[int, ...]:
-    if not text:
-        return ()
-    try:
-        return tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise MusicsteerError(f"--layer needs whole numbers like 18 or 17,19, got {text!r}") from None
-
-
 def session_spec(args: argparse.Namespace) -> SessionSpec:
     """Check the cheap arguments first, then load the vectors file and the model."""
-    layers = _layers(args.layer)
+    layers = parse_list(args.layer, int, f"--layer needs whole numbers like 18 or 17,19, got {args.layer!r}")
     mix = parse_mix(args.steer) if args.steer else {}
     if mix and not args.vectors:
         raise MusicsteerError("--steer needs --vectors FILE")

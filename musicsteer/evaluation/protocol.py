@@ -26,6 +26,7 @@ import re
 from dataclasses import asdict, dataclass, field
 
 from musicsteer.engine.errors import MusicsteerError
+from musicsteer.engine.events import parse_list
 
 DEFAULT_PAIRS: tuple[tuple[str, str], ...] = (
     ("rock", "classical"), ("classical", "electronic"), ("electronic", "jazz"), ("jazz", "rock"),
@@ -112,12 +113,7 @@ def parse_pairs(text: str | None) -> tuple[tuple[str, str], ...]:
 
 
 def parse_floats(text: str | None, flag: str) -> tuple[float, ...]:
-    if not text:
-        return ()
-    try:
-        return tuple(float(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise MusicsteerError(f"{flag} needs numbers like 0.2,0.4,0.6, got {text!r}") from None
+    return parse_list(text, float, f"{flag} needs numbers like 0.2,0.4,0.6, got {text!r}")
 
 
 def parse_labels(text: str | None) -> list[str]:
