@@ -87,7 +87,6 @@ class SteeringTensors:
         self._host = torch.zeros(self.table.shape)
         self._host[..., 1] = 1.0  # keep = 1: identity
         self.table.copy_(self._host)
-        self._set: dict[tuple[str, int], Term] = {}  # the terms the table holds now
         # CUDA: pinned staging buffers, used in turn, and the event of the last copy out of each.
         self._staging = [torch.empty(self.table.shape, pin_memory=True) for _ in range(2)] if self.table.is_cuda else []
         self._staged: list[torch.cuda.Event | None] = [None, None]
@@ -104,13 +103,13 @@ class SteeringTensors:
             if (term.site, term.layer) in new:
                 raise MusicsteerError(f"two terms at {term.site} layer {term.layer}; mix their vectors instead")
             new[term.site, term.layer] = term
+        held = {(site, layer) for site, layers in self.active.items() for layer in layers}
         blocks = {self._row(site, layer): self._block(new.get((site, layer)))
-                  for site, layer in self._set.keys() | new.keys()}  # built first: a failure changes nothing
+                  for site, layer in held | new.keys()}  # built first: a failure changes nothing
         host = self._host.view(-1, *self._host.shape[2:])  # (sites * layers, 2B, columns)
         for index, block in blocks.items():
             host[index] = block
         self._copy([slice(first, last + 1) for first, last in _runs(sorted(blocks))])
-        self._set = new
         for site in SITES:
             self.active[site] = frozenset(layer for s, layer in new if s == site)
 
