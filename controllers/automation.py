@@ -1,31 +1,32 @@
 """Timed control changes read from a YAML automation file.
 
 The file is a list (or a mapping whose `events:` key holds the list) of items such as
-`{at: 8.0, alpha: 0.2, ramp: 2.0}`. Each item becomes one or more `Change`s, checked by
-`events.validate_change` exactly like an OSC or MIDI change, and tagged with its time and line.
-
-We parse with `yaml.compose` rather than `safe_load` because the node tree keeps line numbers:
-every error names the file and the line, which matters when a performer edits a long file.
+`{at: 8.0, alpha: 0.2, ramp: 2.0}`. Its keys are the parameter table's (engine/params.py): `at`,
+each live parameter's YAML keys (`steer` and `mix` both set the mix), and each glide's pair
+(`alpha` + `ramp`, `morph` + `seconds`). Every value is checked by its row with the start-up rules
+(out of range is an error naming the line, never a clamp), so an automation line is held to the
+same rules as a CLI flag or an OSC message. `schedule` places the events on a render's token clock
+and refuses any that fall past its end.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from musicsteer.engine.errors import MusicsteerError
-from musicsteer.engine.events import Change, parse_mix, validate_change
+from musicsteer.engine.errors import MusicsteerError, OutOfRange
+from musicsteer.engine.events import Change, validate_change
+from musicsteer.engine.params import AT, GLIDE, LIVE, Param
 
-# Keys that map one-to-one onto a Change of the same name, applied at once.
-_DIRECT = ("alpha", "guidance", "temperature", "top_k", "top_p", "seed", "layer", "site", "prompt")
-# Three spellings of a mix change; only one may appear per item (they would fight otherwise).
-_MIX_KEYS = ("steer", "mix", "morph")
-_MODIFIERS = ("ramp", "seconds")
-KNOWN_KEYS = ("at", *_DIRECT, *_MIX_KEYS, *_MODIFIERS)
+from .yaml_file import YamlTree, read_text
+
+# key -> the live row it sets; glide key -> the key whose glide time it is.
+KEY_ROWS: dict[str, Param] = {key: row for row in LIVE.values() for key in (*row.keys, *(row.glide or ())[:1])}
+GLIDE_KEYS: dict[str, str] = {row.glide[1]: row.glide[0] for row in LIVE.values() if row.glide}
+KNOWN_KEYS = ("at", *KEY_ROWS, *GLIDE_KEYS)
 
 
 @dataclass(frozen=True)
@@ -37,176 +38,117 @@ class TimedChange:
     line: int  # 1-based line in the file, for messages
 
 
-
-def yaml_error(exc: yaml.YAMLError, source: str) -> str:
-    """One line for any YAML failure, with the line it happened on (automation files and configs)."""
-    if isinstance(exc, yaml.MarkedYAMLError):
-        mark = exc.problem_mark or exc.context_mark
-        where = f"{source} line {mark.line + 1}" if mark else source
-        kind = "YAML error" if isinstance(exc, yaml.constructor.ConstructorError) else "YAML syntax error"
-        return f"{where}: {kind}: {' '.join(str(exc.problem or exc.context or 'invalid YAML').split())}"
-    return f"{source}: YAML error: {' '.join(str(exc).split())}"
-
-
 def load_automation(path: str | Path) -> list[TimedChange]:
     """Read and parse an automation file; every failure is a one-line MusicsteerError."""
-    path = Path(path)
-    if not path.exists():
-        raise MusicsteerError(f"automation file not found: {path}")
-    if not path.is_file():
-        raise MusicsteerError(f"automation path is not a file: {path}")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise MusicsteerError(f"automation file {path} is not UTF-8 text") from None
-    except OSError as exc:
-        raise MusicsteerError(f"cannot read automation file {path}: {exc.strerror or exc}") from None
-    return parse_automation(text, source=str(path))
+    return parse_automation(read_text(path, "automation file"), source=str(path))
 
 
 def parse_automation(text: str, source: str = "<automation>") -> list[TimedChange]:
     """Parse automation YAML into changes sorted by time (stable: file order kept for equal times)."""
-    loader: yaml.SafeLoader | None = None
-    try:
-        loader = yaml.SafeLoader(text)  # may already fail here, on non-printable characters
-        root = loader.get_single_node()
-        if root is None:
-            raise MusicsteerError(f"{source}: automation file is empty (expected a list of events)")
-        out: list[TimedChange] = []
-        for item in _event_list(root, source):
-            out.extend(_parse_item(item, source, loader))
-    except yaml.YAMLError as exc:
-        raise MusicsteerError(yaml_error(exc, source)) from None
-    finally:
-        if loader is not None:
-            loader.dispose()
+    tree = YamlTree(text, source)
+    if tree.root is None:
+        raise MusicsteerError(f"{source}: automation file is empty (expected a list of events)")
+    out: list[TimedChange] = []
+    for item in _event_list(tree, tree.root):
+        out.extend(_parse_item(tree, item))
     # sorted() is stable, so changes at the same time keep file order (and key order in an item).
     return sorted(out, key=lambda tc: tc.at)
 
 
 def step_for_time(at: float, frame_rate: float) -> int:
-    """The decode step a time falls on: round(at * frame_rate).
+    """The decode step a time falls on: round(at * frame_rate) (at is bounded by params.AT).
 
     Step k generates frame k's first codebook (the delay pattern puts the other codebooks on later
     steps), so applying the change before step k means the token at time `at` is the first one the
     change affects. Rounding (rather than flooring) picks the frame nearest the requested time.
     """
-    if not math.isfinite(at) or at < 0:
-        raise ValueError(f"time must be a finite number >= 0, got {at!r}")
-    if not math.isfinite(frame_rate) or frame_rate <= 0:
+    if not (AT.low <= at <= AT.high):
+        raise ValueError(f"time must be from {AT.low:g} to {AT.high:g} s, got {at!r}")
+    if not 0 < frame_rate < 1e6:
         raise ValueError(f"frame rate must be > 0, got {frame_rate!r}")
     return round(at * frame_rate)
 
 
-def _line(node: yaml.Node) -> int:
-    return node.start_mark.line + 1
+def schedule(events: list[TimedChange], frame_rate: float, seconds: float, source: str) -> list[tuple[int, Change]]:
+    """(step, change) for each event of a render of `seconds` new audio; an event at or past its end
+    would never apply, so it is refused (one line naming the file's line) instead of silently dropped."""
+    out = []
+    for timed in events:
+        if timed.at >= seconds:
+            raise OutOfRange(f"{source} line {timed.line}: at {timed.at:g} s is past the end of the render "
+                             f"({seconds:g} s): it would never apply")
+        out.append((step_for_time(timed.at, frame_rate), timed.change))
+    return out
 
 
-def _event_list(root: yaml.Node, source: str) -> list[yaml.Node]:
+def _event_list(tree: YamlTree, root: yaml.Node) -> list[yaml.Node]:
     if isinstance(root, yaml.MappingNode):
         keys = {k.value: (k, v) for k, v in root.value if isinstance(k, yaml.ScalarNode)}
         extra = [k for k, _ in root.value if not (isinstance(k, yaml.ScalarNode) and k.value == "events")]
         if extra:
-            raise MusicsteerError(
-                f"{source} line {_line(extra[0])}: unknown top-level key {extra[0].value!r} "
-                "(the file is a list of events, or a mapping with the key 'events')"
-            )
+            raise tree.fail(extra[0], f"unknown top-level key {_key(extra[0])} (the file is a list of events, "
+                                      "or a mapping with the key 'events')")
         if "events" not in keys:
-            raise MusicsteerError(f"{source} line {_line(root)}: expected a list of events or 'events:'")
+            raise tree.fail(root, "expected a list of events or 'events:'")
         root = keys["events"][1]
     if isinstance(root, yaml.ScalarNode) and root.tag == "tag:yaml.org,2002:null":
         return []  # `events:` with nothing under it: no automation, which is harmless
     if not isinstance(root, yaml.SequenceNode):
-        raise MusicsteerError(f"{source} line {_line(root)}: expected a list of events")
+        raise tree.fail(root, "expected a list of events")
     return list(root.value)
 
 
-def _parse_item(node: yaml.Node, source: str, loader: yaml.SafeLoader) -> list[TimedChange]:
-    if not isinstance(node, yaml.MappingNode):
-        raise MusicsteerError(
-            f"{source} line {_line(node)}: each event must be a mapping like {{at: 4.0, alpha: 0.6}}"
-        )
-    item_line = _line(node)
-    fields: dict[str, tuple[Any, int]] = {}  # key -> (value, line), in file order
-    for key_node, value_node in node.value:
-        key, line = key_node.value, _line(key_node)
-        if not isinstance(key_node, yaml.ScalarNode) or key not in KNOWN_KEYS:
-            raise MusicsteerError(
-                f"{source} line {line}: unknown key {str(key)!r} (known: {', '.join(KNOWN_KEYS)})"
-            )
-        if key in fields:
-            raise MusicsteerError(f"{source} line {line}: key {key!r} given twice in one event")
-        fields[key] = (loader.construct_object(value_node, deep=True), line)
+def _key(node: yaml.Node) -> str:
+    return repr(node.value[:40]) if isinstance(node, yaml.ScalarNode) else f"of type {node.id}"
 
-    def fail(key: str, message: str) -> MusicsteerError:
-        return MusicsteerError(f"{source} line {fields[key][1] if key in fields else item_line}: {message}")
+
+def _parse_item(tree: YamlTree, node: yaml.Node) -> list[TimedChange]:
+    if not isinstance(node, yaml.MappingNode):
+        raise tree.fail(node, "each event must be a mapping like {at: 4.0, alpha: 0.6}")
+    fields: dict[str, tuple[Any, yaml.Node]] = {}  # key -> (value, key node), in file order
+    for key_node, value_node in node.value:
+        key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+        if key not in KNOWN_KEYS:
+            raise tree.fail(key_node, f"unknown key {_key(key_node)} (known: {', '.join(KNOWN_KEYS)})")
+        if key in fields:
+            raise tree.fail(key_node, f"key {key!r} given twice in one event")
+        fields[key] = (tree.value(value_node), key_node)
+
+    def value(key: str, row: Param) -> Any:
+        try:
+            return row.named(key).parse(fields[key][0])  # messages name the key as written (ramp, steer)
+        except MusicsteerError as exc:
+            raise tree.fail(fields[key][1], str(exc), type(exc)) from None
 
     if "at" not in fields:
-        raise fail("at", "event has no 'at:' time (seconds from the start)")
-    at = _number(fields["at"][0])
-    if at is None or not math.isfinite(at) or at < 0:
-        raise fail("at", f"'at' must be a number of seconds >= 0, got {fields['at'][0]!r}")
-    if "ramp" in fields and "alpha" not in fields:
-        raise fail("ramp", "'ramp' sets the glide time of alpha, but this event has no alpha")
-    if "seconds" in fields and "morph" not in fields:
-        raise fail("seconds", "'seconds' sets the glide time of morph, but this event has no morph")
-    mix_keys = [k for k in _MIX_KEYS if k in fields]
-    if len(mix_keys) > 1:
-        raise fail(mix_keys[1], f"one event can hold only one of {', '.join(_MIX_KEYS)}, got {mix_keys}")
-    if not any(k in fields for k in (*_DIRECT, *_MIX_KEYS)):
-        raise fail("at", "event changes nothing (add a parameter such as alpha: or steer:)")
+        raise tree.fail(node, "event has no 'at:' time (seconds from the start)")
+    at = value("at", AT)
+    for glide_key, key in GLIDE_KEYS.items():
+        if glide_key in fields and key not in fields:
+            raise tree.fail(fields[glide_key][1], f"'{glide_key}' sets the glide time of {key}, but this event "
+                                                  f"has no {key}")
+    by_row: dict[str, list[str]] = {}
+    for key in fields:
+        if key in KEY_ROWS:
+            by_row.setdefault(KEY_ROWS[key].name, []).append(key)
+    for keys in by_row.values():
+        if len(keys) > 1:
+            spellings = [k for k in KEY_ROWS if KEY_ROWS[k] is KEY_ROWS[keys[0]]]
+            raise tree.fail(fields[keys[1]][1], f"one event can hold only one of {', '.join(spellings)}, got {keys}")
+    if not by_row:
+        raise tree.fail(node, "event changes nothing (add a parameter such as alpha: or steer:)")
 
     out: list[TimedChange] = []
-    for key, (value, line) in fields.items():
-        if key in ("at", *_MODIFIERS):
+    for key, (_, key_node) in fields.items():
+        if key not in KEY_ROWS:
             continue
+        row = KEY_ROWS[key]
+        glide_key = next((g for g, k in GLIDE_KEYS.items() if k == key), None)
+        seconds = value(glide_key, GLIDE) if glide_key in fields else 0.0
+        checked = value(key, row)
         try:
-            change = _change_for(key, value, fields)
-            out.append(TimedChange(at, validate_change(change), line))
+            change = validate_change(Change(row.name, checked, seconds), live=False)
         except MusicsteerError as exc:
-            raise MusicsteerError(f"{source} line {line}: {exc}") from None
+            raise tree.fail(key_node, str(exc), type(exc)) from None
+        out.append(TimedChange(at, change, key_node.start_mark.line + 1))
     return out
-
-
-def _change_for(key: str, value: Any, fields: dict[str, tuple[Any, int]]) -> Change:
-    if key == "alpha":
-        return Change("alpha", _coerce(value), _glide(fields, "ramp"))
-    if key in _DIRECT:
-        return Change(key, value if key in ("site", "prompt") else _coerce(value))
-    # steer/mix/morph all become a "mix" change; a string is a name or "a=0.5,b=0.5".
-    mix = parse_mix(value) if isinstance(value, str) else value
-    return Change("mix", mix, _glide(fields, "seconds") if key == "morph" else 0.0)
-
-
-def _glide(fields: dict[str, tuple[Any, int]], key: str) -> float:
-    if key not in fields:
-        return 0.0
-    value = fields[key][0]
-    number = _number(value)
-    if number is None:
-        raise MusicsteerError(f"{key!r} needs a number of seconds, got {value!r}")
-    return number
-
-
-def _number(value: Any) -> float | None:
-    """A number, or a string float() reads (YAML 1.1 reads `1e3` as text), else None."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return None
-    return None
-
-
-def _coerce(value: Any) -> Any:
-    # Only text that reads as a number is converted; validate_change reports anything else,
-    # and ints stay ints so whole-number checks (top_k, seed) see the value as written.
-    if isinstance(value, str):
-        number = _number(value)
-        if number is not None:
-            return int(number) if number.is_integer() and "." not in value else number
-    return value

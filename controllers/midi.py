@@ -25,49 +25,21 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import mido
 
-from musicsteer.engine.errors import MusicsteerError
-from musicsteer.engine.events import NUMERIC_PARAMS, Change
+from musicsteer.engine.errors import MusicsteerError, one_line
+from musicsteer.engine.events import Change
+from musicsteer.engine.params import LIVE, PARAMS
 
-if TYPE_CHECKING:
-    from .config import Preset
+from .mappings import KnobMapping, Preset, TriggerMapping
 
 PRESS = 64  # a button CC at or above this value is a press (nanoKONTROL2 and most others send 127/0)
 # After a pad or preset sets a value, the status shows the old one until the next token (20 ms in real
 # time, longer on slow machines): for this long a knob must not pick up that old value again.
 HOLD_SECONDS = 0.5
 _RTMIDI_APIS = {"alsa": "LINUX_ALSA", "jack": "UNIX_JACK"}
-
-
-@dataclass(frozen=True)
-class KnobMapping:
-    """A CC (0..127) moving a number from `low` (at 0) to `high` (at 127) along `curve`."""
-
-    cc: int
-    channel: int | None  # 1..16 as printed on hardware; None: any channel
-    param: str  # an engine number, "crossfade" (between two vectors) or "morph_seconds" (the mapper's own)
-    low: float
-    high: float
-    curve: str = "linear"
-    takeover: str = "pickup"
-    vectors: tuple[str, str] | None = None  # crossfade: (from, to)
-    line: int = 0
-
-
-@dataclass(frozen=True)
-class TriggerMapping:
-    """A note-on, or a button CC pressed (value >= PRESS): select a vector, morph to one, or recall a preset."""
-
-    action: str  # steer | morph | preset
-    target: str | dict[str, float]  # a preset name, or a mix
-    note: int | None = None
-    cc: int | None = None
-    channel: int | None = None
-    seconds: float | None = None  # morph time; None: the mapper's current morph time
-    line: int = 0
 
 
 def knob_value(mapping: KnobMapping, cc: int) -> float:
@@ -103,7 +75,7 @@ class MidiMapper:
     def __init__(self, mappings: list[KnobMapping | TriggerMapping] | tuple[KnobMapping | TriggerMapping, ...],
                  presets: dict[str, Preset] | None, current: Callable[[str], Any], morph_seconds: float = 2.0) -> None:
         """`current(param)` reads the engine's present value (a number, the mix dict for "mix", or None
-        when unknown), e.g. `status_reader(surface)`. `morph_seconds` is the morph time of morph
+        when unknown), e.g. `values_reader(session.control)`. `morph_seconds` is the morph time of morph
         triggers without their own `seconds` (a knob with param morph_seconds moves it)."""
         self.mappings = tuple(mappings)
         self.presets = dict(presets or {})
@@ -176,7 +148,7 @@ class MidiMapper:
             source, target = m.vectors or ("", "")
             mix = {name: w for name, w in ((source, 1.0 - t), (target, t)) if w > 0}
             return Change("mix", mix), knob_position(m, t)
-        if NUMERIC_PARAMS[m.param][0] is int:
+        if PARAMS[m.param].kind == "whole":
             value = round(value)
         return Change(m.param, value), knob_position(m, value)
 
@@ -215,23 +187,25 @@ class MidiMapper:
 
 
 class ControlSurface(Protocol):
+    """Where changes go and present values come from: the session's `ControlState`."""
+
+    values: Any  # a Controls: one field per live row, named by its status key
+
     def submit(self, change: Change) -> Change: ...
-    def status(self) -> dict: ...
 
 
-def status_reader(surface: ControlSurface) -> Callable[[str], Any]:
-    """`current` for MidiMapper: reads a parameter from `surface.status()` (layer: the first layer)."""
+def values_reader(control: ControlSurface) -> Callable[[str], Any]:
+    """`current` for MidiMapper: a parameter's present value in `control.values` (layer: the first)."""
     def current(param: str) -> Any:
-        status = surface.status()
+        value = getattr(control.values, LIVE[param].status)
         if param == "layer":
-            layers = status.get("layers") or []
-            return layers[0] if layers else None
-        return status.get(param)
+            return value[0] if value else None
+        return value
     return current
 
 
 class MidiInput:
-    """A MIDI input port feeding a mapper into a control surface (the session).
+    """A MIDI input port feeding a mapper into a control surface (the session's control state).
 
     mido calls `on_message` on its own thread for every message. Nothing raised there may reach mido
     (it would end the port's callback thread), so failures are counted and the last one is kept.
@@ -278,7 +252,7 @@ class MidiInput:
             try:
                 self.surface.submit(change)
                 self.applied += 1
-            except Exception as exc:  # noqa: BLE001 - MusicsteerError (e.g. unknown vector) or worse
+            except Exception as exc:  # noqa: BLE001 - MusicsteerError (counted by submit, by kind) or worse
                 self.errors += 1
                 self.last_error = str(exc) if isinstance(exc, MusicsteerError) else f"{type(exc).__name__}: {exc}"
 
@@ -291,32 +265,41 @@ class MidiInput:
 
 
 def _backend(api: str | None) -> mido.Backend:
+    """mido's rtmidi backend, loaded; a python-rtmidi that cannot load (its system library, libasound.so.2
+    on Linux, missing: ImportError or OSError from the import inside mido) is a one-line MusicsteerError."""
     if api is not None and api not in _RTMIDI_APIS:
         raise MusicsteerError(f"unknown MIDI API {api!r} (known: {', '.join(_RTMIDI_APIS)})")
-    return mido.Backend("mido.backends.rtmidi" + (f"/{_RTMIDI_APIS[api]}" if api else ""), load=True)
+    try:
+        return mido.Backend("mido.backends.rtmidi" + (f"/{_RTMIDI_APIS[api]}" if api else ""), load=True)
+    except (ImportError, OSError) as exc:
+        if isinstance(exc, ModuleNotFoundError) and exc.name == "rtmidi":
+            fix = "pip install python-rtmidi"
+        else:
+            fix = "install libasound2 (Debian/Ubuntu: apt-get install libasound2), or reinstall python-rtmidi"
+        raise MusicsteerError(f"cannot load the MIDI backend (python-rtmidi): {one_line(exc)}; {fix}") from None
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def list_midi_inputs(api: str | None = None) -> list[str]:
     """Names of the MIDI inputs rtmidi sees (api: None for its default, "alsa" or "jack")."""
+    backend = _backend(api)  # a backend that cannot load says so itself
     try:
-        return list(dict.fromkeys(_backend(api).get_input_names()))
+        return list(dict.fromkeys(backend.get_input_names()))
     except (OSError, SystemError, RuntimeError) as exc:
         hint = ""
         if api in (None, "alsa") and not os.path.exists("/dev/snd/seq"):
             hint = " (no /dev/snd/seq: this system has no ALSA sequencer; try api jack with a JACK server)"
-        raise MusicsteerError(f"cannot list MIDI inputs: {_one_line(exc)}{hint}") from None
+        raise MusicsteerError(f"cannot list MIDI inputs: {one_line(exc)}{hint}") from None
 
 
 def open_midi_input(name: str, callback: Callable[[mido.Message], None], api: str | None = None) -> Any:
     """Open input `name` (a full name, see resolve_midi_port) with `callback` on mido's thread."""
+    backend = _backend(api)
     try:
-        return _backend(api).open_input(name, callback=callback)
+        return backend.open_input(name, callback=callback)
     except (OSError, SystemError, RuntimeError, ValueError) as exc:
-        raise MusicsteerError(f"cannot open MIDI input {name!r}: {_one_line(exc)}") from None
+        raise MusicsteerError(f"cannot open MIDI input {name!r}: {one_line(exc)}") from None
 
 
 def resolve_midi_port(spec: str | int, api: str | None = None, inputs: list[str] | None = None) -> str:

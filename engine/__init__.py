@@ -4,4 +4,4 @@ It imports neither musicsteer.controllers nor musicsteer.probes: those put event
 control queue (`Generator.submit` / `StreamingSession.submit`) and read its files.
 """
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"

@@ -15,13 +15,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from .errors import MusicsteerError
-from .files import atomic_write
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__
+from .errors import MusicsteerError, one_line
+from .files import atomic_write, existing_file
 
 
 def read_audio(
@@ -40,16 +35,12 @@ def read_audio(
         raise ValueError(f"sample_rate must be > 0, got {sample_rate!r}")
     if max_seconds is not None and not (math.isfinite(max_seconds) and max_seconds > 0):
         raise MusicsteerError(f"the audio length to keep must be > 0 seconds, got {max_seconds!r}")
-    path = Path(path)
-    if not path.exists():
-        raise MusicsteerError(f"audio file not found: {path}")
-    if not path.is_file():
-        raise MusicsteerError(f"audio path is not a file: {path}")
+    path = existing_file(path, "audio file")
     try:
         # always_2d gives (frames, file_channels) for mono and multichannel files alike.
         data, file_rate = sf.read(path, dtype="float32", always_2d=True)
     except (sf.SoundFileError, RuntimeError, OSError, ValueError, TypeError) as exc:
-        raise MusicsteerError(f"cannot read audio file {path}: {_one_line(exc)}") from None
+        raise MusicsteerError(f"cannot read audio file {path}: {one_line(exc)}") from None
     if data.shape[0] == 0 or data.shape[1] == 0:
         raise MusicsteerError(f"audio file {path} is empty (0 samples)")
     if not np.isfinite(data).all():
@@ -104,12 +95,12 @@ def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise MusicsteerError(
-            f"cannot create folder {path.parent} for {path.name}: {exc.strerror or _one_line(exc)}"
+            f"cannot create folder {path.parent} for {path.name}: {exc.strerror or one_line(exc)}"
         ) from None
     try:
         atomic_write(path, lambda tmp: sf.write(tmp, frames, int(sample_rate), subtype="FLOAT", format="WAV"))
     except (sf.SoundFileError, RuntimeError, OSError) as exc:
-        reason = getattr(exc, "strerror", None) or _one_line(exc)
+        reason = getattr(exc, "strerror", None) or one_line(exc)
         raise MusicsteerError(f"cannot write audio file {path}: {reason}") from None
     return path
 

@@ -18,7 +18,7 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from .errors import MusicsteerError
+from .errors import MusicsteerError, one_line
 from .ring_buffer import RingBuffer, RingWriter
 
 NULL_DEVICE = "null"
@@ -27,18 +27,30 @@ _open_streams = 0  # PortAudio streams this process holds open; re-initialising 
 _pa_lock = threading.Lock()
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+PORTAUDIO_INSTALL = ("install libportaudio2 (Debian/Ubuntu: apt-get install libportaudio2; "
+                     "macOS: brew install portaudio)")
 
 
 def _sd() -> Any:
-    """Import sounddevice, turning a missing PortAudio library into a user-facing error."""
+    """Import sounddevice; a missing or broken PortAudio library becomes a one-line MusicsteerError.
+
+    sounddevice loads PortAudio and initialises it while it is imported, so every failure of the
+    library (not found: OSError; cannot start: its PortAudioError) surfaces here, on first use. Only
+    real devices need it: `--output-device null` never calls this.
+    """
     try:
         import sounddevice
-    except OSError as exc:
-        raise MusicsteerError(
-            f"PortAudio is not available ({_one_line(exc)}); install libportaudio2 or use --output-device null"
-        ) from None
+    except OSError as exc:  # sounddevice: "PortAudio library not found", or the loader's own message
+        reason = one_line(exc)
+        detail = "" if reason == "PortAudio library not found" else f" ({reason})"
+        raise MusicsteerError(f"no PortAudio library{detail}: {PORTAUDIO_INSTALL}, "
+                              "or play without a sound card: --output-device null") from None
+    except ImportError as exc:
+        raise MusicsteerError(f"cannot import sounddevice ({one_line(exc)}): pip install sounddevice") from None
+    except Exception as exc:  # noqa: BLE001 - sounddevice.PortAudioError from Pa_Initialize at import
+        raise MusicsteerError(f"PortAudio cannot start: {type(exc).__name__}: {one_line(exc)}") from None
     return sounddevice
 
 
@@ -50,24 +62,40 @@ def _refresh_portaudio() -> Any:
             depth = max(sd._initialized, 1)
             while sd._initialized:
                 sd._terminate()
-            for _ in range(depth):
-                sd._initialize()
+            try:
+                for _ in range(depth):
+                    sd._initialize()
+            except sd.PortAudioError as exc:
+                raise MusicsteerError(f"PortAudio cannot start: {one_line(exc)}") from None
     return sd
 
 
+def null_output_device() -> dict:
+    """The virtual "null" device, as `list_output_devices` lists it; it needs no PortAudio."""
+    return {"index": None, "name": NULL_DEVICE, "host_api": "none (discards audio, paced by the clock)",
+            "max_output_channels": 2, "default_samplerate": None}
+
+
 def list_output_devices() -> list[dict]:
-    """Every PortAudio device that can play, then the virtual "null" device (always present)."""
+    """Every PortAudio device that can play, then the virtual "null" device (always present).
+
+    Without a usable PortAudio this raises MusicsteerError (what to install); callers that only list
+    (`musicsteer devices`) catch it and still show `null_output_device()`.
+    """
     sd = _refresh_portaudio()
-    hostapis = sd.query_hostapis()
-    devices = [
-        {"index": int(info["index"]), "name": str(info["name"]), "host_api": str(hostapis[info["hostapi"]]["name"]),
-         "max_output_channels": int(info["max_output_channels"]),
-         "default_samplerate": float(info["default_samplerate"])}
-        for info in sd.query_devices()
-        if info["max_output_channels"] > 0
-    ]
-    devices.append({"index": None, "name": NULL_DEVICE, "host_api": "none (discards audio, paced by the clock)",
-                    "max_output_channels": 2, "default_samplerate": None})
+    try:
+        hostapis = sd.query_hostapis()
+        devices = [
+            {"index": int(info["index"]), "name": str(info["name"]),
+             "host_api": str(hostapis[info["hostapi"]]["name"]),
+             "max_output_channels": int(info["max_output_channels"]),
+             "default_samplerate": float(info["default_samplerate"])}
+            for info in sd.query_devices()
+            if info["max_output_channels"] > 0
+        ]
+    except sd.PortAudioError as exc:
+        raise MusicsteerError(f"PortAudio cannot list devices: {one_line(exc)}") from None
+    devices.append(null_output_device())
     return devices
 
 
@@ -193,7 +221,7 @@ class PortAudioSink(_SinkBase):
             self._stream = sd.OutputStream(samplerate=rate, blocksize=blocksize, device=device, channels=channels,
                                            dtype="float32", latency=latency, callback=self._callback)
         except (sd.PortAudioError, ValueError) as exc:
-            raise MusicsteerError(f"cannot open output device {self.device_name!r}: {_one_line(exc)}") from None
+            raise MusicsteerError(f"cannot open output device {self.device_name!r}: {one_line(exc)}") from None
         if rate != self.sample_rate:
             self._resample_to(rate)  # only now: a failed open must leave the caller's ring as it was
         with _pa_lock:

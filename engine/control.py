@@ -1,52 +1,63 @@
-"""The live control state, applied by the generation thread at token boundaries.
+"""The live control state: changes queued by any thread, applied by the generation thread at token boundaries.
 
-Any thread may `submit` a `Change` (OSC, MIDI, automation, the API). It is validated there and
-then, so a bad value is refused to its sender and never reaches the queue; a valid one waits in a
-thread-safe inbox (or, with `at_step`, in a schedule) until the generation thread calls `apply_due`
-before computing the next token. Glides (an alpha ramp, a vector-mix morph) advance one step at a
-time from the step they start on, so a replayed session log reproduces them exactly.
+Controllers (OSC, MIDI, web, automation, a replayed log) call `submit`: the change is checked there
+and then against the parameter table, the model and the vectors file, so a bad value is refused to
+its sender and never reaches the queue; a live value out of range is clamped and marked. Every
+refusal and clamp is counted by kind (`counts`), for the status and the summary. A valid change
+waits in a bounded inbox (or, with `at_step`, in a schedule) until the generation thread calls
+`apply_due` before the next token; what that returns (`Boundary`) is what the generator acts on:
+new steering terms, a new prompt, a new seed. Glides (an alpha ramp, a vector-mix morph) advance
+one step at a time from the step they start on, so a replayed session log reproduces them exactly.
 """
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import heapq
 import itertools
 import queue
-from dataclasses import dataclass, field, replace
+import threading
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from .errors import MusicsteerError
-from .events import NUMERIC_PARAMS, Change, validate_change
+from .errors import Busy, MusicsteerError, OutOfRange, UnknownName, shown
+from .events import Change, validate_change
+from .params import LIVE, glide_steps
 from .steering import Term, check_alpha
 from .vectors import SteeringVectors
 
+_TYPES = {"number": float, "whole": int, "text": str, "choice": str, "mix": dict}
 
-@dataclass
-class Controls:
-    """Every value a performer can change while the music plays."""
 
-    prompt: str = ""
-    guidance: float = 3.0
-    temperature: float = 1.0
-    top_k: int = 250
-    top_p: float = 0.0
-    seed: int = 0
-    alpha: float = 0.0
-    mix: dict[str, float] = field(default_factory=dict)
-    layers: tuple[int, ...] = ()  # empty: the vectors file's best layer
-    site: str = ""  # empty: the vectors file's site
+def _controls_field(row: Any) -> tuple[str, type, Any]:
+    kind = tuple if row.many else _TYPES[row.kind]
+    empty = {"mix": dict, "layer": tuple}.get(row.name)
+    default = field(default_factory=empty) if empty else (row.default if row.default is not None else "")
+    return row.status, kind, default
+
+
+# Every value a performer can change while the music plays: one field per live row of the table,
+# named by its status key (layers: a tuple; mix {} and layers () and site "" mean the vectors file's).
+Controls = dataclasses.make_dataclass("Controls", [_controls_field(row) for row in LIVE.values()])
+Controls.__doc__ = "The live controls, one field per row of params.LIVE (named by its status key)."
+FIELD = {row.name: row.status for row in LIVE.values()}  # Change.param -> Controls field
+
+MIX_MEMORY = 64  # mix directions remembered (a morph makes a new mix every token)
+INBOX = 4096  # changes waiting for the next token; past this a flood is refused (Busy), not queued
 
 
 @dataclass
 class _Glide:
     start_step: int
     steps: int
-    start: object
-    end: object
+    start: Any
+    end: Any
 
-    def at(self, step: int) -> tuple[object, bool]:
+    def at(self, step: int) -> tuple[Any, bool]:
         """Value at `step`, and whether the glide is finished."""
         t = min(1.0, (step - self.start_step + 1) / self.steps)
         if isinstance(self.end, dict):
@@ -57,12 +68,18 @@ class _Glide:
         return (self.end if t >= 1 else value), t >= 1
 
 
-# Mix directions remembered by ControlState; a morph's every token is a new mix, so it is bounded.
-MIX_MEMORY = 64
+@dataclass
+class Boundary:
+    """What one token boundary applied, for the generator to act on."""
+
+    changes: list[Change]
+    steering: bool = False  # the terms changed (a change or a glide step): rebuild the steering tensors
+    prompt: str | None = None  # a new text prompt to encode
+    seed: int | None = None  # reseed the sampler
 
 
 class ControlState:
-    def __init__(self, controls: Controls, vectors: SteeringVectors | None, num_layers: int,
+    def __init__(self, controls: Any, vectors: SteeringVectors | None, num_layers: int,
                  steps_per_second: float, alpha_slew_seconds: float = 0.0, steer_rule: str = "renorm") -> None:
         self.vectors = vectors
         self.steer_rule = steer_rule  # renorm divides by 1 + alpha: it needs alpha > -1
@@ -70,106 +87,123 @@ class ControlState:
         self.alpha_slew_seconds = alpha_slew_seconds
         self.num_layers = num_layers
         self.steps_per_second = steps_per_second
-        self.values = replace(controls, mix=dict(controls.mix))
+        self.values = dataclasses.replace(controls, mix=dict(controls.mix))
         if vectors is not None:
             self.values.layers = self.values.layers or (vectors.best_layer,)
             self.values.site = self.values.site or vectors.site
         self.values.site = self.values.site or "residual"
-        # The starting values obey the same rules as live changes (a CLI flag is a change at step 0).
-        for change in self._initial_changes():
-            checked = self.check(change)
-            if checked.param in NUMERIC_PARAMS and checked.param != "layer":
-                setattr(self.values, checked.param, checked.value)
-        self._inbox: queue.SimpleQueue[Change] = queue.SimpleQueue()
+        # The starting values obey the rules of any start-up path: out of range is an error, not a clamp.
+        for row in LIVE.values():
+            value = getattr(self.values, row.status)
+            if row.name == "mix" and not value or row.name == "layer" and not value:
+                continue
+            setattr(self.values, row.status, self.check(Change(row.name, value), live=False).value)
+        self._inbox: queue.Queue[Change] = queue.Queue(INBOX)
         self._scheduled: list[tuple[int, int, Change]] = []
         self._order = itertools.count()
         self._glides: dict[str, _Glide] = {}
         self._mixed: dict[tuple, Tensor] = {}  # remembered mix directions (see _direction)
-        self.steering_dirty = True
-        self.prompt_dirty = False
-        self.seed_dirty = False
+        self._lock = threading.Lock()
+        self._counts: collections.Counter[str] = collections.Counter()
 
-    def _initial_changes(self) -> list[Change]:
-        v = self.values
-        changes = [Change(param, getattr(v, param)) for param in NUMERIC_PARAMS if param != "layer"]
-        changes += [Change("layer", layer) for layer in v.layers]
-        return [*changes, Change("mix", v.mix)] if v.mix else changes
-
-    def check(self, change: Change) -> Change:
-        """Validate a change against the parameter rules, the model and the vectors file."""
-        change = validate_change(change)
-        if change.param == "alpha":
-            check_alpha(change.value, self.steer_rule)
-        if change.param == "layer" and change.value >= self.num_layers:
-            raise MusicsteerError(f"layer {change.value} out of range: this model has layers 0-{self.num_layers - 1}")
+    # -- any thread ---------------------------------------------------------------------------
+    def check(self, change: Change, live: bool = True) -> Change:
+        """Validate a change against the parameter table, the model and the vectors file. The model's
+        layer count narrows the table's layer range (live: clamped into it; at start-up: refused)."""
+        asked = change.value
+        change = validate_change(change, live)
+        if change.param == "alpha":  # the rule's bound, judged on the value as sent
+            check_alpha(asked if isinstance(asked, int | float) and not isinstance(asked, bool) else change.value,
+                        self.steer_rule)
+        if change.param == "layer":
+            last = self.num_layers - 1
+            if any(layer > last for layer in change.value):
+                if not live:
+                    raise OutOfRange(f"layer {max(change.value)} out of range: this model has layers 0-{last}")
+                layers = tuple(dict.fromkeys(min(layer, last) for layer in change.value))
+                change = Change("layer", layers, change.seconds, clamped=True)
         if change.param == "mix":
             if self.vectors is None:
                 raise MusicsteerError("steering needs a vectors file (--vectors FILE)")
             unknown = [n for n in change.value if n not in self.vectors.directions]
             if unknown:
-                raise MusicsteerError(
-                    f"unknown vector {unknown[0]!r}; the vectors file has: {', '.join(self.vectors.labels)}"
-                )
+                raise UnknownName(f"unknown vector {shown(unknown[0], 40)}; the vectors file has: "
+                                  f"{', '.join(self.vectors.labels)}")
         return change
 
     def submit(self, change: Change, at_step: int | None = None) -> Change:
-        """Queue a change for the next token boundary (or for `at_step`). Thread-safe.
-        Raises MusicsteerError (nothing queued) if the change is invalid; returns the checked change."""
-        change = self.check(change)
-        if at_step is None:
-            self._inbox.put(change)
-        else:
-            heapq.heappush(self._scheduled, (at_step, next(self._order), change))
+        """Queue a change for the next token boundary, or for `at_step` (start-up paths: automation, a
+        replayed log; checked strictly). Thread-safe. Returns the checked change (`clamped` set when
+        a live value was brought into range); raises a typed MusicsteerError, nothing queued, if refused.
+        Both outcomes are counted."""
+        try:
+            change = self.check(change, live=at_step is None)
+            if at_step is None:
+                self._inbox.put_nowait(change)
+            else:
+                with self._lock:
+                    heapq.heappush(self._scheduled, (at_step, next(self._order), change))
+        except queue.Full:
+            self.report(Busy.kind)
+            raise Busy(f"{INBOX} changes are already waiting for the next token; {change.param} refused") from None
+        except MusicsteerError as err:
+            self.report(err.kind)
+            raise
+        if change.clamped:
+            self.report("clamped")
         return change
 
-    def apply_due(self, step: int) -> list[Change]:
-        """Apply every change due at `step` and advance glides. Generation thread only."""
-        due: list[Change] = []
-        while self._scheduled and self._scheduled[0][0] <= step:
-            due.append(heapq.heappop(self._scheduled)[2])
-        while True:
+    def report(self, kind: str) -> None:
+        """Count one refusal (by kind), or a clamp ("clamped"), found by a controller or by submit."""
+        with self._lock:
+            self._counts[kind] += 1
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """A snapshot: refusals by kind, and "clamped"."""
+        with self._lock:
+            return dict(self._counts)
+
+    # -- the generation thread ----------------------------------------------------------------
+    def apply_due(self, step: int) -> Boundary:
+        """Apply every change due at `step`, advance glides, and say what the generator must redo."""
+        boundary = Boundary([])
+        with self._lock:
+            while self._scheduled and self._scheduled[0][0] <= step:
+                boundary.changes.append(heapq.heappop(self._scheduled)[2])
+        for _ in range(INBOX):  # what is waiting now; a flood arriving meanwhile waits for the next token
             try:
-                due.append(self._inbox.get_nowait())
+                boundary.changes.append(self._inbox.get_nowait())
             except queue.Empty:
                 break
-        for change in due:
-            self._apply(step, change)
-        self._advance_glides(step)
-        return due
+        for change in boundary.changes:
+            self._apply(step, change, boundary)
+        for param, glide in list(self._glides.items()):
+            value, done = glide.at(step)
+            setattr(self.values, FIELD[param], value)
+            boundary.steering = True
+            if done:
+                del self._glides[param]
+        return boundary
 
-    def _apply(self, step: int, change: Change) -> None:
+    def _apply(self, step: int, change: Change, boundary: Boundary) -> None:
         param, value = change.param, change.value
+        name = FIELD[param]
         if param in ("alpha", "mix"):
             self._glides.pop(param, None)
             seconds = change.seconds or (self.alpha_slew_seconds if param == "alpha" else 0.0)
             if seconds > 0:
-                steps = max(1, round(seconds * self.steps_per_second))
-                self._glides[param] = _Glide(step, steps, getattr(self.values, param), value)
+                steps = glide_steps(seconds, self.steps_per_second)
+                self._glides[param] = _Glide(step, steps, getattr(self.values, name), value)
                 return
-            setattr(self.values, param, value)
-            self.steering_dirty = True
-        elif param == "layer":
-            self.values.layers = (value,)
-            self.steering_dirty = True
-        elif param == "site":
-            self.values.site = value
-            self.steering_dirty = True
+        setattr(self.values, name, value)
+        if param in ("alpha", "mix", "layer", "site"):
+            boundary.steering = True
         elif param == "prompt":
-            self.values.prompt = value
-            self.prompt_dirty = True
+            boundary.prompt = value
         elif param == "seed":
-            self.values.seed = value
-            self.seed_dirty = True
-        else:  # guidance, temperature, top_k, top_p: read by the sampler every step
-            setattr(self.values, param, value)
-
-    def _advance_glides(self, step: int) -> None:
-        for param, glide in list(self._glides.items()):
-            value, done = glide.at(step)
-            setattr(self.values, param, value)
-            self.steering_dirty = True
-            if done:
-                del self._glides[param]
+            boundary.seed = value
+        # guidance, temperature, top_k, top_p: the sampler reads them every step
 
     def terms(self) -> list[Term]:
         """The steering terms the current values describe (none without vectors, mix or alpha)."""

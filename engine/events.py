@@ -1,46 +1,34 @@
-"""Control changes: the single event type every input (OSC, MIDI, automation, API) becomes.
+"""What travels between the outside world and the generation thread.
 
-A `Change` names a parameter, a value and an optional glide time. `validate_change` checks the type
-and range of every parameter in one place, so an OSC packet, a MIDI CC and a line of an automation
-file are held to the same rules. Out-of-range numbers are clamped (and the clamp reported), wrong
-types and non-finite numbers are refused with `MusicsteerError`.
+In: a `Change` — a live parameter of the table (engine/params.py), a value and an optional glide
+time — is the one event every input (OSC, MIDI, web, automation, a replayed log, the API) becomes.
+`validate_change` checks it against its row: live values out of range are clamped (and marked),
+start-up values out of range are refused.
+
+Out: the generation thread tells `Listeners` what happened at a token boundary — `Applied` changes
+and `MeterReading`s — and every consumer (session log, OSC subscribers, tests, benchmarks) is a
+listener of that one mechanism.
 """
 
 from __future__ import annotations
 
-import math
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
-from .errors import MusicsteerError
-
-T = TypeVar("T")
-
-# Parameters that take a number: (kind, low, high). Values outside [low, high] are clamped.
-NUMERIC_PARAMS: dict[str, tuple[type, float, float]] = {
-    "alpha": (float, -10.0, 10.0),
-    "guidance": (float, 0.0, 30.0),
-    "temperature": (float, 0.0, 10.0),
-    "top_k": (int, 0, 1_000_000),
-    "top_p": (float, 0.0, 1.0),
-    "seed": (int, 0, 2**63 - 1),
-    "layer": (int, 0, 10_000),  # checked against the model's layer count when applied
-}
-SITES = ("residual", "attention")
-# Parameters that may glide over `seconds` (a ramp for alpha, a morph for the vector mix).
-GLIDING_PARAMS = ("alpha", "mix")
-ALL_PARAMS = (*NUMERIC_PARAMS, "mix", "site", "prompt")
+from .errors import BadType, UnknownName, shown
+from .params import GLIDE, LIVE
 
 
 @dataclass(frozen=True)
 class Change:
     """One parameter change, applied by the generation thread at a token boundary.
 
-    param:   one of ALL_PARAMS ("steer NAME" is the mix {NAME: 1.0}).
-    value:   float/int, a dict {vector name: weight} for "mix", a str for "site"/"prompt".
-    seconds: glide time for "alpha" (ramp) and "mix" (morph); 0 means at once.
-    clamped: set by validate_change when the value was brought into range.
+    param:   a live row of the parameter table (params.LIVE): alpha, mix, layer, site, prompt, …
+    value:   its engine type: float/int; {vector name: weight} for mix; a tuple of layers; text.
+    seconds: glide time for the rows that glide (alpha: a ramp, mix: a morph); 0 means at once.
+    clamped: set by validate_change when a live value was brought into range.
     """
 
     param: str
@@ -49,78 +37,60 @@ class Change:
     clamped: bool = field(default=False, compare=False)
 
 
-def _finite_number(param: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise MusicsteerError(f"{param} needs a number, got {type(value).__name__} {value!r}")
-    if not math.isfinite(value):
-        raise MusicsteerError(f"{param} must be finite, got {value!r}")
-    return float(value)
+def validate_change(change: Change, live: bool = True) -> Change:
+    """A checked copy of `change` (live: clamped into range, `clamped` set), or a typed MusicsteerError."""
+    row = LIVE.get(change.param) if isinstance(change.param, str) else None
+    if row is None:
+        raise UnknownName(f"unknown parameter {shown(change.param)} (known: {', '.join(LIVE)})")
+    seconds, slow = GLIDE.check(change.seconds, live)
+    if seconds > 0 and row.glide is None:
+        gliding = ", ".join(p.name for p in LIVE.values() if p.glide)
+        raise BadType(f"{row.name} cannot glide; only {gliding} can")
+    value, clamped = row.check(change.value, live)
+    if row.many and not isinstance(value, tuple):
+        value = (value,)  # one layer live is the tuple of one
+    return Change(row.name, value, seconds, clamped=clamped or slow)
 
 
-def validate_change(change: Change) -> Change:
-    """Return a checked (and possibly clamped) copy of `change`, or raise MusicsteerError."""
-    param, value = change.param, change.value
-    seconds = _finite_number("seconds", change.seconds)
-    if seconds < 0:
-        raise MusicsteerError(f"glide time must be >= 0 seconds, got {seconds}")
-    if seconds > 0 and param not in GLIDING_PARAMS:
-        raise MusicsteerError(f"{param} cannot glide; only {', '.join(GLIDING_PARAMS)} can")
-    if param in NUMERIC_PARAMS:
-        kind, low, high = NUMERIC_PARAMS[param]
-        number = _finite_number(param, value)
-        if kind is int and number != int(number):
-            raise MusicsteerError(f"{param} needs a whole number, got {value!r}")
-        clamped = min(max(number, low), high)
-        out = int(clamped) if kind is int else clamped
-        return Change(param, out, seconds, clamped=clamped != number)
-    if param == "mix":
-        return Change(param, _validate_mix(value), seconds)
-    if param == "site":
-        if value not in SITES:
-            raise MusicsteerError(f"site must be one of {', '.join(SITES)}, got {value!r}")
-        return Change(param, value, seconds)
-    if param == "prompt":
-        if not isinstance(value, str):
-            raise MusicsteerError(f"prompt needs text, got {type(value).__name__}")
-        return Change(param, value, seconds)
-    raise MusicsteerError(f"unknown parameter {param!r} (known: {', '.join(ALL_PARAMS)})")
+@dataclass(frozen=True)
+class Applied:
+    """Changes that took effect before token `step` was generated, in the order applied."""
+
+    step: int
+    changes: tuple[Change, ...]
 
 
-def _validate_mix(value: Any) -> dict[str, float]:
-    if isinstance(value, str):
-        value = {value: 1.0}
-    if not isinstance(value, dict) or not value:
-        raise MusicsteerError("a mix needs at least one vector name with a weight")
-    mix: dict[str, float] = {}
-    for name, weight in value.items():
-        if not isinstance(name, str) or not name:
-            raise MusicsteerError(f"vector names are text, got {name!r}")
-        mix[name] = _finite_number(f"weight of {name}", weight)
-    if all(w == 0 for w in mix.values()):
-        raise MusicsteerError("a mix needs at least one non-zero weight")
-    return mix
+@dataclass(frozen=True)
+class MeterReading:
+    """A genre-meter reading at token `step`: {label: cosine score}."""
+
+    step: int
+    scores: dict[str, float]
 
 
-def parse_list(text: str | None, convert: Callable[[str], T], error: str) -> tuple[T, ...]:
-    """Comma-separated values (`17,19`), blanks skipped; None or '' -> (). `error` is the one-line
-    message when a part does not convert."""
-    if not text:
-        return ()
-    try:
-        return tuple(convert(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise MusicsteerError(error) from None
+Event = Applied | MeterReading
 
 
-def parse_mix(text: str) -> dict[str, float]:
-    """Parse the CLI form `NAME` or `NAME=W,NAME=W` into a validated mix."""
-    mix: dict[str, float] = {}
-    for part in (p.strip() for p in text.split(",")):
-        if not part:
-            continue
-        name, _, weight = part.partition("=")
-        try:
-            mix[name.strip()] = float(weight) if weight else 1.0
-        except ValueError:
-            raise MusicsteerError(f"bad weight in mix {text!r}: {weight!r} is not a number") from None
-    return _validate_mix(mix)
+class Listeners:
+    """Callbacks run on the generation thread for every event. They must be quick (hand work to
+    another thread) and may raise: a broken listener is counted in `errors`, never stops the music."""
+
+    def __init__(self) -> None:
+        self._callbacks: tuple[Callable[[Event], None], ...] = ()
+        self._lock = threading.Lock()
+        self.errors = 0
+
+    def add(self, callback: Callable[[Event], None]) -> None:
+        with self._lock:  # copy-on-write: emit() reads the tuple without a lock
+            self._callbacks = (*self._callbacks, callback)
+
+    def remove(self, callback: Callable[[Event], None]) -> None:
+        with self._lock:
+            self._callbacks = tuple(c for c in self._callbacks if c is not callback)
+
+    def emit(self, event: Event) -> None:
+        for callback in self._callbacks:
+            try:
+                callback(event)
+            except Exception:  # noqa: BLE001 - a broken listener must not stop the music
+                self.errors += 1

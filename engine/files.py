@@ -1,4 +1,5 @@
-"""Writing files so that a crash never leaves half of one under its final name."""
+"""Files a user names: checking one exists before reading it, and writing so that a crash never
+leaves half of one under its final name."""
 
 from __future__ import annotations
 
@@ -10,6 +11,51 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .errors import MusicsteerError
+
+
+def existing_file(path: str | Path, what: str) -> Path:
+    """`path` as a Path if it names a file; else one line saying it is missing, not a file, or unusable
+    (a name too long for the file system, a folder we may not enter)."""
+    path = Path(path)
+    try:
+        if not path.exists():
+            raise MusicsteerError(f"{what} not found: {path}")
+        if not path.is_file():
+            raise MusicsteerError(f"{what} is not a file: {path}")
+    except OSError as exc:
+        raise MusicsteerError(f"cannot use {what} {path}: {exc.strerror or exc}") from None
+    return path
+
+
+def writable_file(path: str | Path, what: str, make_folder: bool = False) -> Path:
+    """`path` as a Path if a file can be written there: not a folder, and its folder exists and is
+    writable (make_folder: or can be made, under the nearest folder that exists). Checked before the
+    work, so a typo never costs a finished session's output."""
+    path = Path(path)
+    try:
+        if path.is_dir():
+            raise MusicsteerError(f"{what} {path} is a folder, not a file")
+        folder = path.parent
+        while make_folder and not folder.exists() and folder != folder.parent:
+            folder = folder.parent  # the folders below it are made when the file is written
+        if not folder.is_dir():
+            missing = "is not a folder" if folder.exists() else "does not exist"
+            raise MusicsteerError(f"cannot write {what} {path}: {folder} {missing}")
+        if not os.access(folder, os.W_OK):
+            raise MusicsteerError(f"cannot write {what} {path}: folder {folder} is not writable")
+        limit = _name_max(folder)
+    except OSError as exc:
+        raise MusicsteerError(f"cannot write {what} {path}: {exc.strerror or exc}") from None
+    if len(os.fsencode(path.name)) > limit:
+        raise MusicsteerError(f"cannot write {what}: its name is longer than this file system's {limit} bytes")
+    return path
+
+
+def _name_max(folder: Path) -> int:
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):  # no pathconf (Windows): the common limit
+        return 255
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:

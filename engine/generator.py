@@ -18,12 +18,13 @@ import torch
 from torch import Tensor
 
 from . import decoder as decoder_fn
-from .control import Controls, ControlState
+from .control import Boundary, Controls, ControlState
 from .decoder import FastDecoder
 from .delay import DelayPattern
-from .errors import MusicsteerError
-from .events import Change
+from .errors import BadType, MusicsteerError, shown
+from .events import Applied, Listeners
 from .kv_cache import KVCache
+from .params import PARAMS
 from .sampling import guided_logits, sample_tokens
 from .steering import SteeringTensors
 from .vectors import SteeringVectors
@@ -32,8 +33,8 @@ if TYPE_CHECKING:
     from .loading import LoadedModel
     from .meter import GenreMeter
 
-DEFAULT_WINDOW_SECONDS = 30.0  # MusicGen's training length; positions past it are untrained
-DEFAULT_KEEP_SECONDS = 12.0  # context carried into the next window (audiocraft's choice)
+DEFAULT_WINDOW_SECONDS = PARAMS["window_seconds"].default  # MusicGen's training length
+DEFAULT_KEEP_SECONDS = PARAMS["keep_seconds"].default  # context carried into the next window (audiocraft's)
 
 
 class Frame:
@@ -93,6 +94,9 @@ def encode_text(lm: LoadedModel, prompt: str) -> tuple[Tensor, Tensor]:
 
 
 class Generator:
+    # A captured graph cannot branch on which steering slots hold a term: it computes them all.
+    steer_every_slot = False
+
     def __init__(
         self,
         lm: LoadedModel,
@@ -105,6 +109,12 @@ class Generator:
         steer_both: bool = False,
         alpha_slew_seconds: float = 0.0,
     ) -> None:
+        # The table's bounds, whoever calls: a replayed log's header is a start-up path like a flag.
+        for name, value in (("window_seconds", window_seconds), ("keep_seconds", keep_seconds),
+                            ("steer_rule", steer_rule), ("slew", alpha_slew_seconds)):
+            PARAMS[name].check(value)
+        if not isinstance(steer_both, bool):
+            raise BadType(f"steer_both needs true or false, got {shown(steer_both)}")
         if vectors is not None:
             vectors.check_model(lm.num_layers, lm.d_model, lm.name)
         self.lm = lm
@@ -117,7 +127,8 @@ class Generator:
         dec = self.dec
         self.cache = KVCache(dec.num_layers, 2 * batch, dec.num_heads, self.window, dec.head_dim,
                              lm.dtype, lm.device)
-        self.steering = SteeringTensors(dec.num_layers, dec.d_model, batch, lm.device, steer_rule, steer_both)
+        self.steering = SteeringTensors(dec.num_layers, dec.d_model, batch, lm.device, steer_rule, steer_both,
+                                        apply_all=self.steer_every_slot)
         self.control = ControlState(controls or Controls(), vectors, dec.num_layers, lm.frame_rate, alpha_slew_seconds,
                                     steer_rule)
         # Everything besides the controls that decides the codes: a session log records it for replay.
@@ -133,7 +144,8 @@ class Generator:
         self.capture: dict[str, Tensor] | None = None  # set to a dict to read activations (tests, probes)
         self.meter: GenreMeter | None = None  # a live genre meter reading the same activations
         self.last_logits: Tensor | None = None  # raw (2B, K, V) logits of the last step
-        self.on_applied = None  # optional callback(step, changes) for the session log
+        # Applied changes and meter readings, on this thread: the session log, OSC, tests listen here.
+        self.listeners = Listeners()
         self._inputs: tuple[Tensor, Tensor] | None = None
         self._position = 0
         # The next single-token input, both CFG halves: written in place each step (no allocation).
@@ -143,15 +155,12 @@ class Generator:
         # One 1-element view per position, made once: slicing a tensor every token is an op.
         self._position_views = self._positions.split(1)
 
-    # -- session control --------------------------------------------------------------------
-    def submit(self, change: Change, at_step: int | None = None) -> Change:
-        """Queue a change (thread-safe); it takes effect at the next token (or at `at_step`)."""
-        return self.control.submit(change, at_step)
-
+    # -- session control (changes: `self.control.submit`, from any thread) ----------------------
     def start(self, prompt_codes: Tensor | None = None) -> None:
         """Begin the session: encode the text prompt, and prefill the audio prompt codes (1, K, F) if any."""
         self.rng.manual_seed(self.control.values.seed)
         self._set_prompt(self.control.values.prompt)
+        self.steering.set_terms(self.control.terms())
         if prompt_codes is not None:
             # A prompt longer than the window keeps its end (the part the continuation follows).
             prompt_codes = prompt_codes[..., -(self.window - self.delay.max_delay - 2):]
@@ -167,10 +176,9 @@ class Generator:
     @torch.no_grad()
     def step(self) -> Frame | None:
         """Generate one token for every codebook; return the frame it completed, if any."""
-        applied = self.control.apply_due(self.step_index)
-        self._sync_controls()
-        if applied and self.on_applied is not None:
-            self.on_applied(self.step_index, applied)
+        boundary = self.control.apply_due(self.step_index)
+        if boundary.steering or boundary.changes:
+            self._act(boundary)
         if self._position >= self.window:
             self._slide()
 
@@ -193,7 +201,9 @@ class Generator:
         capture = self.capture if self.capture is not None else ({} if self.meter is not None else None)
         logits = decoder_fn.forward(self.dec, tokens, positions, self.cache, self.steering, attend, capture)
         if self.meter is not None:
-            self.meter.observe(self.step_index, capture[self.meter.tap], self.control)
+            reading = self.meter.observe(self.step_index, capture[self.meter.tap], self.control)
+            if reading is not None:
+                self.listeners.emit(reading)
         self.last_logits = logits[:, :, -1]
         values = self.control.values
         mixed = guided_logits(self.last_logits, values.guidance)
@@ -209,17 +219,16 @@ class Generator:
         return self.frame_offset + max(0, self._position - 1 - self.delay.max_delay)
 
     # -- internals ----------------------------------------------------------------------------
-    def _sync_controls(self) -> None:
-        control = self.control
-        if control.steering_dirty:
-            self.steering.set_terms(control.terms())
-            control.steering_dirty = False
-        if control.prompt_dirty:
-            self._set_prompt(control.values.prompt)
-            control.prompt_dirty = False
-        if control.seed_dirty:
-            self.rng.manual_seed(control.values.seed)
-            control.seed_dirty = False
+    def _act(self, boundary: Boundary) -> None:
+        """Do what the changes applied at this boundary call for, then tell the listeners."""
+        if boundary.steering:
+            self.steering.set_terms(self.control.terms())
+        if boundary.prompt is not None:
+            self._set_prompt(boundary.prompt)
+        if boundary.seed is not None:
+            self.rng.manual_seed(boundary.seed)
+        if boundary.changes:
+            self.listeners.emit(Applied(self.step_index, tuple(boundary.changes)))
 
     def _set_prompt(self, prompt: str) -> None:
         states, mask = encode_text(self.lm, prompt)

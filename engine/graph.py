@@ -1,7 +1,7 @@
 """The decode step as one static-shape function, captured once as a CUDA graph (gpt-fast style).
 
 Eager PyTorch on a GPU is launch-bound: a musicgen-small step launches hundreds of kernels (145
-matmuls alone), each costing more host time than the GPU needs for it (DESIGN §4). `GraphDecoder`
+matmuls alone), each costing more host time than the GPU needs for it (docs/cuda.md). `GraphDecoder`
 runs one whole decode step (every layer, every steering slot, the CFG mix and the sampler) on
 buffers allocated once, so it can be captured as a `torch.cuda.CUDAGraph` and replayed every token
 with one launch.
@@ -189,10 +189,11 @@ class GraphGenerator(Generator):
     the eager Generator's (tests/test_graph.py).
     """
 
+    steer_every_slot = True  # SteeringTensors(apply_all=True): the graph computes every slot
+
     def __init__(self, lm: LoadedModel, controls: Controls | None = None, vectors: SteeringVectors | None = None,
                  *, capture: bool | None = None, **kwargs: object) -> None:
         super().__init__(lm, controls, vectors, **kwargs)
-        self.steering.apply_all = True
         self.graph = GraphDecoder(self.dec, self.cache, self.steering, self.rng, capture=capture)
 
     def _decode(self, tokens: Tensor, positions: Tensor) -> Tensor:

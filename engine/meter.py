@@ -15,13 +15,14 @@ in the session log and a replay reproduces it exactly.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
 from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-from .events import Change
+from .errors import MusicsteerError
+from .events import Change, MeterReading
 from .vectors import SteeringVectors
 
 if TYPE_CHECKING:
@@ -38,7 +39,6 @@ class GenreMeter:
         self.ease_at, self.hold, self.ease_seconds = ease_at, hold, ease_seconds
         self.latest: dict[str, float] = {}
         self.readings = 0
-        self.listeners: list[Callable[[int, dict[str, float]], None]] = []
         self._sum: Tensor | None = None
         self._count = 0
         self._above = 0
@@ -50,23 +50,23 @@ class GenreMeter:
         # vector just added. The stream still carries what the steered past made of the music.
         return f"unsteered.{self.layer}"
 
-    def observe(self, step: int, hidden: Tensor, control: ControlState) -> None:
-        """hidden: (2B, T, d) entering the layer; the conditional first row's last position is read."""
+    def observe(self, step: int, hidden: Tensor, control: ControlState) -> MeterReading | None:
+        """hidden: (2B, T, d) entering the layer; the conditional first row's last position is read.
+        Returns a reading every `every` tokens (the generator hands it to its listeners), else None."""
         h = hidden[0, -1].float()
         h = h / h.norm().clamp_min(1e-12)
         self._sum = h if self._sum is None else self._sum + h
         self._count += 1
         if self._count < self.every:
-            return
+            return None
         mean = self._sum / self._count
         self._sum, self._count = None, 0
         scores = (self.directions.to(mean.device) @ mean).tolist()
         self.latest = dict(zip(self.labels, (round(s, 4) for s in scores), strict=True))
         self.readings += 1
-        for listener in self.listeners:
-            listener(step, self.latest)
         if self.ease_at is not None:
             self._ease(control)
+        return MeterReading(step, self.latest)
 
     def _ease(self, control: ControlState) -> None:
         mix = control.values.mix
@@ -75,9 +75,10 @@ class GenreMeter:
         target = max(mix, key=lambda name: mix[name])
         score = self.latest.get(target, 0.0)
         self._above = self._above + 1 if score >= self.ease_at else 0
-        if self._eased_from is None and self._above >= self.hold and control.values.alpha != 0:
-            self._eased_from = float(control.values.alpha)
-            control.submit(Change("alpha", 0.0, self.ease_seconds))
-        elif self._eased_from is not None and score < self.ease_at:
-            control.submit(Change("alpha", self._eased_from, self.ease_seconds))
-            self._eased_from = None
+        with contextlib.suppress(MusicsteerError):  # a full inbox (counted by submit): ease at the next reading
+            if self._eased_from is None and self._above >= self.hold and control.values.alpha != 0:
+                control.submit(Change("alpha", 0.0, self.ease_seconds))
+                self._eased_from = float(control.values.alpha)
+            elif self._eased_from is not None and score < self.ease_at:
+                control.submit(Change("alpha", self._eased_from, self.ease_seconds))
+                self._eased_from = None

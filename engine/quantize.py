@@ -2,7 +2,7 @@
 
 `quantize_decoder(lm)` gives int8 dynamic quantisation of the decoder's Linear layers (weights int8,
 activations quantised per call): on the CPU a decode step is bound by reading the weights, and int8
-reads a quarter of fp32's bytes (DESIGN §4: 21 vs 4.4 steps/s on the musicgen-small
+reads a quarter of fp32's bytes (docs/design.md §6: 34.2 vs 15.8 steps/s on the musicgen-small
 architecture). bf16 needs nothing here: `load_model(..., dtype="bfloat16")`.
 
 `logit_drift(lm_a, lm_b)` teacher-forces both models on the same token inputs (one seeded sampled
@@ -27,10 +27,11 @@ from .decoder import FastDecoder
 from .errors import MusicsteerError
 from .generator import Generator, fast_decoder
 from .loading import LoadedModel
+from .params import QUANTIZE
 
 # "int8": per-output-channel weight scales (each row its own range: random and trained weights
 # have rows of very different norms); "int8-tensor": one scale per matrix, torch's default.
-MODES = ("int8", "int8-tensor")
+MODES = QUANTIZE
 DRIFT_PROMPT = "lo-fi jazz with warm piano"
 
 

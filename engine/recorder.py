@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from .errors import MusicsteerError
+from .errors import MusicsteerError, one_line
 
 _SFC_UPDATE_HEADER_NOW = 0x1060  # sndfile.h; soundfile does not export it
 _BYTES = {"PCM_16": 2, "PCM_24": 3, "PCM_32": 4, "FLOAT": 4, "DOUBLE": 8}
@@ -34,8 +34,6 @@ _WAV_LIMIT = 0xFFFFFFFF - 4096  # RIFF sizes are 32-bit; keep room for the heade
 _STOP = object()
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 class Recorder:
@@ -71,7 +69,7 @@ class Recorder:
             self._file = sf.SoundFile(self.path, "w", samplerate=self.sample_rate, channels=self.channels,
                                       subtype=subtype, format="WAV")
         except (sf.SoundFileError, RuntimeError, OSError, ValueError) as exc:
-            raise MusicsteerError(f"cannot record to {self.path}: {_one_line(exc)}") from None
+            raise MusicsteerError(f"cannot record to {self.path}: {one_line(exc)}") from None
 
     @property
     def seconds(self) -> float:
@@ -154,7 +152,7 @@ class Recorder:
     def _fail(self, exc: BaseException) -> None:
         self.errors += 1
         if self.error is None:
-            self.error = f"recording {self.path} failed: {_one_line(exc)}"
+            self.error = f"recording {self.path} failed: {one_line(exc)}"
 
 
 def _native_header_update():

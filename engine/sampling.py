@@ -49,7 +49,11 @@ def candidates(scores: Tensor, k: int, top_p_floor: float | Tensor | None) -> tu
         drop = ascending.softmax(dim=-1).cumsum(dim=-1) <= top_p_floor
         drop[..., -1] = False  # always keep the most likely token
         values = values.masked_fill(drop.flip(-1), float("-inf"))
-    return values.softmax(dim=-1), ids
+    # In token-id order: the race pairs each candidate with one noise draw by position, and topk's order
+    # follows the last bits of the scores (the eager and the captured step differ by ~1e-7): by id, both
+    # paths (and any two machines) pair the same token with the same draw.
+    ids, order = ids.sort(dim=-1)
+    return values.gather(-1, order).softmax(dim=-1), ids
 
 
 def top_p_floor(top_p: float) -> float | None:

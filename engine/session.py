@@ -1,6 +1,6 @@
 """A live session: generation thread -> decode thread -> ring buffer -> sound card, and a recorder.
 
-Threads (DESIGN §1): the generation thread owns the model and hands complete frames of codes to the
+Threads (docs/design.md §1): the generation thread owns the model and hands complete frames of codes to the
 decode thread (engine/decode_worker.py), which runs the streaming EnCodec decoder and writes the PCM
 to the ring and the recorder, so the next tokens are generated while the last chunk decodes; the
 audio callback (or the null sink's clock) only copies from the ring; the recorder's writer thread
@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,8 +33,8 @@ from torch import Tensor
 from . import __version__
 from .audio_out import open_sink
 from .decode_worker import DecodeWorker
-from .errors import MusicsteerError
-from .events import Change
+from .events import Applied, Change, Event
+from .params import LIVE, PARAMS, check_stream
 from .recorder import Recorder
 from .ring_buffer import RingBuffer
 from .session_log import SessionLog, log_path_for
@@ -44,8 +44,6 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from .generator import Frame, Generator
-
-WHEN_SLOW = ("rebuffer", "play")
 
 
 @dataclass
@@ -76,18 +74,21 @@ class SessionStats:
     # The two stages run in parallel, so the pipeline goes at the slower one's pace (rtf, above).
     generation_rtf: float = 0.0  # audio seconds of frames generated per second of token steps
     decode_rtf: float = 0.0  # audio seconds decoded per second of streaming EnCodec decode
+    # Control values refused by kind, and "clamped": live values brought into range (ControlState.counts).
+    control_counts: dict[str, int] = field(default_factory=dict)
 
 
 class StreamingSession:
     def __init__(self, gen: Generator, options: StreamOptions, prompt_codes: Tensor | None = None,
                  init_audio: dict | None = None, keep_codes: bool = False) -> None:
-        if options.when_slow not in WHEN_SLOW:
-            raise MusicsteerError(f"--when-slow must be one of {', '.join(WHEN_SLOW)}, got {options.when_slow!r}")
-        if options.seconds is not None and not options.seconds > 0:
-            raise MusicsteerError(f"--seconds must be > 0, got {options.seconds}")
-        if not 0 < options.prebuffer_seconds <= options.buffer_seconds:
-            raise MusicsteerError("the prebuffer must be > 0 and no longer than the buffer")
+        # The same rows and bounds as the CLI's flags (params.SETTINGS): a library caller is held to them too.
+        for name, value in (("when_slow", options.when_slow), ("seconds", options.seconds),
+                            ("buffer", options.buffer_seconds), ("prebuffer", options.prebuffer_seconds),
+                            ("blocksize", options.blocksize)):
+            if value is not None:
+                PARAMS[name].check(value)
         lm = gen.lm
+        check_stream(options.buffer_seconds, options.prebuffer_seconds, options.blocksize, lm.sample_rate)
         self.gen, self.options, self.prompt_codes = gen, options, prompt_codes
         self.sample_rate, self.channels = lm.sample_rate, lm.audio_channels
         capacity = math.ceil(options.buffer_seconds * lm.sample_rate) + options.blocksize
@@ -100,15 +101,12 @@ class StreamingSession:
         self.prompt_frames = 0 if prompt_codes is None else int(prompt_codes.shape[-1])
         self.init_audio = init_audio  # {"path", "sha256", "seconds"} of an audio prompt, for the log
         self.initial_controls = asdict(gen.control.values)
+        self.control = gen.control  # controllers submit here (thread-safe): the one way in
+        self.listeners = gen.listeners  # and learn here what was applied: the one way out
         self.applied: list[tuple[int, Change]] = []
         self.log: SessionLog | None = None
         self._frames: list[Frame] | None = [] if keep_codes else None
-        self._listeners: list[Callable[[int, list[Change]], None]] = []
-        self.listener_errors = 0
-        gen.on_applied = self._changes_applied
-        self.meter_listeners: list[Callable[[int, dict[str, float]], None]] = []
-        if gen.meter is not None:
-            gen.meter.listeners.append(self._meter_read)
+        self.listeners.add(self._record_event)
         self._recorder_lock = threading.Lock()
         self._recorder: Recorder | None = None
         self.takes: list[Path] = []
@@ -126,11 +124,6 @@ class StreamingSession:
         self._t_play: float | None = None
         self._t_start = time.monotonic()
 
-    # -- the control surface controllers use (thread-safe) --------------------------------------
-    def submit(self, change: Change) -> Change:
-        """Queue a change for the next token; raises MusicsteerError (nothing queued) if invalid."""
-        return self.gen.submit(change)
-
     @property
     def codes(self) -> list[Tensor] | None:
         """With keep_codes: every generated frame's codes so far, (K,) each, in order."""
@@ -141,33 +134,15 @@ class StreamingSession:
         """Tokens generated so far (the engine's clock: changes apply at these boundaries)."""
         return self.gen.step_index
 
-    def add_listener(self, listener: Callable[[int, list[Change]], None]) -> None:
-        """Call `listener(step, changes)` on the generation thread whenever changes are applied.
-        Listeners must be quick and must not raise (hand work to another thread)."""
-        self._listeners.append(listener)
-
-    def _changes_applied(self, step: int, changes: list[Change]) -> None:
-        for change in changes:
-            self.applied.append((step, change))
-            if self.log is not None:
-                self.log.record(step, self.sample_at(step), change)
-        self._notify(self._listeners, step, changes)
-
-    def add_meter_listener(self, listener: Callable[[int, dict[str, float]], None]) -> None:
-        """Call `listener(step, {label: score})` (generation thread) at every genre-meter reading."""
-        self.meter_listeners.append(listener)
-
-    def _meter_read(self, step: int, scores: dict[str, float]) -> None:
-        if self.log is not None:
-            self.log.record_meter(step, self.sample_at(step), scores)
-        self._notify(self.meter_listeners, step, scores)
-
-    def _notify(self, listeners: list[Callable], step: int, payload: object) -> None:
-        for listener in listeners:
-            try:
-                listener(step, payload)
-            except Exception:  # noqa: BLE001 - a broken listener must not stop the music
-                self.listener_errors += 1
+    def _record_event(self, event: Event) -> None:
+        """The session's own listener: every applied change and meter reading goes to the log."""
+        if isinstance(event, Applied):
+            for change in event.changes:
+                self.applied.append((event.step, change))
+                if self.log is not None:
+                    self.log.record(event.step, self.sample_at(event.step), change)
+        elif self.log is not None:
+            self.log.record_meter(event.step, self.sample_at(event.step), event.scores)
 
     def sample_at(self, step: int) -> int:
         """Where the frame generated at `step` starts in the recording (one frame per step)."""
@@ -188,17 +163,19 @@ class StreamingSession:
         }
 
     def status(self) -> dict:
-        """A snapshot for status lines and OSC subscribers."""
+        """A snapshot for status lines and OSC subscribers: the stream's figures, every live control
+        under its status key (params.LIVE), refusals by kind and clamps (`counts`), the meter."""
         stats = self.stats()
-        values = self.gen.control.values
+        values = self.control.values
+        controls = {row.status: _plain(getattr(values, row.status)) for row in LIVE.values()}
+        counts = self.control.counts
+        clamped = counts.pop("clamped", 0)
         return {
             "step": stats.step, "seconds": round(stats.played_seconds, 3), "rtf": round(stats.rtf, 3),
             "generation_rtf": round(stats.generation_rtf, 3), "decode_rtf": round(stats.decode_rtf, 3),
             "buffer": round(stats.buffer_seconds, 3), "underruns": stats.underrun_events,
-            "alpha": float(values.alpha), "mix": dict(values.mix), "layers": list(values.layers),
-            "site": values.site, "prompt": values.prompt, "guidance": values.guidance,
-            "temperature": values.temperature, "top_k": values.top_k, "top_p": values.top_p,
-            "recording": stats.recording or "",
+            **controls, "recording": stats.recording or "",
+            "refused": sum(counts.values()), "clamped": clamped, "refusals": counts,
             "meter": dict(self.gen.meter.latest) if self.gen.meter is not None else {},
         }
 
@@ -327,7 +304,13 @@ class StreamingSession:
             recording=recording,
             generation_rtf=generation_rtf,
             decode_rtf=decode_rtf,
+            control_counts=self.control.counts,
         )
+
+
+def _plain(value: object) -> object:
+    """A control value as plain data (JSON, OSC): tuples as lists, dicts copied."""
+    return list(value) if isinstance(value, tuple) else dict(value) if isinstance(value, dict) else value
 
 
 def _rate(audio_seconds: float, busy_seconds: float) -> float:

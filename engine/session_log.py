@@ -20,10 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import MusicsteerError
-from .events import Change
+from .errors import Malformed, MusicsteerError, one_line, shown
+from .events import Change, validate_change
+from .params import LIVE, PARAMS
 
 FORMAT = "musicsteer.session/1"
+MAX_FRAMES = int(PARAMS["seconds"].high * 50) * 2  # steps or frames of the longest session, with room for the prompt
 _STOP = object()
 
 
@@ -82,30 +84,84 @@ def read_log(path: str | Path) -> LoggedSession:
     path = Path(path)
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as err:
-        raise MusicsteerError(f"cannot read session log {path}: {err.strerror or err}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise MusicsteerError(f"cannot read session log {path}: {one_line(getattr(err, 'strerror', None) or err)}") \
+            from None
     records = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
             records.append((number, json.loads(line)))
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # not JSON, a 5000-digit number, [[[[… nested too deep
             if number == len(lines):
                 break  # a session killed mid-write leaves a torn last line: the rest is good
             raise MusicsteerError(f"{path} line {number}: not JSON") from None
-    if not records or records[0][1].get("format") != FORMAT:
+    if not records or not isinstance(records[0][1], dict) or records[0][1].get("format") != FORMAT:
         raise MusicsteerError(f"{path} is not a musicsteer session log (expected format {FORMAT})")
-    session = LoggedSession(records[0][1])
+    try:
+        session = LoggedSession(_header(records[0][1]))
+    except MusicsteerError as err:
+        raise type(err)(f"{path} line 1: {err}") from None
     for number, record in records[1:]:
-        if "end" in record:
-            session.end = record["end"]
-            continue
-        if "meter" in record:
-            continue
         try:
-            change = Change(record["param"], record["value"], float(record.get("seconds", 0.0)))
-            session.changes.append((int(record["step"]), change))
-        except (KeyError, TypeError, ValueError):
-            raise MusicsteerError(f"{path} line {number}: not a change record") from None
+            if not isinstance(record, dict):
+                raise Malformed("not a record")
+            if "end" in record:
+                end = record["end"]
+                if not isinstance(end, dict):
+                    raise Malformed("the end record needs {'frames': N}")
+                if not isinstance(end.get("padded", False), bool):
+                    raise Malformed("the end record's padded must be true or false")
+                session.end = {**end, "frames": _count(end.get("frames"), "frames"),
+                               "steps": _count(end.get("steps", 0), "steps")}
+                continue
+            if "meter" in record:
+                continue
+            # Held to the start-up rules of every other path: a hand-edited NaN or 1e308 is refused here.
+            change = Change(record.get("param"), record.get("value"), record.get("seconds", 0.0))
+            step = _count(record.get("step"), "step")
+            if session.end is not None or (session.changes and step < session.changes[-1][0]):
+                raise Malformed("changes come in step order, before the end record")
+            session.changes.append((step, validate_change(change, live=False)))
+        except MusicsteerError as err:
+            raise type(err)(f"{path} line {number}: {err}") from None
+    if session.end is not None and session.end["frames"] + session.header.get("prompt_frames", 0) < 1:
+        raise Malformed(f"{path}: the end record holds no audio (0 frames)")
     return session
+
+
+def _header(header: dict[str, Any]) -> dict[str, Any]:
+    """The header's fields replay reads, checked for type (values: by the table, when applied)."""
+    def need(ok: bool, what: str) -> None:
+        if not ok:
+            raise Malformed(f"the header's {what}")
+    need(isinstance(header.get("model"), str), "model must be text")
+    need(isinstance(header.get("controls"), dict) and isinstance(header.get("settings"), dict),
+         "controls and settings must be mappings")
+    for key in ("vectors", "vectors_sha256"):
+        need(header.get(key) is None or isinstance(header[key], str), f"{key} must be text")
+    prompt_frames = _count(header.get("prompt_frames", 0), "prompt_frames")
+    init = header.get("init_audio")
+    need(init is None or isinstance(init, dict) and isinstance(init.get("path"), str)
+         and isinstance(init.get("sha256"), str), "init_audio needs a path and a sha256")
+    need(init is not None or prompt_frames == 0, "prompt_frames needs the init_audio they came from")
+    if init is not None:
+        PARAMS["init_seconds"].check(init.get("seconds", PARAMS["init_seconds"].default))
+    # The starting controls, by status key, held to the start-up rules (mix {}, layers [], site "": the file's).
+    fields = {row.status: row for row in LIVE.values()}
+    controls = {}
+    for key, value in header["controls"].items():
+        row = fields.get(key)
+        need(row is not None, f"controls name an unknown control {shown(key, 30)}")
+        empty = value in ({}, [], "") and row.kind != "text"  # mix {}, layers [], site "": the vectors file's
+        checked = value if empty else row.named(key).check(value)[0]
+        controls[key] = (checked,) if row.many and not isinstance(checked, tuple | list) else checked
+    return {**header, "controls": controls}
+
+
+def _count(value: object, what: str) -> int:
+    """A step or frame count: a whole number from 0 to a day of frames (params.SETTINGS seconds)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_FRAMES:
+        raise Malformed(f"{what} must be a whole number from 0 to {MAX_FRAMES}, got {shown(value, 24)}")
+    return value

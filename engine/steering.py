@@ -30,17 +30,15 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .errors import MusicsteerError
-
-SITES = ("residual", "attention")
-RULES = ("renorm", "add")
+from .errors import MusicsteerError, OutOfRange, shown
+from .params import RULES, SITES
 
 
 def check_alpha(alpha: float, rule: str) -> None:
     """renorm divides by 1 + alpha: alpha must stay above -1 (the add rule takes any alpha)."""
     if rule == "renorm" and alpha <= -1:
-        raise MusicsteerError(f"alpha {alpha} needs to be above -1 with the renorm rule (it divides by 1 + alpha); "
-                              "for stronger negative steering use --steer-rule add")
+        raise OutOfRange(f"alpha {shown(alpha, 24)} needs to be above -1 with the renorm rule (it divides by "
+                         "1 + alpha); for stronger negative steering use --steer-rule add")
 
 
 @dataclass(frozen=True)

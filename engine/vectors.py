@@ -1,6 +1,6 @@
 """Steering-vector files: one unit direction per label per layer, stored as `.safetensors`.
 
-The format (DESIGN.md §3) is plain safetensors so a file can never run code when loaded (no
+The format (docs/design.md §4) is plain safetensors so a file can never run code when loaded (no
 pickle). Each label is a float32 tensor `(num_layers, d_model)`; row i is the direction at layer i
 (residual site: the input of decoder layer i; attention site: the output of layer i's
 self-attention). Metadata carries the shapes so the engine can refuse a file made for another model.
@@ -21,10 +21,10 @@ import numpy as np
 import safetensors.torch
 import torch
 
-from .errors import MusicsteerError
+from .errors import MusicsteerError, one_line
+from .params import SITES
 
 FORMAT = "musicsteer.vectors/1"
-SITES = ("residual", "attention")
 _META_KEYS = ("format", "model", "d_model", "num_layers", "site", "method", "best_layer", "labels",
               "accuracy", "dataset", "created")
 # Rows are normalised in float64 then stored as float32, so 1e-3 only trips on files that were
@@ -32,16 +32,13 @@ _META_KEYS = ("format", "model", "d_model", "num_layers", "site", "method", "bes
 _UNIT_TOL = 1e-3
 
 
-def _one_line(err: object) -> str:
-    # Library error texts (safetensors, json) can span lines; the CLI contract is one line.
-    return " ".join(str(err).split())
 
 
 def _normalise_rows(label: str, value: torch.Tensor | np.ndarray) -> torch.Tensor:
     try:
         t = torch.as_tensor(np.asarray(value) if not isinstance(value, torch.Tensor) else value)
     except (TypeError, ValueError) as e:
-        raise MusicsteerError(f"vector '{label}' is not a numeric array: {_one_line(e)}") from None
+        raise MusicsteerError(f"vector '{label}' is not a numeric array: {one_line(e)}") from None
     if t.ndim != 2 or t.shape[0] < 1 or t.shape[1] < 1:
         raise MusicsteerError(f"vector '{label}' has shape {tuple(t.shape)}; expected (num_layers, d_model)")
     if not (t.is_floating_point() or t.dtype in (torch.int32, torch.int64)):
@@ -150,7 +147,7 @@ class SteeringVectors:
             os.replace(tmp, path)
         except OSError as e:
             Path(tmp).unlink(missing_ok=True)
-            raise MusicsteerError(f"cannot write {path}: {_one_line(e.strerror or e)}") from None
+            raise MusicsteerError(f"cannot write {path}: {one_line(e.strerror or e)}") from None
         self.path = path
         self.sha256 = hashlib.sha256(data).hexdigest()
         return path
@@ -163,7 +160,7 @@ class SteeringVectors:
         try:
             data = path.read_bytes()
         except OSError as e:
-            raise MusicsteerError(f"cannot read vectors file {path}: {_one_line(e.strerror or e)}") from None
+            raise MusicsteerError(f"cannot read vectors file {path}: {one_line(e.strerror or e)}") from None
 
         def bad(why: str) -> MusicsteerError:
             return MusicsteerError(f"vectors file {path} is invalid: {why}")
@@ -174,7 +171,7 @@ class SteeringVectors:
             n = int.from_bytes(data[:8], "little")
             meta = json.loads(data[8:8 + n]).get("__metadata__") or {}
         except Exception as e:  # any parse failure (bad header, truncation, JSON) means the same
-            raise MusicsteerError(f"{path} is not a safetensors file: {_one_line(e)}") from None
+            raise MusicsteerError(f"{path} is not a safetensors file: {one_line(e)}") from None
         fmt = meta.get("format")
         if fmt != FORMAT:
             raise MusicsteerError(f"{path} is not a musicsteer vectors file (format {fmt!r}, not {FORMAT!r})")
@@ -186,7 +183,7 @@ class SteeringVectors:
             labels = json.loads(meta["labels"])
             accuracy = json.loads(meta["accuracy"])
         except ValueError as e:
-            raise bad(f"unreadable metadata: {_one_line(e)}") from None
+            raise bad(f"unreadable metadata: {one_line(e)}") from None
         if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels) or not labels:
             raise bad("`labels` must be a non-empty JSON list of strings")
         if len(set(labels)) != len(labels) or set(labels) != set(tensors):

@@ -1,5 +1,3 @@
-import sys
+from musicsteer.cli import entry
 
-from musicsteer.cli import main
-
-sys.exit(main())
+entry()

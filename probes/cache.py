@@ -28,9 +28,9 @@ import numpy as np
 
 from musicsteer.engine.errors import MusicsteerError
 from musicsteer.engine.files import atomic_write
+from musicsteer.engine.params import SITES
 
 FORMAT = "musicsteer.activations/1"
-SITES = ("residual", "attention")
 POOLS = ("mean", "last")
 KEYS = tuple(f"{site}.{pool}" for site in SITES for pool in POOLS)
 # The settings that make two extractions comparable; any difference means another cache.

@@ -29,10 +29,10 @@ from .cache import Activations, load_activations
 METHODS = ("mse", "logistic", "diffmean")
 # Ridge strength, relative to the spread of the segments about their mean (not to X^T X itself):
 # normalised residual-stream segments all point nearly one way (the tiny model: the shared mean is
-# 127x the segments' RMS distance from it), so a penalty scaled to X^T X would flatten every
+# 100x the segments' RMS distance from it), so a penalty scaled to X^T X would flatten every
 # direction that tells the labels apart, while the shared direction, which the bias-free probe uses
-# as its bias, stays nearly free. Measured on the tiny model's 3-kind test set (held-out accuracy):
-# RIDGE 1e-2 -> 0.73, 0.1 -> 0.83, 1 -> 0.95, 10 -> 0.95.
+# as its bias, stays nearly free. Measured on the tiny model's 3-kind test set (tiny recipe 3, held-out
+# accuracy, mean of 20 split seeds): RIDGE 1e-2 -> 0.94, 0.1 -> 0.96, 1 -> 0.98, 10 -> 0.80.
 RIDGE = 1.0
 
 

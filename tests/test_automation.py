@@ -34,7 +34,7 @@ def test_example_parses_in_time_order() -> None:
         (8.0, Change("alpha", 0.2, 2.0)),
         (10.0, Change("mix", {"jazz": 0.5, "rock": 0.5})),
         (12.0, Change("mix", {"electronic": 1.0}, 4.0)),
-        (14.0, Change("layer", 18)),
+        (14.0, Change("layer", (18,))),
         (14.0, Change("site", "residual")),
         (14.0, Change("guidance", 4.0)),
         (14.0, Change("temperature", 0.9)),
@@ -87,12 +87,12 @@ def test_yaml_syntax_error_has_line() -> None:
         ("- {at: 1, mix: {jazz: 0}}\n", "line 1: a mix needs at least one non-zero weight"),
         ("- {at: 1, steer: ''}\n", "line 1: a mix needs"),
         ("- {alpha: 1}\n", "line 1: event has no 'at:'"),
-        ("- {at: -1, alpha: 1}\n", "line 1: 'at' must be a number of seconds >= 0"),
-        ("- {at: soon, alpha: 1}\n", "line 1: 'at' must be a number"),
+        ("- {at: -1, alpha: 1}\n", "line 1: at must be at least 0 and at most 86400, got -1"),
+        ("- {at: soon, alpha: 1}\n", "line 1: at needs a number, got 'soon'"),
         ("- {at: 1, ramp: 2}\n", "line 1: 'ramp' sets the glide time of alpha"),
         ("- {at: 1, steer: jazz, seconds: 2}\n", "line 1: 'seconds' sets the glide time of morph"),
-        ("- {at: 1, alpha: 1, ramp: -2}\n", "line 1: glide time must be >= 0"),
-        ("- {at: 1, steer: a, mix: b}\n", "only one of steer, mix, morph"),
+        ("- {at: 1, alpha: 1, ramp: -2}\n", "line 1: ramp must be at least 0 and at most 3600, got -2"),
+        ("- {at: 1, steer: a, mix: b}\n", "only one of mix, steer, morph"),
         ("- {at: 1}\n", "event changes nothing"),
         ("- {at: 1, alpha: 1, alpha: 2}\n", "given twice"),
         ("- 5\n", "line 1: each event must be a mapping"),
@@ -107,9 +107,10 @@ def test_bad_input_is_one_line_error_with_line(text: str, needle: str) -> None:
     assert needle in message
 
 
-def test_clamping_is_reported() -> None:
-    (tc,) = parse_automation("- {at: 0, alpha: 50}\n")
-    assert tc.change.value == 10.0 and tc.change.clamped
+def test_out_of_range_is_an_error_not_a_clamp() -> None:
+    """A file is a start-up path: a value the table would clamp live is refused, naming its line."""
+    assert _error("- {at: 0, alpha: 1}\n- {at: 1, alpha: 50}\n") == (
+        "automation.yaml line 2: alpha must be at least -10 and at most 10, got 50")
 
 
 def test_number_written_as_1e3_is_read_as_a_number() -> None:

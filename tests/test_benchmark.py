@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from musicsteer.engine.benchmark import run_benchmark
+from musicsteer.bench.benchmark import run_benchmark
 from musicsteer.engine.loading import load_model
 
 STEPS, RECAPTURE_TOKENS, KNOB_CHANGES = 20, 60, 12

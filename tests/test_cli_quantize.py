@@ -11,9 +11,9 @@ import pytest
 import soundfile as sf
 import torch
 
+from musicsteer.bench import drift as bench_drift
 from musicsteer.cli import build_parser, main
-from musicsteer.commands import options
-from musicsteer.engine import bench_drift
+from musicsteer.commands import setup
 from musicsteer.engine.errors import MusicsteerError
 from musicsteer.engine.generator import fast_decoder
 from musicsteer.engine.loading import load_model
@@ -60,7 +60,7 @@ def test_bench_int8_reports_drift_against_its_float32_original(tmp_path) -> None
 
 @pytest.mark.parametrize(("extra", "says"), [
     (["--quantize", "int8", "--dtype", "bfloat16"], "drop --dtype bfloat16"),
-    (["--quantize", "int4"], "unknown --quantize mode 'int4'"),
+    (["--quantize", "int4"], "quantize must be one of int8, int8-tensor, got 'int4'"),
 ])
 def test_bad_combinations_give_one_line_and_exit_2(tmp_path, extra: list[str], says: str) -> None:
     result = cli("render", *TINY, "--seconds", "1", "--out", str(tmp_path / "x.wav"), *extra)
@@ -74,8 +74,8 @@ def _args(*argv: str) -> argparse.Namespace:
 
 def test_cuda_refused_before_loading(monkeypatch, capsys) -> None:
     # No GPU here: pretend the device resolves to CUDA; the refusal must come before any weights load.
-    monkeypatch.setattr(options, "resolve_device", lambda _: torch.device("cuda", 0))
-    monkeypatch.setattr(options, "load_model", lambda *_: pytest.fail("loaded a model to refuse it"))
+    monkeypatch.setattr(setup, "resolve_device", lambda _: torch.device("cuda", 0))
+    monkeypatch.setattr(setup, "load_model", lambda *_: pytest.fail("loaded a model to refuse it"))
     assert main(["render", *TINY, "--quantize", "int8", "--seconds", "1", "--out", "x.wav"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "CPU only" in err[0] and "--device cpu" in err[0]
@@ -88,12 +88,12 @@ def test_probe_extract_refuses_quantize(capsys) -> None:
 
 def test_quantised_name_loads_quantised_so_a_logged_session_replays() -> None:
     # play's session log records lm.name, "tiny+int8": render --replay must quantise again.
-    loaded = options.load_options(_args(*TINY[2:]), "tiny+int8")
+    loaded = setup.load_options(_args(*TINY[2:]), "tiny+int8")
     assert loaded.quantize == "int8" and loaded.lm.name == "tiny+int8" and loaded.base.name == "tiny"
     assert isinstance(fast_decoder(loaded.lm).lm_head, DQ_LINEAR)
-    assert options.load_options(_args(*TINY[2:], "--quantize", "int8"), "tiny+int8").quantize == "int8"
+    assert setup.load_options(_args(*TINY[2:], "--quantize", "int8"), "tiny+int8").quantize == "int8"
     with pytest.raises(MusicsteerError, match="contradicts"):
-        options.load_options(_args(*TINY[2:], "--quantize", "int8-tensor"), "tiny+int8")
+        setup.load_options(_args(*TINY[2:], "--quantize", "int8-tensor"), "tiny+int8")
 
 
 def test_dtype_drift_reloads_float32_with_the_same_weights(tiny) -> None:

@@ -13,7 +13,7 @@ import torch
 from conftest import in_memory, random_vectors
 from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
 
-from musicsteer.engine.bench_knobs import automate_steering
+from musicsteer.bench.knobs import automate_steering
 from musicsteer.engine.control import Controls
 from musicsteer.engine.events import Change
 from musicsteer.engine.generator import Generator
@@ -107,16 +107,16 @@ def test_sampling_shape_changes_rebuild_once(tiny) -> None:
     gen.step()
     gen.step()
     assert gen.graph.builds == 1
-    gen.submit(Change("top_k", 100))
+    gen.control.submit(Change("top_k", 100))
     gen.step()
     gen.step()
     assert gen.graph.builds == 2 and gen.graph.k == 100
-    gen.submit(Change("temperature", 0.0))
+    gen.control.submit(Change("temperature", 0.0))
     gen.step()
     assert gen.graph.builds == 3 and gen.graph.greedy
     # Greedy is one branch whatever top-k and top-p are: moving them rebuilds nothing.
-    gen.submit(Change("top_k", 40))
-    gen.submit(Change("top_p", 0.9))
+    gen.control.submit(Change("top_k", 40))
+    gen.control.submit(Change("top_p", 0.9))
     gen.step()
     gen.step()
     assert gen.graph.builds == 3
@@ -164,8 +164,8 @@ def test_steering_changes_every_token_never_rebuild(tiny) -> None:
     automate(gen, steps)
     # Sampling knobs move too: they are 0-d tensors written in place.
     for i in range(0, steps, 3):
-        gen.submit(Change("temperature", 0.8 + 0.1 * (i % 4)), at_step=i)
-        gen.submit(Change("guidance", 2.0 + (i % 3)), at_step=i)
+        gen.control.submit(Change("temperature", 0.8 + 0.1 * (i % 4)), at_step=i)
+        gen.control.submit(Change("guidance", 2.0 + (i % 3)), at_step=i)
     alpha_buffer = gen.steering.alpha["residual"]
     seen_alphas = set()
     gen.start()
@@ -176,11 +176,11 @@ def test_steering_changes_every_token_never_rebuild(tiny) -> None:
     assert gen.steering.alpha["residual"] is alpha_buffer  # written in place, never rebound
     assert len(seen_alphas) > 100  # the changes really reached the tensors the step reads
     # A prompt of another length in the same text bucket is copied in place: still one build.
-    gen.submit(Change("prompt", "rock"))
+    gen.control.submit(Change("prompt", "rock"))
     gen.step()
     assert gen.graph.builds == 1
     # Only a prompt in a longer bucket rebinds the cross-attention buffers: exactly one rebuild.
-    gen.submit(Change("prompt", " ".join(["jazz piano"] * 30)))
+    gen.control.submit(Change("prompt", " ".join(["jazz piano"] * 30)))
     gen.step()
     gen.step()
     assert gen.graph.builds == 2

@@ -90,13 +90,11 @@ def test_osc_port_in_use_is_one_line(tmp_path) -> None:
 
 
 def test_open_stage_control_layout_uses_the_osc_address_space() -> None:
-    from musicsteer.controllers.osc import OscServer
+    from musicsteer.controllers.osc import ADDRESSES
 
     layout = json.loads((ROOT / "examples" / "open-stage-control.json").read_text())
     assert layout["createdWith"] == "Open Stage Control" and layout["type"] == "session"
-    server = OscServer(None, port=0)  # binds a free port; no session needed to list the address space
-    known = set(server.addresses)
-    server.stop()
+    known = set(ADDRESSES)
     for widget in layout["content"]["widgets"]:
         assert widget["address"] in known, widget["address"]
 
@@ -118,20 +116,23 @@ def test_example_automation_parses() -> None:
 def test_play_config_defaults_fill_unset_flags_and_explicit_flags_win(tmp_path) -> None:
     vectors = genre_vectors(tmp_path)
     config = tmp_path / "set.yaml"
-    config.write_text("osc: {status_interval: 0.5}\n"
-                      "defaults: {prompt: a string quartet, seed: 7, steer: classical, alpha: 0.4, temperature: 0.9}\n"
+    config.write_text("osc: {status_interval: 0.5, port: 9}\n"
+                      "defaults: {prompt: a string quartet, seed: 7, steer: classical, alpha: 0.4, temperature: 0.9,\n"
+                      "           guidance: 5, top_k: 50}\n"
                       "presets:\n  opening: {mix: classical, alpha: 0.4}\n")
+    # --seed 0 and --guidance 3 equal the built-in defaults: given, they still win (presence decides)
     result = subprocess.run(
         [sys.executable, "-m", "musicsteer", "play", "--model", "tiny", "--device", "cpu", "--no-status",
          "--output-device", "null", "--seconds", "1", "--vectors", vectors, "--config", str(config),
-         "--alpha", "0.6", "--osc-port", "0", "--record", str(tmp_path / "cfg.wav")],
+         "--alpha", "0.6", "--seed", "0", "--guidance", "3", "--osc-port", "0", "--record", str(tmp_path / "cfg.wav")],
         capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert re.search(r"listening for OSC on 127\.0\.0\.1:[1-9]\d*", result.stderr)
+    assert re.search(r"listening for OSC on 127\.0\.0\.1:[1-9]\d*", result.stderr)  # --osc-port 0 beat port: 9
     with open(tmp_path / "cfg.jsonl") as f:
         controls = json.loads(f.readline())["controls"]
-    assert controls["prompt"] == "a string quartet" and controls["seed"] == 7 and controls["temperature"] == 0.9
+    assert controls["prompt"] == "a string quartet" and controls["temperature"] == 0.9 and controls["top_k"] == 50
     assert controls["mix"] == {"classical": 1.0} and controls["alpha"] == 0.6  # --alpha given: it wins
+    assert controls["seed"] == 0 and controls["guidance"] == 3.0
 
     config.write_text("presets:\n  odd: {mix: polka, alpha: 0.4}\n")
     refused = subprocess.run(

@@ -15,6 +15,7 @@ from pythonosc.osc_message_builder import OscMessageBuilder
 from musicsteer.controllers.osc import OscServer
 from musicsteer.engine import decoder as decoder_fn
 from musicsteer.engine.control import Controls
+from musicsteer.engine.events import Applied, MeterReading
 from musicsteer.engine.generator import Generator
 from musicsteer.engine.meter import GenreMeter
 from musicsteer.engine.session import StreamingSession, StreamOptions
@@ -26,7 +27,8 @@ def test_readings_project_the_unsteered_stream_without_an_extra_pass(tiny, monke
     gen = Generator(tiny, Controls(prompt="rock", mix={"jazz": 1.0}, alpha=0.5), vectors)
     gen.meter = GenreMeter(vectors, layer=1, every=5)
     readings, seen = [], []
-    gen.meter.listeners.append(lambda step, scores: readings.append((step, scores)))
+    gen.listeners.add(lambda event: readings.append((event.step, event.scores)) if isinstance(event, MeterReading)
+                      else None)
     calls = []
     forward = decoder_fn.forward
 
@@ -52,7 +54,8 @@ def test_ease_at_eases_alpha_off_and_back_through_the_control_queue(tiny) -> Non
     gen = Generator(tiny, Controls(prompt="rock", mix={"jazz": 1.0}, alpha=0.6), vectors)
     gen.meter = GenreMeter(vectors, every=2, ease_at=-1.0, hold=2, ease_seconds=0.04)  # always "above"
     applied = []
-    gen.on_applied = lambda step, changes: applied.extend((step, c.param, c.value) for c in changes)
+    gen.listeners.add(lambda event: applied.extend((event.step, c.param, c.value) for c in event.changes)
+                      if isinstance(event, Applied) else None)
     gen.start()
     for _ in range(12):
         gen.step()

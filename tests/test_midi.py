@@ -1,8 +1,9 @@
 """Tests for MIDI control: curves, soft takeover, notes/buttons, ports, and the midi-learn command.
 
 Mapping tests go through `MidiInput.on_message` (the callback mido calls for a live port) with real
-`mido.Message`s. `RecordingSurface` stands in for the engine only as a recorder: it checks changes with
-`validate_change` (as session.submit does), records them, and serves the status soft takeover reads.
+`mido.Message`s. `RecordingSurface` stands in for the engine's control state only as a recorder: it checks
+changes with `validate_change` (as ControlState.submit does), records them, and serves the values soft
+takeover reads.
 """
 
 from __future__ import annotations
@@ -12,13 +13,15 @@ import os
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import mido
 import pytest
 from jack import jack_server
 
 from musicsteer.commands import midi_learn
-from musicsteer.controllers.config import Preset, load_config
+from musicsteer.controllers.config import load_config
+from musicsteer.controllers.mappings import Preset
 from musicsteer.controllers.midi import (
     KnobMapping,
     MidiInput,
@@ -28,20 +31,20 @@ from musicsteer.controllers.midi import (
     knob_value,
     list_midi_inputs,
     resolve_midi_port,
-    status_reader,
+    values_reader,
 )
 from musicsteer.engine.errors import MusicsteerError
 from musicsteer.engine.events import Change, validate_change
 
 LABELS = ("classical", "electronic", "jazz", "rock")
-FUSION = Preset("fusion", {"classical": 0.5, "electronic": 0.5}, 0.6, layer=18)
+FUSION = Preset("fusion", {"classical": 0.5, "electronic": 0.5}, 0.6, layer=(18,))
 
 
 class RecordingSurface:
     """Records submitted changes; applies them to its status at once unless `lag` (engine not there yet)."""
 
     def __init__(self, **values: object) -> None:
-        self.values: dict = {"alpha": 0.0, "mix": {}, "layers": [18], "guidance": 3.0, "top_k": 250, **values}
+        self.state: dict = {"alpha": 0.0, "mix": {}, "layers": (18,), "guidance": 3.0, "top_k": 250, **values}
         self.submitted: list[Change] = []
         self.lag = False
 
@@ -55,11 +58,11 @@ class RecordingSurface:
         return change
 
     def apply(self, change: Change) -> None:
-        self.values["layers" if change.param == "layer" else change.param] = (
-            [change.value] if change.param == "layer" else change.value)
+        self.state["layers" if change.param == "layer" else change.param] = change.value
 
-    def status(self) -> dict:
-        return dict(self.values)
+    @property
+    def values(self) -> SimpleNamespace:  # what ControlState.values offers: fields named by status keys
+        return SimpleNamespace(**self.state)
 
 
 def cc(control: int, value: int, channel: int = 1) -> mido.Message:
@@ -73,7 +76,7 @@ def note(number: int, velocity: int = 100, channel: int = 1) -> mido.Message:
 def rig(*mappings: KnobMapping | TriggerMapping, presets: dict | None = None,
         **values: object) -> tuple[MidiInput, RecordingSurface]:
     surface = RecordingSurface(**values)
-    mapper = MidiMapper(mappings, presets, status_reader(surface))
+    mapper = MidiMapper(mappings, presets, values_reader(surface))
     return MidiInput(surface, "unused: on_message is called directly", mapper), surface
 
 
@@ -110,8 +113,8 @@ def test_whole_number_params_are_rounded() -> None:
     midi, _ = rig(KnobMapping(2, None, "layer", 14, 22, takeover="jump"),
                   KnobMapping(3, None, "top_k", 10, 500, "exp", "jump"))
     got = feed(midi, cc(2, 0), cc(2, 64), cc(2, 127), cc(3, 127))
-    assert got == [Change("layer", 14), Change("layer", 18), Change("layer", 22), Change("top_k", 500)]
-    assert all(isinstance(c.value, int) for c in got)
+    assert got == [Change("layer", (14,)), Change("layer", (18,)), Change("layer", (22,)), Change("top_k", 500)]
+    assert all(isinstance(v, int) for c in got for v in (c.value if isinstance(c.value, tuple) else (c.value,)))
 
 
 def test_pickup_waits_until_the_knob_reaches_the_value() -> None:
@@ -120,7 +123,7 @@ def test_pickup_waits_until_the_knob_reaches_the_value() -> None:
     assert midi.ignored == 3
     got = feed(midi, cc(0, 63), cc(0, 70), cc(0, 20))  # within one step: picked up, then it follows
     assert [c.value for c in got] == [pytest.approx(v / 127) for v in (63, 70, 20)]
-    assert surface.values["alpha"] == pytest.approx(20 / 127)
+    assert surface.state["alpha"] == pytest.approx(20 / 127)
 
 
 def test_pickup_when_the_knob_jumps_across_the_value() -> None:
@@ -132,7 +135,7 @@ def test_pickup_when_the_knob_jumps_across_the_value() -> None:
 def test_value_changed_elsewhere_is_picked_up_again() -> None:
     midi, surface = rig(ALPHA, alpha=0.0)
     assert len(feed(midi, cc(0, 0), cc(0, 40))) == 2
-    surface.values["alpha"] = 0.9  # OSC or automation moved alpha (position 114.3)
+    surface.state["alpha"] = 0.9  # OSC or automation moved alpha (position 114.3)
     assert feed(midi, cc(0, 45), cc(0, 80), cc(0, 113)) == []
     assert [c.value for c in feed(midi, cc(0, 114), cc(0, 120))] == [pytest.approx(114 / 127), pytest.approx(120 / 127)]
 
@@ -142,11 +145,11 @@ def test_a_lagging_engine_does_not_break_the_pickup() -> None:
     midi, surface = rig(ALPHA, alpha=0.0)
     surface.lag = True
     got = feed(midi, cc(0, 1), cc(0, 10), cc(0, 30), cc(0, 50))
-    assert len(got) == 4 and surface.values["alpha"] == 0.0  # nothing applied yet, the knob still follows
+    assert len(got) == 4 and surface.state["alpha"] == 0.0  # nothing applied yet, the knob still follows
     surface.apply(got[1])  # the engine reaches a value between
     assert len(feed(midi, cc(0, 60))) == 1
     surface.apply(Change("alpha", 60 / 127))  # caught up; now a jump elsewhere is noticed
-    surface.values["alpha"] = 1.0
+    surface.state["alpha"] = 1.0
     assert feed(midi, cc(0, 61)) == []
 
 
@@ -198,7 +201,7 @@ def test_crossfade_fader_between_two_vectors() -> None:
     assert got[:2] == [Change("mix", {"classical": 1.0}), Change("mix", {"electronic": 1.0})]
     assert got[2].value == pytest.approx({"classical": 63 / 127, "electronic": 64 / 127})
     feed(midi, note(40))  # jazz: a mix the fader cannot express, so it takes over at once
-    assert surface.values["mix"] == {"jazz": 1.0}
+    assert surface.state["mix"] == {"jazz": 1.0}
     assert feed(midi, cc(1, 127)) == [Change("mix", {"electronic": 1.0})]
 
 
@@ -276,7 +279,7 @@ def _through_a_virtual_port(api: str) -> None:
     out = _virtual_output(api, "musicsteer-test")
     try:
         surface = RecordingSurface(alpha=0.0)
-        mapper = MidiMapper([ALPHA, TriggerMapping("steer", {"jazz": 1.0}, note=36)], {}, status_reader(surface))
+        mapper = MidiMapper([ALPHA, TriggerMapping("steer", {"jazz": 1.0}, note=36)], {}, values_reader(surface))
         with pytest.raises(MusicsteerError, match=r"^unknown MIDI input 'no-such-controller'; available: 0 '"):
             resolve_midi_port("no-such-controller", api)
         midi = MidiInput(surface, "musicsteer-test", mapper, api=api)
@@ -328,7 +331,7 @@ def test_midi_learn_command_over_jack(jack_midi: str, tmp_path: Path, capsys: py
                                   "alpha,guidance", "--notes", "classical,electronic", "--out", str(path),
                                   "--timeout", "20"])
         assert args.run(args) == 0
-        assert "Client:learn-test" in midi_learn.list_midi_inputs("jack")[0]
+        assert "Client:learn-test" in list_midi_inputs("jack")[0]
     finally:
         stop.set()
         thread.join()

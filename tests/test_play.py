@@ -17,11 +17,11 @@ import torch
 from conftest import random_vectors
 from jack import jack_server
 
+from musicsteer.bench.soak import rss_mb
 from musicsteer.engine.control import Controls
 from musicsteer.engine.errors import MusicsteerError
 from musicsteer.engine.generator import Generator
 from musicsteer.engine.session import StreamingSession, StreamOptions
-from musicsteer.engine.soak import rss_mb
 from musicsteer.engine.streaming_decoder import StreamingDecoder
 
 PLAY = [sys.executable, "-m", "musicsteer", "play", "--model", "tiny", "--device", "cpu", "--no-status",

@@ -12,7 +12,7 @@ import torch
 
 from musicsteer.engine.codec import encode_audio
 from musicsteer.engine.errors import MusicsteerError
-from musicsteer.engine.tiny import synthetic_clip
+from musicsteer.engine.synthetic import synthetic_clip
 from musicsteer.engine.vectors import SteeringVectors
 from musicsteer.probes import dataset, train
 from musicsteer.probes.analyze import jaccard, match_clusters

@@ -17,7 +17,7 @@ from musicsteer.engine.audio_io import write_wav
 from musicsteer.engine.codec import encode_audio
 from musicsteer.engine.control import Controls
 from musicsteer.engine.generator import Generator, render_codes
-from musicsteer.engine.tiny import synthetic_clip
+from musicsteer.engine.synthetic import synthetic_clip
 
 TINY = ["--model", "tiny", "--device", "cpu"]
 
@@ -69,9 +69,9 @@ def test_automation_changes_land_on_their_tokens(tiny, tmp_path, vectors_file) -
     vectors = SteeringVectors.load(vectors_file)
     gen = Generator(tiny, Controls(prompt="rock", top_k=1, mix={"rock": 1.0}, alpha=0.3), vectors)
     for timed in load_automation(path):
-        gen.submit(timed.change, at_step=step_for_time(timed.at, tiny.frame_rate))
+        gen.control.submit(timed.change, at_step=step_for_time(timed.at, tiny.frame_rate))
     applied: dict[int, list[str]] = {}
-    gen.on_applied = lambda step, changes: applied.setdefault(step, []).extend(c.param for c in changes)
+    gen.listeners.add(lambda event: applied.setdefault(event.step, []).extend(c.param for c in event.changes))
     alpha_at: dict[int, float] = {}
     step = gen.step
 
@@ -151,6 +151,6 @@ def test_bad_inputs_give_one_line_and_exit_2(tmp_path, vectors_file, other_model
         assert "Traceback" not in result.stderr
     for seconds in ("0", "-1"):
         result = cli("render", *TINY, "--seconds", seconds, "--out", out)
-        assert result.returncode == 2 and "--seconds must be > 0" in result.stderr
+        assert result.returncode == 2 and "seconds must be above 0" in result.stderr
     assert "polka" in cli("render", *TINY, "--seconds", "1", "--out", out, "--vectors", vectors_file,
                           "--steer", "polka").stderr

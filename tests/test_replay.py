@@ -33,7 +33,7 @@ def live_session(tiny, tmp_path, seconds: float | None, vectors_path: str):
         for at, change in script:
             while session.stats().played_seconds < at and not session._stop.is_set():
                 threading.Event().wait(0.01)
-            session.submit(change)
+            session.control.submit(change)
         if seconds is None:
             while session.stats().played_seconds < 4.0:
                 threading.Event().wait(0.01)

@@ -10,7 +10,7 @@ from conftest import random_vectors
 
 from musicsteer.engine.control import Controls
 from musicsteer.engine.errors import MusicsteerError
-from musicsteer.engine.events import Change
+from musicsteer.engine.events import Applied, Change
 from musicsteer.engine.generator import Generator
 from musicsteer.engine.steering import SteeringTensors, Term
 
@@ -18,10 +18,14 @@ PROMPT = "jazz trio"
 GREEDY = dict(prompt=PROMPT, top_k=1)
 
 
-def run_steps(gen: Generator, steps: int, capture_at: int | None = None) -> tuple[list[torch.Tensor], dict]:
-    """Step `gen`; return every step's raw logits and the activations captured at step `capture_at`."""
+def run_steps(gen: Generator, steps: int, capture_at: int | None = None,
+              terms: list[Term] | None = None) -> tuple[list[torch.Tensor], dict]:
+    """Step `gen`; return every step's raw logits and the activations captured at step `capture_at`.
+    `terms`: steering terms set by hand after start (which sets the controls' own)."""
     logits, captured = [], {}
     gen.start()
+    if terms is not None:
+        gen.steering.set_terms(terms)
     for step in range(steps):
         gen.capture = {} if step == capture_at else None
         gen.step()
@@ -44,9 +48,7 @@ def test_alpha_zero_is_bit_identical_to_no_steering(tiny) -> None:
     zero, _ = run_steps(Generator(tiny, Controls(**GREEDY, mix={"rock": 1.0}, alpha=0.0), vectors), 40)
     # alpha 0 scheduled as an explicit term too (not just "no terms"): still exact
     gen = Generator(tiny, Controls(**GREEDY, mix={"rock": 1.0}, alpha=0.7), vectors)
-    gen.steering.set_terms([t.__class__(t.site, t.layer, t.direction, 0.0) for t in gen.control.terms()])
-    gen.control.steering_dirty = False
-    explicit, _ = run_steps(gen, 40)
+    explicit, _ = run_steps(gen, 40, terms=[Term(t.site, t.layer, t.direction, 0.0) for t in gen.control.terms()])
     for a, b, c in zip(plain, zero, explicit, strict=True):
         assert torch.equal(a, b) and torch.equal(a, c)
 
@@ -59,7 +61,7 @@ def test_change_at_step_k_follows_the_rule_and_leaves_earlier_steps(tiny, site: 
     base, seen = run_steps(Generator(tiny, Controls(**GREEDY), vectors, steer_rule=rule), 30, capture_at=k)
     gen = Generator(tiny, Controls(**GREEDY, mix={"jazz": 1.0}, alpha=0.0, layers=(layer,), site=site), vectors,
                     steer_rule=rule)
-    gen.submit(Change("alpha", alpha), at_step=k)
+    gen.control.submit(Change("alpha", alpha), at_step=k)
     steered, got = run_steps(gen, 30, capture_at=k)
 
     for step in range(k):
@@ -81,7 +83,7 @@ def test_steer_both_steers_the_unconditional_half_too(tiny) -> None:
     vectors = random_vectors(tiny)
     _, seen = run_steps(Generator(tiny, Controls(**GREEDY), vectors), 6, capture_at=5)
     gen = Generator(tiny, Controls(**GREEDY, mix={"rock": 1.0}, alpha=0.0, layers=(1,)), vectors, steer_both=True)
-    gen.submit(Change("alpha", 0.5), at_step=5)
+    gen.control.submit(Change("alpha", 0.5), at_step=5)
     _, got = run_steps(gen, 6, capture_at=5)
     want = by_hand(seen["residual.1"], 0.5, vectors.direction("rock", 1))
     torch.testing.assert_close(got["residual.1"].double(), want, rtol=1e-5, atol=1e-5)
@@ -103,8 +105,8 @@ def test_mix_and_several_layers(tiny) -> None:
 def test_glides_reach_their_target_in_the_given_time(tiny) -> None:
     vectors = random_vectors(tiny)
     gen = Generator(tiny, Controls(**GREEDY, mix={"rock": 1.0}, alpha=0.0), vectors)
-    gen.submit(Change("alpha", 1.0, seconds=0.2), at_step=2)  # 10 steps at 50 steps/s
-    gen.submit(Change("mix", {"jazz": 1.0}, seconds=0.1), at_step=4)
+    gen.control.submit(Change("alpha", 1.0, seconds=0.2), at_step=2)  # 10 steps at 50 steps/s
+    gen.control.submit(Change("mix", {"jazz": 1.0}, seconds=0.1), at_step=4)
     gen.start()
     alphas = []
     for _ in range(16):
@@ -120,17 +122,17 @@ def test_glides_reach_their_target_in_the_given_time(tiny) -> None:
 def test_change_from_another_thread_lands_at_the_next_token(tiny) -> None:
     vectors = random_vectors(tiny)
     gen = Generator(tiny, Controls(**GREEDY, mix={"rock": 1.0}, alpha=0.1), vectors)
-    applied: list[tuple[int, list[Change]]] = []
-    gen.on_applied = lambda step, changes: applied.append((step, changes))
+    applied: list[Applied] = []
+    gen.listeners.add(applied.append)
     gen.start()
     for _ in range(5):
         gen.step()
     sent_at = gen.step_index
-    sender = threading.Thread(target=gen.submit, args=(Change("alpha", 0.9),))
+    sender = threading.Thread(target=gen.control.submit, args=(Change("alpha", 0.9),))
     sender.start()
     sender.join()
     gen.step()
-    assert applied == [(sent_at, [Change("alpha", 0.9)])]
+    assert applied == [Applied(sent_at, (Change("alpha", 0.9),))]
     assert gen.steering.alpha["residual"][vectors.best_layer].item() == pytest.approx(0.9)
 
 
@@ -138,13 +140,16 @@ def test_bad_changes_are_refused_and_never_queued(tiny) -> None:
     from musicsteer.engine.errors import MusicsteerError
 
     gen = Generator(tiny, Controls(**GREEDY), random_vectors(tiny))
-    for bad in (Change("mix", {"polka": 1.0}), Change("alpha", float("nan")), Change("layer", 99),
+    for bad in (Change("mix", {"polka": 1.0}), Change("alpha", float("nan")), Change("alpha", -1.0),
                 Change("site", "mlp"), Change("top_k", 2.5), Change("volume", 1.0)):
         with pytest.raises(MusicsteerError) as err:
-            gen.submit(bad)
+            gen.control.submit(bad)
         assert "\n" not in str(err.value)
     gen.start()
-    assert gen.control.apply_due(0) == []
+    assert gen.control.apply_due(0).changes == []
+    assert gen.control.counts == {"unknown_name": 2, "non_finite": 1, "out_of_range": 1, "bad_type": 2}
+    assert gen.control.submit(Change("layer", 99)).value == (gen.dec.num_layers - 1,)  # live: clamped to the model
+    assert gen.control.counts["clamped"] == 1
 
 
 @pytest.mark.parametrize("rule", ["renorm", "add"])
@@ -183,10 +188,10 @@ def test_renorm_refuses_alpha_at_or_below_minus_one(tiny) -> None:
     vectors = random_vectors(tiny)
     gen = Generator(tiny, Controls(prompt=PROMPT, mix={"rock": 1.0}, alpha=0.3), vectors)
     with pytest.raises(MusicsteerError, match="above -1 with the renorm rule"):
-        gen.submit(Change("alpha", -1.0))
-    gen.submit(Change("alpha", -0.5))  # allowed: steers away
+        gen.control.submit(Change("alpha", -1.0))
+    gen.control.submit(Change("alpha", -0.5))  # allowed: steers away
     add = Generator(tiny, Controls(prompt=PROMPT, mix={"rock": 1.0}, alpha=0.3), vectors, steer_rule="add")
-    add.submit(Change("alpha", -2.0))
+    add.control.submit(Change("alpha", -2.0))
     steering = SteeringTensors(4, 8, 1, torch.device("cpu"))
     v = torch.nn.functional.normalize(torch.ones(8), dim=0)
     steering.set_terms([Term("residual", 1, v, 0.3)])

@@ -7,12 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from musicsteer.engine import bench_drift
-from musicsteer.engine.benchmark import run_benchmark
-from musicsteer.engine.errors import MusicsteerError
-from musicsteer.engine.soak import run_soak
-
-from .options import add_model_options, load_options
+from .options import add_model_options, bounded, resolve
 
 EPILOG = """\
 contenders, all on the one loaded model, alternated within every repeat:
@@ -50,16 +45,18 @@ def register(sub: argparse._SubParsersAction) -> None:
                                         "and CUDA-graph, against model.generate in the same run.",
                             epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_options(parser)
-    parser.add_argument("--steps", type=int, default=100, help="timed tokens per session (default 100)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed sessions per contender (default 3)")
-    parser.add_argument("--recapture-tokens", type=int, default=1000, metavar="N",
+    parser.add_argument("--steps", type=bounded(int, 1, 100_000), default=100,
+                        help="timed tokens per session (default 100)")
+    parser.add_argument("--repeats", type=bounded(int, 1, 1000), default=3,
+                        help="timed sessions per contender (default 3)")
+    parser.add_argument("--recapture-tokens", type=bounded(int, 0, 1_000_000), default=1000, metavar="N",
                         help="tokens of the recapture check (default 1000; 0 skips it)")
-    parser.add_argument("--knob-changes", type=int, default=50, metavar="N",
+    parser.add_argument("--knob-changes", type=bounded(int, 0, 100_000), default=50, metavar="N",
                         help="alpha changes timed for knob -> applied latency (default 50; 0 skips it)")
-    parser.add_argument("--drift-steps", type=int, default=100, metavar="N",
+    parser.add_argument("--drift-steps", type=bounded(int, 0, 100_000), default=100, metavar="N",
                         help="with --dtype other than float32 or --quantize: teacher-forced tokens of the logit "
                              "drift against float32 (default 100; 0 skips it)")
-    parser.add_argument("--soak", type=float, metavar="SECONDS",
+    parser.add_argument("--soak", type=bounded(float, 1, 86400), metavar="SECONDS",
                         help="instead: a live null-device session this long; time to first audio, decode cost "
                              "and memory over time")
     parser.add_argument("--json", help="write the report to this JSON file")
@@ -68,6 +65,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def summary(report: dict[str, Any]) -> list[str]:
     """The report's headline figures, one line each, for the terminal."""
+    from musicsteer.bench import drift as bench_drift
+
     lines = []
     for result in report["results"]:
         cold = result.get("ttfa_cold_s")
@@ -93,9 +92,16 @@ def summary(report: dict[str, Any]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    if min(args.steps, args.repeats) < 1 or min(args.recapture_tokens, args.knob_changes, args.drift_steps) < 0:
-        raise MusicsteerError("--steps and --repeats must be >= 1, --recapture-tokens, --knob-changes and "
-                              "--drift-steps >= 0")
+    from musicsteer.bench import drift as bench_drift
+    from musicsteer.bench.benchmark import run_benchmark
+    from musicsteer.bench.soak import run_soak
+    from musicsteer.engine.files import writable_file
+
+    from .setup import load_options
+
+    resolve(args)
+    if args.json:
+        writable_file(args.json, "--json")
     lm, base, quantize, quantize_s = load_options(args)
     if args.soak:
         report = run_soak(lm, args.soak)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from musicsteer.engine.errors import MusicsteerError
 
-from .options import add_model_options, load
+from .options import add_model_options, add_params, bounded, resolve, typed
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,30 +27,25 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="CLAP hub id, local folder, or 'tiny' (offline random model; default %(default)s)")
     parser.add_argument("--pairs", help="transitions SOURCE:TARGET,... (default: rock:classical,"
                                         "classical:electronic,electronic:jazz,jazz:rock)")
-    parser.add_argument("--n", type=int, default=20, help="source clips per transition (default %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="first seed (clip i uses seed+i; default 0)")
-    parser.add_argument("--source-seconds", type=float, default=10.0, help="length of a source clip (default 10)")
-    parser.add_argument("--seconds", type=float, default=10.0, help="length of a continuation (default 10)")
-    parser.add_argument("--alpha", type=float, default=0.5, help="steering strength of Table I (default 0.5)")
+    parser.add_argument("--n", type=bounded(int, 1, 100_000), default=20,
+                        help="source clips per transition (default %(default)s)")
+    add_params(parser, "seed", "seconds", "alpha", "layer", "site", "steer_rule",
+               defaults={"seed": 0, "seconds": 10.0, "alpha": 0.5, "steer_rule": "renorm"})
+    parser.add_argument("--source-seconds", type=typed("seconds"), default=10.0,
+                        help="length of a source clip (default 10)")
     parser.add_argument("--alphas", help="extra strengths for the sweep plot, e.g. 0.2,0.4,0.6,0.8")
-    parser.add_argument("--layer", type=int, help="steering layer (default: the vectors file's best_layer)")
-    parser.add_argument("--site", choices=("residual", "attention"), help="default: the vectors file's site")
-    parser.add_argument("--steer-rule", choices=("renorm", "add"), default="renorm",
-                        help="renorm: (h + a|h|v)/(1+a), the paper's; add: h + a v")
     parser.add_argument("--steer-text", choices=("source", "none"), default="source",
                         help="text of the steered arm: the source prompt (default) or none (the paper's wording)")
-    parser.add_argument("--source-prompt", default="a {source} music piece", help="default: %(default)r")
-    parser.add_argument("--blend-prompt", default="{source} music transitioning into {target}",
+    parser.add_argument("--source-prompt", type=typed("prompt"), default="a {source} music piece",
+                        help="default: %(default)r")
+    parser.add_argument("--blend-prompt", type=typed("prompt"), default="{source} music transitioning into {target}",
                         help="prompted baseline's text (default: %(default)r)")
     parser.add_argument("--labels", help="CLAP label set, comma-separated (default: the vectors file's labels)")
     parser.add_argument("--template", default="This is a sound of {}.",
                         help="CLAP text per label (default: transformers' zero-shot pipeline's, %(default)r)")
-    parser.add_argument("--guidance", type=float, default=3.0)
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--top-k", type=int, default=250)
-    parser.add_argument("--top-p", type=float, default=0.0)
-    parser.add_argument("--trial-seed", type=int, default=0, help="seed of the 2AFC trial and A/B order")
-    parser.add_argument("--clap-batch", type=int, default=8, help="clips per CLAP forward pass")
+    add_params(parser, "guidance", "temperature", "top_k", "top_p")
+    parser.add_argument("--trial-seed", type=typed("seed"), default=0, help="seed of the 2AFC trial and A/B order")
+    parser.add_argument("--clap-batch", type=bounded(int, 1, 4096), default=8, help="clips per CLAP forward pass")
     parser.set_defaults(run=run)
 
     jobs = parser.add_subparsers(dest="eval_command", metavar="score-2afc")
@@ -64,24 +59,28 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from musicsteer.evaluation.protocol import Protocol, Sampling, parse_floats, parse_labels, parse_pairs
+    from musicsteer.evaluation.protocol import Protocol, Sampling, parse_alphas, parse_labels, parse_pairs
     from musicsteer.evaluation.runner import EvalRequest, evaluate
 
     if not args.vectors:
         raise MusicsteerError("eval needs --vectors FILE (a steering-vectors file with one vector per genre)")
     if not args.out:
         raise MusicsteerError("eval needs --out DIR")
-    if args.clap_batch < 1:
-        raise MusicsteerError(f"--clap-batch must be >= 1, got {args.clap_batch}")
+    resolve(args)
+    if args.layer is not None and len(args.layer) > 1:
+        raise MusicsteerError(f"eval steers one layer: give --layer L, got {','.join(map(str, args.layer))}")
+    layer = args.layer[0] if args.layer else None
     protocol = Protocol(
         pairs=parse_pairs(args.pairs), n=args.n, seed=args.seed, source_seconds=args.source_seconds,
-        seconds=args.seconds, alpha=args.alpha, alphas=parse_floats(args.alphas, "--alphas"), layer=args.layer,
+        seconds=args.seconds, alpha=args.alpha, alphas=parse_alphas(args.alphas), layer=layer,
         site=args.site or "", steer_rule=args.steer_rule, steer_text=args.steer_text,
         source_prompt=args.source_prompt, blend_prompt=args.blend_prompt,
         sampling=Sampling(args.guidance, args.temperature, args.top_k, args.top_p),
     )
     request = EvalRequest(protocol, args.vectors, Path(args.out), args.clap, args.template,
                           parse_labels(args.labels), args.trial_seed, args.clap_batch)
+    from .setup import load
+
     evaluate(request, lambda: load(args))
     out = Path(args.out)
     print((out / "table.md").read_text(encoding="utf-8"))

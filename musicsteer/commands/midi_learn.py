@@ -1,150 +1,22 @@
-"""`musicsteer midi-learn`: bind a controller's knobs and pads by moving them, write a `midi:` config.
-
-Each parameter is armed in turn ("turn the knob for alpha…"); the first CC that moves (on its
-channel) is bound to it. Then each vector name is armed and the first pad (note-on) or button
-(CC pressed, value >= 64) is bound to selecting that vector. The result is a YAML `midi:` section
-that `load_config` accepts, with starting ranges and curves a performer can edit.
-
-`MidiLearn` holds the whole procedure and knows nothing of ports or clocks, so it is tested by
-feeding it `mido.Message`s; `run` wires it to a real input and applies the per-control timeout.
-"""
+"""`musicsteer midi-learn`: bind a controller's knobs and pads by moving them, write a `midi:` config
+(the procedure: controllers/midi_learn.py)."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import queue
 import re
 import time
-from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import mido
-import yaml
-
-from musicsteer.controllers.config import CURVES, KNOB_PARAMS
-from musicsteer.controllers.midi import PRESS, list_midi_inputs, open_midi_input, resolve_midi_port
 from musicsteer.engine.errors import MusicsteerError
+from musicsteer.engine.params import NAME_CHARS, check_text
 
-# Starting ranges a learned knob gets (edit the file to taste): the ends a performer is likely to want.
-LEARN_RANGES: dict[str, tuple[float, float, str]] = {
-    "alpha": (0.0, 1.0, "linear"),
-    "guidance": (1.0, 8.0, "exp"),
-    "temperature": (0.5, 2.0, "exp"),
-    "top_k": (10, 500, "exp"),
-    "top_p": (0.0, 1.0, "linear"),
-    "morph_seconds": (0.5, 16.0, "exp"),
-}
+from .options import bounded
 
-
-@dataclass(frozen=True)
-class KnobTarget:
-    param: str
-    low: float
-    high: float
-    curve: str
-
-
-def parse_knob_targets(text: str) -> list[KnobTarget]:
-    """`alpha,guidance,layer=14:22,temperature=0.3:3:exp` -> targets (a range is needed where no default exists)."""
-    targets = []
-    for part in (p.strip() for p in text.split(",") if p.strip()):
-        name, _, spec = part.partition("=")
-        if name not in KNOB_PARAMS or name == "crossfade":
-            learnable = ", ".join(p for p in KNOB_PARAMS if p != "crossfade")
-            raise MusicsteerError(f"cannot learn {name!r} (learnable: {learnable})")
-        low, high, curve = LEARN_RANGES.get(name, (None, None, "linear"))
-        if spec:
-            fields = spec.split(":")
-            try:
-                low, high = float(fields[0]), float(fields[1])
-            except (ValueError, IndexError):
-                raise MusicsteerError(f"bad range in {part!r}: use NAME=MIN:MAX or NAME=MIN:MAX:CURVE") from None
-            curve = fields[2] if len(fields) > 2 else curve
-        if low is None or high is None:
-            raise MusicsteerError(f"{name} has no default range: give one, e.g. {name}=14:22")
-        if curve not in CURVES or (curve != "linear" and not (low > 0 and high > 0)) or low == high:
-            raise MusicsteerError(f"bad range for {name}: {low:g}..{high:g} {curve} (curves: {', '.join(CURVES)}; "
-                                  "exp needs both ends > 0)")
-        targets.append(KnobTarget(name, low, high, curve))
-    return targets
-
-
-class MidiLearn:
-    """Arms each knob target, then each vector name, binding the first fitting message to it."""
-
-    def __init__(self, knobs: list[KnobTarget], vectors: list[str]) -> None:
-        self.queue: list[KnobTarget | str] = [*knobs, *vectors]
-        self.mappings: list[dict] = []
-        self.skipped: list[str] = []
-        self.last = ""  # a description of the latest binding, for the command's output
-        self._knob_ccs: set[tuple[int, int]] = set()  # (cc, channel) bound to knobs
-        self._buttons: set[tuple[str, int, int]] = set()  # ("cc"|"note", number, channel) bound to vectors
-
-    @property
-    def done(self) -> bool:
-        return not self.queue
-
-    @property
-    def armed(self) -> str | None:
-        """What the next binding is for: a parameter name, or "vector NAME"."""
-        if not self.queue:
-            return None
-        target = self.queue[0]
-        return target.param if isinstance(target, KnobTarget) else f"vector {target}"
-
-    def prompt(self) -> str:
-        target = self.queue[0]
-        if isinstance(target, KnobTarget):
-            return f"turn the knob (or fader) for {target.param}…"
-        return f"press the pad or button that selects {target}…"
-
-    def feed(self, msg: mido.Message) -> bool:
-        """Offer one message to the armed target; True once every target is bound or skipped."""
-        if not self.queue:
-            return True
-        target, channel = self.queue[0], getattr(msg, "channel", 0) + 1
-        if isinstance(target, KnobTarget):
-            # A knob still turning from the previous binding keeps sending: bound CCs are ignored.
-            if msg.type != "control_change" or (msg.control, channel) in self._knob_ccs:
-                return False
-            self._knob_ccs.add((msg.control, channel))
-            self.mappings.append({"cc": msg.control, "channel": channel, "param": target.param,
-                                  "min": target.low, "max": target.high, "curve": target.curve})
-            self.last = f"{target.param} <- CC {msg.control} on channel {channel}"
-        else:
-            if msg.type == "note_on" and msg.velocity > 0:
-                key = ("note", msg.note, channel)
-            elif msg.type == "control_change" and msg.value >= PRESS and (msg.control, channel) not in self._knob_ccs:
-                key = ("cc", msg.control, channel)
-            else:
-                return False  # releases, knobs, clock
-            if key in self._buttons:
-                return False  # the pad just bound, pressed again
-            self._buttons.add(key)
-            self.mappings.append({key[0]: key[1], "channel": channel, "steer": target})
-            kind = "note" if key[0] == "note" else "button CC"
-            self.last = f"vector {target} <- {kind} {key[1]} on channel {channel}"
-        self.queue.pop(0)
-        return self.done
-
-    def skip(self) -> bool:
-        """Give up on the armed target (the command's timeout); True once nothing is left."""
-        if self.queue:
-            self.skipped.append(self.armed or "")
-            self.queue.pop(0)
-        return self.done
-
-    def to_yaml(self, port: str | int | None = None) -> str:
-        lines = ["# written by musicsteer midi-learn; edit min/max/curve to taste, add takeover: jump to",
-                 "# follow a knob at once instead of picking up the current value (see examples/)", "midi:"]
-        if port is not None:
-            lines.append(f"  port: {json.dumps(port)}")
-        lines.append("  mappings:")
-        for mapping in self.mappings:
-            flow = yaml.safe_dump(mapping, default_flow_style=True, sort_keys=False, width=10**6).strip()
-            lines.append(f"    - {flow}")
-        return "\n".join(lines) + "\n"
+if TYPE_CHECKING:
+    from musicsteer.controllers.midi_learn import MidiLearn
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -155,13 +27,17 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(NAME=MIN:MAX[:CURVE] sets a range; layer needs one)")
     parser.add_argument("--notes", default="", help="vector names to bind pads/buttons to: classical,electronic")
     parser.add_argument("--out", help="YAML file to write (a midi: section for --config)")
-    parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for each control")
+    parser.add_argument("--timeout", type=bounded(float, 0.1, 3600), default=30.0,
+                        help="seconds to wait for each control")
     parser.add_argument("--api", choices=("alsa", "jack"), help="MIDI system (default: rtmidi's choice)")
     parser.add_argument("--list", action="store_true", help="list MIDI inputs and exit")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from musicsteer.controllers.midi import list_midi_inputs, open_midi_input, resolve_midi_port
+    from musicsteer.controllers.midi_learn import MidiLearn, parse_knob_targets
+
     if args.list:
         names = list_midi_inputs(args.api)
         print("MIDI inputs (midi-learn --port / play --midi NAME|INDEX):" if names else "no MIDI inputs")
@@ -170,9 +46,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.port or not args.out:
         raise MusicsteerError("midi-learn needs --port and --out (use --list to see the MIDI inputs)")
-    if not args.timeout > 0:
-        raise MusicsteerError(f"--timeout must be > 0 seconds, got {args.timeout}")
-    names = [name.strip() for name in args.notes.split(",") if name.strip()]
+    names = [check_text("a vector name in --notes", name.strip(), NAME_CHARS, empty=False)
+             for name in args.notes.split(",") if name.strip()]
+    if len(set(names)) != len(names):
+        raise MusicsteerError("--notes lists a vector twice")
     learn = MidiLearn(parse_knob_targets(args.params), names)
     if learn.done:
         raise MusicsteerError("nothing to learn: give --params (knobs) and/or --notes (vector names)")
@@ -180,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     if not out.parent.is_dir():  # fail before the performer has turned every knob
         raise MusicsteerError(f"cannot write {out}: folder {out.parent} does not exist")
     name = resolve_midi_port(args.port, args.api)
-    messages: queue.SimpleQueue[mido.Message] = queue.SimpleQueue()
+    messages: queue.SimpleQueue = queue.SimpleQueue()
     port = open_midi_input(name, messages.put, args.api)
     print(f"listening on {name!r}", flush=True)
     try:

@@ -3,23 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 from contextlib import ExitStack
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
-from rich.console import Console
-from rich.live import Live
-
-from musicsteer.engine.errors import MusicsteerError
-from musicsteer.engine.generator import Generator
-from musicsteer.engine.session import WHEN_SLOW, SessionStats, StreamingSession, StreamOptions
+from musicsteer.engine.errors import MusicsteerError, printable
 
 from .live_controls import add_control_options, load_session_config, open_controllers
-from .options import add_generation_options, add_model_options, attach_meter, generator_class, session_spec
-from .render import prompt_codes_from, sha256_of
+from .options import add_generation_options, add_model_options, add_params, resolve
+
+if TYPE_CHECKING:
+    from musicsteer.engine.generator import Generator
+    from musicsteer.engine.session import SessionStats, StreamingSession
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,25 +24,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_model_options(parser)
     add_generation_options(parser)
     group = parser.add_argument_group("stream")
-    group.add_argument("--seconds", type=float, help="stop after this much new audio (default: until Ctrl-C)")
+    add_params(group, "seconds", default_note="; default: until Ctrl-C")
     group.add_argument("--output-device", help="device name, index, or 'null' (no sound card; real-time clock)")
     group.add_argument("--record", help="record the session to this WAV file")
     group.add_argument("--init-audio", help="audio file to continue from")
-    group.add_argument("--init-seconds", type=float, default=10.0, help="seconds of --init-audio to use")
-    group.add_argument("--buffer", type=float, default=1.0,
-                       help="most seconds generated ahead of playback (the delay before a change is heard)")
-    group.add_argument("--prebuffer", type=float, default=0.5, help="seconds queued before playback starts")
-    group.add_argument("--blocksize", type=int, default=1024, help="audio callback block, in frames")
-    group.add_argument("--when-slow", choices=WHEN_SLOW, default="rebuffer",
-                       help="if generation is slower than real time: pause until the prebuffer is refilled "
-                            "(rebuffer), or keep playing with gaps (play); both are counted")
+    add_params(group, "init_seconds", "buffer", "prebuffer", "blocksize", "when_slow")
     group.add_argument("--no-resample", action="store_true",
                        help="fail if the device refuses the model's rate, instead of resampling")
-    group.add_argument("--slew", type=float, default=0.05, help="seconds an alpha jump glides over (no clicks)")
+    add_params(group, "slew")
     group.add_argument("--codes-out", help="save the session's codes (codebooks, frames) as .npy at the end")
     group.add_argument("--no-status", action="store_true", help="no live status line")
     add_control_options(parser)
-    parser.set_defaults(run=run, parser=parser)
+    parser.set_defaults(run=run)
 
 
 def status_line(stats: SessionStats, gen: Generator) -> str:
@@ -56,17 +45,31 @@ def status_line(stats: SessionStats, gen: Generator) -> str:
     if gen.meter is not None and gen.meter.latest:
         top = sorted(gen.meter.latest.items(), key=lambda item: -item[1])[:3]
         rec += "  meter " + " ".join(f"{label} {score:+.2f}" for label, score in top)
+    if any(stats.control_counts.values()):  # a refused or clamped value is shown while it matters
+        rec += "  " + refusals(stats)
     return (f"step {stats.step:6d}  {stats.played_seconds:7.1f}s  rtf {stats.rtf:5.2f}  "
             f"buffer {stats.buffer_seconds:4.2f}s  underruns {stats.underrun_events} "
             f"({stats.underrun_seconds:.2f}s)  alpha {values.alpha:.2f}  steer {mix}{rec}")
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.seconds is not None and not args.seconds > 0:
-        raise MusicsteerError(f"--seconds must be > 0, got {args.seconds}")
+    import numpy as np
+    import torch
+
+    from musicsteer.engine.files import writable_file
+    from musicsteer.engine.params import check_stream
+    from musicsteer.engine.session import StreamingSession, StreamOptions
+
+    from .render import prompt_codes_from, sha256_of
+    from .setup import attach_meter, generator_class, session_spec
+
+    config, defaults = load_session_config(args)
+    resolve(args, defaults)
+    if args.codes_out:
+        writable_file(args.codes_out, "--codes-out")
+    check_stream(args.buffer, args.prebuffer, args.blocksize)  # again with the model's rate, once it is loaded
     if args.init_audio and not Path(args.init_audio).is_file():
         raise MusicsteerError(f"init audio not found: {args.init_audio}")
-    config = load_session_config(args, args.parser)
     spec = session_spec(args)
     lm = spec.lm
     gen = generator_class(args, lm)(lm, spec.controls, spec.vectors, steer_rule=args.steer_rule,
@@ -95,8 +98,21 @@ def run(args: argparse.Namespace) -> int:
     return code
 
 
+def refusals(stats: SessionStats) -> str:
+    """`refused 3 (bad_type 2, non_finite 1), clamped 1`: what the controls refused or brought into range."""
+    counts = dict(stats.control_counts)
+    clamped = counts.pop("clamped", 0)
+    kinds = ", ".join(f"{kind} {n}" for kind, n in sorted(counts.items()))
+    return f"refused {sum(counts.values())}" + (f" ({kinds})" if kinds else "") + f", clamped {clamped}"
+
+
 def stream(session: StreamingSession, gen: Generator, show_status: bool = True) -> int:
     """Run the session with Ctrl-C / SIGTERM stopping it cleanly; print a summary line."""
+    import signal
+
+    from rich.console import Console
+    from rich.live import Live
+
     console = Console(stderr=True)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: session.stop())
@@ -120,7 +136,7 @@ def stream(session: StreamingSession, gen: Generator, show_status: bool = True) 
     print(f"played {stats.played_seconds:.2f} s; generated {stats.generated_seconds:.2f} s at rtf {stats.rtf:.2f} "
           f"(generation {stats.generation_rtf:.2f}, decode {stats.decode_rtf:.2f}); "
           f"underruns {stats.underrun_events} ({stats.underrun_seconds:.2f} s), rebuffers {stats.rebuffers}; "
-          f"{stats.callbacks} audio callbacks", file=sys.stderr)
+          f"{stats.callbacks} audio callbacks; control values {refusals(stats)}", file=sys.stderr)
     for take in session.takes:
-        print(f"recorded {take}", file=sys.stderr)
+        print(f"recorded {printable(take)}", file=sys.stderr)
     return 0

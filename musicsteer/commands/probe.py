@@ -12,10 +12,10 @@ from __future__ import annotations
 import argparse
 
 from musicsteer.engine.errors import MusicsteerError
+from musicsteer.engine.params import SITES
 
-from .options import DEFAULT_MODEL
+from .options import DEFAULT_MODEL, bounded, typed
 
-SITES = ("residual", "attention")
 POOLS = ("mean", "last")
 METHODS = ("mse", "logistic", "diffmean")
 
@@ -30,9 +30,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     extract.add_argument("--data", required=True, help="folder with one sub-folder per label, or a CSV path,label")
     extract.add_argument("--model", default=DEFAULT_MODEL, help=f"model (default {DEFAULT_MODEL}; 'tiny' for tests)")
     extract.add_argument("--out", required=True, help="activations folder (ACTS_DIR); a rerun resumes it")
-    extract.add_argument("--segment-seconds", type=float, default=10.0, help="segment length (default 10)")
+    extract.add_argument("--segment-seconds", type=typed("init_seconds"), default=10.0,
+                         help="segment length, at most MusicGen's 30 s window (default 10)")
     extract.add_argument("--prompt", default="", help="text condition of the pass ('' = none, the default)")
-    extract.add_argument("--batch", type=int, default=4, help="segments per forward pass (default 4)")
+    extract.add_argument("--batch", type=bounded(int, 1, 1024), default=4,
+                         help="segments per forward pass (default 4)")
     extract.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     extract.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
     # Accepted only to be refused in words: the other model commands take --quantize.
@@ -60,8 +62,9 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
                         help="mse (the paper's one-hot probe), logistic, diffmean (default mse)")
     parser.add_argument("--site", choices=SITES, default="residual")
     parser.add_argument("--pool", choices=POOLS, default="mean", help="time pooling of the activations")
-    parser.add_argument("--seed", type=int, default=0, help="held-out split and k-means seed")
-    parser.add_argument("--test-fraction", type=float, default=0.15, help="held-out share (default 0.15)")
+    parser.add_argument("--seed", type=typed("seed"), default=0, help="held-out split and k-means seed")
+    parser.add_argument("--test-fraction", type=bounded(float, 0.01, 0.99), default=0.15,
+                        help="held-out share (default 0.15)")
 
 
 def run_extract(args: argparse.Namespace) -> int:

@@ -7,23 +7,17 @@ import argparse
 import hashlib
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
-from tqdm import tqdm
+from musicsteer.engine.errors import MusicsteerError, one_line, printable
 
-from musicsteer import __version__
-from musicsteer.controllers.automation import load_automation, step_for_time
-from musicsteer.engine.audio_io import read_audio, write_wav
-from musicsteer.engine.codec import decode_codes, encode_audio
-from musicsteer.engine.control import Controls
-from musicsteer.engine.errors import MusicsteerError
-from musicsteer.engine.generator import Generator, render_codes
-from musicsteer.engine.loading import LoadedModel
-from musicsteer.engine.session_log import read_log
-from musicsteer.engine.vectors import SteeringVectors
+from .options import add_generation_options, add_model_options, add_params, resolve
 
-from .options import add_generation_options, add_model_options, attach_meter, generator_class, load, session_spec
+if TYPE_CHECKING:
+    import torch
+
+    from musicsteer.engine.generator import Generator
+    from musicsteer.engine.loading import LoadedModel
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,10 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                             description="Generate S seconds offline and write them to a WAV file.")
     add_model_options(parser)
     add_generation_options(parser)
-    parser.add_argument("--seconds", type=float, help="seconds of new audio")
+    add_params(parser, "seconds", "init_seconds")
     parser.add_argument("--out", required=True, help="output WAV file")
-    parser.add_argument("--init-audio", help="audio file to continue from (its last 10 s by default)")
-    parser.add_argument("--init-seconds", type=float, default=10.0, help="seconds of --init-audio to use")
+    parser.add_argument("--init-audio", help="audio file to continue from (its last --init-seconds)")
     parser.add_argument("--automation", help="YAML file of timed changes ({at: 4.0, alpha: 0.6}, ...)")
     parser.add_argument("--replay", help="regenerate a live session from its session.jsonl (same codes)")
     parser.add_argument("--codes-out", help="save the codes (codebooks, frames) as .npy")
@@ -46,6 +39,9 @@ def sha256_of(path: str | Path) -> str:
 
 
 def prompt_codes_from(lm: LoadedModel, path: str | None, seconds: float) -> torch.Tensor | None:
+    from musicsteer.engine.audio_io import read_audio
+    from musicsteer.engine.codec import encode_audio
+
     if not path:
         return None
     if not Path(path).is_file():
@@ -54,26 +50,36 @@ def prompt_codes_from(lm: LoadedModel, path: str | None, seconds: float) -> torc
 
 
 def run(args: argparse.Namespace) -> int:
+    from musicsteer.controllers.automation import load_automation, schedule
+    from musicsteer.engine.files import writable_file
+
+    from .setup import attach_meter, generator_class, session_spec
+
+    resolve(args)
+    writable_file(args.out, "--out", make_folder=True)  # write_wav makes the missing folders
+    if args.codes_out:
+        writable_file(args.codes_out, "--codes-out")
     if args.replay:
         return replay(args)
-    if args.seconds is None or not args.seconds > 0:
-        raise MusicsteerError(f"--seconds must be > 0, got {args.seconds}")
+    if args.seconds is None:
+        raise MusicsteerError("render needs --seconds S (or --replay SESSION.jsonl)")
     if args.init_audio and not Path(args.init_audio).is_file():
         raise MusicsteerError(f"init audio not found: {args.init_audio}")
     automation = load_automation(args.automation) if args.automation else []
     spec = session_spec(args)
     lm = spec.lm
+    timed = schedule(automation, lm.frame_rate, args.seconds, args.automation)  # refuses events past the end
     gen = generator_class(args, lm)(lm, spec.controls, spec.vectors, steer_rule=args.steer_rule,
                                     steer_both=args.steer_both)
     meter = attach_meter(gen, args)
     readings: list[dict[str, float]] = []
     if meter is not None:
-        meter.listeners.append(lambda step, scores: readings.append(scores))
-    for timed in automation:
+        gen.listeners.add(lambda event: readings.append(event.scores) if hasattr(event, "scores") else None)
+    for (step, change), event in zip(timed, automation, strict=True):
         try:
-            gen.submit(timed.change, at_step=step_for_time(timed.at, lm.frame_rate))
-        except MusicsteerError as err:
-            raise MusicsteerError(f"{args.automation} line {timed.line}: {err}") from None
+            gen.control.submit(change, at_step=step)
+        except MusicsteerError as err:  # an unknown vector or a layer this model lacks
+            raise type(err)(f"{args.automation} line {event.line}: {err}") from None
     prompt_codes = prompt_codes_from(lm, args.init_audio, args.init_seconds)
     prompt_frames = 0 if prompt_codes is None else prompt_codes.shape[-1]
     total = prompt_frames + max(1, round(args.seconds * lm.frame_rate))
@@ -87,39 +93,83 @@ def run(args: argparse.Namespace) -> int:
 
 def replay(args: argparse.Namespace) -> int:
     """Rebuild the session a log describes (model, vectors, controls, settings, audio prompt) and
-    apply every logged change at its logged step: the codes come out identical."""
+    apply every logged change at its logged step: the codes come out identical. Every logged value
+    is held to the start-up rules (a hand-edited NaN is one line and exit 2)."""
+    from musicsteer import __version__
+    from musicsteer.engine.control import Controls
+    from musicsteer.engine.files import existing_file
+    from musicsteer.engine.session_log import read_log
+    from musicsteer.engine.vectors import SteeringVectors
+
+    from .setup import generator_class, load
+
     logged = read_log(args.replay)
     header = logged.header
     vectors_path = args.vectors or header.get("vectors")
-    vectors = SteeringVectors.load(vectors_path) if vectors_path else None
+    try:
+        vectors = SteeringVectors.load(vectors_path) if vectors_path else None
+    except MusicsteerError as err:
+        raise type(err)(f"{args.replay}: {err}" if not args.vectors else str(err)) from None
     if vectors is not None and header.get("vectors_sha256") and vectors.sha256 != header["vectors_sha256"]:
         raise MusicsteerError(f"vectors file {vectors_path} is not the one the session used (sha256 differs)")
     recorded_by = header.get("engine_version")
     if recorded_by != __version__:
-        # Seeded sampling draws changed in 0.2 (a race among the top-k candidates): warn, not refuse.
-        print(f"musicsteer: warning: {args.replay} was recorded by musicsteer {recorded_by}, this is "
-              f"{__version__}; sampled codes may differ (greedy sessions replay exactly)", file=sys.stderr)
-    lm = load(args, args.model or header.get("model"))
-    controls = dict(header["controls"], layers=tuple(header["controls"]["layers"]))
-    gen = generator_class(args, lm)(lm, Controls(**controls), vectors, **header["settings"])
-    for step, change in logged.changes:
-        gen.submit(change, at_step=step)
+        # Seeded sampling draws changed in 0.2 (a race among the top-k candidates) and 0.3 (candidates in
+        # token-id order): warn, not refuse.
+        print(one_line(f"musicsteer: warning: {args.replay} was recorded by musicsteer {one_line(recorded_by, 30)}, "
+                       f"this is {__version__}; sampled codes may differ (greedy sessions replay exactly)", 1000),
+              file=sys.stderr)
+    if set(header["settings"]) - SETTINGS_KEYS:
+        raise MusicsteerError(f"{args.replay}: the header's settings are not this engine's "
+                              f"({', '.join(sorted(map(str, header['settings'])))[:200]})")
     init = header.get("init_audio") or {}
-    if init and sha256_of(init["path"]) != init["sha256"]:
+    if init and sha256_of(existing_file(init["path"], f"{args.replay}: the session's init audio")) != init["sha256"]:
         raise MusicsteerError(f"init audio {init['path']} is not the file the session used (sha256 differs)")
+    lm = load(args, args.model or header["model"])
+    controls = dict(header["controls"])  # checked by read_log, in their engine types
+    controls.update(layers=tuple(controls.get("layers") or ()), mix=dict(controls.get("mix") or {}))
+    try:  # (checked by read_log; the model's own bounds, such as its layer count, are checked here)
+        gen = generator_class(args, lm)(lm, Controls(**controls), vectors, **header["settings"])
+        for step, change in logged.changes:
+            gen.control.submit(change, at_step=step)
+    except MusicsteerError as err:
+        raise type(err)(f"{args.replay}: {err}") from None
     prompt_codes = prompt_codes_from(lm, init.get("path"), init.get("seconds", 10.0))
+    prompt_frames = 0 if prompt_codes is None else int(prompt_codes.shape[-1])
+    if prompt_frames != header.get("prompt_frames", 0):
+        raise MusicsteerError(f"{args.replay}: the header says the audio prompt held {header.get('prompt_frames', 0)} "
+                              f"frames; its file gives {prompt_frames}")
     pad_end = False
     if logged.end is not None:
         new_frames, pad_end = logged.end["frames"], bool(logged.end.get("padded", False))
-    elif args.seconds and args.seconds > 0:
+    elif args.seconds:
         new_frames = round(args.seconds * lm.frame_rate)
     else:
         raise MusicsteerError(f"{args.replay} has no end record (the session was killed): give --seconds")
-    return finish(args, gen, int(header.get("prompt_frames", 0)) + new_frames, prompt_codes, pad_end=pad_end)
+    # Steps this replay runs: one per new frame, plus the delay pattern's tail. A change logged later
+    # would never apply: refused, as an automation event past the end is.
+    steps = new_frames + gen.delay.max_delay
+    late = [step for step, _ in logged.changes if step >= steps]
+    if late:
+        cause = "than its end record says" if logged.end is not None else "than --seconds covers"
+        raise MusicsteerError(f"{args.replay}: a change at step {late[0]} lies past the {steps} steps of this "
+                              f"replay: the log holds more {cause}")
+    return finish(args, gen, prompt_frames + new_frames, prompt_codes, pad_end=pad_end)
+
+
+# What a session log's header may set besides the controls (Generator's keyword arguments).
+SETTINGS_KEYS = {"window_seconds", "keep_seconds", "steer_rule", "steer_both", "alpha_slew_seconds"}
 
 
 def finish(args: argparse.Namespace, gen: Generator, total: int, prompt_codes: torch.Tensor | None,
            pad_end: bool) -> int:
+    import numpy as np
+    from tqdm import tqdm
+
+    from musicsteer.engine.audio_io import write_wav
+    from musicsteer.engine.codec import decode_codes
+    from musicsteer.engine.generator import render_codes
+
     lm = gen.lm
     prompt_frames = 0 if prompt_codes is None else prompt_codes.shape[-1]
     with tqdm(total=total, initial=prompt_frames, unit="frame", desc="render", leave=False) as bar:
@@ -128,6 +178,6 @@ def finish(args: argparse.Namespace, gen: Generator, total: int, prompt_codes: t
         np.save(args.codes_out, codes.numpy())
     audio = decode_codes(lm, codes)
     out = write_wav(args.out, audio, lm.sample_rate)
-    print(f"wrote {out} ({audio.shape[-1] / lm.sample_rate:.2f} s, {lm.audio_channels} channel(s), "
+    print(f"wrote {printable(out)} ({audio.shape[-1] / lm.sample_rate:.2f} s, {lm.audio_channels} channel(s), "
           f"{lm.sample_rate} Hz)")
     return 0

@@ -22,7 +22,7 @@ import torch
 from transformers import AutoProcessor, ClapModel, ClapProcessor
 
 from musicsteer.engine.audio_io import read_audio
-from musicsteer.engine.errors import MusicsteerError
+from musicsteer.engine.errors import MusicsteerError, one_line
 from musicsteer.engine.loading import check_model_folder
 from musicsteer.engine.tiny import no_progress_bars
 
@@ -32,9 +32,6 @@ DEFAULT_CLAP = "laion/clap-htsat-unfused"
 PIPELINE_TEMPLATE = "This is a sound of {}."  # transformers' zero-shot-audio-classification default
 
 
-def _one_line(error: BaseException) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[0] if lines else type(error).__name__
 
 
 def _locate(spec: str) -> tuple[str, bool]:
@@ -71,7 +68,7 @@ class ClapScorer:
                 self.processor = AutoProcessor.from_pretrained(source, local_files_only=local_only)
                 self.model = ClapModel.from_pretrained(source, local_files_only=local_only)
         except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
-            raise MusicsteerError(f"could not load CLAP model {spec!r}: {_one_line(e)}") from None
+            raise MusicsteerError(f"could not load CLAP model {spec!r}: {one_line(e)}") from None
         if not isinstance(self.processor, ClapProcessor):
             raise MusicsteerError(f"{spec!r} has no CLAP processor (found {type(self.processor).__name__})")
         self.model = self.model.eval()

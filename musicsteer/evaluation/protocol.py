@@ -26,7 +26,7 @@ import re
 from dataclasses import asdict, dataclass, field
 
 from musicsteer.engine.errors import MusicsteerError
-from musicsteer.engine.events import parse_list
+from musicsteer.engine.params import PARAMS
 
 DEFAULT_PAIRS: tuple[tuple[str, str], ...] = (
     ("rock", "classical"), ("classical", "electronic"), ("electronic", "jazz"), ("jazz", "rock"),
@@ -112,8 +112,12 @@ def parse_pairs(text: str | None) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
-def parse_floats(text: str | None, flag: str) -> tuple[float, ...]:
-    return parse_list(text, float, f"{flag} needs numbers like 0.2,0.4,0.6, got {text!r}")
+def parse_alphas(text: str | None) -> tuple[float, ...]:
+    """`0.2,0.4,0.6` -> strengths, each held to the alpha row of the parameter table."""
+    try:
+        return tuple(PARAMS["alpha"].parse(part.strip()) for part in (text or "").split(",") if part.strip())
+    except MusicsteerError as err:
+        raise type(err)(f"--alphas: {err}") from None
 
 
 def parse_labels(text: str | None) -> list[str]:

@@ -21,7 +21,8 @@ from tqdm import tqdm
 
 from musicsteer.engine.errors import MusicsteerError
 from musicsteer.engine.loading import LoadedModel
-from musicsteer.engine.vectors import SITES, SteeringVectors
+from musicsteer.engine.params import SITES
+from musicsteer.engine.vectors import SteeringVectors
 
 from . import listening, metrics, report
 from .clap import ClapScorer

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from scipy.stats import binomtest
 
-from musicsteer.engine.errors import MusicsteerError
+from musicsteer.engine.errors import MusicsteerError, one_line
 
 REQUIRED = ("trial_id", "pair", "choice")
 CHOICES = ("steered", "prompted")
@@ -47,7 +47,7 @@ def read_answers(paths: list[str | Path]) -> list[dict]:
                         raise MusicsteerError(f"{path} line {line}: empty pair")
                     rows.append({**row, "pair": pair, "choice": choice, "file": str(path)})
         except (OSError, UnicodeDecodeError, csv.Error) as e:
-            raise MusicsteerError(f"cannot read answers file {path}: {' '.join(str(e).split())}") from None
+            raise MusicsteerError(f"cannot read answers file {path}: {one_line(e)}") from None
     if not rows:
         raise MusicsteerError(f"no answers in {', '.join(map(str, paths))}")
     return rows

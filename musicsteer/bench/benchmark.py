@@ -4,7 +4,7 @@ Five contenders run on one loaded model object (same weights, dtype and prompt):
   engine              the `Generator` loop, MusicGen sampling (top-k 250, CFG 3), no steering;
   engine+steer        the same with one residual steering term at the vectors' best layer;
   engine+graph        `GraphGenerator`: on CUDA one captured graph replayed per token;
-  engine+graph+steer  the same with steering automated every token (`bench_knobs.automate_steering`);
+  engine+graph+steer  the same with steering automated every token (`knobs.automate_steering`);
   hf_generate         `model.generate(do_sample=True, guidance_scale=3)`, EnCodec decode excluded.
 The machines this runs on are shared and noisy, so the contenders alternate within every repeat
 (A B C D E A B C D E ...) and the report gives medians, with the per-repeat values kept in `extra`.
@@ -31,14 +31,16 @@ import transformers
 from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.models.encodec.modeling_encodec import EncodecDecoderOutput
 
-from .bench_knobs import LateReader, automate_steering, knob_latencies, recapture_check
-from .control import Controls
-from .generator import Generator, fast_decoder
-from .graph import GraphGenerator
-from .vectors import SteeringVectors
+from musicsteer.engine.control import Controls
+from musicsteer.engine.events import Applied
+from musicsteer.engine.generator import Generator, fast_decoder
+from musicsteer.engine.graph import GraphGenerator
+from musicsteer.engine.vectors import SteeringVectors
+
+from .knobs import LateReader, automate_steering, knob_latencies, recapture_check
 
 if TYPE_CHECKING:
-    from .loading import LoadedModel
+    from musicsteer.engine.loading import LoadedModel
 
 PROMPT = "lo-fi jazz with warm piano"
 STEER_ALPHA = 0.5
@@ -117,7 +119,7 @@ def _run_engine(lm: LoadedModel, steps: int, vectors: SteeringVectors | None, gr
     gen = (GraphGenerator if graph else Generator)(lm, _controls(vectors), vectors)
     applied: list[int] = []
     if automate:
-        gen.on_applied = lambda _step, changes: applied.append(len(changes))
+        gen.listeners.add(lambda event: applied.append(len(event.changes)) if isinstance(event, Applied) else None)
         automate_steering(gen, steps + gen.delay.max_delay + 2)  # the capturing step and the first frame too
     gen.start()
     if graph:

@@ -16,10 +16,10 @@ from typing import Any
 
 import torch
 
-from .decoder import FastDecoder
-from .errors import MusicsteerError
-from .loading import LoadedModel, load_model
-from .quantize import DRIFT_PROMPT, logit_drift
+from musicsteer.engine.decoder import FastDecoder
+from musicsteer.engine.errors import MusicsteerError
+from musicsteer.engine.loading import LoadedModel, load_model
+from musicsteer.engine.quantize import DRIFT_PROMPT, logit_drift
 
 REFERENCE_DTYPE = torch.float32
 

@@ -13,10 +13,10 @@ import statistics
 import threading
 import time
 
-from .control import Controls
-from .generator import Generator
-from .loading import LoadedModel
-from .session import StreamingSession, StreamOptions
+from musicsteer.engine.control import Controls
+from musicsteer.engine.generator import Generator
+from musicsteer.engine.loading import LoadedModel
+from musicsteer.engine.session import StreamingSession, StreamOptions
 
 
 def rss_mb() -> float:

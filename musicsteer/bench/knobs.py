@@ -6,7 +6,7 @@ is submitted with `at_step`, so a run is deterministic and its codes reproducibl
 
 `knob_latency` measures what a performer waits for: another thread (standing in for OSC or MIDI)
 submits α changes at seeded random moments while the generation thread steps freely; the latency
-of each is from just before `submit` to the generation thread's `on_applied` callback, which runs at
+of each is from just before `submit` to the generation thread's `Applied` listener, which runs at
 the token boundary where the change has been written into the steering tensors (on CUDA the
 writes are queued: the kernels reading them follow on the device).
 """
@@ -21,14 +21,14 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from .events import Change
-from .generator import Frame, Generator
-from .graph import GraphGenerator
+from musicsteer.engine.events import Applied, Change, Event
+from musicsteer.engine.generator import Frame, Generator
+from musicsteer.engine.graph import GraphGenerator
 
 if TYPE_CHECKING:
-    from .control import Controls
-    from .loading import LoadedModel
-    from .vectors import SteeringVectors
+    from musicsteer.engine.control import Controls
+    from musicsteer.engine.loading import LoadedModel
+    from musicsteer.engine.vectors import SteeringVectors
 
 class LateReader:
     """Steps a generator and reads each frame's codes one token late, as the streaming decoder does.
@@ -72,16 +72,16 @@ def automate_steering(gen: Generator, steps: int, *, mixes: Sequence[dict[str, f
     mixes = list(mixes) if mixes else steering_mixes(gen.vectors.labels)
     count = 0
     for i in range(steps):
-        gen.submit(Change("alpha", 0.1 + 0.8 * abs(math.sin(0.37 * i))), at_step=i)
+        gen.control.submit(Change("alpha", 0.1 + 0.8 * abs(math.sin(0.37 * i))), at_step=i)
         count += 1
         if i % mix_every == 0:
-            gen.submit(Change("mix", mixes[(i // mix_every) % len(mixes)]), at_step=i)
+            gen.control.submit(Change("mix", mixes[(i // mix_every) % len(mixes)]), at_step=i)
             count += 1
         if i % layer_every == 0:
-            gen.submit(Change("layer", (i // layer_every) % gen.dec.num_layers), at_step=i)
+            gen.control.submit(Change("layer", ((i // layer_every) % gen.dec.num_layers,)), at_step=i)
             count += 1
         if i % site_every == 0:
-            gen.submit(Change("site", ("residual", "attention")[(i // site_every) % 2]), at_step=i)
+            gen.control.submit(Change("site", ("residual", "attention")[(i // site_every) % 2]), at_step=i)
             count += 1
     return count
 
@@ -91,7 +91,7 @@ def recapture_check(gen: GraphGenerator, tokens: int) -> dict[str, int]:
 
     The issue's goal is zero recaptures after the first capture, so `graph_builds` must be 1."""
     applied: list[int] = []
-    gen.on_applied = lambda _step, changes: applied.append(len(changes))
+    gen.listeners.add(lambda event: applied.append(len(event.changes)) if isinstance(event, Applied) else None)
     submitted = automate_steering(gen, tokens, mix_every=1, layer_every=1, site_every=1)
     gen.start()
     reader = LateReader(gen)
@@ -121,11 +121,11 @@ def knob_latency(gen: Generator, changes: int = 50, seed: int = 0) -> dict[str, 
     applied: dict[float, tuple[float, int]] = {}
     errors: list[Exception] = []
 
-    def on_applied(step: int, batch: list[Change]) -> None:
+    def on_applied(event: Event) -> None:
         now = time.perf_counter()
-        for change in batch:
+        for change in event.changes if isinstance(event, Applied) else ():
             if change.param == "alpha":
-                applied[change.value] = (now, step)
+                applied[change.value] = (now, event.step)
 
     gen.start()
     reader = LateReader(gen)
@@ -137,7 +137,7 @@ def knob_latency(gen: Generator, changes: int = 50, seed: int = 0) -> dict[str, 
         reader.step()
         stamps.append(time.perf_counter())
     step_s = statistics.median(b - a for a, b in zip(stamps, stamps[1:], strict=False))
-    gen.on_applied = on_applied
+    gen.listeners.add(on_applied)
     rng = random.Random(seed)
     gaps = [rng.uniform(0.5, 2.5) * step_s for _ in range(changes)]
 
@@ -147,7 +147,7 @@ def knob_latency(gen: Generator, changes: int = 50, seed: int = 0) -> dict[str, 
                 time.sleep(gap)
                 alpha = _PROBE_ALPHA0 + i * _PROBE_ALPHA_STEP
                 t, step = time.perf_counter(), gen.step_index
-                gen.submit(Change("alpha", alpha))
+                gen.control.submit(Change("alpha", alpha))
                 submitted[alpha] = (t, step)  # recorded after submit: an applied entry may come first
         except Exception as err:  # re-raised on the generation thread, which the caller waits on
             errors.append(err)
@@ -158,7 +158,7 @@ def knob_latency(gen: Generator, changes: int = 50, seed: int = 0) -> dict[str, 
     while thread.is_alive() or len(applied) < len(submitted):
         reader.step()
     thread.join()
-    gen.on_applied = None
+    gen.listeners.remove(on_applied)
     if errors:
         raise errors[0]
     ms = [1000 * (applied[a][0] - t) for a, (t, _) in submitted.items()]
