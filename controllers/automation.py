@@ -114,11 +114,8 @@ def _parse_item(tree: YamlTree, node: yaml.Node) -> list[TimedChange]:
             raise tree.fail(key_node, f"key {key!r} given twice in one event")
         fields[key] = (tree.value(value_node), key_node)
 
-    def value(key: str, row: Param) -> Any:
-        try:
-            return row.named(key).parse(fields[key][0])  # messages name the key as written (ramp, steer)
-        except MusicsteerError as exc:
-            raise tree.fail(fields[key][1], str(exc), type(exc)) from None
+    def value(key: str, row: Param) -> Any:  # messages name the key as written (ramp, steer)
+        return tree.checked(row.named(key), *fields[key])
 
     if "at" not in fields:
         raise tree.fail(node, "event has no 'at:' time (seconds from the start)")

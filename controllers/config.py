@@ -109,13 +109,8 @@ class _Reader:
         return out
 
     def value(self, fields: dict, key: str, row: Param) -> Any:
-        """fields[key] read and checked by `row`'s start-up rules; errors name the key (or the row's
-        own name, where it says more: "min of alpha") and its line."""
-        value, node = fields[key]
-        try:
-            return (row if row.name.startswith(key + " ") else row.named(key)).parse(value)
-        except MusicsteerError as exc:
-            raise self.tree.fail(node, str(exc), type(exc)) from None
+        """fields[key] read and checked by `row`'s start-up rules; errors name the key and its line."""
+        return self.tree.checked(row.named(key), *fields[key])
 
     def choice(self, fields: dict, key: str, options: tuple[str, ...]) -> str:
         return self.value(fields, key, Param(key, "choice", key, choices=options))
@@ -218,8 +213,9 @@ class _Reader:
         default = {"alpha": (0.0, 1.0), "top_p": (0.0, 1.0), "crossfade": (0.0, 1.0)}.get(param)
         if default is None and not {"min", "max"} <= set(f):
             raise self.tree.fail(node, f"param {param} needs 'min' and 'max' (the values at CC 0 and CC 127)")
-        low = self.value(f, "min", knob_end(param, "min")) if "min" in f else default[0]
-        high = self.value(f, "max", knob_end(param, "max")) if "max" in f else default[1]
+        # (named by the row: "min of alpha" says more than "min")
+        low = self.tree.checked(knob_end(param, "min"), *f["min"]) if "min" in f else default[0]
+        high = self.tree.checked(knob_end(param, "max"), *f["max"]) if "max" in f else default[1]
         if low == high:
             raise self.tree.fail(node, "'min' and 'max' must differ")
         curve = self.choice(f, "curve", CURVES) if "curve" in f else "linear"

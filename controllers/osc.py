@@ -40,7 +40,7 @@ from pythonosc.dispatcher import Dispatcher
 from pythonosc.osc_message_builder import OscMessageBuilder
 from pythonosc.osc_server import BlockingOSCUDPServer
 
-from musicsteer.engine.errors import BadType, Malformed, MusicsteerError, UnknownName, one_line, shown
+from musicsteer.engine.errors import BadType, MusicsteerError, UnknownName, one_line, shown
 from musicsteer.engine.events import Applied, Change, Event, MeterReading
 from musicsteer.engine.params import LIVE, OSC_ADDRESSES, PARAMS, Param
 
@@ -389,4 +389,4 @@ class _Replies:
         self.first = ""
 
 
-__all__ = ["ADDRESSES", "Malformed", "OscServer", "parse_packet"]
+__all__ = ["ADDRESSES", "RATE", "OscServer"]

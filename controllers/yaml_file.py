@@ -16,6 +16,7 @@ import yaml
 
 from musicsteer.engine.errors import MusicsteerError, TooLarge, one_line
 from musicsteer.engine.files import existing_file
+from musicsteer.engine.params import Param
 
 MAX_BYTES = 1 << 20  # a config or automation file is text a person edits: a megabyte is plenty
 MAX_NODES = 100_000  # nodes after alias expansion (an automation file of 10,000 events fits)
@@ -104,6 +105,14 @@ class YamlTree:
         except (ValueError, TypeError, KeyError, AttributeError, OverflowError, RecursionError) as exc:
             # an explicit tag on text it cannot read (`!!int abc`, `!!timestamp never`)
             raise self.fail(node, f"a value cannot be read: {one_line(exc, 80)}") from None
+
+    def checked(self, row: Param, value: Any, node: yaml.Node) -> Any:
+        """`value` (built from `node`'s subtree) read and checked by `row` with the start-up rules; an
+        error names the row (pass `row.named(key)` to name a key as written) and `node`'s line."""
+        try:
+            return row.parse(value)
+        except MusicsteerError as exc:
+            raise self.fail(node, str(exc), type(exc)) from None
 
     def fail(self, node: yaml.Node, message: str, kind: type[MusicsteerError] = MusicsteerError) -> MusicsteerError:
         """An error about `node`, naming the file and its line."""

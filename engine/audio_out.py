@@ -25,10 +25,6 @@ NULL_DEVICE = "null"
 _COMMON_RATES = (8000, 11025, 16000, 22050, 32000, 44100, 48000, 88200, 96000, 192000)
 _open_streams = 0  # PortAudio streams this process holds open; re-initialising would kill them
 _pa_lock = threading.Lock()
-
-
-
-
 PORTAUDIO_INSTALL = ("install libportaudio2 (Debian/Ubuntu: apt-get install libportaudio2; "
                      "macOS: brew install portaudio)")
 

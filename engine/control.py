@@ -95,7 +95,7 @@ class ControlState:
         # The starting values obey the rules of any start-up path: out of range is an error, not a clamp.
         for row in LIVE.values():
             value = getattr(self.values, row.status)
-            if row.name == "mix" and not value or row.name == "layer" and not value:
+            if not value and row.name in ("mix", "layer"):  # empty: the vectors file's choice
                 continue
             setattr(self.values, row.status, self.check(Change(row.name, value), live=False).value)
         self._inbox: queue.Queue[Change] = queue.Queue(INBOX)
@@ -168,9 +168,10 @@ class ControlState:
     def apply_due(self, step: int) -> Boundary:
         """Apply every change due at `step`, advance glides, and say what the generator must redo."""
         boundary = Boundary([])
-        with self._lock:
-            while self._scheduled and self._scheduled[0][0] <= step:
-                boundary.changes.append(heapq.heappop(self._scheduled)[2])
+        if self._scheduled:  # (unlocked peek: a push racing it is seen at the next token)
+            with self._lock:
+                while self._scheduled and self._scheduled[0][0] <= step:
+                    boundary.changes.append(heapq.heappop(self._scheduled)[2])
         for _ in range(INBOX):  # what is waiting now; a flood arriving meanwhile waits for the next token
             try:
                 boundary.changes.append(self._inbox.get_nowait())

@@ -24,7 +24,7 @@ from .delay import DelayPattern
 from .errors import BadType, MusicsteerError, shown
 from .events import Applied, Listeners
 from .kv_cache import KVCache
-from .params import PARAMS
+from .params import PARAMS, check_settings
 from .sampling import guided_logits, sample_tokens
 from .steering import SteeringTensors
 from .vectors import SteeringVectors
@@ -110,9 +110,8 @@ class Generator:
         alpha_slew_seconds: float = 0.0,
     ) -> None:
         # The table's bounds, whoever calls: a replayed log's header is a start-up path like a flag.
-        for name, value in (("window_seconds", window_seconds), ("keep_seconds", keep_seconds),
-                            ("steer_rule", steer_rule), ("slew", alpha_slew_seconds)):
-            PARAMS[name].check(value)
+        check_settings(window_seconds=window_seconds, keep_seconds=keep_seconds, steer_rule=steer_rule,
+                       slew=alpha_slew_seconds)
         if not isinstance(steer_both, bool):
             raise BadType(f"steer_both needs true or false, got {shown(steer_both)}")
         if vectors is not None:

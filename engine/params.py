@@ -22,7 +22,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import BadType, MusicsteerError, NonFinite, OutOfRange, TooLarge, one_line, shown
+from .errors import BadType, NonFinite, OutOfRange, TooLarge, one_line, shown
 
 SITES = ("residual", "attention")  # residual: the stream entering layer L; attention: layer L's self-attention output
 RULES = ("renorm", "add")  # renorm: (h + a|h|v)/(1+a), the paper's; add: h + a v
@@ -287,14 +287,12 @@ OSC_ADDRESSES: dict[str, Param] = {address: p for p in CONTROLS for address in p
 YAML_KEYS: dict[str, Param] = {key: p for p in PARAMS.values() for key in p.keys}
 
 
-def param(name: str) -> Param:
-    """The row called `name`; UnknownName (listing the live ones) if there is none."""
-    from .errors import UnknownName
-
-    try:
-        return PARAMS[name]
-    except (KeyError, TypeError):
-        raise UnknownName(f"unknown parameter {shown(name)} (known: {', '.join(LIVE)})") from None
+def check_settings(**values: Any) -> None:
+    """Check session settings given by name (`window_seconds=30.0`, …) against their rows, strictly;
+    None means "not set". For library callers, who bypass the CLI's typed flags."""
+    for name, value in values.items():
+        if value is not None:
+            PARAMS[name].check(value)
 
 
 def check_stream(buffer: float, prebuffer: float, blocksize: int, sample_rate: int = 32000) -> None:
@@ -340,5 +338,5 @@ def markdown_table() -> str:
     return "\n".join(rows)
 
 
-__all__ = ["AT", "CONTROLS", "GLIDE", "LIVE", "PARAMS", "RULES", "SETTINGS", "SITES", "MusicsteerError", "Param",
-           "check_text", "glide_steps", "markdown_table", "param"]
+__all__ = ["AT", "CONTROLS", "GLIDE", "LIVE", "PARAMS", "RULES", "SETTINGS", "SITES", "Param", "check_settings",
+           "check_stream", "check_text", "glide_steps", "markdown_table"]

@@ -34,7 +34,7 @@ from . import __version__
 from .audio_out import open_sink
 from .decode_worker import DecodeWorker
 from .events import Applied, Change, Event
-from .params import LIVE, PARAMS, check_stream
+from .params import LIVE, check_settings, check_stream
 from .recorder import Recorder
 from .ring_buffer import RingBuffer
 from .session_log import SessionLog, log_path_for
@@ -82,11 +82,8 @@ class StreamingSession:
     def __init__(self, gen: Generator, options: StreamOptions, prompt_codes: Tensor | None = None,
                  init_audio: dict | None = None, keep_codes: bool = False) -> None:
         # The same rows and bounds as the CLI's flags (params.SETTINGS): a library caller is held to them too.
-        for name, value in (("when_slow", options.when_slow), ("seconds", options.seconds),
-                            ("buffer", options.buffer_seconds), ("prebuffer", options.prebuffer_seconds),
-                            ("blocksize", options.blocksize)):
-            if value is not None:
-                PARAMS[name].check(value)
+        check_settings(when_slow=options.when_slow, seconds=options.seconds, buffer=options.buffer_seconds,
+                       prebuffer=options.prebuffer_seconds, blocksize=options.blocksize)
         lm = gen.lm
         check_stream(options.buffer_seconds, options.prebuffer_seconds, options.blocksize, lm.sample_rate)
         self.gen, self.options, self.prompt_codes = gen, options, prompt_codes

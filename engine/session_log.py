@@ -154,9 +154,11 @@ def _header(header: dict[str, Any]) -> dict[str, Any]:
     for key, value in header["controls"].items():
         row = fields.get(key)
         need(row is not None, f"controls name an unknown control {shown(key, 30)}")
-        empty = value in ({}, [], "") and row.kind != "text"  # mix {}, layers [], site "": the vectors file's
-        checked = value if empty else row.named(key).check(value)[0]
-        controls[key] = (checked,) if row.many and not isinstance(checked, tuple | list) else checked
+        if value in ({}, [], "") and row.kind != "text":  # mix {}, layers [], site "": the vectors file's
+            controls[key] = () if row.many else value
+            continue
+        checked = row.named(key).check(value)[0]
+        controls[key] = (checked,) if row.many and not isinstance(checked, tuple) else checked  # Controls' types
     return {**header, "controls": controls}
 
 

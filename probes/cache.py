@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from musicsteer.engine.errors import MusicsteerError
+from musicsteer.engine.errors import MusicsteerError, one_line
 from musicsteer.engine.files import atomic_write
 from musicsteer.engine.params import SITES
 
@@ -62,7 +62,7 @@ class ActivationCache:
         try:
             manifest = json.loads(self.manifest_path.read_text())
         except (OSError, ValueError) as e:
-            raise MusicsteerError(f"{self.manifest_path} is unreadable ({' '.join(str(e).split())}); "
+            raise MusicsteerError(f"{self.manifest_path} is unreadable ({one_line(e)}); "
                                   "use another --out") from None
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
             raise MusicsteerError(f"{self.root} is not a musicsteer activations folder; use another --out")
@@ -169,7 +169,7 @@ def load_activations(root: str | Path, site: str = "residual", pool: str = "mean
     try:
         x = np.load(path)
     except (OSError, ValueError) as e:
-        raise MusicsteerError(f"cannot read {path}: {' '.join(str(e).split())}") from None
+        raise MusicsteerError(f"cannot read {path}: {one_line(e)}") from None
     labels = list(manifest["labels"])
     y = np.asarray([labels.index(seg[1]) for seg in manifest["segments"]], dtype=np.int64)
     if x.shape != (len(y), manifest["num_layers"], manifest["d_model"]):

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from musicsteer.engine.audio_io import read_audio
-from musicsteer.engine.errors import MusicsteerError
+from musicsteer.engine.errors import MusicsteerError, one_line
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,7 @@ def _from_csv(manifest: Path) -> tuple[list[Source], list[dict[str, str]]]:
                 raise MusicsteerError(f"{manifest} needs a header with the columns path,label (found {columns})")
             rows = [{k.strip(): (v or "").strip() for k, v in row.items() if k} for row in reader]
     except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise MusicsteerError(f"cannot read {manifest}: {' '.join(str(e).split())}") from None
+        raise MusicsteerError(f"cannot read {manifest}: {one_line(e)}") from None
     sources, skipped, seen = [], [], set()
     for line, row in enumerate(rows, start=2):
         file_id, label = row.get("path", ""), row.get("label", "")

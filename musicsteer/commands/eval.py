@@ -30,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--n", type=bounded(int, 1, 100_000), default=20,
                         help="source clips per transition (default %(default)s)")
     add_params(parser, "seed", "seconds", "alpha", "layer", "site", "steer_rule",
-               defaults={"seed": 0, "seconds": 10.0, "alpha": 0.5, "steer_rule": "renorm"})
+               defaults={"seconds": 10.0})  # eval's clips; the rest take the table's defaults (resolve)
     parser.add_argument("--source-seconds", type=typed("seconds"), default=10.0,
                         help="length of a source clip (default 10)")
     parser.add_argument("--alphas", help="extra strengths for the sweep plot, e.g. 0.2,0.4,0.6,0.8")

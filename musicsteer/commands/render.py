@@ -126,8 +126,7 @@ def replay(args: argparse.Namespace) -> int:
     if init and sha256_of(existing_file(init["path"], f"{args.replay}: the session's init audio")) != init["sha256"]:
         raise MusicsteerError(f"init audio {init['path']} is not the file the session used (sha256 differs)")
     lm = load(args, args.model or header["model"])
-    controls = dict(header["controls"])  # checked by read_log, in their engine types
-    controls.update(layers=tuple(controls.get("layers") or ()), mix=dict(controls.get("mix") or {}))
+    controls = header["controls"]  # checked by read_log, in Controls' types
     try:  # (checked by read_log; the model's own bounds, such as its layer count, are checked here)
         gen = generator_class(args, lm)(lm, Controls(**controls), vectors, **header["settings"])
         for step, change in logged.changes:
