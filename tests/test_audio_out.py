@@ -214,9 +214,11 @@ def test_device_refusing_the_model_rate() -> None:
         assert ring.sample_rate == RATE
         sink = open_sink("system", ring, RATE, 2, blocksize=BLOCK, resample=True)
         assert sink.resampling and sink.device_rate == 48000 and ring.sample_rate == 48000
+        audio = sine(1.0)
+        assert sink.write(audio[:, : RATE // 4]) == RATE // 4  # primed, as a session does before start()
         sink.start()
         try:
-            play(sink, sine(1.0))
+            play(sink, audio[:, RATE // 4 :])
             assert sink.drain(timeout=5.0)
         finally:
             sink.stop()
