@@ -3,14 +3,19 @@
 The address space is the parameter table's (engine/params.py): each live row's `osc` addresses under
 /musicsteer/, taking numbers as OSC i, h, f or d (never r, m, T/F…: a colour is not a strength) and
 text as s. `alpha f [ramp_s]`; `steer s`; `mix s f … [morph_s]`; `morph s morph_s` or `morph s f …
-morph_s`. Besides: record/start s, record/stop, subscribe, unsubscribe, ping [args] -> pong [args],
+morph_s`. Besides: record/start [s], record/stop, subscribe, unsubscribe, ping [args] -> pong [args],
 status. Argless commands ignore arguments (TouchOSC buttons send 1.0, then 0.0).
 
-Replies go to the sender's (ip, port): record/start s -> record/started s; record/stop -> record/stopped
-s (the file, "" if none); status -> /musicsteer/status: string keys each followed by one value (the
+Replies go to the sender's (ip, port): record/start s -> record/started s (the name is taken in the
+recordings folder and refused outside it; no name, or a number from a button: a new take-….wav);
+record/stop -> record/stopped s (the file, "" if none). Both open and close files on the session's
+takes thread, so the reply (or /musicsteer/error) comes once that is done.
+status -> /musicsteer/status: string keys each followed by one value (the
 stream's figures, every control's status key, recording, refused, clamped, `refused.KIND` per kind,
 layer = the first steered layer), then `mix` LAST with its name/weight pairs to the end. subscribe
--> a status now and each `status_interval`, and `/musicsteer/changed param value…` per applied change.
+-> a status now and each `status_interval`, `/musicsteer/changed param value…` per applied change, and
+`/musicsteer/error s` or `/musicsteer/warning s` for what the session must tell (a failed recording,
+a nearly full disk, a truncated prompt, a lost sound device).
 A clamped value -> /musicsteer/clamped s f f (param, applied, asked; it WAS applied). A refusal ->
 /musicsteer/error s "<address>: <reason>" (one line; nothing applied). Per datagram at most one
 error reply (a bundle's refusals are summed up in it) and a few clamp replies; every refusal is
@@ -18,9 +23,10 @@ counted by kind in the session's control state (status, summary) and never logge
 
 Threads (docs/design.md §6 facts): a BlockingOSCUDPServer in one thread (the threading server lost 5–22 % at
 1 kHz under torch load) that never touches torch; a sender thread for subscribers, fed by a queue the
-engine listener only appends to. Packets are read strictly (controllers/osc_packet.py). Bundle time
-tags are ignored: a sleep would stall the only serving thread. Whoever reaches the port can steer
-and write recordings: loopback by default; `allow` takes IPs/networks.
+engine listener only appends to. Packets are read strictly (controllers/osc_packet.py);
+controllers/osc_args.py turns their arguments into engine values, and values back into reply arguments.
+Bundle time tags are ignored: a sleep would stall the only serving thread. Whoever reaches the port can
+steer and write recordings: loopback by default; `allow` takes IPs/networks.
 """
 
 from __future__ import annotations
@@ -34,23 +40,24 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pythonosc.dispatcher import Dispatcher
 from pythonosc.osc_message_builder import OscMessageBuilder
 from pythonosc.osc_server import BlockingOSCUDPServer
 
-from musicsteer.engine.errors import BadType, MusicsteerError, UnknownName, one_line, shown
-from musicsteer.engine.events import Applied, Change, Event, MeterReading
-from musicsteer.engine.params import LIVE, OSC_ADDRESSES, PARAMS, Param
+from musicsteer.engine.errors import MusicsteerError, UnknownName, one_line
+from musicsteer.engine.events import Applied, Change, Event, MeterReading, Notice
+from musicsteer.engine.params import LIVE, OSC_ADDRESSES, PARAMS
 
+from . import osc_args
 from .osc_packet import Message, parse_packet
 
 if TYPE_CHECKING:
     from musicsteer.engine.session import StreamingSession
 
 PREFIX = "/musicsteer"
-NUMBER_TAGS = "ifdh"
 MAX_SUBSCRIBERS = 32  # a bound: UDP senders are cheap to fake
 MAX_CLAMP_REPLIES = 8  # per datagram
 # Messages per second the server handles (a token bucket holding one second's worth); past it datagrams
@@ -60,6 +67,7 @@ RATE = 2000
 # The address space: the parameter table's live addresses, then the session's own commands.
 SESSION_COMMANDS = ("record/start", "record/stop", "subscribe", "unsubscribe", "ping", "status")
 ADDRESSES = tuple(f"{PREFIX}/{path}" for path in (*OSC_ADDRESSES, *SESSION_COMMANDS))
+TAKE_REPLIES = {"record/start": "record/started", "record/stop": "record/stopped"}
 PATTERN_CHARS = set("*?[]{}")  # OSC address patterns: refused, not matched (see _route_table)
 _STOP = object()
 _BIND_ERRORS = {errno.EADDRINUSE: "OSC port {port} on {host} is in use",
@@ -80,55 +88,6 @@ class _Server(BlockingOSCUDPServer):
     def handle_error(self, request: Any, client_address: Any) -> None:  # not a traceback per bad packet
         with contextlib.suppress(Exception):  # and never raise: that would end serve_forever
             self.owner._count("internal")
-
-
-def _address(message: Message) -> str:
-    return ascii(message.address[:60])[1:-1]  # printable and short, whatever was sent
-
-
-def _numbers(row: Param, message: Message, most: int) -> list[Any]:
-    """The message's arguments, which must be 1..most OSC numbers (i, h, f, d)."""
-    if not 1 <= len(message.args) <= most or any(tag not in NUMBER_TAGS for tag in message.tags):
-        wanted = (f"a number (and optionally {row.glide[1]} seconds)" if row.glide else
-                  f"1 to {most} whole numbers" if most > 1 else "one number")
-        got = f"OSC types {message.tags!r}" if message.tags else "no arguments"
-        raise BadType(f"{row.name} needs {wanted}, got {got}")
-    return list(message.args)
-
-
-def _text(what: str, message: Message) -> str:
-    if message.tags != "s":
-        raise BadType(f"{what} needs one string, got OSC types {message.tags!r}")
-    return message.args[0]
-
-
-def _pairs(message: Message, tags: str, args: tuple) -> dict[str, Any]:
-    if not args or len(args) % 2 or any(t != "s" for t in tags[::2]) or any(t not in NUMBER_TAGS for t in tags[1::2]):
-        raise BadType(f"needs name/weight pairs (s f …), got OSC types {message.tags!r}")
-    if len(set(args[::2])) != len(args) // 2:
-        raise BadType("a mix names a vector twice")
-    return dict(zip(args[::2], args[1::2], strict=True))  # weights are checked by the table
-
-
-def _change(row: Param, address: str, message: Message) -> Change:
-    """The Change one message on a parameter's address asks for (checked by the table on submit)."""
-    if row.kind in ("number", "whole"):
-        args = _numbers(row, message, 2 if row.glide else row.size or 1)
-        if row.glide:
-            return Change(row.name, *args)
-        return Change(row.name, tuple(args) if row.many else args[0])
-    if row.kind != "mix":
-        return Change(row.name, _text(row.name, message))
-    tags, args = message.tags, message.args
-    if address == "steer":
-        return Change("mix", {_text("steer", message): 1.0})
-    if address == "morph":  # name seconds | pairs seconds
-        if len(args) < 2 or tags[-1] not in NUMBER_TAGS:
-            raise BadType(f"morph needs a name (or name/weight pairs) then seconds, got OSC types {tags!r}")
-        mix = {args[0]: 1.0} if tags == "s" + tags[-1] else _pairs(message, tags[:-1], args[:-1])
-        return Change("mix", mix, args[-1])
-    cut = len(args) // 2 * 2  # mix: pairs [seconds]
-    return Change("mix", _pairs(message, tags[:cut], args[:cut]), args[cut] if len(args) > cut else 0.0)
 
 
 class OscServer:
@@ -243,9 +202,10 @@ class OscServer:
                                       else "address patterns (* ? [ ] { }) are not supported: send the address")
                 route(client, message, replies)
             except MusicsteerError as exc:
-                self._refused(replies, exc.kind, f"{_address(message)}: {exc}")
+                self._refused(replies, exc.kind, f"{osc_args.address(message)}: {exc}")
             except Exception as exc:  # noqa: BLE001 - a running session survives every message
-                self._refused(replies, "internal", f"{_address(message)}: internal error ({type(exc).__name__})")
+                self._refused(replies, "internal",
+                              f"{osc_args.address(message)}: internal error ({type(exc).__name__})")
         for address, args in replies.out:
             self._send(client, address, *args)
         if replies.refused:
@@ -265,12 +225,11 @@ class OscServer:
         into a backtracking regex, and `/musicsteer/*****…Q` took seconds of GIL per datagram."""
         routes: dict[str, Callable[[Any, Message, _Replies], None]] = {
             address: lambda client, msg, replies, row=row, address=address: self._submit(
-                msg, _change(row, address, msg), replies) for address, row in OSC_ADDRESSES.items()}
+                msg, osc_args.change(row, address, msg), replies) for address, row in OSC_ADDRESSES.items()}
         routes |= {
-            "record/start": lambda client, msg, replies: replies.out.append(  # the writer thread does the rest
-                (f"{PREFIX}/record/started", [str(self._surface.start_recording(_text("record/start", msg)))])),
-            "record/stop": lambda client, msg, replies: replies.out.append(
-                (f"{PREFIX}/record/stopped", [str(self._surface.stop_recording() or "")])),
+            "record/start": self._record_start,
+            "record/stop": lambda client, msg, replies: self._later(client, "record/stop",
+                                                                    self._surface.stop_recording),
             "subscribe": lambda client, msg, replies: self._subscribe(True, client),
             "unsubscribe": lambda client, msg, replies: self._subscribe(False, client),
             "ping": lambda client, msg, replies: replies.out.append((f"{PREFIX}/pong", list(msg.args))),
@@ -285,7 +244,7 @@ class OscServer:
         try:
             checked = self._control.submit(change)
         except MusicsteerError as exc:  # refused by the table, the model or the vectors (and counted there)
-            self._refused(replies, exc.kind, f"{_address(message)}: {exc}", counted=True)
+            self._refused(replies, exc.kind, f"{osc_args.address(message)}: {exc}", counted=True)
             return
         self.arrivals.append((step, checked))
         self._count("applied")
@@ -295,15 +254,15 @@ class OscServer:
             clamps = [(checked.param, checked.value, change.value), (row.glide and row.glide[1], checked.seconds,
                                                                      change.seconds)]
             for name, applied, asked in clamps:  # what was clamped: the value, its glide time, or both
-                if name and _scalar(applied) != _scalar(asked) and len(replies.out) < MAX_CLAMP_REPLIES:
-                    replies.out.append((f"{PREFIX}/clamped", [name, _scalar(applied), _scalar(asked)]))
+                if name and osc_args.scalar(applied) != osc_args.scalar(asked) and len(replies.out) < MAX_CLAMP_REPLIES:
+                    replies.out.append((f"{PREFIX}/clamped", [name, osc_args.scalar(applied), osc_args.scalar(asked)]))
 
     def _send(self, clients: Any, address: str, *args: Any) -> None:
         """Send one message to a sender's address, or to each of a list of them."""
         try:
             builder = OscMessageBuilder(address)
             for arg in args:
-                builder.add_arg(*_typed(arg))
+                builder.add_arg(*osc_args.typed(arg))
             dgram = builder.build().dgram
             for client in clients if isinstance(clients, list) else [clients]:
                 with contextlib.suppress(OSError):  # one unreachable subscriber must not starve the rest
@@ -311,6 +270,21 @@ class OscServer:
                     self._count("replies_sent")
         except Exception:  # noqa: BLE001 - an echoed argument python-osc cannot encode
             self._count("send_errors")
+
+    def _record_start(self, client: Any, message: Message, replies: _Replies) -> None:
+        name = osc_args.take_name(message)  # checked here: a bad argument is refused with the datagram's reply
+        self._later(client, "record/start", lambda: self._surface.start_recording(name, live=True))
+
+    def _later(self, client: Any, command: str, action: Callable[[], Any]) -> None:
+        """Run record/start or record/stop on the session's takes thread; then answer record/started or
+        record/stopped s (the path), or /musicsteer/error (counted as `refused_take`)."""
+        def done(path: Any, error: str | None) -> None:
+            if error is not None:
+                self._control.report("refused_take")
+            address, args = (f"{PREFIX}/{TAKE_REPLIES[command]}", [str(path or "")]) if error is None else \
+                (f"{PREFIX}/error", [one_line(f"{PREFIX}/{command}: {error}", 300)])
+            self._outbox.put(_Out(client, address, args))
+        self._surface.recordings.later(action, done)
 
     def _subscribe(self, on: bool, client: Any) -> None:
         with self._lock:
@@ -350,6 +324,10 @@ class OscServer:
                     self._send(subscribers, f"{PREFIX}/meter", *(x for pair in item.scores.items() for x in pair))
                 elif isinstance(item, tuple):  # a new subscriber's address
                     self._send(item, f"{PREFIX}/status", *self._status_args())
+                elif isinstance(item, _Out):  # a deferred reply
+                    self._send(item.client, item.address, *item.args)
+                elif isinstance(item, Notice):
+                    self._send(subscribers, f"{PREFIX}/{item.level}", one_line(item.text, 300))
                 for change in item.changes if isinstance(item, Applied) else ():
                     value = change.value  # arguments mirror the input forms: mix pairs, then seconds
                     args = [x for pair in value.items() for x in pair] if isinstance(value, dict) else \
@@ -363,21 +341,13 @@ class OscServer:
                 self._count("internal")
 
 
-def _scalar(value: Any) -> Any:
-    """A value as one OSC argument: one layer as its number, a mix or several layers as bounded text."""
-    if isinstance(value, tuple) and len(value) == 1:
-        value = value[0]
-    return shown(value) if isinstance(value, dict | tuple | list) else value
+@dataclass(frozen=True)
+class _Out:
+    """A reply sent from the sender thread (for answers that come after the datagram was handled)."""
 
-
-def _typed(arg: Any) -> tuple[Any, str | None]:
-    """An argument and its OSC type: python-osc's choice (i/h by size, f, s, T/F), but a float beyond
-    float32 goes as a double and an int beyond int64 as text, so echoing a hostile value never fails."""
-    if isinstance(arg, float) and abs(arg) > 3.4e38 and arg == arg:
-        return arg, "d"
-    if isinstance(arg, int) and not isinstance(arg, bool) and not -(2**63) <= arg < 2**63:
-        return shown(arg, 40), "s"
-    return arg, None
+    client: Any
+    address: str
+    args: list[Any]
 
 
 class _Replies:

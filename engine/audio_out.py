@@ -5,127 +5,39 @@ or the null sink's clock thread) copies one block per call out of the `RingBuffe
 refuses the model's rate, resampling happens here on the producer side, before the ring: the callback
 only ever copies.
 
-PortAudio enumerates devices once, at initialisation; a JACK server started after `sounddevice` was
-imported stays invisible until PortAudio is re-initialised, so listing and resolving devices
-re-initialise it first (only while no stream of ours is open: terminating PortAudio closes streams).
+Loading PortAudio, the device list and `--output-device` resolution are engine/audio_devices.py's.
+
+A device can vanish mid-session (a JACK server killed, a USB interface unplugged). A watchdog thread
+notices within `_WATCH_PERIOD` + `stall_s`: the stream went inactive on its own, or its callback
+stopped coming; the sink then sets `error` and fails its ring, so the producer's waits return at once.
+Measured here (PortAudio 19.6.0, JACK 1.9.21, the dummy backend): after the server dies the stream
+turns inactive at once; Pa_AbortStream (and Pa_StopStream) then blocks for 600 s, after which
+Pa_CloseStream aborts the process on an assert (pa_jack.c CleanUpStream), as Pa_Terminate does at
+once (pa_jack.c Terminate). So a lost stream is abandoned, never stopped or closed, and this process
+never terminates PortAudio again (sounddevice's exit handler included).
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
+from .audio_devices import (
+    NULL_DEVICE,
+    abandon_stream,
+    load_sounddevice,
+    resolve_output_device,
+    stream_closed,
+    stream_opened,
+)
 from .errors import MusicsteerError, one_line
 from .ring_buffer import RingBuffer, RingWriter
 
-NULL_DEVICE = "null"
 _COMMON_RATES = (8000, 11025, 16000, 22050, 32000, 44100, 48000, 88200, 96000, 192000)
-_open_streams = 0  # PortAudio streams this process holds open; re-initialising would kill them
-_pa_lock = threading.Lock()
-PORTAUDIO_INSTALL = ("install libportaudio2 (Debian/Ubuntu: apt-get install libportaudio2; "
-                     "macOS: brew install portaudio)")
-
-
-def _sd() -> Any:
-    """Import sounddevice; a missing or broken PortAudio library becomes a one-line MusicsteerError.
-
-    sounddevice loads PortAudio and initialises it while it is imported, so every failure of the
-    library (not found: OSError; cannot start: its PortAudioError) surfaces here, on first use. Only
-    real devices need it: `--output-device null` never calls this.
-    """
-    try:
-        import sounddevice
-    except OSError as exc:  # sounddevice: "PortAudio library not found", or the loader's own message
-        reason = one_line(exc)
-        detail = "" if reason == "PortAudio library not found" else f" ({reason})"
-        raise MusicsteerError(f"no PortAudio library{detail}: {PORTAUDIO_INSTALL}, "
-                              "or play without a sound card: --output-device null") from None
-    except ImportError as exc:
-        raise MusicsteerError(f"cannot import sounddevice ({one_line(exc)}): pip install sounddevice") from None
-    except Exception as exc:  # noqa: BLE001 - sounddevice.PortAudioError from Pa_Initialize at import
-        raise MusicsteerError(f"PortAudio cannot start: {type(exc).__name__}: {one_line(exc)}") from None
-    return sounddevice
-
-
-def _refresh_portaudio() -> Any:
-    """Re-initialise PortAudio so devices that appeared since import (a JACK server) are seen."""
-    sd = _sd()
-    with _pa_lock:
-        if _open_streams == 0:
-            depth = max(sd._initialized, 1)
-            while sd._initialized:
-                sd._terminate()
-            try:
-                for _ in range(depth):
-                    sd._initialize()
-            except sd.PortAudioError as exc:
-                raise MusicsteerError(f"PortAudio cannot start: {one_line(exc)}") from None
-    return sd
-
-
-def null_output_device() -> dict:
-    """The virtual "null" device, as `list_output_devices` lists it; it needs no PortAudio."""
-    return {"index": None, "name": NULL_DEVICE, "host_api": "none (discards audio, paced by the clock)",
-            "max_output_channels": 2, "default_samplerate": None}
-
-
-def list_output_devices() -> list[dict]:
-    """Every PortAudio device that can play, then the virtual "null" device (always present).
-
-    Without a usable PortAudio this raises MusicsteerError (what to install); callers that only list
-    (`musicsteer devices`) catch it and still show `null_output_device()`.
-    """
-    sd = _refresh_portaudio()
-    try:
-        hostapis = sd.query_hostapis()
-        devices = [
-            {"index": int(info["index"]), "name": str(info["name"]),
-             "host_api": str(hostapis[info["hostapi"]]["name"]),
-             "max_output_channels": int(info["max_output_channels"]),
-             "default_samplerate": float(info["default_samplerate"])}
-            for info in sd.query_devices()
-            if info["max_output_channels"] > 0
-        ]
-    except sd.PortAudioError as exc:
-        raise MusicsteerError(f"PortAudio cannot list devices: {one_line(exc)}") from None
-    devices.append(null_output_device())
-    return devices
-
-
-def _describe(devices: list[dict]) -> str:
-    return "; ".join(d["name"] if d["index"] is None else f"{d['index']}: {d['name']}" for d in devices)
-
-
-def resolve_output_device(spec: str | int | None) -> int | Literal["null"]:
-    """Map --output-device (None = default, "null", an index, or a name or part of one) to a device."""
-    if isinstance(spec, str) and spec.strip().lower() == NULL_DEVICE:
-        return NULL_DEVICE
-    devices = list_output_devices()
-    real = [d for d in devices if d["index"] is not None]
-    if spec is None:
-        sd = _sd()
-        try:
-            return int(sd.query_devices(kind="output")["index"])
-        except (sd.PortAudioError, ValueError):
-            raise MusicsteerError(f"no default output device; available: {_describe(devices)}") from None
-    text = str(spec).strip()
-    if isinstance(spec, int) or text.lstrip("-").isdigit():
-        index = int(text)
-        if any(d["index"] == index for d in real):
-            return index
-        raise MusicsteerError(f"unknown output device {text!r}; available: {_describe(devices)}")
-    exact = [d for d in real if d["name"].lower() == text.lower()]
-    if exact:
-        return int(exact[0]["index"])  # the same name under several host APIs: the first is PortAudio's pick
-    partial = [d for d in real if text.lower() in d["name"].lower()]
-    if len(partial) == 1:
-        return int(partial[0]["index"])
-    if partial:
-        raise MusicsteerError(f"ambiguous output device {text!r}: matches {_describe(partial)}; give an index")
-    raise MusicsteerError(f"unknown output device {text!r}; available: {_describe(devices)}")
+_WATCH_PERIOD = 0.1  # seconds between the watchdog's looks at a playing stream
 
 
 class AudioSink(Protocol):
@@ -135,23 +47,33 @@ class AudioSink(Protocol):
     device_rate: int  # rate the device consumes (differs only when resampling)
     ring: RingBuffer
     latency: float  # seconds the device adds after the ring
-    callbacks: int
-    callback_errors: int
+    callbacks: int  # blocks the device asked for
+    callback_errors: int  # calls whose copy raised (the block was played as silence)
     output_underflows: int  # device-reported xruns (PortAudio flag; null sink: clock stalls)
+    error: str | None  # one line, set once the output failed (device gone, callback raising, stalled)
 
     def start(self) -> None: ...
     def stop(self) -> None: ...
     def write(self, block: np.ndarray) -> int: ...
     def wait_for_space(self, frames: int, timeout: float | None = None) -> bool: ...
+    def finish(self, timeout: float | None = None) -> bool: ...
     def drain(self, timeout: float | None = None) -> bool: ...
     @property
     def underrun_events(self) -> int: ...
     @property
     def underrun_frames(self) -> int: ...
+    @property
+    def counters(self) -> dict[str, int]: ...
 
 
 class _SinkBase:
-    """Producer side and counters shared by both sinks; the producer talks to a `RingWriter`."""
+    """Producer side and counters shared by both sinks; the producer talks to a `RingWriter`.
+
+    Counters (plain ints, read from any thread): `callbacks`, `callback_errors`, `output_underflows`,
+    `underrun_events`/`underrun_frames` (the ring's dropouts: silence inserted while audio was due);
+    `counters` adds the ring's `idle_frames` (expected silence: before the first write, after the end)
+    and `rebuffer_events`. `error` is None until the output fails.
+    """
 
     def __init__(self, ring: RingBuffer, sample_rate: int, channels: int, blocksize: int) -> None:
         if ring.channels != channels:
@@ -162,10 +84,12 @@ class _SinkBase:
         # The sink decides the rate of what the ring holds: the model's, unless it must resample.
         self.sample_rate = self.device_rate = ring.sample_rate = int(sample_rate)
         self.callbacks = self.callback_errors = self.output_underflows = 0
+        self.error: str | None = None
         self._writer = RingWriter(ring, sample_rate)
 
     def _resample_to(self, device_rate: int) -> None:
-        self.device_rate = self.ring.sample_rate = int(device_rate)  # the ring now holds device-rate frames
+        self.ring.set_rate(device_rate)  # the ring now holds device-rate frames: as many seconds as asked
+        self.device_rate = self.ring.sample_rate
         self._writer = RingWriter(self.ring, self.sample_rate)
 
     @property
@@ -180,26 +104,53 @@ class _SinkBase:
     def underrun_frames(self) -> int:
         return self.ring.underrun_frames
 
+    @property
+    def counters(self) -> dict[str, int]:
+        """Every dropout and failure count, for status lines and the summary."""
+        return {"output_underflows": self.output_underflows, "callback_errors": self.callback_errors,
+                "underrun_events": self.underrun_events, "underrun_frames": self.underrun_frames,
+                "idle_frames": self.ring.idle_frames, "rebuffer_events": self.ring.rebuffer_events}
+
+    def _fail(self, message: str) -> None:
+        """The output failed: keep the first reason, and release the producer's waits for good."""
+        if self.error is None:
+            self.error = one_line(message)
+        self.ring.fail(self.error)
+
     def write(self, block: np.ndarray) -> int:
         """Queue model-rate PCM (channels, n); never blocks; returns input frames taken (see RingWriter)."""
         return self._writer.write(block)
 
     def wait_for_space(self, frames: int, timeout: float | None = None) -> bool:
+        """Sleep until `frames` fit (True), or `timeout` passes or the output failed (False, at once)."""
         return self._writer.wait_for_space(frames, timeout)
 
+    def finish(self, timeout: float | None = None) -> bool:
+        """Push the last audio (the resampler's tail too) and mark the end, without waiting for playback.
+        False if `timeout` passed or the output failed (then at once); call again to go on."""
+        return self._writer.finish(timeout)
+
     def drain(self, timeout: float | None = None) -> bool:
-        """Push the last audio, wait until it has been consumed; the silence after is not an underrun."""
+        """`finish`, then wait until it has been consumed; the silence after is not an underrun.
+        False if `timeout` passed or the output failed (then at once)."""
         return self._writer.drain(timeout)
 
 
 class PortAudioSink(_SinkBase):
-    """A sounddevice OutputStream whose callback only copies from the ring."""
+    """A sounddevice OutputStream whose callback only copies from the ring, watched while it plays.
+
+    `stall_s`: seconds without a callback after which a started stream counts as failed.
+    """
 
     def __init__(self, device: int, ring: RingBuffer, sample_rate: int, channels: int, blocksize: int = 1024,
-                 latency: float | str | None = None, resample: bool = True) -> None:
-        global _open_streams
+                 latency: float | str | None = None, resample: bool = True, stall_s: float = 1.0) -> None:
         super().__init__(ring, sample_rate, channels, blocksize)
-        sd = _sd()
+        self.stall_s = float(stall_s)
+        self._callback_exc: BaseException | None = None  # the first one; formatted by the watchdog
+        self._lost = False  # the device is gone: the stream must be abandoned, not stopped
+        self._stopping = threading.Event()
+        self._watchdog: threading.Thread | None = None
+        sd = load_sounddevice()
         info = sd.query_devices(device)
         self.device_name = str(info["name"])
         if info["max_output_channels"] < channels:
@@ -220,8 +171,7 @@ class PortAudioSink(_SinkBase):
             raise MusicsteerError(f"cannot open output device {self.device_name!r}: {one_line(exc)}") from None
         if rate != self.sample_rate:
             self._resample_to(rate)  # only now: a failed open must leave the caller's ring as it was
-        with _pa_lock:
-            _open_streams += 1
+        stream_opened()
         self._closed = False
         self.latency = float(self._stream.latency)
 
@@ -233,8 +183,10 @@ class PortAudioSink(_SinkBase):
             if status.output_underflow:
                 self.output_underflows += 1
             self.ring.read_into(outdata)
-        except BaseException:
+        except BaseException as exc:
             self.callback_errors += 1
+            if self._callback_exc is None:
+                self._callback_exc = exc
             try:  # noqa: SIM105 - contextlib.suppress would allocate on the realtime thread
                 outdata.fill(0.0)
             except BaseException:
@@ -242,19 +194,52 @@ class PortAudioSink(_SinkBase):
 
     def start(self) -> None:
         self._stream.start()
+        self._watchdog = threading.Thread(target=self._watch, name="musicsteer-audio-watchdog", daemon=True)
+        self._watchdog.start()
+
+    def _watch(self) -> None:
+        seen, since = self.callbacks, time.monotonic()
+        woke = since
+        while not self._stopping.wait(_WATCH_PERIOD) and not self._lost:
+            now = time.monotonic()
+            # A late wake-up means this whole process was held up (suspended, starved of CPU or the
+            # GIL): then a late callback says nothing about the device, so its silence restarts.
+            if self.callbacks != seen or now - woke > 4 * _WATCH_PERIOD:
+                seen, since = self.callbacks, now
+            woke = now
+            self._check(now - since)
+
+    def _check(self, silent_s: float) -> None:
+        """Look at the stream once: set `error` (and `_lost`) if it failed."""
+        exc = self._callback_exc
+        if exc is not None and self.error is None:
+            self._fail(f"audio callback for {self.device_name!r} raised {type(exc).__name__}: {one_line(exc)}")
+        if not self._stream.active:  # only PortAudio ends a started stream: our callback never asks to
+            self._lost = True
+            self._fail(f"output device {self.device_name!r} stopped playing: the device or its server went away")
+        elif silent_s > self.stall_s:
+            self._lost = True
+            self._fail(f"output device {self.device_name!r} stopped asking for audio "
+                       f"(no callback for {silent_s:.1f} s)")
 
     def stop(self) -> None:
-        """Stop and close the stream (a sink plays once; open a new one to play again)."""
-        global _open_streams
+        """Stop and close the stream (a sink plays once; open a new one to play again); never blocks on a
+        lost device: its stream is abandoned (see the module docstring)."""
         if self._closed:
             return
         self._closed = True
+        if self._watchdog is not None:
+            self._stopping.set()
+            self._watchdog.join()
+            self._check(0.0)  # a device lost since the watchdog's last look must not be stopped either
+        if self._lost:
+            abandon_stream(self._stream)
+            return
         try:
             self._stream.stop()
         finally:
             self._stream.close()
-            with _pa_lock:
-                _open_streams -= 1
+            stream_closed()
 
 
 def _rate_ok(sd: Any, device: int, rate: int, channels: int) -> bool:
@@ -304,8 +289,9 @@ class NullSink(_SinkBase):
             try:
                 self.callbacks += 1
                 self.ring.read_into(block)
-            except Exception:
+            except Exception as exc:
                 self.callback_errors += 1
+                self._fail(f"null output's reader raised {type(exc).__name__}: {one_line(exc)}")
             k += 1
 
     def stop(self) -> None:

@@ -18,6 +18,7 @@ import heapq
 import itertools
 import queue
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -105,6 +106,9 @@ class ControlState:
         self._mixed: dict[tuple, Tensor] = {}  # remembered mix directions (see _direction)
         self._lock = threading.Lock()
         self._counts: collections.Counter[str] = collections.Counter()
+        # prepare(change, then): work a change needs before it can apply (a prompt's text encoding, on
+        # another thread); `then` (None for a scheduled change) queues it once done. Set by the generator.
+        self.prepare: Callable[[Change, Callable[[], None] | None], None] | None = None
 
     # -- any thread ---------------------------------------------------------------------------
     def check(self, change: Change, live: bool = True) -> Change:
@@ -138,11 +142,14 @@ class ControlState:
         Both outcomes are counted."""
         try:
             change = self.check(change, live=at_step is None)
-            if at_step is None:
-                self._inbox.put_nowait(change)
-            else:
+            encoding = change.param == "prompt" and self.prepare is not None
+            if encoding:  # encoded on the prompt thread; a live one joins the inbox when that is done
+                self.prepare(change, self._when_ready(change) if at_step is None else None)
+            if at_step is not None:
                 with self._lock:
                     heapq.heappush(self._scheduled, (at_step, next(self._order), change))
+            elif not encoding:
+                self._inbox.put_nowait(change)
         except queue.Full:
             self.report(Busy.kind)
             raise Busy(f"{INBOX} changes are already waiting for the next token; {change.param} refused") from None
@@ -152,6 +159,14 @@ class ControlState:
         if change.clamped:
             self.report("clamped")
         return change
+
+    def _when_ready(self, change: Change) -> Callable[[], None]:
+        def enqueue() -> None:
+            try:
+                self._inbox.put_nowait(change)
+            except queue.Full:  # the sender was answered already: count what is lost
+                self.report(Busy.kind)
+        return enqueue
 
     def report(self, kind: str) -> None:
         """Count one refusal (by kind), or a clamp ("clamped"), found by a controller or by submit."""

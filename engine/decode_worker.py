@@ -12,6 +12,11 @@ itself, read here: its codes are host memory (a Frame may still be copying them 
 reading `codes` waits for that copy, so that wait is this thread's, not the generation loop's), and
 the decoder moves them to the device inside push(), so on this thread's stream, after that wait.
 
+A take that continues an audio prompt (`prime`) starts from the prompt's frames: this thread primes
+the decoder with them before the first frame, so the continuation has no seam. It does so on its own
+stream (the decoder's state is then made where it is used: the caching allocator may hand a freed
+block to another stream at once), and while the generation thread prefills the same prompt.
+
 The queue is bounded (one decoder chunk by default) and `put` blocks while it is full: together
 with the ring's pacing of `emit` this keeps how far generation runs ahead of playback bounded.
 Every blocking call polls the stop event, so stop() never waits on a full or empty queue.
@@ -30,6 +35,7 @@ import torch
 
 if TYPE_CHECKING:
     import numpy as np
+    from torch import Tensor
 
     from .generator import Frame
     from .streaming_decoder import StreamingDecoder
@@ -56,6 +62,8 @@ class DecodeWorker:
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         self.finished = threading.Event()  # set when the thread exits, however it ends
         self.busy_seconds = 0.0  # in decoder.push / flush: excludes waits for frames and for ring space
+        self.prime_seconds = 0.0  # in decoder.prime (not in busy_seconds: it emits no audio)
+        self._prompt: Tensor | None = None
         self.frames_decoded = 0
         self._thread = threading.Thread(target=self._run, name="musicsteer-decode", daemon=True)
 
@@ -65,6 +73,13 @@ class DecodeWorker:
             # stream; the decode stream must not read them before that work is done.
             self.stream.wait_stream(torch.cuda.current_stream(self.stream.device))
         self._thread.start()
+
+    def prime(self, prompt_codes: Tensor | None) -> None:
+        """Continue an audio prompt: its frames, (1, K, F) or (K, F) long (None: no prompt), prime the
+        decoder (StreamingDecoder.prime) on this thread before the first frame. Call before start()."""
+        if self._thread.ident is not None:
+            raise RuntimeError("DecodeWorker.prime after start()")
+        self._prompt = prompt_codes
 
     def join(self, timeout: float) -> None:
         if self._thread.ident is not None:  # never started (the session failed before): nothing to join
@@ -91,6 +106,10 @@ class DecodeWorker:
             if self.stream is not None:
                 torch.cuda.set_device(self.stream.device)  # a new thread starts on device 0
             with torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext():
+                if self._prompt is not None:
+                    began = time.perf_counter()
+                    self.decoder.prime(self._prompt)
+                    self.prime_seconds = time.perf_counter() - began
                 while (item := self._get()) is not None:
                     # Waiting for a frame's codes (on CUDA, for the token's copy off the device) is
                     # generation's time, not the decoder's: read them before the clock starts.

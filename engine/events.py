@@ -7,7 +7,8 @@ start-up values out of range are refused.
 
 Out: the generation thread tells `Listeners` what happened at a token boundary — `Applied` changes
 and `MeterReading`s — and every consumer (session log, OSC subscribers, tests, benchmarks) is a
-listener of that one mechanism.
+listener of that one mechanism. A `Notice` (a recording failed, the disk is nearly full, a prompt was
+truncated, the sound device stopped) travels the same way, from whichever thread found it.
 """
 
 from __future__ import annotations
@@ -68,12 +69,25 @@ class MeterReading:
     scores: dict[str, float]
 
 
-Event = Applied | MeterReading
+@dataclass(frozen=True)
+class Notice:
+    """Something the performer must be told, found at token `step` by any thread.
+
+    level: "error" (something was lost or stopped: OSC /musicsteer/error, a non-zero exit) or
+    "warning" (OSC /musicsteer/warning); text: one line."""
+
+    step: int
+    level: str
+    text: str
+
+
+Event = Applied | MeterReading | Notice
 
 
 class Listeners:
-    """Callbacks run on the generation thread for every event. They must be quick (hand work to
-    another thread) and may raise: a broken listener is counted in `errors`, never stops the music."""
+    """Callbacks run for every event, on the generation thread (a `Notice`: on the thread that found it,
+    so callbacks must be thread-safe). They must be quick (hand work to another thread) and may raise:
+    a broken listener is counted in `errors`, never stops the music."""
 
     def __init__(self) -> None:
         self._callbacks: tuple[Callable[[Event], None], ...] = ()

@@ -22,9 +22,10 @@ from .control import Boundary, Controls, ControlState
 from .decoder import FastDecoder
 from .delay import DelayPattern
 from .errors import BadType, MusicsteerError, shown
-from .events import Applied, Listeners
+from .events import Applied, Listeners, Notice
 from .kv_cache import KVCache
 from .params import PARAMS, check_settings
+from .prompts import PromptEncoder
 from .sampling import guided_logits, sample_tokens
 from .steering import SteeringTensors
 from .vectors import SteeringVectors
@@ -83,16 +84,6 @@ def fast_decoder(lm: LoadedModel) -> FastDecoder:
     return dec
 
 
-@torch.no_grad()
-def encode_text(lm: LoadedModel, prompt: str) -> tuple[Tensor, Tensor]:
-    """Text -> (states (2, S, d_text), mask (2, S)): the conditional row, then the null row."""
-    inputs = lm.processor(text=[prompt], padding=True, return_tensors="pt").to(lm.device)
-    states = lm.model.text_encoder(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask)
-    states = states.last_hidden_state
-    mask = inputs.attention_mask
-    return torch.cat([states, torch.zeros_like(states)]), torch.cat([mask, torch.zeros_like(mask)])
-
-
 class Generator:
     # A captured graph cannot branch on which steering slots hold a term: it computes them all.
     steer_every_slot = False
@@ -130,6 +121,9 @@ class Generator:
                                         apply_all=self.steer_every_slot)
         self.control = ControlState(controls or Controls(), vectors, dec.num_layers, lm.frame_rate, alpha_slew_seconds,
                                     steer_rule)
+        # Prompts are encoded on the prompt thread as they are submitted (engine/prompts.py).
+        self.prompts = PromptEncoder(lm, warn=self._warn)
+        self.control.prepare = self.prompts.request
         # Everything besides the controls that decides the codes: a session log records it for replay.
         self.settings = {"window_seconds": window_seconds, "keep_seconds": keep_seconds, "steer_rule": steer_rule,
                          "steer_both": steer_both, "alpha_slew_seconds": alpha_slew_seconds}
@@ -200,13 +194,17 @@ class Generator:
         capture = self.capture if self.capture is not None else ({} if self.meter is not None else None)
         logits = decoder_fn.forward(self.dec, tokens, positions, self.cache, self.steering, attend, capture)
         if self.meter is not None:
-            reading = self.meter.observe(self.step_index, capture[self.meter.tap], self.control)
-            if reading is not None:
-                self.listeners.emit(reading)
+            self._read_meter(capture[self.meter.tap])
         self.last_logits = logits[:, :, -1]
         values = self.control.values
         mixed = guided_logits(self.last_logits, values.guidance)
         return sample_tokens(mixed, values.temperature, values.top_k, values.top_p, self.rng)
+
+    def _read_meter(self, hidden: Tensor) -> None:
+        """Hand the meter this token's tap activation (2B, T, d); pass a reading on to the listeners."""
+        reading = self.meter.observe(self.step_index, hidden, self.control)
+        if reading is not None:
+            self.listeners.emit(reading)
 
     @property
     def done(self) -> bool:
@@ -229,9 +227,12 @@ class Generator:
         if boundary.changes:
             self.listeners.emit(Applied(self.step_index, tuple(boundary.changes)))
 
+    def _warn(self, text: str) -> None:
+        self.listeners.emit(Notice(self.step_index, "warning", text))
+
     def _set_prompt(self, prompt: str) -> None:
-        states, mask = encode_text(self.lm, prompt)
-        self.dec.fill_cross_attention(self.cache, states.to(self.lm.dtype), mask)
+        states, mask = self.prompts.states(prompt)
+        self.dec.fill_cross_attention(self.cache, states, mask)
 
     def _begin_window(self, known: Tensor | list[Tensor] | None) -> None:
         self.delay.reset(known)

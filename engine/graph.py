@@ -13,9 +13,16 @@ What a replay reads, and how a value changes without recapture:
   prompt (same text-length bucket)  `KVCache.set_cross` copies in place
   seed                              the torch.Generator's host state, read by every replay
 Only a prompt in a new text-length bucket (it rebinds buffers the graph points at), a new top-k
-(the draw's shape) or switching greedy or top-p on or off rebuilds; `step` notices and rebuilds
-(counted in `builds`). On the CPU (`capture=False`) the same function runs eagerly, so its numerics are what
-the CPU tests check. Prefill (many tokens at once) stays eager.
+(the draw's shape), switching greedy or top-p on or off, or another `tap` rebuilds; `step` notices
+and rebuilds (counted in `builds`). On the CPU (`capture=False`) the same function runs eagerly, so
+its numerics are what the CPU tests check. Prefill (many tokens at once) stays eager.
+
+The genre meter reads inside the graph: the step copies the activation it taps (`tap`, e.g.
+"unsteered.3") into the static buffer `tapped`, allocated with the others, and the meter reads it
+after the replay. Only `Generator.capture` (every activation, for probes and tests) needs the eager
+step.
+
+`--decode` picks the token loop through `decode_step` and `GENERATORS`, for every command alike.
 """
 
 from __future__ import annotations
@@ -29,8 +36,10 @@ from torch import Tensor
 from . import decoder as decoder_fn
 from . import sampling
 from .decoder import FastDecoder
+from .errors import MusicsteerError
 from .generator import Generator
 from .kv_cache import KVCache
+from .params import DECODE
 from .steering import SteeringTensors
 
 if TYPE_CHECKING:
@@ -72,6 +81,10 @@ class GraphDecoder:
         # Static outputs: valid until the next step (copy them to keep them).
         self.logits = torch.zeros(batch2, codebooks, vocab, dtype=cache.k.dtype, device=device)
         self.sampled = torch.zeros(batch2 // 2, codebooks, dtype=torch.long, device=device)
+        # The activation named by `tap` ("unsteered.{i}", "residual.{i}", "attention.{i}": see
+        # decoder.forward), (2B, 1, d) as the eager step would hand it; None: the step copies none.
+        self.tap: str | None = None
+        self.tapped = torch.zeros(batch2, 1, dec.d_model, dtype=cache.k.dtype, device=device)
         self.builds = 0  # captures on CUDA; on the CPU, what would have been captured
         self.steps = 0
         self._graph: torch.cuda.CUDAGraph | None = None
@@ -103,7 +116,9 @@ class GraphDecoder:
     @torch.no_grad()
     def step(self, tokens: Tensor, position: int | Tensor) -> Tensor:
         """Decode tokens (2B, K, 1) at `position`; return the sampled tokens (B, K) (a static buffer).
-        `self.logits` then holds the raw logits (2B, K, V) of both CFG halves."""
+        `self.logits` then holds the raw logits (2B, K, V) of both CFG halves, and `self.tapped` the
+        activation `self.tap` names (2B, 1, d), if any. Raises IndexError for a position outside the
+        cache, RuntimeError before the prompt is set."""
         self.tokens.copy_(tokens)
         if isinstance(position, Tensor):
             self.position.copy_(position.reshape(1))
@@ -122,7 +137,11 @@ class GraphDecoder:
 
     # -- the static function ----------------------------------------------------------------
     def _run(self) -> None:
-        logits = decoder_fn.forward(self.dec, self.tokens, self.position, self.cache, self.steering, None)
+        # The dict only names tensors the forward computes anyway; the one copy out of it is the tap's.
+        capture: dict[str, Tensor] | None = None if self.tap is None else {}
+        logits = decoder_fn.forward(self.dec, self.tokens, self.position, self.cache, self.steering, None, capture)
+        if capture is not None:
+            self.tapped.copy_(capture[self.tap])
         raw = logits[:, :, -1]
         self.logits.copy_(raw)
         self.sampled.copy_(self._sample(sampling.guided_logits(raw, self.guidance)))
@@ -140,13 +159,15 @@ class GraphDecoder:
     # -- capture ------------------------------------------------------------------------------
     def _binding(self) -> tuple:
         """What a captured graph depends on besides in-place tensors: the addresses of the buffers
-        that can be rebound (the prompt's cross-attention k/v) and the sampler's shape and branch."""
+        that can be rebound (the prompt's cross-attention k/v), the sampler's shape and branch, and
+        which activation it copies into `tapped`."""
         c = self.cache
         if c.cross_k is None or c.cross_v is None or c.cross_mask is None:
             raise RuntimeError("set the prompt (KVCache.set_cross) before decoding")
         # Greedy is one branch whatever top-k and top-p say: changing them then rebuilds nothing.
         sampler = ("greedy",) if self.greedy else (self.k, self.top_p_on)
-        return (c.cross_k.data_ptr(), c.cross_v.data_ptr(), c.cross_mask.data_ptr(), tuple(c.cross_k.shape), sampler)
+        return (c.cross_k.data_ptr(), c.cross_v.data_ptr(), c.cross_mask.data_ptr(), tuple(c.cross_k.shape), sampler,
+                self.tap)
 
     def _build(self) -> None:
         self.builds += 1
@@ -184,9 +205,10 @@ class GraphDecoder:
 class GraphGenerator(Generator):
     """A `Generator` whose single-token steps go through one `GraphDecoder`.
 
-    Prefills (an audio prompt, window slides) and steps that read activations (`capture`, the
-    genre meter) stay eager. For a fixed sampling mode the codes, logits and random stream equal
-    the eager Generator's (tests/test_graph.py).
+    Prefills (an audio prompt, window slides) and steps that read every activation (`capture`)
+    stay eager. The genre meter does not need that: the step copies the meter's tap into
+    `graph.tapped`, which the meter reads after the replay. For a fixed sampling mode the codes,
+    logits, random stream and meter readings equal the eager Generator's (tests/test_graph.py).
     """
 
     steer_every_slot = True  # SteeringTensors(apply_all=True): the graph computes every slot
@@ -197,10 +219,28 @@ class GraphGenerator(Generator):
         self.graph = GraphDecoder(self.dec, self.cache, self.steering, self.rng, capture=capture)
 
     def _decode(self, tokens: Tensor, positions: Tensor) -> Tensor:
-        if self.capture is not None or self.meter is not None or positions.numel() > 1:
-            return super()._decode(tokens, positions)  # activations wanted, or a prefill: eager
-        values = self.control.values
+        if self.capture is not None or positions.numel() > 1:
+            return super()._decode(tokens, positions)  # every activation wanted, or a prefill: eager
+        meter, values = self.meter, self.control.values
+        self.graph.tap = None if meter is None else meter.tap  # a meter attached or moved: one rebuild
         self.graph.set_sampling(values.guidance, values.temperature, values.top_k, values.top_p)
         sampled = self.graph.step(tokens, positions)
         self.last_logits = self.graph.logits
+        if meter is not None:
+            self._read_meter(self.graph.tapped)
         return sampled
+
+
+# The token loops `--decode` chooses between, by the name `decode_step` returns.
+GENERATORS: dict[str, type[Generator]] = {"eager": Generator, "graph": GraphGenerator}
+
+
+def decode_step(decode: str, device: torch.device) -> str:
+    """The token step `decode` ("auto", "graph" or "eager": the --decode choices) names on `device`:
+    "graph" or "eager". auto is the captured graph on CUDA (where launch overhead bounds an eager
+    step) and eager elsewhere; graph on the CPU is the same static step run without capture (it
+    gives the eager codes, tests/test_graph.py). Every command that takes --decode asks here.
+    Raises MusicsteerError for any other value."""
+    if decode not in DECODE:
+        raise MusicsteerError(f"--decode {decode!r} is not one of {', '.join(DECODE)}")
+    return "graph" if decode == "graph" or (decode == "auto" and device.type == "cuda") else "eager"

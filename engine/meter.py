@@ -4,8 +4,10 @@ Every token the conditional residual stream entering the probe's layer (the last
 that token's own steering there) is
 L2-normalised, as the probes' inputs were, and added to a running sum; every `every` tokens the
 mean is projected onto each label's unit direction at that layer, giving one score per label
-(a cosine in -1..1; higher = more of that genre). No extra forward pass: the generator hands the
-meter the tensor its forward already produced.
+(a cosine in -1..1; higher = more of that genre). No extra forward pass: the eager step hands the
+meter the tensor its forward already produced; the captured graph (engine/graph.py) copies that
+tensor into a static buffer inside the graph, which the meter reads after each replay, so a meter
+never costs the graph.
 
 Self-monitoring in the SMITIN spirit (`ease_at`): once the steered target's score has held above
 the threshold for `hold` readings, alpha glides to 0; when it falls back below, alpha glides back
@@ -46,12 +48,14 @@ class GenreMeter:
 
     @property
     def tap(self) -> str:
+        """The activation the meter reads, as decoder.forward's capture names it ("unsteered.{layer}")."""
         # Before this token's own intervention at the layer: reading after it would mostly measure the
         # vector just added. The stream still carries what the steered past made of the music.
         return f"unsteered.{self.layer}"
 
     def observe(self, step: int, hidden: Tensor, control: ControlState) -> MeterReading | None:
-        """hidden: (2B, T, d) entering the layer; the conditional first row's last position is read.
+        """hidden: (2B, T, d) entering the layer; the conditional first row's last position is read
+        (it may be a buffer the next step overwrites: nothing here keeps a view of it).
         Returns a reading every `every` tokens (the generator hands it to its listeners), else None."""
         h = hidden[0, -1].float()
         h = h / h.norm().clamp_min(1e-12)

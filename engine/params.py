@@ -264,8 +264,9 @@ SETTINGS = (
            default="renorm", cli="--steer-rule"),
     Param("when_slow", "choice", "generation slower than real time: pause until the prebuffer refills "
            "(rebuffer) or play on with gaps (play)", choices=WHEN_SLOW, default="rebuffer", cli="--when-slow"),
-    Param("decode", "choice", "the token step: graph = one captured CUDA graph per token; auto = graph on "
-           "CUDA, eager on the CPU", choices=DECODE, default="auto", cli="--decode"),
+    Param("decode", "choice", "the token step: graph = one captured CUDA graph per token (on a CPU, which has "
+           "no graphs: the same static-buffer step, uncaptured); auto = graph on CUDA, eager on the CPU",
+           choices=DECODE, default="auto", cli="--decode"),
     Param("quantize", "choice", "CPU only, float32: int8 dynamic quantisation of the decoder's Linear layers "
            "(per-channel scales, or one per matrix)", choices=QUANTIZE, cli="--quantize"),
     Param("threads", "whole", "CPU threads for torch (default: 1 for tiny models, torch's choice otherwise)", "",

@@ -52,6 +52,18 @@ class RingBuffer:
         # 0 plays whatever arrives.
         self.rebuffer_frames = 0
         self.rebuffer_events = 0
+        # Set by the sink when its consumer is gone for good (a device that vanished): from then on every
+        # wait returns False at once instead of waiting for reads that will never come.
+        self.failure: str | None = None
+
+    def set_rate(self, sample_rate: int) -> None:
+        """Hold frames at another rate (a resampling sink's device rate), keeping the same seconds of
+        room: sizes and thresholds are then all counted at that rate. Only before any write."""
+        if self._written:
+            raise RuntimeError("a ring's rate is set before it holds audio")
+        self.capacity = math.ceil(self.capacity * int(sample_rate) / self.sample_rate)
+        self.sample_rate = int(sample_rate)
+        self._buf = np.zeros((self.capacity, self.channels), dtype=np.float32)
 
     # ---- shared views -------------------------------------------------------------------------
     @property
@@ -97,18 +109,22 @@ class RingBuffer:
         self._written += n  # publish only after the frames are in place
         return n
 
+    def fail(self, reason: str) -> None:
+        """The consumer stopped for good (`reason`, one line): release every producer wait, now and later."""
+        self.failure = reason
+
     def mark_end(self) -> None:
         """The producer has finished: the silence after the last frame is not counted as underrun."""
         self._ended = True
 
     def wait_for_space(self, frames: int, timeout: float | None = None) -> bool:
-        """Sleep until `frames` can be written (True) or `timeout` seconds pass (False)."""
+        """Sleep until `frames` can be written (True), `timeout` seconds pass or the consumer failed (False)."""
         if frames > self.capacity:
             raise ValueError(f"cannot wait for {frames} frames in a ring of {self.capacity}")
         return self._wait_until(lambda: frames - self.space, timeout)
 
     def wait_until_empty(self, timeout: float | None = None) -> bool:
-        """Sleep until the consumer has read everything written (True) or `timeout` passes (False)."""
+        """Sleep until the consumer has read everything written (True), or `timeout` passes or it failed (False)."""
         return self._wait_until(lambda: self.available, timeout)
 
     def _wait_until(self, missing: Callable[[], int], timeout: float | None) -> bool:
@@ -116,6 +132,8 @@ class RingBuffer:
         catch up, so the realtime side never has to signal anything (that would mean taking a lock)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while (deficit := missing()) > 0:
+            if self.failure is not None:
+                return False
             nap = min(max(deficit / self.sample_rate, 0.0005), 0.05)
             if deadline is not None:
                 left = deadline - time.monotonic()
@@ -173,6 +191,7 @@ class RingWriter:
         self.sample_rate = int(sample_rate)
         self._resampler = None
         self._pending: np.ndarray | None = None  # resampled (channels, n) frames the ring had no room for
+        self._flushed = False
         if self.sample_rate != ring.sample_rate:
             import soxr
 
@@ -213,17 +232,27 @@ class RingWriter:
             need += self._pending.shape[1]
         return self.ring.wait_for_space(min(need, self.ring.capacity), timeout)
 
-    def drain(self, timeout: float | None = None) -> bool:
-        """End of audio: push everything (the resampler's tail too), wait until consumed, mark the end."""
+    def finish(self, timeout: float | None = None) -> bool:
+        """End of audio: push everything, the resampler's tail too (27 ms at 44.1 kHz), then mark the
+        ring's end. Waits for room, not for playback (the device may not have started yet); False if
+        `timeout` passed or the ring failed first (call again: the tail is flushed only once)."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        if self._resampler is not None:
+        if self._resampler is not None and not self._flushed:
+            self._flushed = True  # soxr refuses a second last=True
             tail = self._resampler.resample_chunk(np.zeros((0, self.ring.channels), np.float32), last=True)
             if len(tail):
                 parts = [tail.T] if self._pending is None else [self._pending, tail.T]
                 self._pending = np.concatenate(parts, axis=1)
         while not self._push_pending():
-            if deadline is not None and time.monotonic() >= deadline:
+            if self.ring.failure is not None or (deadline is not None and time.monotonic() >= deadline):
                 return False
             time.sleep(0.002)
-        self.ring.mark_end()  # before waiting: the last, partial block must not count as an underrun
+        self.ring.mark_end()  # the last, partial block must not count as an underrun
+        return True
+
+    def drain(self, timeout: float | None = None) -> bool:
+        """`finish`, then wait until the device has consumed everything."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self.finish(timeout):
+            return False
         return self.ring.wait_until_empty(None if deadline is None else max(0.0, deadline - time.monotonic()))

@@ -33,12 +33,11 @@ from torch import Tensor
 from . import __version__
 from .audio_out import open_sink
 from .decode_worker import DecodeWorker
-from .events import Applied, Change, Event
+from .events import Applied, Change, Event, MeterReading, Notice
 from .params import LIVE, check_settings, check_stream
-from .recorder import Recorder
 from .ring_buffer import RingBuffer
-from .session_log import SessionLog, log_path_for
 from .streaming_decoder import StreamingDecoder
+from .takes import Recordings, take_path
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -55,6 +54,8 @@ class StreamOptions:
     blocksize: int = 1024
     when_slow: str = "rebuffer"
     record: str | Path | None = None
+    record_dir: str | Path | None = None  # where takes started live go (None: the working folder)
+    overwrite: bool = False  # a take may replace an existing WAV and log of its name
     resample: bool = True  # resample when the device refuses the model's rate (else a clear error)
 
 
@@ -76,6 +77,13 @@ class SessionStats:
     decode_rtf: float = 0.0  # audio seconds decoded per second of streaming EnCodec decode
     # Control values refused by kind, and "clamped": live values brought into range (ControlState.counts).
     control_counts: dict[str, int] = field(default_factory=dict)
+    # The device's own reports: xruns (PortAudio output underflows), exceptions in the audio callback.
+    xruns: int = 0
+    callback_errors: int = 0
+    idle_seconds: float = 0.0  # silence the device played while nothing was queued (start-up, a stop)
+    recording_error: str | None = None  # the first failed take, and how much of it is safely on disk
+    device_error: str | None = None  # the output device failed (gone, stalled): the session ended early
+    notices: int = 0  # errors and warnings told to the performer (Notice events)
 
 
 class StreamingSession:
@@ -100,21 +108,22 @@ class StreamingSession:
         self.initial_controls = asdict(gen.control.values)
         self.control = gen.control  # controllers submit here (thread-safe): the one way in
         self.listeners = gen.listeners  # and learn here what was applied: the one way out
-        self.applied: list[tuple[int, Change]] = []
-        self.log: SessionLog | None = None
         self._frames: list[Frame] | None = [] if keep_codes else None
         self.listeners.add(self._record_event)
-        self._recorder_lock = threading.Lock()
-        self._recorder: Recorder | None = None
-        self.takes: list[Path] = []
-        if options.record:
-            self.start_recording(options.record)
+        self.notices: list[Notice] = []  # the last few, newest last
+        self.notice_count = 0
+        self.recordings = Recordings(self.sample_rate, self.channels, self.decoder.hop, self.log_header,
+                                     lambda: self.gen.step_index, self.notify, options.record_dir, options.overwrite)
+        # Checked now (one line before anything is generated), opened when the session runs: a start
+        # that fails later (an OSC port in use) leaves no empty take behind to block the next try.
+        self._first_take = take_path(options.record, None, options.overwrite) if options.record else None
         self._stop = threading.Event()
         # Frames wait here between the threads. Generation blocks while it is full, so the lead over
         # playback is the ring (--buffer) + this queue + the decoder's lookahead: one chunk (100 ms)
         # is enough to keep generating while a chunk decodes, and small enough to add little delay.
-        self._decoding = DecodeWorker(self.decoder, self._emit, self.ring.mark_end, self._stop, self._fail,
+        self._decoding = DecodeWorker(self.decoder, self._emit, self._end_audio, self._stop, self._fail,
                                       depth=self.decoder.config.chunk_frames)
+        self._decoding.prime(prompt_codes)  # a take continues the prompt's audio: no seam at its start
         self.error: BaseException | None = None
         self.generated_frames = 0
         self.busy_seconds = 0.0  # generation thread's token steps, excluding waits for queue room
@@ -123,27 +132,41 @@ class StreamingSession:
 
     @property
     def codes(self) -> list[Tensor] | None:
-        """With keep_codes: every generated frame's codes so far, (K,) each, in order."""
-        return None if self._frames is None else [frame.codes[0] for frame in list(self._frames)]
+        """With keep_codes: the codes of every frame decoded so far, (K,) each, in order: what was played
+        and recorded (generation runs ahead; frames it made past a stop were never heard)."""
+        decoded = self.recordings.emitted // self.decoder.hop
+        return None if self._frames is None else [frame.codes[0] for frame in list(self._frames)[:decoded]]
 
     @property
     def step(self) -> int:
         """Tokens generated so far (the engine's clock: changes apply at these boundaries)."""
         return self.gen.step_index
 
+    @property
+    def applied(self) -> list[tuple[int, Change]]:
+        """Every change applied so far, at its step."""
+        return self.recordings.history
+
+    @property
+    def takes(self) -> list:
+        """The session's takes (engine/takes.Take: path, error, seconds), finished ones first."""
+        return self.recordings.takes
+
     def _record_event(self, event: Event) -> None:
-        """The session's own listener: every applied change and meter reading goes to the log."""
+        """The session's own listener: changes, meter readings and notices go to the current take's log."""
         if isinstance(event, Applied):
             for change in event.changes:
-                self.applied.append((event.step, change))
-                if self.log is not None:
-                    self.log.record(event.step, self.sample_at(event.step), change)
-        elif self.log is not None:
-            self.log.record_meter(event.step, self.sample_at(event.step), event.scores)
+                self.recordings.applied(event.step, change)
+        elif isinstance(event, MeterReading):
+            self.recordings.describe(event.step, "meter", event.scores)
+        elif isinstance(event, Notice):
+            self.notices = [*self.notices[-7:], event]
+            self.notice_count += 1
+            self.recordings.describe(event.step, "notice", event.level, event.text)
 
-    def sample_at(self, step: int) -> int:
-        """Where the frame generated at `step` starts in the recording (one frame per step)."""
-        return (self.prompt_frames + step) * self.gen.lm.sample_rate // self.gen.lm.frame_rate
+    def notify(self, level: str, text: str) -> None:
+        """Tell the performer (status line, OSC subscribers, the take's log), from any thread."""
+        self.listeners.emit(Notice(self.gen.step_index, level, text))
 
     def log_header(self) -> dict:
         gen, lm = self.gen, self.gen.lm
@@ -171,34 +194,21 @@ class StreamingSession:
             "step": stats.step, "seconds": round(stats.played_seconds, 3), "rtf": round(stats.rtf, 3),
             "generation_rtf": round(stats.generation_rtf, 3), "decode_rtf": round(stats.decode_rtf, 3),
             "buffer": round(stats.buffer_seconds, 3), "underruns": stats.underrun_events,
-            **controls, "recording": stats.recording or "",
+            "rebuffers": stats.rebuffers, "xruns": stats.xruns, "callback_errors": stats.callback_errors,
+            **controls, "recording": stats.recording or "", "recording_error": stats.recording_error or "",
+            "device_error": stats.device_error or "",
+            "notices": stats.notices,
             "refused": sum(counts.values()), "clamped": clamped, "refusals": counts,
             "meter": dict(self.gen.meter.latest) if self.gen.meter is not None else {},
         }
 
-    # -- recording (thread-safe; OSC and the API call these mid-session) -----------------------
-    def start_recording(self, path: str | Path) -> Path:
-        recorder = Recorder(path, self.sample_rate, self.channels)  # raises MusicsteerError if unwritable
-        if self.log is None:
-            # The log covers the whole session from step 0, so a take started later still replays.
-            self.log = SessionLog(log_path_for(recorder.path), self.log_header())
-            for step, change in list(self.applied):
-                self.log.record(step, self.sample_at(step), change)
-        recorder.start()
-        with self._recorder_lock:
-            previous, self._recorder = self._recorder, recorder
-        if previous is not None:
-            self.takes.append(previous.stop())
-        return recorder.path
+    # -- recording (thread-safe; OSC and the API call these mid-session: engine/takes.py) --------
+    def start_recording(self, path: str | Path | None, live: bool = False) -> Path:
+        """Start a take (ending the current one). live: confined to `record_dir`, named if unnamed."""
+        return self.recordings.start(path, live)
 
     def stop_recording(self) -> Path | None:
-        with self._recorder_lock:
-            recorder, self._recorder = self._recorder, None
-        if recorder is None:
-            return None
-        path = recorder.stop()
-        self.takes.append(path)
-        return path
+        return self.recordings.stop()
 
     # -- running --------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -211,6 +221,8 @@ class StreamingSession:
         decoded = self._decoding.finished  # set when all PCM is emitted, or the session stopped
         self._t_start = time.monotonic()
         try:
+            if self._first_take is not None:
+                self.start_recording(self._first_take)
             self.gen.start(self.prompt_codes)
             if self.options.seconds is not None:
                 prompt = 0 if self.prompt_codes is None else self.prompt_codes.shape[-1]
@@ -224,6 +236,7 @@ class StreamingSession:
             self.sink.start()
             while not self._stop.is_set() and not (decoded.is_set() and self._drained()):
                 self._stop.wait(interval)
+                self._watch()
                 if on_status is not None:
                     on_status(self.stats())
         finally:
@@ -232,17 +245,23 @@ class StreamingSession:
                 producer.join(timeout=30)
             self._decoding.join(timeout=30)
             self.sink.stop()
-            self.stop_recording()
-            if self.log is not None:
-                # padded: the stream knew its end (--seconds) and padded it as generate does.
-                self.log.close(end={"steps": self.gen.step_index, "frames": self.generated_frames,
-                                    "padded": self.gen.end_frame is not None})
+            # padded: the stream knew its end (--seconds) and padded it as generate does.
+            self.recordings.close(padded=self.gen.end_frame is not None and self.gen.done)
+            self.gen.prompts.close()
         if self.error is not None:
             raise self.error
         return self.stats()
 
     def _drained(self) -> bool:
         return self.ring.available == 0
+
+    def _watch(self) -> None:
+        """Between status updates: warn of a filling disk; end the session if the device failed
+        (what was made is recorded; nothing more can be heard)."""
+        self.recordings.watch()
+        if self.sink.error is not None and not self._stop.is_set():
+            self.notify("error", self.sink.error)  # told once; run() returns, with stats.device_error set
+            self._stop.set()
 
     def _produce(self) -> None:
         """The generation thread: one token per step; each complete frame goes to the decode thread."""
@@ -271,22 +290,25 @@ class StreamingSession:
         self._stop.set()
 
     def _emit(self, pcm: np.ndarray) -> None:
-        with self._recorder_lock:
-            if self._recorder is not None:
-                self._recorder.write(pcm)
-        while pcm.shape[1] and not self._stop.is_set():
+        """The decode thread: PCM to the current take, then to the ring (waiting for room)."""
+        self.recordings.write(pcm)
+        while pcm.shape[1] and not self._stop.is_set() and self.sink.error is None:
             self.sink.wait_for_space(pcm.shape[1], timeout=0.1)
             taken = self.sink.write(pcm)
             pcm = pcm[:, taken:]
+
+    def _end_audio(self) -> None:
+        """The decode thread, after the decoder's last flush: the resampler's tail, then the ring's end.
+        Waits for room, not for playback (the device may not have started: a take shorter than the prebuffer)."""
+        while not self.sink.finish(timeout=0.1) and not self._stop.is_set() and self.sink.error is None:
+            pass
 
     def stats(self) -> SessionStats:
         now = time.monotonic()
         generated = self.decoder.samples_out / self.sample_rate
         generation_rtf = _rate(self.generated_frames / self.gen.lm.frame_rate, self.busy_seconds)
         decode_rtf = _rate(generated, self._decoding.busy_seconds)
-        ring = self.ring
-        with self._recorder_lock:
-            recording = str(self._recorder.path) if self._recorder is not None else None
+        ring, sink, take = self.ring, self.sink, self.recordings.current
         return SessionStats(
             step=self.gen.step_index,
             generated_seconds=generated,
@@ -298,10 +320,16 @@ class StreamingSession:
             underrun_seconds=ring.underrun_frames / ring.sample_rate,
             rebuffers=ring.rebuffer_events,
             callbacks=self.sink.callbacks,
-            recording=recording,
+            recording=str(take.path) if take is not None else None,
             generation_rtf=generation_rtf,
             decode_rtf=decode_rtf,
             control_counts=self.control.counts,
+            xruns=sink.output_underflows,
+            callback_errors=sink.callback_errors,
+            idle_seconds=ring.idle_frames / ring.sample_rate,
+            recording_error=self.recordings.error,
+            device_error=sink.error,
+            notices=self.notice_count,
         )
 
 

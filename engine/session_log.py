@@ -1,14 +1,19 @@
-"""The session log: `session.jsonl` beside every recording, enough to regenerate the same codes.
+"""The session log: `take.jsonl` beside every recording `take.wav`, enough to regenerate its codes.
 
-Line 1 is a header (model, seed, prompt, every starting control value, the vectors file and its
-sha256, the window settings, the engine version). Then one line per applied change:
-`{"step": token, "sample": index, "param": ..., "value": ..., "seconds": glide}` where `step` is
-the engine's token clock (the change took effect before that token was generated) and `sample` is
-where that token's frame starts in the recording. A last line `{"end": {...}}` closes a session that
-ended normally; a killed session simply lacks it. `render --replay` reads it back (`read_log`).
+Line 1 is a header (model, seed, prompt, every starting control value of the session, the vectors
+file and its sha256, the window settings, the engine version, and `take`: where this recording
+starts in the session, `{"start_step": F0, "start_sample": S0}`). Then one line per applied change:
+`{"step": token, "sample": index, "param": ..., "value": ..., "seconds": glide}`, with positions
+counted in this take: `step` is the engine's token clock minus F0 (the change took effect before
+that token was generated), `sample` is where that token's frame starts in this take's WAV. A take
+started mid-session carries the changes made before it too, at negative positions, because the
+music it holds depends on them. Meter readings (`meter`) and notices (`notice`: a recorder error, a
+warning) describe and are skipped by replay. A last line `{"end": {...}}` closes a take that ended
+normally; a killed session simply lacks it. `render --replay` reads it back (`read_log`).
 
 Lines are written by a writer thread: the generation thread only enqueues (no disk I/O there), and
 every line is flushed as it is written, so a crash loses at most the line in flight.
+Format 1 (musicsteer < 0.4) counted positions from the session's start and is still read.
 """
 
 from __future__ import annotations
@@ -24,8 +29,10 @@ from .errors import Malformed, MusicsteerError, one_line, shown
 from .events import Change, validate_change
 from .params import LIVE, PARAMS
 
-FORMAT = "musicsteer.session/1"
+FORMAT = "musicsteer.session/2"
+READS = ("musicsteer.session/1", FORMAT)  # format 1: one log per session, positions from its start
 MAX_FRAMES = int(PARAMS["seconds"].high * 50) * 2  # steps or frames of the longest session, with room for the prompt
+MAX_SAMPLES = MAX_FRAMES * 48000 // 50  # samples of as many frames at the highest rate a MusicGen decodes
 _STOP = object()
 
 
@@ -35,18 +42,26 @@ def log_path_for(recording: str | Path) -> Path:
 
 
 class SessionLog:
-    def __init__(self, path: str | Path, header: dict[str, Any]) -> None:
+    """One take's log. Opened (and so checked) at once; `header` may come later, before any record:
+    a take's start is only known when the decode thread hands it its first frame."""
+
+    def __init__(self, path: str | Path, header: dict[str, Any] | None = None) -> None:
         self.path = Path(path)
         try:
             self._file = self.path.open("w", encoding="utf-8")
         except OSError as err:
             raise MusicsteerError(f"cannot write session log {self.path}: {err.strerror or err}") from None
-        self._file.write(json.dumps({"format": FORMAT, **header}) + "\n")
-        self._file.flush()
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="musicsteer-session-log", daemon=True)
         self._thread.start()
         self.lines = 0
+        self.error: str | None = None  # the first write error (a full disk): the log stops, the music does not
+        if header is not None:
+            self.header(header)
+
+    def header(self, header: dict[str, Any]) -> None:
+        """Enqueue the first line."""
+        self._queue.put({"format": FORMAT, **header})
 
     def record(self, step: int, sample: int, change: Change) -> None:
         """Enqueue one applied change (any thread; never blocks on disk)."""
@@ -57,26 +72,43 @@ class SessionLog:
         """A genre-meter reading (read_log skips these: they describe, they do not change anything)."""
         self._queue.put({"step": step, "sample": sample, "meter": scores})
 
+    def record_notice(self, step: int, sample: int, level: str, text: str) -> None:
+        """A notice (read_log skips these too)."""
+        self._queue.put({"step": step, "sample": sample, "notice": level, "text": text})
+
     def close(self, end: dict[str, Any] | None = None) -> Path:
         if end is not None:
             self._queue.put({"end": end})
         self._queue.put(_STOP)
         self._thread.join()
-        self._file.close()
+        try:
+            self._file.close()
+        except OSError as err:  # the last buffered bytes met a full disk
+            self.error = self.error or f"session log {self.path} failed: {one_line(err.strerror or err)}"
         return self.path
 
     def _run(self) -> None:
         while (item := self._queue.get()) is not _STOP:
-            self._file.write(json.dumps(item) + "\n")
-            self._file.flush()
+            if self.error is not None:
+                continue  # after a failed write the file keeps its whole lines; the rest is dropped
+            try:
+                self._file.write(json.dumps(item) + "\n")
+                self._file.flush()
+            except (OSError, ValueError) as err:
+                self.error = f"session log {self.path} failed: {one_line(getattr(err, 'strerror', None) or err)}"
+                continue
             self.lines += 1
 
 
 @dataclass
 class LoggedSession:
+    """A read log. `changes` are at session steps (the take's positions + `start_step`), ready to
+    schedule; `start_step` is the session frame the take's WAV starts at (0: the session's start)."""
+
     header: dict[str, Any]
     changes: list[tuple[int, Change]] = field(default_factory=list)
     end: dict[str, Any] | None = None
+    start_step: int = 0
 
 
 def read_log(path: str | Path) -> LoggedSession:
@@ -97,12 +129,14 @@ def read_log(path: str | Path) -> LoggedSession:
             if number == len(lines):
                 break  # a session killed mid-write leaves a torn last line: the rest is good
             raise MusicsteerError(f"{path} line {number}: not JSON") from None
-    if not records or not isinstance(records[0][1], dict) or records[0][1].get("format") != FORMAT:
+    if not records or not isinstance(records[0][1], dict) or records[0][1].get("format") not in READS:
         raise MusicsteerError(f"{path} is not a musicsteer session log (expected format {FORMAT})")
     try:
-        session = LoggedSession(_header(records[0][1]))
+        header = _header(records[0][1])
     except MusicsteerError as err:
         raise type(err)(f"{path} line 1: {err}") from None
+    start = header["take"]["start_step"]
+    session = LoggedSession(header, start_step=start)
     for number, record in records[1:]:
         try:
             if not isinstance(record, dict):
@@ -116,17 +150,18 @@ def read_log(path: str | Path) -> LoggedSession:
                 session.end = {**end, "frames": _count(end.get("frames"), "frames"),
                                "steps": _count(end.get("steps", 0), "steps")}
                 continue
-            if "meter" in record:
+            if "meter" in record or "notice" in record:
                 continue
             # Held to the start-up rules of every other path: a hand-edited NaN or 1e308 is refused here.
             change = Change(record.get("param"), record.get("value"), record.get("seconds", 0.0))
-            step = _count(record.get("step"), "step")
+            step = _count(record.get("step"), "step", low=-start) + start  # the session's step
             if session.end is not None or (session.changes and step < session.changes[-1][0]):
                 raise Malformed("changes come in step order, before the end record")
             session.changes.append((step, validate_change(change, live=False)))
         except MusicsteerError as err:
             raise type(err)(f"{path} line {number}: {err}") from None
-    if session.end is not None and session.end["frames"] + session.header.get("prompt_frames", 0) < 1:
+    held = session.end["frames"] + (session.header.get("prompt_frames", 0) if start == 0 else 0) if session.end else 1
+    if held < 1:
         raise Malformed(f"{path}: the end record holds no audio (0 frames)")
     return session
 
@@ -146,6 +181,10 @@ def _header(header: dict[str, Any]) -> dict[str, Any]:
     need(init is None or isinstance(init, dict) and isinstance(init.get("path"), str)
          and isinstance(init.get("sha256"), str), "init_audio needs a path and a sha256")
     need(init is not None or prompt_frames == 0, "prompt_frames needs the init_audio they came from")
+    take = header.get("take", {"start_step": 0, "start_sample": 0})  # format 1: the session's start
+    need(isinstance(take, dict), "take must be a mapping")
+    take = {"start_step": _count(take.get("start_step"), "the take's start_step"),
+            "start_sample": _count(take.get("start_sample"), "the take's start_sample", high=MAX_SAMPLES)}
     if init is not None:
         PARAMS["init_seconds"].check(init.get("seconds", PARAMS["init_seconds"].default))
     # The starting controls, by status key, held to the start-up rules (mix {}, layers [], site "": the file's).
@@ -159,11 +198,11 @@ def _header(header: dict[str, Any]) -> dict[str, Any]:
             continue
         checked = row.named(key).check(value)[0]
         controls[key] = (checked,) if row.many and not isinstance(checked, tuple) else checked  # Controls' types
-    return {**header, "controls": controls}
+    return {**header, "controls": controls, "take": take}
 
 
-def _count(value: object, what: str) -> int:
-    """A step or frame count: a whole number from 0 to a day of frames (params.SETTINGS seconds)."""
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_FRAMES:
-        raise Malformed(f"{what} must be a whole number from 0 to {MAX_FRAMES}, got {shown(value, 24)}")
+def _count(value: object, what: str, low: int = 0, high: int = MAX_FRAMES) -> int:
+    """A step, frame or sample count: a whole number from `low` to a day of frames (params.SETTINGS seconds)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise Malformed(f"{what} must be a whole number from {low} to {high}, got {shown(value, 24)}")
     return value

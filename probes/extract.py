@@ -30,9 +30,10 @@ from musicsteer.engine import decoder as decoder_fn
 from musicsteer.engine.codec import encode_audio
 from musicsteer.engine.delay import DelayPattern
 from musicsteer.engine.errors import MusicsteerError
-from musicsteer.engine.generator import encode_text, fast_decoder
+from musicsteer.engine.generator import fast_decoder
 from musicsteer.engine.kv_cache import KVCache
 from musicsteer.engine.loading import LoadedModel, load_model
+from musicsteer.engine.prompts import encode_text
 from musicsteer.engine.steering import SteeringTensors
 
 from . import dataset
@@ -76,7 +77,7 @@ class Extractor:
 
     def __post_init__(self) -> None:
         self.dec = fast_decoder(self.lm)
-        self.text_states, self.text_mask = encode_text(self.lm, self.prompt)  # (2, S, d), cond then null
+        self.text_states, self.text_mask, _ = encode_text(self.lm, self.prompt)  # (2, S, d), cond then null
         self._caches: dict[tuple[int, int], KVCache] = {}
         self.passes = 0
 

@@ -6,7 +6,10 @@ weights cannot be downloaded here), built by the project's own recipe.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -53,3 +56,19 @@ def random_vectors(lm: LoadedModel, labels: tuple[str, ...] = ("rock", "jazz", "
 @pytest.fixture
 def vectors_file(tiny: LoadedModel, tmp_path) -> str:
     return str(random_vectors(tiny).save(tmp_path / "tiny-vectors.safetensors"))
+
+
+@contextlib.contextmanager
+def tmpfs(mount: Path, size: str) -> Iterator[Path]:
+    """A real file system of `size` (tmpfs; the tests run as root, as CI does), so a disk really fills:
+    /dev/full cannot hold a WAV at all, and a patched write() would not show what libsndfile does."""
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.fail(f"cannot mount a {size} tmpfs (the disk-full tests need root): {done.stderr.strip()}",
+                    pytrace=False)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)

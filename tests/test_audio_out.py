@@ -1,22 +1,23 @@
-"""Ring buffer units, and real playback: PortAudio through a JACK dummy server, and the null sink."""
+"""Ring buffer units, and real playback: PortAudio through a JACK dummy server (killed mid-playback too),
+and the null sink."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 import tracemalloc
+from pathlib import Path
 
 import numpy as np
 import pytest
 from jack import jack_server
 
-from musicsteer.engine.audio_out import (
-    NullSink,
-    PortAudioSink,
-    list_output_devices,
-    open_sink,
-    resolve_output_device,
-)
+from musicsteer.engine.audio_devices import list_output_devices, resolve_output_device
+from musicsteer.engine.audio_out import NullSink, PortAudioSink, open_sink
 from musicsteer.engine.errors import MusicsteerError
 from musicsteer.engine.ring_buffer import RingBuffer
 
@@ -128,6 +129,50 @@ def test_wait_for_space_times_out_then_wakes_when_consumed() -> None:
         ring.wait_for_space(1001)
 
 
+def test_a_failed_ring_releases_every_wait_at_once() -> None:
+    ring = RingBuffer(channels=1, capacity=1000, sample_rate=RATE)
+    ring.write(np.zeros((1, 1000), np.float32))
+    waiting = threading.Thread(target=lambda: results.append(ring.wait_for_space(500)))  # no timeout
+    results: list[bool] = []
+    waiting.start()
+    time.sleep(0.05)
+    ring.fail("output device 'x' went away")
+    waiting.join(timeout=1.0)
+    assert results == [False] and ring.failure == "output device 'x' went away"
+    began = time.monotonic()
+    assert ring.wait_until_empty() is False and ring.wait_for_space(10) is False
+    sink = NullSink(ring, RATE, 1)
+    assert sink.drain() is False  # never started, nothing will ever read: returns instead of hanging
+    assert time.monotonic() - began < 0.1
+
+
+class _BrokenRing(RingBuffer):
+    """A ring whose reads fail after the first second: no real fault makes our copy raise, so this
+    stands in for a bug in the consumer's path."""
+
+    def read_into(self, out: np.ndarray) -> int:
+        if self.frames_read >= RATE:
+            raise RuntimeError("consumer bug")
+        return super().read_into(out)
+
+
+def test_a_raising_consumer_fails_the_sink_and_releases_the_producer() -> None:
+    ring = _BrokenRing(2, RATE // 2, RATE)
+    sink = NullSink(ring, RATE, 2, blocksize=BLOCK)
+    ring.write(sine(0.5))
+    sink.start()
+    try:
+        taken = 0
+        while sink.wait_for_space(640):  # no timeout: only the failure can end this loop
+            taken += sink.write(sine(0.02))
+        drained = sink.drain()
+    finally:
+        sink.stop()
+    assert sink.error == "null output's reader raised RuntimeError: consumer bug" == ring.failure
+    assert not drained and sink.callback_errors >= 1 and sink.counters["callback_errors"] == sink.callback_errors
+    assert RATE <= ring.frames_read < RATE + BLOCK  # it played until the first failing read
+
+
 # ---- device resolution --------------------------------------------------------------------------
 def test_unknown_device_is_one_clear_line() -> None:
     with pytest.raises(MusicsteerError) as err:
@@ -201,7 +246,7 @@ def test_portaudio_sink_counts_underruns_when_producer_stops_early(jack32k: str)
     print(f"early stop: {sink.underrun_events} dropout(s), {starved_s:.3f} s of silence inserted")
     assert sink.underrun_events == 1
     assert 0.45 <= starved_s <= 1.0
-    assert ring.frames_read == RATE
+    assert RATE <= ring.frames_read < RATE + BLOCK  # it played until the first failing read
     check_books(sink, ring)
 
 
@@ -249,3 +294,91 @@ def test_null_sink_runs_in_real_time() -> None:
     assert abs(elapsed / 3.0 - 1) <= 0.10
     assert ring.frames_read == audio.shape[1] and sink.underrun_events == 0
     check_books(sink, ring)
+
+
+# ---- the device failing mid-session -------------------------------------------------------------
+# Each case runs in its own process: once a JACK server dies under an open stream, PortAudio can
+# never be terminated in that process (Pa_Terminate aborts on an assert), so neither this test
+# process nor jack_server()'s own exit may touch it afterwards. The child therefore leaves with
+# os._exit, after running the exit handlers itself: sounddevice's must have been taken off by the sink.
+_LOSE_DEVICE = textwrap.dedent(
+    """
+    import atexit, json, os, signal, sys, threading, time
+    import numpy as np
+    sys.path.insert(0, {tests!r})
+    from jack import jack_server
+    from musicsteer.engine.audio_out import open_sink
+    from musicsteer.engine.ring_buffer import RingBuffer
+
+    def jackd_pid(name):
+        for entry in os.listdir("/proc"):
+            try:
+                argv = open(f"/proc/{{entry}}/cmdline", "rb").read().split(b"\\0")
+            except OSError:
+                continue
+            if argv[0].endswith(b"jackd") and name.encode() in argv:
+                return int(entry)
+
+    server = jack_server({rate})
+    name = server.__enter__()  # never exited: see the comment above the test
+    pid = jackd_pid(name)
+    log = os.readlink(f"/proc/{{pid}}/fd/1")  # jack_server's log, which its skipped exit would remove
+    ring = RingBuffer(2, {rate} // 2, {rate})
+    sink = open_sink("system", ring, {rate}, 2, blocksize=1024)
+    block = (0.1 * np.sin(np.arange(640) / 10.0)).astype(np.float32)[np.newaxis].repeat(2, axis=0)
+    ring.write(np.zeros((2, {rate} // 4), np.float32))  # primed before start(), as a session does
+    sink.start()
+    out = {{}}
+
+    def produce():  # the generation thread: no timeouts, so only the sink's failure can release it
+        while sink.wait_for_space(640):
+            sink.write(block)
+        out["drained"] = sink.drain()
+        out["producer_s"] = time.monotonic() - killed
+
+    producer = threading.Thread(target=produce, daemon=True)
+    producer.start()
+    time.sleep(1.0)
+    out["callbacks_before"] = sink.callbacks
+    killed = time.monotonic()
+    os.kill(pid, signal.{signal})
+    while sink.error is None and time.monotonic() - killed < 10:
+        time.sleep(0.01)
+    out["detected_s"] = time.monotonic() - killed
+    producer.join(10)
+    began = time.monotonic()
+    sink.stop()
+    out["stop_s"] = time.monotonic() - began
+    out.update(error=sink.error, ring_failure=ring.failure, counters=sink.counters, callbacks=sink.callbacks)
+    if {signal!r} == "SIGSTOP":
+        os.kill(pid, signal.SIGCONT)
+        os.kill(pid, signal.SIGTERM)  # jackd unregisters itself on SIGTERM (SIGKILL would leak its slot)
+    os.waitpid(pid, 0)
+    os.unlink(log)
+    print(json.dumps(out), flush=True)
+    atexit._run_exitfuncs()  # what a normal exit runs: Pa_Terminate here would abort the process
+    sys.stdout.flush()
+    os._exit(0)
+    """
+)
+
+
+@pytest.mark.parametrize(("signal", "reason"), [
+    ("SIGTERM", "output device 'system' stopped playing: the device or its server went away"),
+    ("SIGSTOP", "output device 'system' stopped asking for audio (no callback for 1."),
+])
+def test_a_device_lost_mid_playback_is_reported_and_releases_the_producer(signal: str, reason: str) -> None:
+    code = _LOSE_DEVICE.format(tests=str(Path(__file__).parent), rate=RATE, signal=signal)
+    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert child.returncode == 0, child.stderr[-2000:]
+    out = json.loads(child.stdout.strip().splitlines()[-1])
+    print(f"jackd {signal}: error after {out['detected_s']:.2f} s, producer released after "
+          f"{out['producer_s']:.2f} s, stop() took {out['stop_s']:.3f} s; {out['error']}; {out['counters']}")
+    assert out["callbacks_before"] >= 20  # it really played before the fault
+    assert out["error"].startswith(reason) and out["ring_failure"] == out["error"]
+    assert out["detected_s"] <= 2.0
+    assert out["drained"] is False and out["producer_s"] <= 2.5  # wait_for_space and drain returned
+    assert out["stop_s"] < 1.0  # abandoned, not stopped: Pa_StopStream would block for 10 minutes
+    assert set(out["counters"]) == {"output_underflows", "callback_errors", "underrun_events", "underrun_frames",
+                                    "idle_frames", "rebuffer_events"}
+    assert out["counters"]["callback_errors"] == 0

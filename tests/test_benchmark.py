@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from musicsteer.bench.benchmark import run_benchmark
+from musicsteer.cli import main
 from musicsteer.engine.loading import load_model
 
 STEPS, RECAPTURE_TOKENS, KNOB_CHANGES = 20, 60, 12
@@ -41,6 +42,7 @@ def test_report_has_every_result_with_finite_positive_numbers(report_and_model: 
     assert report["dtype"] == "float32"
     assert report["device"].startswith("cpu")
     assert {"torch", "transformers"} <= report.keys()
+    assert report["decode_steps"] == ["eager", "graph"]  # the default (--decode auto): both steps, side by side
     names = [r["name"] for r in report["results"]]
     assert names == NAMES
     for result in report["results"]:
@@ -116,3 +118,64 @@ def test_skipping_the_extras(tiny) -> None:
     assert report["recapture_check"] is None and report["knob_latency"] is None
     with pytest.raises(ValueError):
         run_benchmark(tiny, steps=2, knob_changes=-1)
+
+
+# --decode eager|graph: only that step's engine contenders, cold start, knob latency and ratios.
+ONE_STEP = {
+    "eager": (["engine", "engine+steer", "hf_generate"],
+              {"engine_vs_hf_generate", "steer_overhead_pct", "engine_vs_hf_generate_step_median"}),
+    "graph": (["engine+graph", "engine+graph+steer", "hf_generate"],
+              {"graph_vs_hf_generate", "graph_steer_vs_hf_generate", "graph_steer_overhead_pct"}),
+}
+
+
+@pytest.mark.parametrize("step", ["eager", "graph"])
+def test_one_decode_step_runs_only_its_contenders(tiny, step: str) -> None:
+    report = run_benchmark(tiny, steps=2, repeats=1, warmup=0, recapture_tokens=10, knob_changes=2,
+                           decode_steps=(step,))
+    names, ratios = ONE_STEP[step]
+    plain = names[0]
+    assert report["decode_steps"] == [step]
+    assert [r["name"] for r in report["results"]] == names
+    assert set(report["ratios"]) == ratios and all(math.isfinite(v) for v in report["ratios"].values())
+    assert report["cold_start"]["order"] == [plain]
+    assert set(report["knob_latency"]) == {plain}
+    # The recapture check counts the graph's captures: it runs with the graph step only.
+    assert (report["recapture_check"] is None) == (step == "eager")
+    graph_builds = [r["extra"].get("graph_builds") for r in report["results"][:2]]
+    assert graph_builds == ([None, None] if step == "eager" else [1, 1])
+    for bad in ((), ("fast",)):
+        with pytest.raises(ValueError, match="decode_steps"):
+            run_benchmark(tiny, steps=1, decode_steps=bad)
+
+
+TINY = ["--model", "tiny", "--device", "cpu"]
+
+
+def test_bench_command_honours_decode(tmp_path, capsys) -> None:
+    out = tmp_path / "bench.json"
+    assert main(["bench", *TINY, "--decode", "eager", "--steps", "2", "--repeats", "1", "--knob-changes", "0",
+                 "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["decode_steps"] == ["eager"] and report["recapture_check"] is None
+    assert [r["name"] for r in report["results"]] == ONE_STEP["eager"][0]
+    assert "engine+graph" not in capsys.readouterr().out
+    # --soak runs one session through the step --decode names (graph on the CPU: the static step).
+    assert main(["bench", *TINY, "--decode", "graph", "--soak", "1", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["decode"] == "graph"
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--decode", "eager", "--recapture-tokens", "5"], "--recapture-tokens counts the graph step's captures"),
+    (["--decode", "fast"], "argument --decode"),
+])
+def test_bench_refuses_what_its_decode_cannot_honour(tmp_path, capsys, argv: list[str], message: str) -> None:
+    out = tmp_path / "never.json"
+    try:
+        code = main(["bench", *TINY, *argv, "--json", str(out)])
+    except SystemExit as exit:  # argparse's refusals exit from inside parse_args
+        code = exit.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("musicsteer: error: ") and message in err and err.count("\n") == 1, err
+    assert not out.exists()

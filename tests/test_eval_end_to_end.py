@@ -90,6 +90,25 @@ def test_second_run_reuses_every_clip(evaluated, capsys) -> None:
     assert "clips: 0 generated, 10 reused" in capsys.readouterr().out
 
 
+def test_decode_graph_is_honoured_and_gives_the_eager_codes(evaluated, tmp_path, capsys) -> None:
+    """--decode graph generates through the static step (on the CPU run without capture); its clips
+    are not the eager ones (the step is in their identity), yet their codes equal them."""
+    out = tmp_path / "out"
+    shutil.copytree(evaluated["out"], out)
+    argv = evaluated["argv"]
+    n, alphas = argv.index("--n"), argv.index("--alphas")
+    graph_argv = [*argv[:n], "--n", "1", *argv[n + 2 : alphas], "--decode", "graph", "--out", str(out)]
+    capsys.readouterr()
+    assert run_cli(graph_argv) == 0
+    assert "clips: 3 generated, 0 reused" in capsys.readouterr().out
+    assert json.loads((evaluated["out"] / "results.json").read_text())["settings"]["decode"] == "eager"  # auto, CPU
+    assert json.loads((out / "results.json").read_text())["settings"]["decode"] == "graph"
+    for name in ("source/rock-00", "rock-to-classical/00-prompted", "rock-to-classical/00-steered-a0.5"):
+        assert json.loads((out / "clips" / f"{name}.json").read_text())["identity"]["decode"] == "graph"
+        assert np.array_equal(np.load(out / "clips" / f"{name}.npy"),
+                              np.load(evaluated["out"] / "clips" / f"{name}.npy")), name
+
+
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run",

@@ -8,17 +8,21 @@ would capture.
 
 from __future__ import annotations
 
+import argparse
+
 import pytest
 import torch
-from conftest import in_memory, random_vectors
+from conftest import in_memory, one_line_error, random_vectors
 from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
 
 from musicsteer.bench.knobs import automate_steering
+from musicsteer.commands.setup import generator_class
 from musicsteer.engine.control import Controls
-from musicsteer.engine.events import Change
+from musicsteer.engine.events import Applied, Change, MeterReading
 from musicsteer.engine.generator import Generator
-from musicsteer.engine.graph import GraphDecoder, GraphGenerator
+from musicsteer.engine.graph import GENERATORS, GraphDecoder, GraphGenerator, decode_step
 from musicsteer.engine.loading import load_model
+from musicsteer.engine.meter import GenreMeter
 from musicsteer.engine.sampling import draw, sample_tokens
 from musicsteer.engine.steering import SteeringTensors
 
@@ -177,22 +181,89 @@ def test_steering_changes_every_token_never_rebuild(tiny) -> None:
     assert len(seen_alphas) > 100  # the changes really reached the tensors the step reads
     # A prompt of another length in the same text bucket is copied in place: still one build.
     gen.control.submit(Change("prompt", "rock"))
+    gen.prompts.settle()  # encoded on the prompt thread, then queued for the next token
     gen.step()
-    assert gen.graph.builds == 1
+    assert gen.graph.builds == 1 and gen.control.values.prompt == "rock"
     # Only a prompt in a longer bucket rebinds the cross-attention buffers: exactly one rebuild.
     gen.control.submit(Change("prompt", " ".join(["jazz piano"] * 30)))
+    gen.prompts.settle()
     gen.step()
     gen.step()
     assert gen.graph.builds == 2
 
 
-def test_steps_that_read_activations_stay_eager(tiny) -> None:
+def test_steps_that_read_every_activation_stay_eager(tiny) -> None:
     gen = GraphGenerator(tiny, Controls(prompt=PROMPT), capture=False)
     gen.start()
     gen.step()
     gen.capture = {}
     gen.step()
     assert gen.graph.steps == 1 and "residual.0" in gen.capture
+
+
+METER_CONTROLS = Controls(prompt=PROMPT, top_k=1, mix={"rock": 1.0}, alpha=0.3)
+
+
+def run_metered(gen: Generator, steps: int) -> tuple[torch.Tensor, list, list]:
+    """Step `gen` with a genre meter that eases alpha off (ease_at -1: always above) and back
+    (ease_at raised halfway); return (codes, readings [(step, scores)], applied [(step, param, value)])."""
+    gen.meter = GenreMeter(gen.vectors, layer=1, every=5, ease_at=-1.0, hold=2, ease_seconds=0.1)
+    readings, applied = [], []
+    gen.listeners.add(lambda e: readings.append((e.step, e.scores)) if isinstance(e, MeterReading) else None)
+    gen.listeners.add(lambda e: applied.extend((e.step, c.param, c.value) for c in e.changes)
+                      if isinstance(e, Applied) else None)
+    gen.start()
+    for i in range(steps):
+        if i == steps // 2:
+            gen.meter.ease_at = 1.5  # nothing scores that high: alpha glides back
+        gen.step()
+    return gen.delay.codes[0, :, : steps - 1 - gen.delay.max_delay].clone(), readings, applied
+
+
+def assert_same_meter(got: tuple, want: tuple, tolerance: float) -> None:
+    (got_codes, got_readings, got_applied), (want_codes, want_readings, want_applied) = got, want
+    assert torch.equal(got_codes, want_codes)
+    assert [step for step, _ in got_readings] == [step for step, _ in want_readings]
+    for (_, got_scores), (_, want_scores) in zip(got_readings, want_readings, strict=True):
+        assert got_scores.keys() == want_scores.keys()
+        assert all(abs(got_scores[k] - want_scores[k]) <= tolerance for k in want_scores), (got_scores, want_scores)
+    # The easing went both ways, at the same steps with the same values: the meter drove the session alike.
+    assert got_applied == want_applied
+    assert {value for _, param, value in want_applied if param == "alpha"} == {0.0, 0.3}
+
+
+def test_meter_reads_inside_the_static_step_what_eager_reads(tiny) -> None:
+    """A meter no longer sends steps to the eager path: the static step copies the tap into its
+    buffer, and the readings, the easing they trigger and the codes equal the eager Generator's.
+    (Scores are rounded to 4 decimals; the two attention layouts differ by ~1e-7, so a score on a
+    rounding boundary may land one unit apart.)"""
+    steps, vectors = 120, random_vectors(tiny)
+    want = run_metered(Generator(tiny, METER_CONTROLS, vectors), steps)
+    static = GraphGenerator(tiny, METER_CONTROLS, vectors, capture=False)
+    got = run_metered(static, steps)
+    assert static.graph.steps == steps and static.graph.builds == 1
+    assert static.graph.tap == "unsteered.1"
+    assert_same_meter(got, want, tolerance=1.5e-4)
+    assert len(want[1]) == steps // 5
+    # Another tap is another graph: moving the meter's layer rebuilds once, then holds.
+    static.meter = GenreMeter(vectors, layer=0, every=5)
+    static.step()
+    static.step()
+    assert static.graph.builds == 2 and static.graph.tap == "unsteered.0"
+
+
+def test_decode_step_is_the_one_rule_every_command_follows(tiny) -> None:
+    """render, play, eval and bench (--soak) all resolve --decode here (setup.generator_class for the
+    first two): auto is the graph on CUDA only; graph on the CPU is the static step, uncaptured."""
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)  # (a device object needs no GPU)
+    assert [decode_step(d, cpu) for d in ("auto", "eager", "graph")] == ["eager", "eager", "graph"]
+    assert [decode_step(d, cuda) for d in ("auto", "eager", "graph")] == ["graph", "eager", "graph"]
+    assert GENERATORS["eager"] is Generator and GENERATORS["graph"] is GraphGenerator
+    for decode in ("auto", "eager", "graph"):
+        chosen = generator_class(argparse.Namespace(decode=decode), tiny)
+        assert chosen is GENERATORS[decode_step(decode, tiny.device)]
+    assert "--decode 'fast' is not one of auto, graph, eager" in one_line_error(decode_step, "fast", cpu)
+    assert not GraphGenerator(tiny, Controls(prompt=PROMPT)).graph.capture  # CPU: nothing to capture with
 
 
 def test_graph_decoder_refuses_skipping_steering(tiny) -> None:
@@ -265,6 +336,18 @@ def test_cuda_graph_matches_eager_and_captures_once() -> None:
     assert graph.graph.builds == 1 and graph.graph.steps == steps
     assert (got_logits - want_logits).abs().max().item() < 1e-4
     assert torch.equal(got_codes, want_codes)
+
+
+@cuda_only
+def test_cuda_graph_keeps_the_graph_with_a_meter_and_reads_what_eager_reads() -> None:
+    lm = load_model("tiny", "cuda", "float32")
+    steps, vectors = 120, random_vectors(lm)
+    want = run_metered(Generator(lm, METER_CONTROLS, vectors), steps)
+    graph = GraphGenerator(lm, METER_CONTROLS, vectors)
+    got = run_metered(graph, steps)
+    assert graph.graph.capture and graph.graph._graph is not None  # replayed, not run eagerly
+    assert graph.graph.steps == steps and graph.graph.builds == 1
+    assert_same_meter(got, want, tolerance=1e-3)  # the logits agree to 1e-4 on CUDA (test above)
 
 
 @cuda_only

@@ -534,7 +534,7 @@ def _log(tmp_path, header: dict, *lines: str) -> str:
 @pytest.mark.parametrize(("end", "extra", "words"), [
     ('{"end": {"frames": 50}}', [], "past the 53 steps of this replay"),
     ("", ["--seconds", "1"], "than --seconds covers"),
-    ('{"end": {"frames": 50, "steps": 100}}', [], "than its end record says"),
+    ('{"end": {"frames": 50, "steps": 55}}', [], "than its end record says"),
 ])
 def test_replayed_changes_past_the_end_are_refused(end: str, extra: list[str], words: str, tmp_path, capsys) -> None:
     path = _log(tmp_path, {}, '{"step": 60, "sample": 0, "param": "guidance", "value": 4.0}', *([end] if end else []))

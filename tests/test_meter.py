@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import threading
+from functools import partial
 
 import pytest
 import torch
@@ -17,14 +18,18 @@ from musicsteer.engine import decoder as decoder_fn
 from musicsteer.engine.control import Controls
 from musicsteer.engine.events import Applied, MeterReading
 from musicsteer.engine.generator import Generator
+from musicsteer.engine.graph import GraphGenerator
 from musicsteer.engine.meter import GenreMeter
 from musicsteer.engine.session import StreamingSession, StreamOptions
 from musicsteer.engine.session_log import read_log
 
 
-def test_readings_project_the_unsteered_stream_without_an_extra_pass(tiny, monkeypatch) -> None:
+@pytest.mark.parametrize("make", [Generator, partial(GraphGenerator, capture=False)], ids=["eager", "static"])
+def test_readings_project_the_unsteered_stream_without_an_extra_pass(tiny, monkeypatch, make) -> None:
+    """Eager, the meter reads the forward's own tensor; through the static step (what CUDA captures),
+    the copy the step makes of it. Neither runs a second forward."""
     vectors = random_vectors(tiny)
-    gen = Generator(tiny, Controls(prompt="rock", mix={"jazz": 1.0}, alpha=0.5), vectors)
+    gen = make(tiny, Controls(prompt="rock", mix={"jazz": 1.0}, alpha=0.5), vectors)
     gen.meter = GenreMeter(vectors, layer=1, every=5)
     readings, seen = [], []
     gen.listeners.add(lambda event: readings.append((event.step, event.scores)) if isinstance(event, MeterReading)
@@ -43,6 +48,8 @@ def test_readings_project_the_unsteered_stream_without_an_extra_pass(tiny, monke
     for _ in range(20):
         gen.step()
     assert len(calls) == 20  # one forward per token, meter or not
+    if isinstance(gen, GraphGenerator):
+        assert gen.graph.steps == 20  # the meter kept the static step
     assert [step for step, _ in readings] == [4, 9, 14, 19]
     h = torch.stack([v / v.norm() for v in seen[15:20]]).mean(0)
     for label, score in readings[-1][1].items():

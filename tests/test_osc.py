@@ -17,7 +17,7 @@ from pythonosc.osc_message import OscMessage
 from pythonosc.osc_message_builder import build_msg
 from pythonosc.udp_client import SimpleUDPClient
 
-from musicsteer.controllers.osc import OscServer
+from musicsteer.controllers.osc import RATE, OscServer
 from musicsteer.engine.control import Controls
 from musicsteer.engine.errors import MusicsteerError
 from musicsteer.engine.events import Applied, Change
@@ -98,9 +98,9 @@ class Live:
 
 
 @pytest.fixture(scope="module")
-def live(tiny):
+def live(tiny, tmp_path_factory):
     gen = Generator(tiny, Controls(prompt="rock", mix={"rock": 1.0}, alpha=0.2), random_vectors(tiny, best_layer=LAYER))
-    session = StreamingSession(gen, StreamOptions(output_device="null"))
+    session = StreamingSession(gen, StreamOptions(output_device="null", record_dir=tmp_path_factory.mktemp("takes")))
     server = OscServer(session, port=0, status_interval=0.2)
     live = Live(session, server)
     runner = threading.Thread(target=session.run, daemon=True)
@@ -191,10 +191,12 @@ def test_truncated_and_random_packets_never_apply_and_never_stop_the_session(liv
     rng = random.Random(7)
     noise = [rng.randbytes(rng.randint(1, 200)) for _ in range(3000)]
     packets = [*(whole[:n] for n in range(1, len(whole))), cut_bundle, odd_tag, *noise]
-    for i in range(0, len(packets), 250):  # in batches, so neither socket buffer can overflow
+    for i in range(0, len(packets), 250):  # in batches, so neither socket buffer can overflow,
+        began = time.monotonic()
         for packet in packets[i : i + 250]:
             client.sock.sendto(packet, client.target)
         until(lambda i=i: live.server.counters["received"] - before["received"] >= min(i + 250, len(packets)))
+        time.sleep(max(0.0, began + 250 / (0.8 * RATE) - time.monotonic()))  # and under the rate limit
     client.wait("/musicsteer/error", len(packets), timeout=20)  # one error per packet
     after = live.server.counters
     assert after["received"] - before["received"] == after["errors"] - before["errors"] == len(packets)
@@ -247,9 +249,10 @@ def test_subscribers_get_every_change_and_a_status_each_interval(live: Live, cli
     subscriber.close()
 
 
-def test_record_start_and_stop_make_a_wav(live: Live, client: Client, tmp_path) -> None:
-    path = tmp_path / "take.wav"
-    client.send("/musicsteer/record/start", str(path))
+def test_record_start_and_stop_make_a_wav(live: Live, client: Client) -> None:
+    folder = live.session.recordings.folder
+    path = folder / "take.wav"
+    client.send("/musicsteer/record/start", "take.wav")  # taken in the recordings folder
     assert client.wait("/musicsteer/record/started")[0] == [str(path)]
     live.steps(50)
     client.send("/musicsteer/record/stop")
@@ -258,8 +261,8 @@ def test_record_start_and_stop_make_a_wav(live: Live, client: Client, tmp_path) 
     assert rate == live.session.sample_rate and len(audio) > rate // 2
     client.send("/musicsteer/record/stop")  # nothing recording: an empty path, not an error
     assert client.wait("/musicsteer/record/stopped", 2)[1] == [""]
-    (tmp_path / "file").write_text("x")
-    client.send("/musicsteer/record/start", str(tmp_path / "file" / "take.wav"))
+    (folder / "file").write_text("x")
+    client.send("/musicsteer/record/start", "file/take.wav")
     assert client.wait("/musicsteer/error")[0][0].startswith("/musicsteer/record/start: ")
 
 

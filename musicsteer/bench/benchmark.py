@@ -8,6 +8,8 @@ Five contenders run on one loaded model object (same weights, dtype and prompt):
   hf_generate         `model.generate(do_sample=True, guidance_scale=3)`, EnCodec decode excluded.
 The machines this runs on are shared and noisy, so the contenders alternate within every repeat
 (A B C D E A B C D E ...) and the report gives medians, with the per-repeat values kept in `extra`.
+`decode_steps` (the command's --decode) limits the engine's contenders, cold starts, knob latency
+and ratios to one token step; the recapture check runs with the graph step only.
 
 Around the timed repeats: first, before anything else touches the freshly loaded model, one cold
 session each of engine+graph and engine (time to first audio, cold); last, a recapture check (α,
@@ -24,6 +26,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -33,8 +36,8 @@ from transformers.models.encodec.modeling_encodec import EncodecDecoderOutput
 
 from musicsteer.engine.control import Controls
 from musicsteer.engine.events import Applied
-from musicsteer.engine.generator import Generator, fast_decoder
-from musicsteer.engine.graph import GraphGenerator
+from musicsteer.engine.generator import fast_decoder
+from musicsteer.engine.graph import GENERATORS, GraphGenerator
 from musicsteer.engine.vectors import SteeringVectors
 
 from .knobs import LateReader, automate_steering, knob_latencies, recapture_check
@@ -46,6 +49,25 @@ PROMPT = "lo-fi jazz with warm piano"
 STEER_ALPHA = 0.5
 WARMUP_STEPS = 16  # enough to build the fast decoder and settle kernel choices, cheap on big models
 COLD_ORDER = ("engine+graph", "engine")  # the graph first: it is the CUDA path, whose cold start matters
+DECODE_STEPS = tuple(GENERATORS)  # the token steps: ("eager", "graph")
+# The engine's contenders: (token step, steering: None, "fixed" (one term) or "automated" (every token)).
+ENGINE_CONTENDERS = {"engine": ("eager", None), "engine+steer": ("eager", "fixed"),
+                     "engine+graph": ("graph", None), "engine+graph+steer": ("graph", "automated")}
+# Each ratio: its contenders and how it is made of their results (omitted when one did not run).
+RATIOS: dict[str, tuple[tuple[str, ...], Callable[..., float]]] = {
+    "engine_vs_hf_generate": (("engine", "hf_generate"), lambda e, hf: e.steps_per_s / hf.steps_per_s),
+    "graph_vs_engine": (("engine+graph", "engine"), lambda g, e: g.steps_per_s / e.steps_per_s),
+    "graph_vs_hf_generate": (("engine+graph", "hf_generate"), lambda g, hf: g.steps_per_s / hf.steps_per_s),
+    "graph_steer_vs_hf_generate": (("engine+graph+steer", "hf_generate"),
+                                   lambda gs, hf: gs.steps_per_s / hf.steps_per_s),
+    "steer_overhead_pct": (("engine+steer", "engine"), lambda s, e: (s.ms_per_step / e.ms_per_step - 1) * 100),
+    "graph_steer_overhead_pct": (("engine+graph+steer", "engine+graph"),
+                                 lambda gs, g: (gs.ms_per_step / g.ms_per_step - 1) * 100),
+    # The same from the median single step (no prefill, robust to contention bursts).
+    "engine_vs_hf_generate_step_median": (("engine", "hf_generate"),
+                                          lambda e, hf: hf.extra["ms_per_step_median_of_steps"]
+                                          / e.extra["ms_per_step_median_of_steps"]),
+}
 
 
 @dataclass
@@ -108,15 +130,17 @@ def _controls(vectors: SteeringVectors | None) -> Controls:
     return Controls(prompt=PROMPT) if vectors is None else Controls(prompt=PROMPT, mix={"a": 1.0}, alpha=STEER_ALPHA)
 
 
-def _run_engine(lm: LoadedModel, steps: int, vectors: SteeringVectors | None, graph: bool = False,
+def _run_engine(lm: LoadedModel, steps: int, vectors: SteeringVectors | None, step: str,
                 automate: bool = False) -> _Run:
-    """One session: `steps` timed steps (0: only up to the first frame, for a cold start).
-    automate: steering moves every token (`automate_steering`), submitted before the clock starts."""
+    """One session of the token step `step` ("eager" or "graph"): `steps` timed steps (0: only up
+    to the first frame, for a cold start). automate: steering moves every token
+    (`automate_steering`), submitted before the clock starts."""
     _sync(lm.device)
     t0 = time.perf_counter()
     fast_decoder(lm)  # cached on the model: timed apart so a cold session shows what it paid for it
     decoder_build_s = time.perf_counter() - t0
-    gen = (GraphGenerator if graph else Generator)(lm, _controls(vectors), vectors)
+    gen = GENERATORS[step](lm, _controls(vectors), vectors)
+    graph = isinstance(gen, GraphGenerator)
     applied: list[int] = []
     if automate:
         gen.listeners.add(lambda event: applied.append(len(event.changes)) if isinstance(event, Applied) else None)
@@ -224,21 +248,25 @@ def _summarise(name: str, runs: list[_Run], frame_rate: float, note: str, cold: 
 
 
 def run_benchmark(lm: LoadedModel, steps: int = 100, repeats: int = 3, warmup: int = 1,
-                  recapture_tokens: int = 1000, knob_changes: int = 50) -> dict[str, Any]:
+                  recapture_tokens: int = 1000, knob_changes: int = 50,
+                  decode_steps: tuple[str, ...] = DECODE_STEPS) -> dict[str, Any]:
     """Time every contender, interleaved, plus cold starts, recaptures and knob latency; a JSON-ready report.
 
     Pass a freshly loaded model: its first sessions here are the cold starts. recapture_tokens or
-    knob_changes 0 skip those measurements."""
+    knob_changes 0 skip those measurements. decode_steps: the token steps whose engine contenders,
+    cold starts and knob latency run ("eager", "graph" or both); hf_generate always runs, the
+    recapture check only with "graph" (it counts the graph's captures). Raises ValueError for counts
+    out of range or an unknown or missing step."""
     if steps < 1 or repeats < 1 or warmup < 0 or recapture_tokens < 0 or knob_changes < 0:
         raise ValueError("steps and repeats must be >= 1; warmup, recapture_tokens and knob_changes >= 0")
+    if not decode_steps or not set(decode_steps) <= set(DECODE_STEPS):
+        raise ValueError(f"decode_steps must name some of {DECODE_STEPS}, got {decode_steps}")
     vectors = random_vectors(lm)
-    contenders: list[tuple[str, Callable[[int], _Run]]] = [
-        ("engine", lambda n: _run_engine(lm, n, None)),
-        ("engine+steer", lambda n: _run_engine(lm, n, vectors)),
-        ("engine+graph", lambda n: _run_engine(lm, n, None, graph=True)),
-        ("engine+graph+steer", lambda n: _run_engine(lm, n, vectors, graph=True, automate=True)),
-        ("hf_generate", lambda n: _run_generate(lm, n)),
-    ]
+    runners: dict[str, Callable[[int], _Run]] = {
+        name: partial(_run_engine, lm, vectors=vectors if steer else None, step=step, automate=steer == "automated")
+        for name, (step, steer) in ENGINE_CONTENDERS.items() if step in decode_steps}
+    contenders = [*runners.items(), ("hf_generate", lambda n: _run_generate(lm, n))]
+    plain = [name for name in COLD_ORDER if name in runners]  # the unsteered engine contender of each step
     runs: dict[str, list[_Run]] = {name: [] for name, _ in contenders}
     load_before = _load_average()
     # no_grad, not inference_mode: the engine's first Generator re-lays the model's weights
@@ -246,7 +274,7 @@ def run_benchmark(lm: LoadedModel, steps: int = 100, repeats: int = 3, warmup: i
     with torch.no_grad():
         # Cold first, before any other session touches the model: the first of them builds the
         # FastDecoder and meets every first-call cost (CUDA kernel loading, cuBLAS handles).
-        cold = {name: _run_engine(lm, 0, None, graph=name == "engine+graph") for name in COLD_ORDER}
+        cold = {name: runners[name](0) for name in plain}
         for _ in range(warmup):
             for _, run in contenders:
                 run(min(steps, WARMUP_STEPS))
@@ -254,9 +282,10 @@ def run_benchmark(lm: LoadedModel, steps: int = 100, repeats: int = 3, warmup: i
             for name, run in contenders:
                 runs[name].append(run(steps))
         recapture = None
-        if recapture_tokens:
+        if recapture_tokens and "graph" in decode_steps:
             recapture = recapture_check(GraphGenerator(lm, _controls(vectors), vectors), recapture_tokens)
-        latency = knob_latencies(lm, _controls(vectors), vectors, knob_changes) if knob_changes else None
+        generators = {name: GENERATORS[ENGINE_CONTENDERS[name][0]] for name in plain}
+        latency = knob_latencies(lm, _controls(vectors), vectors, knob_changes, generators) if knob_changes else None
 
     notes = {
         "engine": "steps/s over `steps` step() calls after start(); ttfa includes Generator() + start()",
@@ -272,8 +301,6 @@ def run_benchmark(lm: LoadedModel, steps: int = 100, repeats: int = 3, warmup: i
     }
     results = [_summarise(name, runs[name], lm.frame_rate, notes[name], cold.get(name)) for name, _ in contenders]
     by_name = {r.name: r for r in results}
-    engine, steer, hf = by_name["engine"], by_name["engine+steer"], by_name["hf_generate"]
-    graph, graph_steer = by_name["engine+graph"], by_name["engine+graph+steer"]
     return {
         "model": lm.name,
         "device": device_description(lm.device),
@@ -282,29 +309,22 @@ def run_benchmark(lm: LoadedModel, steps: int = 100, repeats: int = 3, warmup: i
         "transformers": transformers.__version__,
         "steps": steps,
         "repeats": repeats,
+        "decode_steps": list(decode_steps),
         "prompt": PROMPT,
         # Other users' load on a shared machine explains outliers better than any statistic.
         "load_avg_1min": [load_before, _load_average()],
         "results": [asdict(r) for r in results],
-        "ratios": {
-            "engine_vs_hf_generate": engine.steps_per_s / hf.steps_per_s,
-            "graph_vs_engine": graph.steps_per_s / engine.steps_per_s,
-            "graph_vs_hf_generate": graph.steps_per_s / hf.steps_per_s,
-            "graph_steer_vs_hf_generate": graph_steer.steps_per_s / hf.steps_per_s,
-            "steer_overhead_pct": (steer.ms_per_step / engine.ms_per_step - 1) * 100,
-            "graph_steer_overhead_pct": (graph_steer.ms_per_step / graph.ms_per_step - 1) * 100,
-            # The same from the median single step (no prefill, robust to contention bursts).
-            "engine_vs_hf_generate_step_median": hf.extra["ms_per_step_median_of_steps"]
-            / engine.extra["ms_per_step_median_of_steps"],
-        },
+        "ratios": {name: ratio(*(by_name[n] for n in names)) for name, (names, ratio) in RATIOS.items()
+                   if all(n in by_name for n in names)},
         "cold_start": {
-            "order": list(COLD_ORDER),
-            "fast_decoder_build_s": cold[COLD_ORDER[0]].decoder_build_s,
+            "order": plain,
+            "fast_decoder_build_s": cold[plain[0]].decoder_build_s,
             "note": "ttfa_cold_s: each contender's first session in this process, from Generator() to the first "
-                    f"frame of codes. {COLD_ORDER[0]} ran first on the freshly loaded model: it includes building "
-                    "the FastDecoder (fast_decoder_build_s; ~0 means the model had been used before the bench), "
-                    f"first-call kernel init and the graph capture; {COLD_ORDER[1]} ran next and pays only its own "
-                    "first calls. ttfa_s is warm: the median over the timed sessions, after cold and warm-up ones",
+                    f"frame of codes. {plain[0]} ran first on the freshly loaded model: it includes building "
+                    "the FastDecoder (fast_decoder_build_s; ~0 means the model had been used before the bench) "
+                    "and first-call kernel init (and, for engine+graph, the graph capture)"
+                    + (f"; {plain[1]} ran next and pays only its own first calls" if len(plain) > 1 else "")
+                    + ". ttfa_s is warm: the median over the timed sessions, after cold and warm-up ones",
         },
         "recapture_check": recapture,
         "knob_latency": latency,

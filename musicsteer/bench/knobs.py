@@ -169,7 +169,7 @@ def knob_latency(gen: Generator, changes: int = 50, seed: int = 0) -> dict[str, 
 
 
 def knob_latencies(lm: LoadedModel, controls: Controls, vectors: SteeringVectors, changes: int,
-                   seed: int = 0) -> dict[str, dict[str, float | int]]:
-    """`knob_latency` for the eager and the graph generator; `controls` should steer."""
-    return {name: knob_latency(cls(lm, controls, vectors), changes, seed)
-            for name, cls in (("engine", Generator), ("engine+graph", GraphGenerator))}
+                   generators: dict[str, type[Generator]], seed: int = 0) -> dict[str, dict[str, float | int]]:
+    """`knob_latency` for each generator class, by the name the report gives it (the bench's
+    "engine" and "engine+graph"); `controls` should steer."""
+    return {name: knob_latency(cls(lm, controls, vectors), changes, seed) for name, cls in generators.items()}

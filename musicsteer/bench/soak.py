@@ -14,7 +14,7 @@ import threading
 import time
 
 from musicsteer.engine.control import Controls
-from musicsteer.engine.generator import Generator
+from musicsteer.engine.graph import GENERATORS
 from musicsteer.engine.loading import LoadedModel
 from musicsteer.engine.session import StreamingSession, StreamOptions
 
@@ -24,8 +24,10 @@ def rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def run_soak(lm: LoadedModel, seconds: float, sample_every: float = 10.0) -> dict:
-    gen = Generator(lm, Controls(prompt="lo-fi jazz with warm piano"))
+def run_soak(lm: LoadedModel, seconds: float, step: str, sample_every: float = 10.0) -> dict:
+    """A null-device session of `seconds` through the token step `step` ("eager" or "graph": the
+    command's --decode, resolved by graph.decode_step); the report (JSON-ready) names the step."""
+    gen = GENERATORS[step](lm, Controls(prompt="lo-fi jazz with warm piano"))
     session = StreamingSession(gen, StreamOptions(seconds=seconds, output_device="null"))
     chunks: list[tuple[float, float]] = []  # (session seconds generated, decode ms)
     decoder = session.decoder
@@ -63,7 +65,8 @@ def run_soak(lm: LoadedModel, seconds: float, sample_every: float = 10.0) -> dic
 
     after_warmup = [mb for t, mb in rss if t >= 60] or [mb for _, mb in rss]
     return {
-        "model": lm.name, "seconds": seconds, "ttfa_s": round(first_audio[0], 3) if first_audio else None,
+        "model": lm.name, "decode": step, "seconds": seconds,
+        "ttfa_s": round(first_audio[0], 3) if first_audio else None,
         "chunk_frames": decoder.config.chunk_frames,
         "decode_ms_minute_1": median_ms(0, 60), "decode_ms_last_minute": median_ms(seconds - 60, seconds + 1),
         "rss_mb_start": round(rss[0][1], 1), "rss_mb_after_1_min": round(after_warmup[0], 1),

@@ -7,7 +7,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from musicsteer.engine.errors import MusicsteerError
+
 from .options import add_model_options, bounded, resolve
+
+RECAPTURE_TOKENS = 1000  # --recapture-tokens' default (None until then: a flag given is told from one left out)
 
 EPILOG = """\
 contenders, all on the one loaded model, alternated within every repeat:
@@ -29,6 +33,10 @@ reported (JSON with --json: results[], ratios, cold_start, recapture_check, knob
   knob_latency        submit (another thread) -> applied at the token boundary, median/p95/max ms,
                       eager and graph, over --knob-changes alpha changes at seeded random moments
 
+--decode auto (the default) times both token steps side by side; --decode eager or graph times only
+that step's engine contenders (with hf_generate), cold start and knob latency; the recapture check
+needs the graph step. --soak runs the step --decode picks (auto: graph on CUDA, eager on the CPU).
+
 with --dtype bfloat16|float16 or --quantize int8|int8-tensor the contenders run on that model, and:
   drift               its logits against a float32 reference with the same weights, teacher-forced
                       over --drift-steps tokens: max_abs, mean_abs, rel_max (of the largest logit),
@@ -49,8 +57,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="timed tokens per session (default 100)")
     parser.add_argument("--repeats", type=bounded(int, 1, 1000), default=3,
                         help="timed sessions per contender (default 3)")
-    parser.add_argument("--recapture-tokens", type=bounded(int, 0, 1_000_000), default=1000, metavar="N",
-                        help="tokens of the recapture check (default 1000; 0 skips it)")
+    parser.add_argument("--recapture-tokens", type=bounded(int, 0, 1_000_000), metavar="N",
+                        help=f"tokens of the recapture check (default {RECAPTURE_TOKENS}; 0 skips it; "
+                             "not with --decode eager)")
     parser.add_argument("--knob-changes", type=bounded(int, 0, 100_000), default=50, metavar="N",
                         help="alpha changes timed for knob -> applied latency (default 50; 0 skips it)")
     parser.add_argument("--drift-steps", type=bounded(int, 0, 100_000), default=100, metavar="N",
@@ -91,26 +100,42 @@ def summary(report: dict[str, Any]) -> list[str]:
     return lines + bench_drift.summary(report)
 
 
+def decode_steps_of(args: argparse.Namespace) -> tuple[str, ...]:
+    """The token steps whose contenders run: both for --decode auto (the bench compares them), else
+    the one named. Sets --recapture-tokens' default; refuses it given with --decode eager (MusicsteerError)."""
+    from musicsteer.bench.benchmark import DECODE_STEPS
+
+    steps = DECODE_STEPS if args.decode == "auto" else (args.decode,)
+    if args.recapture_tokens is None:
+        args.recapture_tokens = RECAPTURE_TOKENS if "graph" in steps else 0
+    elif args.recapture_tokens and "graph" not in steps:
+        raise MusicsteerError(f"--recapture-tokens counts the graph step's captures; --decode {args.decode} runs no "
+                              "graph: drop one of them")
+    return steps
+
+
 def run(args: argparse.Namespace) -> int:
     from musicsteer.bench import drift as bench_drift
     from musicsteer.bench.benchmark import run_benchmark
     from musicsteer.bench.soak import run_soak
     from musicsteer.engine.files import writable_file
+    from musicsteer.engine.graph import decode_step
 
     from .setup import load_options
 
     resolve(args)
+    decode_steps = decode_steps_of(args)
     if args.json:
         writable_file(args.json, "--json")
     lm, base, quantize, quantize_s = load_options(args)
     if args.soak:
-        report = run_soak(lm, args.soak)
+        report = run_soak(lm, args.soak, decode_step(args.decode, lm.device))
         print(json.dumps({k: v for k, v in report.items() if k != "rss_samples"}, indent=1))
         if args.json:
             Path(args.json).write_text(json.dumps(report, indent=2))
         return 0
     report = run_benchmark(lm, steps=args.steps, repeats=args.repeats, recapture_tokens=args.recapture_tokens,
-                           knob_changes=args.knob_changes)
+                           knob_changes=args.knob_changes, decode_steps=decode_steps)
     option = bench_drift.option_name(lm, quantize)
     if option is not None:
         bench_drift.annotate(report, option, quantize, quantize_s)

@@ -19,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from musicsteer.controllers.midi import list_midi_inputs
-    from musicsteer.engine.audio_out import list_output_devices, null_output_device
+    from musicsteer.engine.audio_devices import list_output_devices, null_output_device
 
     print("audio outputs (play --output-device NAME|INDEX):")
     try:

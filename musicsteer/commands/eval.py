@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         sampling=Sampling(args.guidance, args.temperature, args.top_k, args.top_p),
     )
     request = EvalRequest(protocol, args.vectors, Path(args.out), args.clap, args.template,
-                          parse_labels(args.labels), args.trial_seed, args.clap_batch)
+                          parse_labels(args.labels), args.trial_seed, args.clap_batch, args.decode)
     from .setup import load
 
     evaluate(request, lambda: load(args))

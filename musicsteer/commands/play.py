@@ -26,13 +26,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     group = parser.add_argument_group("stream")
     add_params(group, "seconds", default_note="; default: until Ctrl-C")
     group.add_argument("--output-device", help="device name, index, or 'null' (no sound card; real-time clock)")
-    group.add_argument("--record", help="record the session to this WAV file")
+    group.add_argument("--record", help="record the session to this WAV file (its log: the same name, .jsonl)")
+    group.add_argument("--record-dir", help="folder for takes started live (OSC record/start): names are taken "
+                                            "in it and refused outside it; default: the working folder")
+    group.add_argument("--overwrite", action="store_true",
+                       help="a take may replace an existing WAV and log of the same name (else refused)")
     group.add_argument("--init-audio", help="audio file to continue from")
     add_params(group, "init_seconds", "buffer", "prebuffer", "blocksize", "when_slow")
     group.add_argument("--no-resample", action="store_true",
                        help="fail if the device refuses the model's rate, instead of resampling")
     add_params(group, "slew")
-    group.add_argument("--codes-out", help="save the session's codes (codebooks, frames) as .npy at the end")
+    group.add_argument("--codes-out", help="save the codes of what was played (codebooks, frames; the audio "
+                                           "prompt's first) as .npy at the end")
     group.add_argument("--no-status", action="store_true", help="no live status line")
     add_control_options(parser)
     parser.set_defaults(run=run)
@@ -47,9 +52,16 @@ def status_line(stats: SessionStats, gen: Generator) -> str:
         rec += "  meter " + " ".join(f"{label} {score:+.2f}" for label, score in top)
     if any(stats.control_counts.values()):  # a refused or clamped value is shown while it matters
         rec += "  " + refusals(stats)
+    if stats.recording_error:
+        rec += "  RECORDING FAILED"
     return (f"step {stats.step:6d}  {stats.played_seconds:7.1f}s  rtf {stats.rtf:5.2f}  "
-            f"buffer {stats.buffer_seconds:4.2f}s  underruns {stats.underrun_events} "
-            f"({stats.underrun_seconds:.2f}s)  alpha {values.alpha:.2f}  steer {mix}{rec}")
+            f"buffer {stats.buffer_seconds:4.2f}s  {faults(stats)}  alpha {values.alpha:.2f}  steer {mix}{rec}")
+
+
+def faults(stats: SessionStats) -> str:
+    """`underruns 0 (0.00 s), rebuffers 0, xruns 0, callback errors 0`: every way the sound could break."""
+    return (f"underruns {stats.underrun_events} ({stats.underrun_seconds:.2f} s), rebuffers {stats.rebuffers}, "
+            f"xruns {stats.xruns}, callback errors {stats.callback_errors}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -82,7 +94,8 @@ def run(args: argparse.Namespace) -> int:
                 "seconds": args.init_seconds}
     options = StreamOptions(seconds=args.seconds, output_device=args.output_device, buffer_seconds=args.buffer,
                             prebuffer_seconds=args.prebuffer, blocksize=args.blocksize, when_slow=args.when_slow,
-                            record=args.record, resample=not args.no_resample)
+                            record=args.record, record_dir=args.record_dir, overwrite=args.overwrite,
+                            resample=not args.no_resample)
     # The output device and the record path are checked here, before anything is generated.
     session = StreamingSession(gen, options, prompt_codes, init_audio=init, keep_codes=bool(args.codes_out))
     with ExitStack() as controllers:
@@ -113,7 +126,18 @@ def stream(session: StreamingSession, gen: Generator, show_status: bool = True) 
     from rich.console import Console
     from rich.live import Live
 
+    from musicsteer.engine.events import Notice
+
     console = Console(stderr=True)
+
+    def tell(event: object) -> None:  # any thread: rich's console serialises its output
+        if isinstance(event, Notice):
+            console.print(f"musicsteer: {event.level}: {printable(event.text)}", markup=False, highlight=False,
+                          soft_wrap=True)  # one line, whatever the width: logs and tests read it whole
+
+    for notice in session.notices:  # told before the session ran (a nearly full disk)
+        tell(notice)
+    session.listeners.add(tell)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: session.stop())
     live = Live(console=console, refresh_per_second=4, transient=True) if show_status and console.is_terminal else None
@@ -134,9 +158,14 @@ def stream(session: StreamingSession, gen: Generator, show_status: bool = True) 
         if live is not None:
             live.stop()
     print(f"played {stats.played_seconds:.2f} s; generated {stats.generated_seconds:.2f} s at rtf {stats.rtf:.2f} "
-          f"(generation {stats.generation_rtf:.2f}, decode {stats.decode_rtf:.2f}); "
-          f"underruns {stats.underrun_events} ({stats.underrun_seconds:.2f} s), rebuffers {stats.rebuffers}; "
+          f"(generation {stats.generation_rtf:.2f}, decode {stats.decode_rtf:.2f}); {faults(stats)}; "
           f"{stats.callbacks} audio callbacks; control values {refusals(stats)}", file=sys.stderr)
+    code = 1 if stats.device_error else 0  # (said when it happened, as a notice)
     for take in session.takes:
-        print(f"recorded {printable(take)}", file=sys.stderr)
-    return 0
+        if take.error:  # one line: what failed, and what is safe
+            print(f"musicsteer: error: {printable(take.error).rstrip('. ')}; {take.seconds:.2f} s safely on disk in "
+                  f"{printable(take.path)}", file=sys.stderr)
+            code = 1
+        else:
+            print(f"recorded {printable(take.path)} ({take.seconds:.2f} s)", file=sys.stderr)
+    return code

@@ -129,8 +129,6 @@ def replay(args: argparse.Namespace) -> int:
     controls = header["controls"]  # checked by read_log, in Controls' types
     try:  # (checked by read_log; the model's own bounds, such as its layer count, are checked here)
         gen = generator_class(args, lm)(lm, Controls(**controls), vectors, **header["settings"])
-        for step, change in logged.changes:
-            gen.control.submit(change, at_step=step)
     except MusicsteerError as err:
         raise type(err)(f"{args.replay}: {err}") from None
     prompt_codes = prompt_codes_from(lm, init.get("path"), init.get("seconds", 10.0))
@@ -138,22 +136,32 @@ def replay(args: argparse.Namespace) -> int:
     if prompt_frames != header.get("prompt_frames", 0):
         raise MusicsteerError(f"{args.replay}: the header says the audio prompt held {header.get('prompt_frames', 0)} "
                               f"frames; its file gives {prompt_frames}")
-    pad_end = False
+    pad_end, start = False, logged.start_step  # a take started mid-session: regenerate up to it, keep it
     if logged.end is not None:
-        new_frames, pad_end = logged.end["frames"], bool(logged.end.get("padded", False))
+        new_frames, pad_end = start + logged.end["frames"], bool(logged.end.get("padded", False))
     elif args.seconds:
-        new_frames = round(args.seconds * lm.frame_rate)
+        new_frames = start + round(args.seconds * lm.frame_rate)
     else:
         raise MusicsteerError(f"{args.replay} has no end record (the session was killed): give --seconds")
-    # Steps this replay runs: one per new frame, plus the delay pattern's tail. A change logged later
-    # would never apply: refused, as an automation event past the end is.
+    # Steps this replay runs: one per new frame, plus the delay pattern's tail. Generation runs ahead
+    # of the recording, so a take's log may hold changes made after its last frame, up to the steps
+    # its end record counts: they cannot touch its frames. A change past that would never apply and
+    # is refused, as an automation event past the end is.
     steps = new_frames + gen.delay.max_delay
-    late = [step for step, _ in logged.changes if step >= steps]
+    logged_steps = start + logged.end["steps"] if logged.end is not None else steps - 1
+    late = [step for step, _ in logged.changes if step >= steps and step > logged_steps]
     if late:
         cause = "than its end record says" if logged.end is not None else "than --seconds covers"
         raise MusicsteerError(f"{args.replay}: a change at step {late[0]} lies past the {steps} steps of this "
                               f"replay: the log holds more {cause}")
-    return finish(args, gen, prompt_frames + new_frames, prompt_codes, pad_end=pad_end)
+    try:
+        for step, change in logged.changes:
+            if step < steps:
+                gen.control.submit(change, at_step=step)
+    except MusicsteerError as err:
+        raise type(err)(f"{args.replay}: {err}") from None
+    first = prompt_frames + start if start else 0  # a take from the session's start holds the prompt too
+    return finish(args, gen, prompt_frames + new_frames, prompt_codes, pad_end=pad_end, first=first)
 
 
 # What a session log's header may set besides the controls (Generator's keyword arguments).
@@ -161,7 +169,9 @@ SETTINGS_KEYS = {"window_seconds", "keep_seconds", "steer_rule", "steer_both", "
 
 
 def finish(args: argparse.Namespace, gen: Generator, total: int, prompt_codes: torch.Tensor | None,
-           pad_end: bool) -> int:
+           pad_end: bool, first: int = 0) -> int:
+    """Generate `total` frames (prompt included), decode them at once, write the WAV and --codes-out
+    from frame `first` on (a replayed take that started mid-session)."""
     import numpy as np
     from tqdm import tqdm
 
@@ -173,9 +183,10 @@ def finish(args: argparse.Namespace, gen: Generator, total: int, prompt_codes: t
     prompt_frames = 0 if prompt_codes is None else prompt_codes.shape[-1]
     with tqdm(total=total, initial=prompt_frames, unit="frame", desc="render", leave=False) as bar:
         codes = render_codes(gen, total, prompt_codes, on_frame=lambda _: bar.update(1), pad_end=pad_end)
+    hop = lm.sample_rate // lm.frame_rate
     if args.codes_out:
-        np.save(args.codes_out, codes.numpy())
-    audio = decode_codes(lm, codes)
+        np.save(args.codes_out, codes[:, first:].numpy())
+    audio = decode_codes(lm, codes)[..., first * hop :]  # decoded whole: the take's first samples see their past
     out = write_wav(args.out, audio, lm.sample_rate)
     print(f"wrote {printable(out)} ({audio.shape[-1] / lm.sample_rate:.2f} s, {lm.audio_channels} channel(s), "
           f"{lm.sample_rate} Hz)")

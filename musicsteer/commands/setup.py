@@ -15,7 +15,7 @@ import torch
 from musicsteer.engine.control import Controls
 from musicsteer.engine.errors import MusicsteerError
 from musicsteer.engine.generator import Generator
-from musicsteer.engine.graph import GraphGenerator
+from musicsteer.engine.graph import GENERATORS, decode_step
 from musicsteer.engine.loading import LoadedModel, load_model, resolve_device, resolve_dtype
 from musicsteer.engine.meter import GenreMeter
 from musicsteer.engine.quantize import MODES, quantize_decoder
@@ -32,10 +32,9 @@ class Loaded(NamedTuple):
 
 
 def generator_class(args: argparse.Namespace, lm: LoadedModel) -> type[Generator]:
-    """The token loop --decode asks for: the captured graph by default on CUDA (launch overhead is
-    what bounds an eager step there), eager on the CPU. Both give the same codes (tests/test_graph.py)."""
-    graph = args.decode == "graph" or (args.decode == "auto" and lm.device.type == "cuda")
-    return GraphGenerator if graph else Generator
+    """The token loop --decode asks for on the model's device (`graph.decode_step`: every command
+    that takes --decode decides through it). Both give the same codes (tests/test_graph.py)."""
+    return GENERATORS[decode_step(args.decode, lm.device)]
 
 
 def load(args: argparse.Namespace, name: str | None = None) -> LoadedModel:

@@ -4,7 +4,8 @@ Each clip is three files: NAME.wav (the audio), NAME.npy (its codes, (codebooks,
 NAME.json (its identity: every setting that decides its codes, and where the continuation starts).
 The JSON is written last, so a clip counts as done only when all three are whole; a rerun with the
 same identity reuses the files untouched (no regeneration, mtimes unchanged), and any change of
-model, seed, prompt, length, sampling or steering makes a new clip. Layout under OUT/clips/:
+model, token step (--decode), seed, prompt, length, sampling or steering makes a new clip. Layout
+under OUT/clips/:
 
   source/{genre}-{i:02d}.*                      the source clips (shared by pairs with that source)
   {source}-to-{target}/{i:02d}-prompted.*       the prompted baseline
@@ -138,15 +139,17 @@ class ClipStore:
 
 
 
-def make_clip(lm: LoadedModel, vectors: SteeringVectors, store: ClipStore, job: ClipJob, protocol: Protocol) -> Clip:
-    """Generate one clip (the source's codes must already be in the store) and save it."""
+def make_clip(lm: LoadedModel, vectors: SteeringVectors, store: ClipStore, job: ClipJob, protocol: Protocol,
+              generator: type[Generator]) -> Clip:
+    """Generate one clip (the source's codes must already be in the store) with the token loop
+    `generator` (the --decode choice, graph.GENERATORS) and save it."""
     if job.kind == "source":
         prompt_codes = None
         total = max(1, round(protocol.source_seconds * lm.frame_rate))
     else:
         prompt_codes = store.codes(job.source_name)[None].to(lm.device)
         total = prompt_codes.shape[-1] + max(1, round(protocol.seconds * lm.frame_rate))
-    gen = Generator(lm, job.controls, vectors if job.steered else None, steer_rule=protocol.steer_rule)
+    gen = generator(lm, job.controls, vectors if job.steered else None, steer_rule=protocol.steer_rule)
     codes = render_codes(gen, total, prompt_codes)
     audio = decode_codes(lm, codes)
     prompt_frames = 0 if prompt_codes is None else int(prompt_codes.shape[-1])

@@ -20,6 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from musicsteer.engine.errors import MusicsteerError
+from musicsteer.engine.graph import GENERATORS, decode_step
 from musicsteer.engine.loading import LoadedModel
 from musicsteer.engine.params import SITES
 from musicsteer.engine.vectors import SteeringVectors
@@ -40,6 +41,7 @@ class EvalRequest:
     labels: list[str]  # empty: the vectors file's labels
     trial_seed: int = 0
     clap_batch: int = 8
+    decode: str = "auto"  # the token step (--decode): graph.decode_step resolves it on the model's device
 
 
 def evaluate(request: EvalRequest, load_model: Callable[[], LoadedModel]) -> dict:
@@ -66,12 +68,13 @@ def evaluate(request: EvalRequest, load_model: Callable[[], LoadedModel]) -> dic
     lm = load_model()
     scorer.to(lm.device)
     vectors.check_model(lm.num_layers, lm.d_model, lm.name)
-    clips = _make_clips(lm, vectors, protocol, ClipStore(out / "clips"))
+    step = decode_step(request.decode, lm.device)
+    clips = _make_clips(lm, vectors, protocol, ClipStore(out / "clips"), step)
     scores = _score(scorer, clips, labels, lm.frame_rate)
 
     layer = vectors.best_layer if protocol.layer is None else protocol.layer
     results = {
-        "settings": {"model": lm.name, "model_fingerprint": lm.fingerprint, "dtype": str(lm.dtype),
+        "settings": {"model": lm.name, "model_fingerprint": lm.fingerprint, "dtype": str(lm.dtype), "decode": step,
                      "vectors": str(request.vectors), "vectors_sha256": vectors.sha256, "layer": layer,
                      "site": protocol.site or vectors.site, "clap": request.clap, "template": request.template,
                      "labels": labels, "protocol": protocol.to_json()},
@@ -101,8 +104,11 @@ def evaluate(request: EvalRequest, load_model: Callable[[], LoadedModel]) -> dic
     return results
 
 
-def _make_clips(lm: LoadedModel, vectors: SteeringVectors, protocol: Protocol, store: ClipStore) -> dict[str, Clip]:
-    model_id = {"model": lm.fingerprint, "dtype": str(lm.dtype)}
+def _make_clips(lm: LoadedModel, vectors: SteeringVectors, protocol: Protocol, store: ClipStore,
+                step: str) -> dict[str, Clip]:
+    # The token step is part of every clip's identity: on CUDA the two steps' logits differ in the
+    # last bits (~1e-5), enough to move a sampled draw, so a clip made by the other step is not reused.
+    model_id = {"model": lm.fingerprint, "dtype": str(lm.dtype), "decode": step}
     jobs = plan(protocol, model_id, vectors)
     clips: dict[str, Clip] = {}
     reused = 0
@@ -111,7 +117,7 @@ def _make_clips(lm: LoadedModel, vectors: SteeringVectors, protocol: Protocol, s
             bar.set_postfix_str(job.name, refresh=False)
             clip = store.lookup(job)
             if clip is None:
-                clip = make_clip(lm, vectors, store, job, protocol)
+                clip = make_clip(lm, vectors, store, job, protocol, GENERATORS[step])
             reused += clip.reused
             clips[job.name] = clip
     print(f"clips: {len(clips) - reused} generated, {reused} reused from {store.root}")

@@ -1,0 +1,269 @@
+"""Takes: a session's recordings, each a WAV (engine/recorder.py) with its own log beside it.
+
+Where a take may go is checked before anything is opened (`take_path`): a WAV name (`.wav`, so its
+log `take.jsonl` can never be the WAV itself), in a folder that exists and is writable, never onto an
+existing file unless `overwrite` (the WAV or its log), never onto a FIFO or a device (opening one for
+writing blocks until a reader comes). Paths received live (OSC, the web page) go under one
+recordings folder: taken relative to it, and refused if they resolve outside it (`..`, an absolute
+path elsewhere, a symlink out of it); they are opened on the takes thread, so a slow disk never
+holds up the thread that serves the controls.
+
+A take starts at a frame boundary of the decoded stream: the decode thread hands PCM to the current
+take under one lock, and a new take starts with the first sample not yet handed out. Its log counts
+positions from there (engine/session_log.py), and carries every change made before it, so that
+`render --replay` of a second take regenerates the session up to it and keeps the take's frames.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import MusicsteerError, printable
+from .events import Change
+from .files import writable_file
+from .recorder import LOW_SPACE_SECONDS, Recorder
+from .session_log import SessionLog, log_path_for
+
+SUFFIX = ".wav"
+
+
+def take_path(path: str | Path, folder: str | Path | None = None, overwrite: bool = False) -> Path:
+    """Check where a take may be written, before anything is opened; MusicsteerError (one line) if not.
+
+    folder: the recordings folder a live path is confined to (None: a start-up path, taken as given).
+    overwrite: an existing WAV or log of that name may be replaced (never a FIFO, device or folder).
+    """
+    try:
+        path = Path(path)
+        if folder is not None:
+            root = Path(folder).resolve()
+            path = (root / path).resolve()  # an absolute `path` replaces root; `..` and symlinks resolve
+            if not path.is_relative_to(root):
+                raise MusicsteerError(f"recordings started live go in {printable(root)}; "
+                                      f"{printable(path)} is outside it")
+        if path.suffix.lower() != SUFFIX:
+            raise MusicsteerError(f"a recording is a WAV file: give a name ending in {SUFFIX}, "
+                                  f"not {printable(path.name)}")
+        for target in (path, log_path_for(path)):
+            writable_file(target, "recording")
+            if target.is_symlink() or target.exists():
+                if not target.is_file():
+                    raise MusicsteerError(f"cannot record to {printable(target)}: it is not a regular file")
+                if not overwrite:
+                    raise MusicsteerError(f"{printable(target)} exists; give another name, or --overwrite")
+    except (OSError, ValueError) as exc:  # a NUL in the name, a folder we may not enter
+        raise MusicsteerError(f"cannot record to {printable(path)}: {getattr(exc, 'strerror', None) or exc}") \
+            from None
+    return path
+
+
+def new_take_name(folder: str | Path) -> Path:
+    """`take-YYYYmmdd-HHMMSS.wav` in `folder`, numbered if that exists (a record button sends no name)."""
+    stem = datetime.now().strftime("take-%Y%m%d-%H%M%S")
+    for n in range(1, 1000):
+        path = Path(folder) / (stem + (f"-{n}" if n > 1 else "") + SUFFIX)
+        if not path.exists() and not log_path_for(path).exists():
+            return path
+    raise MusicsteerError(f"no free take name in {printable(folder)}")
+
+
+def _claim(path: Path, overwrite: bool) -> None:
+    """Create `path` without following a symlink or waiting on a FIFO, and make sure it is a regular
+    file: closes the gap between take_path's check and the recorder's open."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | (0 if overwrite else os.O_EXCL)
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as exc:
+        raise MusicsteerError(f"cannot record to {printable(path)}: {exc.strerror or exc}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise MusicsteerError(f"cannot record to {printable(path)}: it is not a regular file")
+    finally:
+        os.close(fd)
+
+
+class Take:
+    """One recording: its WAV, its log, and where it starts in the session (`start_step`, in frames)."""
+
+    def __init__(self, path: Path, sample_rate: int, channels: int, hop: int, overwrite: bool) -> None:
+        self.path, self.hop = path, hop
+        claimed: list[Path] = []
+        recorder = None
+        try:
+            for target in (path, log_path_for(path)):
+                _claim(target, overwrite)
+                claimed.append(target)
+            self.recorder = recorder = Recorder(path, sample_rate, channels)
+            self.log = SessionLog(log_path_for(path))
+        except BaseException:
+            if recorder is not None:
+                recorder.stop()
+            for target in claimed if not overwrite else ():  # what this failed attempt made, and only that
+                target.unlink(missing_ok=True)
+            raise
+        self.start_step = 0
+        self.samples = 0  # handed to the recorder (what it holds once written: `recorder.seconds`)
+        self.space_warned = False
+
+    def begin(self, header: dict[str, Any], start_sample: int, history: list[tuple[int, Change]]) -> None:
+        """Start at session sample `start_sample` (a frame boundary), with the changes made so far."""
+        self.start_step = start_sample // self.hop
+        self.log.header({**header, "take": {"start_step": self.start_step, "start_sample": start_sample}})
+        for step, change in history:
+            self.record(step, change)
+        self.recorder.start()
+
+    def position(self, step: int) -> tuple[int, int]:
+        """A session step as (step, sample) counted in this take."""
+        step -= self.start_step
+        return step, step * self.hop
+
+    def record(self, step: int, change: Change) -> None:
+        self.log.record(*self.position(step), change)
+
+    def write(self, pcm: np.ndarray) -> None:
+        self.recorder.write(pcm)
+        self.samples += pcm.shape[1]
+
+    def finish(self, step: int, padded: bool) -> Take:
+        """Close the WAV, then the log with its end record (`padded`: the session's end was known and
+        this take reached it, so replay pads the last delayed codebooks as the stream did)."""
+        self.recorder.stop()
+        self.log.close(end={"steps": step - self.start_step, "frames": self.samples // self.hop, "padded": padded})
+        return self
+
+    @property
+    def error(self) -> str | None:
+        """The recording's first failure (the WAV's, else the log's), one line; None if all is on disk."""
+        return self.recorder.error or self.log.error
+
+    @property
+    def seconds(self) -> float:
+        """Audio safely on disk (readable after a kill)."""
+        return self.recorder.seconds
+
+
+class Recordings:
+    """A session's takes: at most one at a time, started and stopped from any thread.
+
+    header(): the session's log header; clock(): the generation step now; notify(level, text): tell
+    the performer (a recorder error, low disk space)."""
+
+    def __init__(self, sample_rate: int, channels: int, hop: int, header: Callable[[], dict[str, Any]],
+                 clock: Callable[[], int], notify: Callable[[str, str], None], folder: str | Path | None = None,
+                 overwrite: bool = False) -> None:
+        self.sample_rate, self.channels, self.hop = sample_rate, channels, hop
+        self._header, self._clock, self._notify = header, clock, notify
+        self.folder = Path(folder) if folder is not None else Path.cwd()
+        if not self.folder.is_dir():
+            raise MusicsteerError(f"recordings folder {printable(self.folder)} is not a folder that exists")
+        self.overwrite = overwrite
+        self.history: list[tuple[int, Change]] = []  # every applied change of the session, at its step
+        self.done: list[Take] = []
+        self.current: Take | None = None
+        self.emitted = 0  # samples the decode thread has handed out (the next take starts here)
+        self._lock = threading.Lock()
+        self._worker: ThreadPoolExecutor | None = None
+
+    # -- starting and stopping (any thread) ---------------------------------------------------
+    def start(self, path: str | Path | None, live: bool = False) -> Path:
+        """Start a take (ending the current one); live paths are confined to the recordings folder and
+        a missing name gets a new one. Returns the WAV's path; MusicsteerError if it cannot be used."""
+        if path is None or str(path) == "":
+            path = new_take_name(self.folder)
+        path = take_path(path, self.folder if live else None, self.overwrite)
+        current = self.current
+        if current is not None and current.path == path:
+            raise MusicsteerError(f"already recording to {printable(path)}")
+        take = Take(path, self.sample_rate, self.channels, self.hop, self.overwrite)
+        take.recorder.on_error = lambda text: self._notify("error", text)
+        with self._lock:
+            take.begin(self._header(), self.emitted, list(self.history))
+            previous, self.current = self.current, take
+        if previous is not None:
+            self.done.append(previous.finish(self._clock(), padded=False))
+        self.watch()
+        return path
+
+    def stop(self, padded: bool = False) -> Path | None:
+        """End the current take; its path, or None if none was recording."""
+        with self._lock:
+            take, self.current = self.current, None
+        if take is None:
+            return None
+        self.done.append(take.finish(self._clock(), padded))
+        return take.path
+
+    def later(self, action: Callable[[], Path | None], done: Callable[[Path | None, str | None], None]) -> None:
+        """Run start/stop on the takes thread, then `done(path, None)` or `done(None, error line)`:
+        for live requests, so file I/O never runs on the thread serving the controls."""
+        def job() -> None:
+            try:
+                result = action()
+            except MusicsteerError as err:
+                done(None, str(err))
+            else:
+                done(result, None)
+        if self._worker is None:
+            self._worker = ThreadPoolExecutor(1, thread_name_prefix="musicsteer-takes")
+        self._worker.submit(job)
+
+    def close(self, padded: bool) -> None:
+        """At the session's end: finish pending live requests, then the current take."""
+        if self._worker is not None:
+            self._worker.shutdown(wait=True)
+            self._worker = None
+        self.stop(padded)
+
+    # -- the session's threads ----------------------------------------------------------------
+    def write(self, pcm: np.ndarray) -> None:
+        """The decode thread: PCM (channels, n) that was just made goes to the current take."""
+        with self._lock:
+            if self.current is not None:
+                self.current.write(pcm)
+            self.emitted += pcm.shape[1]
+
+    def applied(self, step: int, change: Change) -> None:
+        with self._lock:
+            self.history.append((step, change))
+            if self.current is not None:
+                self.current.record(step, change)
+
+    def describe(self, step: int, kind: str, *payload: Any) -> None:
+        """A meter reading (`meter`, scores) or a notice (`notice`, level, text) into the current log."""
+        with self._lock:
+            take = self.current
+            if take is not None:
+                record = take.log.record_meter if kind == "meter" else take.log.record_notice
+                record(*take.position(step), *payload)
+
+    def watch(self) -> None:
+        """Warn once per take when its disk holds less than LOW_SPACE_SECONDS more (called periodically)."""
+        take = self.current
+        left = take.recorder.seconds_left if take is not None else None
+        if take is not None and left is not None and left < LOW_SPACE_SECONDS and not take.space_warned:
+            take.space_warned = True
+            self._notify("warning", f"disk nearly full: {printable(take.path.parent)} holds about "
+                                    f"{left:.0f} s more of recording")
+
+    @property
+    def takes(self) -> list[Take]:
+        """Finished takes, then the current one."""
+        return [*self.done, *([self.current] if self.current is not None else [])]
+
+    @property
+    def error(self) -> str | None:
+        """The first failed take's error line (and how much of it is safe), if any."""
+        for take in self.takes:
+            if take.error:
+                return f"{take.error.rstrip('. ')}; {take.seconds:.2f} s safely on disk in {printable(take.path)}"
+        return None
