@@ -34,6 +34,7 @@ from .audio_devices import (
     stream_opened,
 )
 from .errors import MusicsteerError, one_line
+from .latency import DacClock
 from .ring_buffer import RingBuffer, RingWriter
 
 _COMMON_RATES = (8000, 11025, 16000, 22050, 32000, 44100, 48000, 88200, 96000, 192000)
@@ -86,10 +87,11 @@ class _SinkBase:
         self.callbacks = self.callback_errors = self.output_underflows = 0
         self.error: str | None = None
         self._writer = RingWriter(ring, sample_rate)
+        self.clock = DacClock(ring.sample_rate)  # when each ring frame reached the DAC (knob → heard)
 
     def _resample_to(self, device_rate: int) -> None:
         self.ring.set_rate(device_rate)  # the ring now holds device-rate frames: as many seconds as asked
-        self.device_rate = self.ring.sample_rate
+        self.device_rate = self.clock.rate = self.ring.sample_rate
         self._writer = RingWriter(self.ring, self.sample_rate)
 
     @property
@@ -182,6 +184,9 @@ class PortAudioSink(_SinkBase):
             self.callbacks += 1
             if status.output_underflow:
                 self.output_underflows += 1
+            # The stream clock's own delay to the DAC, put on the monotonic clock arrivals are read on.
+            delay = time_info.outputBufferDacTime - time_info.currentTime
+            self.clock.mark(self.ring.frames_read, time.monotonic() + (delay if 0.0 < delay < 2.0 else self.latency))
             self.ring.read_into(outdata)
         except BaseException as exc:
             self.callback_errors += 1
@@ -288,6 +293,7 @@ class NullSink(_SinkBase):
                 origin, k = now, 0
             try:
                 self.callbacks += 1
+                self.clock.mark(self.ring.frames_read, now)  # "played" on its tick
                 self.ring.read_into(block)
             except Exception as exc:
                 self.callback_errors += 1

@@ -18,6 +18,7 @@ import heapq
 import itertools
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -142,6 +143,8 @@ class ControlState:
         Both outcomes are counted."""
         try:
             change = self.check(change, live=at_step is None)
+            if at_step is None:  # when it arrived, for knob → heard (engine/latency.py)
+                change = dataclasses.replace(change, arrived=time.monotonic())
             encoding = change.param == "prompt" and self.prepare is not None
             if encoding:  # encoded on the prompt thread; a live one joins the inbox when that is done
                 self.prepare(change, self._when_ready(change) if at_step is None else None)

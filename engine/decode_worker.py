@@ -96,6 +96,16 @@ class DecodeWorker:
                 continue
         return False
 
+    def wait_for_room(self) -> bool:
+        """Block until a put would not block (False: stopped). The generation thread waits here before a
+        step rather than after it, so a change submitted meanwhile lands on the token made next, not
+        behind a frame already made and waiting (one frame less of knob → heard, engine/latency.py)."""
+        q = self._queue
+        with q.not_full:  # the queue's own condition, notified at every get (uses its lock: no put/get race)
+            while q.maxsize > 0 and q._qsize() >= q.maxsize and not self._stop.is_set():
+                q.not_full.wait(_POLL_S)
+        return not self._stop.is_set()
+
     def close(self) -> bool:
         """No more frames: the decoder flushes its lookahead and the ring is marked ended."""
         return self.put(_END)

@@ -30,12 +30,14 @@ class Change:
     value:   its engine type: float/int; {vector name: weight} for mix; a tuple of layers; text.
     seconds: glide time for the rows that glide (alpha: a ramp, mix: a morph); 0 means at once.
     clamped: set by validate_change when a live value was brought into range.
+    arrived: time.monotonic() when a live change was submitted (0: a scheduled one), for knob → heard.
     """
 
     param: str
     value: Any
     seconds: float = 0.0
     clamped: bool = field(default=False, compare=False)
+    arrived: float = field(default=0.0, compare=False)
 
 
 def validate_change(change: Change, live: bool = True) -> Change:

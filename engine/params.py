@@ -27,6 +27,7 @@ from .errors import BadType, NonFinite, OutOfRange, TooLarge, one_line, shown
 SITES = ("residual", "attention")  # residual: the stream entering layer L; attention: layer L's self-attention output
 RULES = ("renorm", "add")  # renorm: (h + a|h|v)/(1+a), the paper's; add: h + a v
 WHEN_SLOW = ("rebuffer", "play")
+AUTO_BUFFER_MAX = 2.0  # seconds: the most --buffer auto lets generation run ahead (a slow machine's ceiling)
 DECODE = ("auto", "graph", "eager")
 QUANTIZE = ("int8", "int8-tensor")
 NAME_CHARS = 64  # a vector name, a preset name
@@ -58,6 +59,7 @@ class Param:
     osc_types: str = ""
     midi: bool = False
     status: str | None = None
+    words: tuple[str, ...] = ()  # words a number row also takes (buffer: "auto")
 
     @property
     def dest(self) -> str:
@@ -80,6 +82,8 @@ class Param:
         return self._one(value, live)
 
     def _one(self, value: Any, live: bool) -> tuple[Any, bool]:
+        if isinstance(value, str) and value in self.words:
+            return value, False
         if self.kind in ("number", "whole"):
             return _bounded(self.name, value, self.low, self.high, self.kind == "whole", live, self.low_open)
         if self.kind == "choice":
@@ -125,16 +129,21 @@ class Param:
         if self.kind == "mix" and isinstance(text, dict):  # YAML 1.1 reads a weight `1e-1` as text
             return {name: _number_text(f"the weight of {one_line(name, 40)}", w) if isinstance(w, str) else w
                     for name, w in text.items()}
-        if not isinstance(text, str):
+        if not isinstance(text, str) or text in self.words:
             return text
         if self.kind in ("number", "whole"):
-            return _number_text(self.name, text, self.kind == "whole")
+            try:
+                return _number_text(self.name, text, self.kind == "whole")
+            except BadType as err:
+                if not self.words:
+                    raise
+                raise BadType(f"{err} (or {' or '.join(self.words)})") from None
         if self.kind == "mix":
             return _mix_text(text, self.size)
         return text
 
-    def describe_range(self) -> str:
-        """The range as README and --help print it."""
+    def describe_range(self, unit: str = "") -> str:
+        """The range as README and --help print it, numbers followed by `unit`."""
         if self.kind == "choice":
             return " | ".join(self.choices)
         if self.kind == "text":
@@ -142,7 +151,8 @@ class Param:
         if self.kind == "mix":
             return f"≤ {self.size} names, weights {_g(self.low)}..{_g(self.high)}"
         low = ("> " if self.low_open else "") + _g(self.low)
-        return f"{low}..{_g(self.high)}" if not self.low_open else f"{low}, ≤ {_g(self.high)}"
+        numbers = f"{low}..{_g(self.high)}" if not self.low_open else f"{low}, ≤ {_g(self.high)}"
+        return " or ".join((numbers + unit, *self.words))
 
 
 def _g(x: float) -> str:
@@ -247,8 +257,9 @@ CONTROLS = (
 SETTINGS = (
     Param("seconds", "number", "seconds of new audio (play: default until stopped)", "s", 0, 86400,
            low_open=True, cli="--seconds"),
-    Param("buffer", "number", "most audio generated ahead of playback: the knob-to-ear delay", "s", 0.02, 60,
-           default=1.0, cli="--buffer", keys=("buffer",)),
+    Param("buffer", "number", "audio generated ahead of playback, the knob-to-ear delay: auto = the least "
+           "that keeps the sound whole at the measured speed (engine/lead.py), found while playing", "s", 0.02, 60,
+           default=1.0, cli="--buffer", keys=("buffer",), words=("auto",)),
     Param("prebuffer", "number", "audio queued before playback starts (≤ --buffer)", "s", 0.02, 60, default=0.5,
            cli="--prebuffer", keys=("prebuffer",)),
     Param("blocksize", "whole", "audio callback block", "frames", 16, 16384, default=1024, cli="--blocksize"),
@@ -296,11 +307,14 @@ def check_settings(**values: Any) -> None:
             PARAMS[name].check(value)
 
 
-def check_stream(buffer: float, prebuffer: float, blocksize: int, sample_rate: int = 32000) -> None:
+def check_stream(buffer: float | str, prebuffer: float, blocksize: int, sample_rate: int = 32000) -> None:
     """The stream settings together: the prebuffer fits in the buffer and holds at least one audio
-    block (else the first callback underruns whatever the speed). Rates: MusicGen's 32 kHz by default."""
-    if prebuffer > buffer:
-        raise OutOfRange(f"the prebuffer ({prebuffer:g} s) cannot be longer than the buffer ({buffer:g} s): see "
+    block (else the first callback underruns whatever the speed). Rates: MusicGen's 32 kHz by default.
+    A buffer of "auto" holds at most AUTO_BUFFER_MAX seconds."""
+    most = AUTO_BUFFER_MAX if buffer == "auto" else buffer
+    if prebuffer > most:
+        what = f"the most --buffer auto queues ({most:g} s)" if buffer == "auto" else f"the buffer ({most:g} s)"
+        raise OutOfRange(f"the prebuffer ({prebuffer:g} s) cannot be longer than {what}: see "
                          "--prebuffer, --buffer and a config's defaults")
     if prebuffer * sample_rate < blocksize:
         raise OutOfRange(f"the prebuffer ({prebuffer:g} s) must hold at least one audio block ({blocksize} "
@@ -330,11 +344,11 @@ def markdown_table() -> str:
         keys = ", ".join(f"`{k}`" for k in p.keys) + (f" (`{p.glide[0]}` + `{p.glide[1]}`)" if p.glide else "")
         osc = ", ".join(f"`/musicsteer/{a}`" for a in p.osc) + f" `{p.osc_types}`"
         rows.append(row_of(p.name, f"`{p.cli}`", keys, osc, "yes" if p.midi else "—",
-                           p.describe_range() + unit(p), default(p), p.help))
+                           p.describe_range(unit(p)), default(p), p.help))
     rows += ["", "| setting | CLI flag | YAML key | range | default | meaning |", "|---|---|---|---|---|---|"]
     for p in (*SETTINGS, GLIDE, AT):
         keys = ", ".join(f"`{k}`" for k in p.keys) or {"glide": "`ramp`, `seconds`", "at": "`at`"}.get(p.name, "—")
-        rows.append(row_of(p.name, f"`{p.cli}`" if p.cli else "—", keys, p.describe_range() + unit(p), default(p),
+        rows.append(row_of(p.name, f"`{p.cli}`" if p.cli else "—", keys, p.describe_range(unit(p)), default(p),
                            p.help))
     return "\n".join(rows)
 

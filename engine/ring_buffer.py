@@ -52,6 +52,9 @@ class RingBuffer:
         # 0 plays whatever arrives.
         self.rebuffer_frames = 0
         self.rebuffer_events = 0
+        # Frames left after a read, at the lowest since the producer last reset it to `capacity`
+        # (negative: that read came up short). Written by the consumer, read and reset by the producer.
+        self.low_water = self.capacity
         # Set by the sink when its consumer is gone for good (a device that vanished): from then on every
         # wait returns False at once instead of waiting for reads that will never come.
         self.failure: str | None = None
@@ -123,6 +126,10 @@ class RingBuffer:
             raise ValueError(f"cannot wait for {frames} frames in a ring of {self.capacity}")
         return self._wait_until(lambda: frames - self.space, timeout)
 
+    def wait_until_at_most(self, frames: int, timeout: float | None = None) -> bool:
+        """Sleep until no more than `frames` are queued (True), or `timeout` passes or it failed (False)."""
+        return self._wait_until(lambda: self.available - max(frames, 0), timeout)
+
     def wait_until_empty(self, timeout: float | None = None) -> bool:
         """Sleep until the consumer has read everything written (True), or `timeout` passes or it failed (False)."""
         return self._wait_until(lambda: self.available, timeout)
@@ -151,6 +158,8 @@ class RingBuffer:
         """
         frames = out.shape[0]
         avail = self._written - self._read
+        if avail - frames < self.low_water and self._written and not self._ended:
+            self.low_water = avail - frames  # the closest the playing ring came to running dry (engine/lead.py)
         if self._starved and self.rebuffer_frames and avail < self.rebuffer_frames and not self._ended:
             avail = 0  # still refilling after a dropout: play nothing yet
         n = frames if avail >= frames else avail

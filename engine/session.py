@@ -34,9 +34,11 @@ from . import __version__
 from .audio_out import open_sink
 from .decode_worker import DecodeWorker
 from .events import Applied, Change, Event, MeterReading, Notice
-from .params import LIVE, check_settings, check_stream
+from .latency import KnobLatency
+from .lead import AutoLead, choose_chunk
+from .params import AUTO_BUFFER_MAX, LIVE, check_settings, check_stream
 from .ring_buffer import RingBuffer
-from .streaming_decoder import StreamingDecoder
+from .streaming_decoder import StreamingConfig, StreamingDecoder
 from .takes import Recordings, take_path
 
 if TYPE_CHECKING:
@@ -49,7 +51,7 @@ if TYPE_CHECKING:
 class StreamOptions:
     seconds: float | None = None  # None: until stop()
     output_device: str | int | None = None  # None: the system default; "null": no sound card
-    buffer_seconds: float = 1.0  # most audio queued ahead of playback (knob-to-ear delay)
+    buffer_seconds: float | str = 1.0  # audio queued ahead of playback (knob-to-ear delay); "auto": engine/lead.py
     prebuffer_seconds: float = 0.5  # queued before playback starts (and after a rebuffer)
     blocksize: int = 1024
     when_slow: str = "rebuffer"
@@ -57,6 +59,7 @@ class StreamOptions:
     record_dir: str | Path | None = None  # where takes started live go (None: the working folder)
     overwrite: bool = False  # a take may replace an existing WAV and log of its name
     resample: bool = True  # resample when the device refuses the model's rate (else a clear error)
+    decode_chunk_frames: int | None = None  # the streaming decoder's chunk; None: 5, or chosen here with auto
 
 
 @dataclass
@@ -83,6 +86,8 @@ class SessionStats:
     idle_seconds: float = 0.0  # silence the device played while nothing was queued (start-up, a stop)
     recording_error: str | None = None  # the first failed take, and how much of it is safely on disk
     device_error: str | None = None  # the output device failed (gone, stalled): the session ended early
+    # Knob → heard: arrival of each live change to its first sample at the DAC (engine/latency.py).
+    heard: dict[str, float] = field(default_factory=dict)  # {"median_ms", "p95_ms", "changes"}; {} before one
     notices: int = 0  # errors and warnings told to the performer (Notice events)
 
 
@@ -96,13 +101,23 @@ class StreamingSession:
         check_stream(options.buffer_seconds, options.prebuffer_seconds, options.blocksize, lm.sample_rate)
         self.gen, self.options, self.prompt_codes = gen, options, prompt_codes
         self.sample_rate, self.channels = lm.sample_rate, lm.audio_channels
-        capacity = math.ceil(options.buffer_seconds * lm.sample_rate) + options.blocksize
-        self.ring = RingBuffer(self.channels, capacity, lm.sample_rate)
+        auto = options.buffer_seconds == "auto"
+        buffer = AUTO_BUFFER_MAX if auto else options.buffer_seconds
+        self.ring = RingBuffer(self.channels, math.ceil(buffer * lm.sample_rate) + options.blocksize, lm.sample_rate)
         self.sink = open_sink(options.output_device, self.ring, lm.sample_rate, self.channels, options.blocksize,
                               resample=options.resample)
+        self.decoder = StreamingDecoder(lm, StreamingConfig(chunk_frames=options.decode_chunk_frames or 5))
+        self.lead: AutoLead | None = None  # --buffer auto: the lead adjusted while playing
+        if auto:
+            if options.decode_chunk_frames is None:
+                choose_chunk(self.decoder)
+            write = math.ceil(self.decoder.config.chunk_frames * self.decoder.hop * self.ring.sample_rate
+                              / lm.sample_rate)
+            self.lead = AutoLead(self.ring, 2 * options.blocksize, write)
         if options.when_slow == "rebuffer":
             self.ring.rebuffer_frames = round(options.prebuffer_seconds * self.ring.sample_rate)
-        self.decoder = StreamingDecoder(lm)
+            if self.lead is not None:
+                self.ring.rebuffer_frames = self.lead.refill
         self.prompt_frames = 0 if prompt_codes is None else int(prompt_codes.shape[-1])
         self.init_audio = init_audio  # {"path", "sha256", "seconds"} of an audio prompt, for the log
         self.initial_controls = asdict(gen.control.values)
@@ -124,6 +139,7 @@ class StreamingSession:
         self._decoding = DecodeWorker(self.decoder, self._emit, self._end_audio, self._stop, self._fail,
                                       depth=self.decoder.config.chunk_frames)
         self._decoding.prime(prompt_codes)  # a take continues the prompt's audio: no seam at its start
+        self.knob_latency = KnobLatency(self.sink.clock, self.decoder.hop, lm.sample_rate, gen.delay.max_delay)
         self.error: BaseException | None = None
         self.generated_frames = 0
         self.busy_seconds = 0.0  # generation thread's token steps, excluding waits for queue room
@@ -155,6 +171,7 @@ class StreamingSession:
     def _record_event(self, event: Event) -> None:
         """The session's own listener: changes, meter readings and notices go to the current take's log."""
         if isinstance(event, Applied):
+            self.knob_latency.applied(event.step, event.changes)
             for change in event.changes:
                 self.recordings.applied(event.step, change)
         elif isinstance(event, MeterReading):
@@ -197,6 +214,9 @@ class StreamingSession:
             "rebuffers": stats.rebuffers, "xruns": stats.xruns, "callback_errors": stats.callback_errors,
             **controls, "recording": stats.recording or "", "recording_error": stats.recording_error or "",
             "device_error": stats.device_error or "",
+            "heard_median_ms": stats.heard.get("median_ms", 0.0), "heard_p95_ms": stats.heard.get("p95_ms", 0.0),
+            "lead": round(self.lead.seconds, 3) if self.lead is not None else round(self.ring.capacity
+                                                                                       / self.ring.sample_rate, 3),
             "notices": stats.notices,
             "refused": sum(counts.values()), "clamped": clamped, "refusals": counts,
             "meter": dict(self.gen.meter.latest) if self.gen.meter is not None else {},
@@ -230,6 +250,8 @@ class StreamingSession:
             self._decoding.start()
             producer.start()
             prebuffer = round(self.options.prebuffer_seconds * self.ring.sample_rate)
+            if self.lead is not None:  # the producer stops near the lead: never wait for more than that
+                prebuffer = min(prebuffer, self.lead.refill)
             while self.ring.available < prebuffer and not decoded.is_set() and not self._stop.is_set():
                 self._stop.wait(0.01)
             self._t_play = time.monotonic()
@@ -246,7 +268,8 @@ class StreamingSession:
             self._decoding.join(timeout=30)
             self.sink.stop()
             # padded: the stream knew its end (--seconds) and padded it as generate does.
-            self.recordings.close(padded=self.gen.end_frame is not None and self.gen.done)
+            self.recordings.close(padded=self.gen.end_frame is not None and self.gen.done,
+                                  heard=self.knob_latency.summary())
             self.gen.prompts.close()
         if self.error is not None:
             raise self.error
@@ -269,6 +292,8 @@ class StreamingSession:
             if self.gen.lm.device.type == "cuda":
                 torch.cuda.set_device(self.gen.lm.device)  # a new thread starts on device 0
             while not self._stop.is_set() and not self.gen.done:
+                if not self._decoding.wait_for_room():
+                    return  # stopped while waiting
                 began = time.perf_counter()
                 frame = self.gen.step()
                 if frame is not None:
@@ -292,7 +317,15 @@ class StreamingSession:
     def _emit(self, pcm: np.ndarray) -> None:
         """The decode thread: PCM to the current take, then to the ring (waiting for room)."""
         self.recordings.write(pcm)
+        lead = self.lead
         while pcm.shape[1] and not self._stop.is_set() and self.sink.error is None:
+            if lead is not None:  # --buffer auto: keep no more than the lead queued
+                lead.update()
+                if self.ring.rebuffer_frames:
+                    self.ring.rebuffer_frames = lead.refill
+                adding = pcm.shape[1] * self.ring.sample_rate // self.sample_rate
+                if not self.ring.wait_until_at_most(max(lead.frames - adding, lead.margin), timeout=0.1):
+                    continue
             self.sink.wait_for_space(pcm.shape[1], timeout=0.1)
             taken = self.sink.write(pcm)
             pcm = pcm[:, taken:]
@@ -329,6 +362,7 @@ class StreamingSession:
             idle_seconds=ring.idle_frames / ring.sample_rate,
             recording_error=self.recordings.error,
             device_error=sink.error,
+            heard=self.knob_latency.summary(),
             notices=self.notice_count,
         )
 

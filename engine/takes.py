@@ -134,11 +134,13 @@ class Take:
         self.recorder.write(pcm)
         self.samples += pcm.shape[1]
 
-    def finish(self, step: int, padded: bool) -> Take:
+    def finish(self, step: int, padded: bool, heard: dict[str, float] | None = None) -> Take:
         """Close the WAV, then the log with its end record (`padded`: the session's end was known and
-        this take reached it, so replay pads the last delayed codebooks as the stream did)."""
+        this take reached it, so replay pads the last delayed codebooks as the stream did; `heard`:
+        the session's knob → heard figures, engine/latency.py)."""
         self.recorder.stop()
-        self.log.close(end={"steps": step - self.start_step, "frames": self.samples // self.hop, "padded": padded})
+        end = {"steps": step - self.start_step, "frames": self.samples // self.hop, "padded": padded}
+        self.log.close(end={**end, "knob_to_heard": heard} if heard else end)
         return self
 
     @property
@@ -194,13 +196,13 @@ class Recordings:
         self.watch()
         return path
 
-    def stop(self, padded: bool = False) -> Path | None:
+    def stop(self, padded: bool = False, heard: dict[str, float] | None = None) -> Path | None:
         """End the current take; its path, or None if none was recording."""
         with self._lock:
             take, self.current = self.current, None
         if take is None:
             return None
-        self.done.append(take.finish(self._clock(), padded))
+        self.done.append(take.finish(self._clock(), padded, heard))
         return take.path
 
     def later(self, action: Callable[[], Path | None], done: Callable[[Path | None, str | None], None]) -> None:
@@ -217,12 +219,12 @@ class Recordings:
             self._worker = ThreadPoolExecutor(1, thread_name_prefix="musicsteer-takes")
         self._worker.submit(job)
 
-    def close(self, padded: bool) -> None:
+    def close(self, padded: bool, heard: dict[str, float] | None = None) -> None:
         """At the session's end: finish pending live requests, then the current take."""
         if self._worker is not None:
             self._worker.shutdown(wait=True)
             self._worker = None
-        self.stop(padded)
+        self.stop(padded, heard)
 
     # -- the session's threads ----------------------------------------------------------------
     def write(self, pcm: np.ndarray) -> None:

@@ -58,7 +58,7 @@ def add_params(group: argparse._ActionsContainer, *names: str, default_note: str
         metavar = "{" + ",".join(row.choices) + "}" if row.choices else row.name.upper()
         group.add_argument(row.cli, dest=row.dest, type=_flag_type(row), metavar=metavar,
                            default=defaults.get(name) if defaults else None,
-                           help=f"{row.help} ({row.describe_range()}{unit}{default})".replace("%", "%%"))
+                           help=f"{row.help} ({row.describe_range(unit)}{default})".replace("%", "%%"))
 
 
 def bounded(kind: type, low: float, high: float) -> Any:

@@ -54,8 +54,18 @@ def status_line(stats: SessionStats, gen: Generator) -> str:
         rec += "  " + refusals(stats)
     if stats.recording_error:
         rec += "  RECORDING FAILED"
+    if stats.heard:
+        rec += f"  knob→heard {stats.heard['median_ms']:.0f}/{stats.heard['p95_ms']:.0f} ms"
     return (f"step {stats.step:6d}  {stats.played_seconds:7.1f}s  rtf {stats.rtf:5.2f}  "
             f"buffer {stats.buffer_seconds:4.2f}s  {faults(stats)}  alpha {values.alpha:.2f}  steer {mix}{rec}")
+
+
+def heard(stats: SessionStats) -> str:
+    """`; knob→heard median N ms, p95 N ms (K changes)`: how soon a turned knob was heard, if one was."""
+    if not stats.heard:
+        return ""
+    return (f"; knob→heard median {stats.heard['median_ms']:.0f} ms, p95 {stats.heard['p95_ms']:.0f} ms "
+            f"({stats.heard['changes']:.0f} changes)")
 
 
 def faults(stats: SessionStats) -> str:
@@ -159,7 +169,7 @@ def stream(session: StreamingSession, gen: Generator, show_status: bool = True) 
             live.stop()
     print(f"played {stats.played_seconds:.2f} s; generated {stats.generated_seconds:.2f} s at rtf {stats.rtf:.2f} "
           f"(generation {stats.generation_rtf:.2f}, decode {stats.decode_rtf:.2f}); {faults(stats)}; "
-          f"{stats.callbacks} audio callbacks; control values {refusals(stats)}", file=sys.stderr)
+          f"{stats.callbacks} audio callbacks; control values {refusals(stats)}{heard(stats)}", file=sys.stderr)
     code = 1 if stats.device_error else 0  # (said when it happened, as a notice)
     for take in session.takes:
         if take.error:  # one line: what failed, and what is safe

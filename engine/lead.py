@@ -1,0 +1,102 @@
+"""`--buffer auto`: the least lead over playback that keeps the sound whole, found while playing.
+
+The audio queued in the ring ahead of the DAC is most of the delay between a turned knob and the
+ear (engine/latency.py measures the whole). A fixed `--buffer` must be sized for the slowest moment;
+auto measures instead. The ring notes the lowest fill its reads reach (`RingBuffer.low_water`); the
+producer looks at it after each chunk it queues:
+  - the ring came within `margin` of running dry (or did): grow at once, by the shortfall and half
+    the lead again, so one slow moment does not become a run of underruns;
+  - otherwise, every `PERIOD_S` of quiet: shrink by a third of the room the ring never used,
+    keeping the margin — slowly, so a lead that was just enough is not given up at the first calm.
+Bounds: `LOW_S` (one frame) to `params.AUTO_BUFFER_MAX`. The margin is two device blocks: the low-water
+mark is taken after a read, and a host may ask for two blocks in a row (JACK through PortAudio does).
+
+The streaming decoder's chunk is the other part of the delay that depends on speed (its lookahead,
+4 frames, is fixed by the fidelity floor: 3 give 18 dB against one-shot decode, 4 give 120 dB;
+engine/streaming_decoder.py). `choose_chunk` times the decoder here before the session starts and
+takes the smallest chunk that decodes well ahead of real time: 1 frame (20 ms) on a fast machine.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from .params import AUTO_BUFFER_MAX
+from .ring_buffer import RingBuffer
+
+if TYPE_CHECKING:
+    from .streaming_decoder import StreamingDecoder
+
+LOW_S = 0.02  # one frame of MusicGen's 50 Hz: less than this is never worth the risk
+START_S = 0.1  # where a session starts, before anything is measured
+PERIOD_S = 1.0  # seconds of quiet between two shrinks
+
+
+class AutoLead:
+    """The lead, in ring frames, the producer keeps queued (`frames`), adjusted as the ring is read."""
+
+    def __init__(self, ring: RingBuffer, margin_frames: int, write_frames: int, start_s: float = START_S) -> None:
+        self.ring, self.margin = ring, margin_frames
+        self.write_frames = write_frames  # the most one write adds (a decoder chunk, in ring frames)
+        rate = ring.sample_rate
+        self.low = max(round(LOW_S * rate), margin_frames + write_frames)
+        self.high = max(self.low, min(round(AUTO_BUFFER_MAX * rate), ring.capacity))
+        self.frames = min(max(round(start_s * rate), self.low), self.high)
+        self.grown = self.shrunk = 0  # adjustments made (status, benchmarks)
+        self._quiet_since = time.monotonic()
+        self._period_low = ring.low_water = ring.capacity
+
+    @property
+    def refill(self) -> int:
+        """Frames to queue before playing (at the start, after a dropout): what the producer surely
+        reaches, since it stops when one more write would pass the lead."""
+        return max(self.frames - self.write_frames, self.margin)
+
+    def update(self) -> None:
+        """Look at the ring's low-water mark since the last look, and adjust (the producer's thread)."""
+        ring, now = self.ring, time.monotonic()
+        low, ring.low_water = ring.low_water, ring.capacity
+        self._period_low = min(self._period_low, low)
+        if low < self.margin:  # came close to running dry, or ran dry
+            self.frames = min(self.high, self.frames + (self.margin - low) + self.frames // 2)
+            self.grown += 1
+            self._quiet_since, self._period_low = now, ring.capacity
+        elif now - self._quiet_since >= PERIOD_S:
+            unused = self._period_low - self.margin  # the room no read needed in the whole period
+            if self._period_low < ring.capacity and unused > 0:
+                self.frames = max(self.low, self.frames - max(1, unused // 3))
+                self.shrunk += 1
+            self._quiet_since, self._period_low = now, ring.capacity
+
+    @property
+    def seconds(self) -> float:
+        return self.frames / self.ring.sample_rate
+
+
+CHUNKS = (1, 2, 5)  # decoder chunks tried, smallest (least delay) first; 5 is the fixed buffer's
+FAST_ENOUGH = 3.0  # decode this many times faster than real time: it shares the CPU with generation
+
+
+def choose_chunk(decoder: StreamingDecoder, frames: int = 15) -> int:
+    """The smallest decoder chunk (frames) whose decode runs FAST_ENOUGH × real time on this machine,
+    timed on `frames` frames of random codes; the decoder is reset after (prime it, if at all, later)."""
+    import torch
+
+    codes = torch.randint(0, 1024, (decoder.num_codebooks, frames), generator=torch.Generator().manual_seed(0))
+    chosen = CHUNKS[-1]
+    for chunk in CHUNKS:
+        decoder.reset()
+        decoder.config.chunk_frames = chunk
+        decoder.push(codes[:, :chunk + decoder.config.lookahead_frames])  # warm-up: the first call costs more
+        began = time.perf_counter()
+        for i in range(chunk + decoder.config.lookahead_frames, frames):
+            decoder.push(codes[:, i : i + 1])
+        took = time.perf_counter() - began
+        audio = (frames - chunk - decoder.config.lookahead_frames) * decoder.frame_ms / 1000
+        if took <= 0 or audio / took >= FAST_ENOUGH:
+            chosen = chunk
+            break
+    decoder.reset()
+    decoder.config.chunk_frames = chosen
+    return chosen

@@ -1,0 +1,158 @@
+"""Knob → heard, measured: the DAC clock's bookkeeping, a known ring frame found at its DAC time in a real
+PortAudio stream, and a live session reporting what its buffer makes it."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+from jack import jack_server
+
+from musicsteer.engine.audio_devices import resolve_output_device
+from musicsteer.engine.audio_out import PortAudioSink
+from musicsteer.engine.control import Controls
+from musicsteer.engine.events import Change
+from musicsteer.engine.generator import Generator
+from musicsteer.engine.latency import DacClock, KnobLatency
+from musicsteer.engine.ring_buffer import RingBuffer
+from musicsteer.engine.session import StreamingSession, StreamOptions
+
+RATE = 32000
+
+
+def test_the_dac_clock_places_every_frame_in_the_block_that_played_it() -> None:
+    clock = DacClock(RATE, size=8)
+    assert clock.heard_at(0) is None  # nothing played yet
+    for k, start in enumerate([0, 0, 100, 356, 356, 612]):  # two idle blocks (nothing read), then data
+        clock.mark(start, 10.0 + k * 0.008)
+    assert clock.heard_at(0) == pytest.approx(10.008)  # read by block 1 (block 0 read nothing)
+    assert clock.heard_at(99) == pytest.approx(10.008 + 99 / RATE)
+    assert clock.heard_at(100) == pytest.approx(10.016)
+    assert clock.heard_at(400) == pytest.approx(10.032 + 44 / RATE)  # after a starved block (3 read nothing)
+    assert clock.heard_at(612) is None  # in the newest block: not known to be played until the next
+    for k in range(20):  # the ring of stamps wraps: old frames are forgotten, never misplaced
+        clock.mark(612 + 256 * k, 11.0 + k * 0.008)
+    assert clock.heard_at(0) is None and clock.heard_at(612 + 256 * 15 + 3) == pytest.approx(11.12 + 3 / RATE)
+
+
+def test_knob_latency_counts_from_arrival_to_the_first_frame_completed_after_the_change() -> None:
+    clock = DacClock(48000)
+    latency = KnobLatency(clock, hop=640, model_rate=RATE, delay=3)
+    latency.applied(10, [Change("alpha", 0.5, arrived=5.0), Change("seed", 1)])  # a scheduled one: no arrival
+    index = (10 - 3) * 640 * 48000 // RATE  # frame 7, at the device's rate
+    clock.mark(0, 5.1)
+    clock.mark(index - 10, 5.3)
+    assert latency.summary() == {}  # not played yet
+    clock.mark(index + 1000, 5.4)
+    assert latency.summary() == {"median_ms": pytest.approx(300.0 + 10 / 48, abs=0.1), "p95_ms": pytest.approx(
+        300.2, abs=0.1), "changes": 1}
+
+
+class _SpikeFinder(PortAudioSink):
+    """A real PortAudio sink that also notes, from inside its callback, where a marked sample came out."""
+
+    spike_at: float | None = None
+
+    def _callback(self, outdata, frames, time_info, status) -> None:
+        super()._callback(outdata, frames, time_info, status)
+        hits = np.flatnonzero(outdata[:, 0] > 0.5)
+        if hits.size and self.spike_at is None:
+            delay = time_info.outputBufferDacTime - time_info.currentTime
+            self.spike_at = time.monotonic() + (delay if 0 < delay < 2 else self.latency) + hits[0] / self.device_rate
+
+
+def test_a_frame_at_a_known_index_is_reported_heard_at_its_dac_time() -> None:
+    with jack_server(RATE, period=256):
+        ring = RingBuffer(1, RATE, RATE)
+        sink = _SpikeFinder(resolve_output_device("system"), ring, RATE, 1, blocksize=256, resample=False)
+        quiet = np.zeros((1, 5000), np.float32)
+        sink.write(quiet)
+        sink.start()
+        try:
+            time.sleep(0.3)  # the ring runs dry: an underrun gap the clock must not count as frames
+            spike = np.zeros((1, 3000), np.float32)
+            spike[0, 1234] = 1.0
+            sink.write(quiet[:, :777])
+            sink.write(spike)
+            sink.write(quiet)
+            assert sink.drain(timeout=5)
+        finally:
+            sink.stop()
+        index = 5000 + 777 + 1234
+        print(f"spike at ring frame {index}: callback saw it at {sink.spike_at:.6f}, "
+              f"clock says {sink.clock.heard_at(index):.6f}; underruns {sink.underrun_events}")
+        assert sink.underrun_events == 1 and sink.spike_at is not None
+        assert sink.clock.heard_at(index) == pytest.approx(sink.spike_at, abs=0.002)
+
+
+@pytest.mark.parametrize("buffer", [1.0, 0.25])
+def test_a_live_session_reports_what_its_buffer_makes_the_knob_wait(tiny, buffer: float) -> None:
+    """The measurement is right either way: with a 1 s buffer a knob is heard after about the buffer plus
+    the decoder's lookahead and chunk; with a quarter second, that much less."""
+    session = StreamingSession(Generator(tiny, Controls(prompt="rock")),
+                               StreamOptions(seconds=6.0, output_device="null", buffer_seconds=buffer,
+                                             prebuffer_seconds=min(0.5, buffer), blocksize=256))
+
+    def performer() -> None:
+        time.sleep(1.0)
+        for i in range(6):
+            session.control.submit(Change("guidance", 2.0 + i / 4))
+            time.sleep(0.4)
+
+    threading.Thread(target=performer, daemon=True).start()
+    stats = session.run()
+    heard = stats.heard
+    print(f"--buffer {buffer}: knob→heard {heard}")
+    assert heard["changes"] == 6 and stats.underrun_events == 0
+    # the buffer, the decode queue (5 frames), the decoder's lookahead (4) and chunk (up to 5), the device block
+    assert buffer + 0.08 < heard["median_ms"] / 1000 < buffer + 0.45
+    assert session.status()["heard_p95_ms"] == heard["p95_ms"]
+
+
+def test_the_auto_lead_grows_at_once_near_a_dropout_and_shrinks_slowly_in_calm() -> None:
+    from musicsteer.engine import lead as lead_module
+    from musicsteer.engine.lead import AutoLead
+
+    ring = RingBuffer(1, 2 * RATE, RATE)
+    lead = AutoLead(ring, margin_frames=512, write_frames=640, start_s=0.1)
+    assert lead.frames == 3200 and lead.refill == 3200 - 640
+    ring.low_water = 100  # a read left fewer than the margin: grow now, by the shortfall and half again
+    lead.update()
+    assert lead.frames == 3200 + 412 + 1600 and lead.grown == 1
+    for _ in range(3):  # calm, but within one period: no change
+        ring.low_water = 4000
+        lead.update()
+    assert lead.frames == 5212 and lead.shrunk == 0
+    lead._quiet_since -= lead_module.PERIOD_S  # a calm period has passed: give up a third of what was unused
+    ring.low_water = 4000
+    lead.update()
+    assert lead.frames == 5212 - (4000 - 512) // 3 and lead.shrunk == 1
+    for _ in range(200):  # long calm with the ring never touched: down to the floor, never below it
+        lead._quiet_since -= lead_module.PERIOD_S
+        ring.low_water = lead.frames - 1
+        lead.update()
+    assert lead.frames == lead.low == max(round(0.02 * RATE), 512 + 640)
+
+
+def test_buffer_auto_finds_a_smaller_lead_and_the_knob_is_heard_sooner(tiny) -> None:
+    """The null device's clock, a chunk chosen for this machine, a lead that shrinks from 0.1 s while the
+    ring never runs low; the knob is heard far sooner than with the fixed 1 s buffer (about 1.27 s)."""
+    session = StreamingSession(Generator(tiny, Controls(prompt="rock")),
+                               StreamOptions(seconds=8.0, output_device="null", buffer_seconds="auto", blocksize=256))
+    assert session.lead is not None and session.decoder.config.chunk_frames in (1, 2, 5)
+
+    def performer() -> None:
+        time.sleep(1.0)
+        for _ in range(10):
+            session.control.submit(Change("alpha", 0.4))
+            time.sleep(0.5)
+
+    threading.Thread(target=performer, daemon=True).start()
+    stats = session.run()
+    print(f"auto: chunk {session.decoder.config.chunk_frames}, lead {session.lead.seconds * 1000:.0f} ms "
+          f"(grown {session.lead.grown}, shrunk {session.lead.shrunk}), underruns {stats.underrun_events}, "
+          f"knob→heard {stats.heard}")
+    assert session.lead.shrunk > 0 and session.status()["lead"] == round(session.lead.seconds, 3)
+    assert stats.heard["changes"] == 10 and stats.heard["median_ms"] < 450
