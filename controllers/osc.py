@@ -7,7 +7,7 @@ morph_s`. Besides: record/start [s], record/stop, subscribe, unsubscribe, ping [
 status. Argless commands ignore arguments (TouchOSC buttons send 1.0, then 0.0).
 
 Replies go to the sender's (ip, port): record/start s -> record/started s (the name is taken in the
-recordings folder and refused outside it; no name, or a number from a button: a new take-….wav);
+recordings folder and refused outside it; no name, or a button's press: a new take-….wav; its release, 0, is ignored);
 record/stop -> record/stopped s (the file, "" if none). Both open and close files on the session's
 takes thread, so the reply (or /musicsteer/error) comes once that is done.
 status -> /musicsteer/status: string keys each followed by one value (the
@@ -272,6 +272,8 @@ class OscServer:
             self._count("send_errors")
 
     def _record_start(self, client: Any, message: Message, replies: _Replies) -> None:
+        if osc_args.released(message):
+            return
         name = osc_args.take_name(message)  # checked here: a bad argument is refused with the datagram's reply
         self._later(client, "record/start", lambda: self._surface.start_recording(name, live=True))
 

@@ -73,6 +73,12 @@ def change(row: Param, address: str, message: Message) -> Change:
     return Change("mix", pairs(message, tags[:cut], args[:cut]), args[cut] if len(args) > cut else 0.0)
 
 
+def released(message: Message) -> bool:
+    """A button's release: numbers (or F) only, all 0. TouchOSC and Open Stage Control buttons send 1 on
+    press and 0 on release; record/start acts on the press only, or each press would make two takes."""
+    return bool(message.args) and all(tag in NUMBER_TAGS + "TF" for tag in message.tags) and not any(message.args)
+
+
 def take_name(message: Message) -> str | None:
     """record/start's name: one string, or none (a button's number, or no argument: a new take)."""
     if not message.args or all(tag in NUMBER_TAGS + "TF" for tag in message.tags):

@@ -131,7 +131,7 @@ class StreamingSession:
                                      lambda: self.gen.step_index, self.notify, options.record_dir, options.overwrite)
         # Checked now (one line before anything is generated), opened when the session runs: a start
         # that fails later (an OSC port in use) leaves no empty take behind to block the next try.
-        self._first_take = take_path(options.record, None, options.overwrite) if options.record else None
+        self._first_take = take_path(options.record, None, options.overwrite) if options.record is not None else None
         self._stop = threading.Event()
         # Frames wait here between the threads. Generation blocks while it is full, so the lead over
         # playback is the ring (--buffer) + this queue + the decoder's lookahead: one chunk (100 ms)

@@ -18,9 +18,11 @@ Format 1 (musicsteer < 0.4) counted positions from the session's start and is st
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,6 +58,7 @@ class SessionLog:
         self._thread.start()
         self.lines = 0
         self.error: str | None = None  # the first write error (a full disk): the log stops, the music does not
+        self.on_error: Callable[[str], None] | None = None  # told once, from the writer thread, at that error
         if header is not None:
             self.header(header)
 
@@ -96,6 +99,9 @@ class SessionLog:
                 self._file.flush()
             except (OSError, ValueError) as err:
                 self.error = f"session log {self.path} failed: {one_line(getattr(err, 'strerror', None) or err)}"
+                if self.on_error is not None:
+                    with contextlib.suppress(Exception):  # a broken listener must not end the writer
+                        self.on_error(self.error)
                 continue
             self.lines += 1
 
@@ -185,6 +191,10 @@ def _header(header: dict[str, Any]) -> dict[str, Any]:
     need(isinstance(take, dict), "take must be a mapping")
     take = {"start_step": _count(take.get("start_step"), "the take's start_step"),
             "start_sample": _count(take.get("start_sample"), "the take's start_sample", high=MAX_SAMPLES)}
+    rates = header.get("sample_rate"), header.get("frame_rate")
+    if all(isinstance(r, int) and not isinstance(r, bool) and r > 0 for r in rates):  # a take starts at a frame
+        need(take["start_sample"] == take["start_step"] * (rates[0] // rates[1]), "take's start_sample must be "
+             "its start_step frames of samples")
     if init is not None:
         PARAMS["init_seconds"].check(init.get("seconds", PARAMS["init_seconds"].default))
     # The starting controls, by status key, held to the start-up rules (mix {}, layers [], site "": the file's).

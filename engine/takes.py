@@ -50,6 +50,8 @@ def take_path(path: str | Path, folder: str | Path | None = None, overwrite: boo
             if not path.is_relative_to(root):
                 raise MusicsteerError(f"recordings started live go in {printable(root)}; "
                                       f"{printable(path)} is outside it")
+        if any(ord(c) < 32 or ord(c) == 127 for c in str(path)):
+            raise MusicsteerError(f"a recording's name may not hold control characters: {printable(path)}")
         if path.suffix.lower() != SUFFIX:
             raise MusicsteerError(f"a recording is a WAV file: give a name ending in {SUFFIX}, "
                                   f"not {printable(path.name)}")
@@ -67,12 +69,13 @@ def take_path(path: str | Path, folder: str | Path | None = None, overwrite: boo
 
 
 def new_take_name(folder: str | Path) -> Path:
-    """`take-YYYYmmdd-HHMMSS.wav` in `folder`, numbered if that exists (a record button sends no name)."""
+    """A free name `take-YYYYmmdd-HHMMSS.wav` (numbered if taken) for `folder`, relative to it (a record
+    button sends no name)."""
     stem = datetime.now().strftime("take-%Y%m%d-%H%M%S")
     for n in range(1, 1000):
-        path = Path(folder) / (stem + (f"-{n}" if n > 1 else "") + SUFFIX)
-        if not path.exists() and not log_path_for(path).exists():
-            return path
+        name = Path(stem + (f"-{n}" if n > 1 else "") + SUFFIX)
+        if not (Path(folder) / name).exists() and not log_path_for(Path(folder) / name).exists():
+            return name
     raise MusicsteerError(f"no free take name in {printable(folder)}")
 
 
@@ -165,9 +168,10 @@ class Recordings:
                  overwrite: bool = False) -> None:
         self.sample_rate, self.channels, self.hop = sample_rate, channels, hop
         self._header, self._clock, self._notify = header, clock, notify
-        self.folder = Path(folder) if folder is not None else Path.cwd()
+        self.folder = Path(folder if folder is not None else Path.cwd())
         if not self.folder.is_dir():
             raise MusicsteerError(f"recordings folder {printable(self.folder)} is not a folder that exists")
+        self.folder = self.folder.resolve()  # live names are taken in it, whatever the working folder
         self.overwrite = overwrite
         self.history: list[tuple[int, Change]] = []  # every applied change of the session, at its step
         self.done: list[Take] = []
@@ -180,14 +184,15 @@ class Recordings:
     def start(self, path: str | Path | None, live: bool = False) -> Path:
         """Start a take (ending the current one); live paths are confined to the recordings folder and
         a missing name gets a new one. Returns the WAV's path; MusicsteerError if it cannot be used."""
-        if path is None or str(path) == "":
+        if path is None:
             path = new_take_name(self.folder)
+            live = True  # a generated name is always the recordings folder's
         path = take_path(path, self.folder if live else None, self.overwrite)
         current = self.current
         if current is not None and current.path == path:
             raise MusicsteerError(f"already recording to {printable(path)}")
         take = Take(path, self.sample_rate, self.channels, self.hop, self.overwrite)
-        take.recorder.on_error = lambda text: self._notify("error", text)
+        take.recorder.on_error = take.log.on_error = lambda text: self._notify("error", text)
         with self._lock:
             take.begin(self._header(), self.emitted, list(self.history))
             previous, self.current = self.current, take

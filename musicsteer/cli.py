@@ -57,9 +57,18 @@ def entry() -> None:
     """The console script: `main`, then exit. After Ctrl-C the process ends at once, with 130: a
     library interrupted halfway through its import (torch, transformers) may leave teardown work that
     the interpreter's exit would run and interrupt again (seen here: killed by SIGINT, no exit code)."""
+    import signal
+
+    # SIGTERM before a command installs its own handler (play's stops the session cleanly) ends the
+    # process as Ctrl-C does: one line, exit 130, never a silent kill halfway through start-up.
+    signal.signal(signal.SIGTERM, _interrupt)
     code = main()
     if code == 130:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
     sys.exit(code)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from conftest import random_vectors
 
+from musicsteer import __version__
 from musicsteer.cli import main
 from musicsteer.engine.control import Controls
 from musicsteer.engine.events import Change
@@ -90,3 +91,9 @@ def test_replay_of_another_versions_log_warns_and_runs(tiny, tmp_path, vectors_f
     warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
     assert len(warnings) == 1 and "recorded by musicsteer 0.1.0" in warnings[0]
     assert (tmp_path / "old.wav").stat().st_size > 0
+    # Another model's weights (a local folder changed since, another hub revision): said, not silent.
+    header["engine_version"], header["model_fingerprint"] = __version__, "tiny:000000000000"
+    log.write_text("\n".join([json.dumps(header), *lines[1:]]) + "\n")
+    assert main(["render", "--replay", str(log), "--device", "cpu", "--out", str(tmp_path / "other.wav")]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "made with model tiny:000000000000" in warnings[0]

@@ -327,3 +327,85 @@ def test_many_scheduled_prompts_are_encoded_ahead_or_when_due_never_refused(tiny
     render_codes(gen, 6 * PENDING + 10)
     assert gen.control.values.prompt == f"prompt number {3 * PENDING - 1}" and not gen.control.counts
     gen.prompts.close()
+
+
+# ---- what a hostile review found -----------------------------------------------------------------
+def test_a_record_button_makes_one_take_per_press_in_a_relative_recordings_folder(tiny, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "takes").mkdir()
+    session = StreamingSession(Generator(tiny, Controls(prompt="rock")),
+                               StreamOptions(output_device="null", record_dir="takes"))
+    server = OscServer(session, port=0)
+    runner = threading.Thread(target=session.run, daemon=True)
+    runner.start()
+    server.start()
+    client = _Client(server.address)
+    try:
+        address, args = client.ask("/musicsteer/record/start", 1.0)  # press
+        assert address == "/musicsteer/record/started" and Path(args[0]).parent == tmp_path / "takes", args
+        client.sock.sendto(_build("/musicsteer/record/start", 0.0), client.target)  # release: nothing
+        assert client.ask("/musicsteer/ping", 2) == ("/musicsteer/pong", [2])  # (the only answer that comes)
+        assert client.ask("/musicsteer/record/stop") == ("/musicsteer/record/stopped", [args[0]])
+    finally:
+        server.stop()
+        session.stop()
+        runner.join(timeout=30)
+    assert [p.name for p in (tmp_path / "takes").glob("*.wav")] == [Path(args[0]).name]
+
+
+def test_a_take_log_that_fails_is_told_at_once(tmp_path) -> None:
+    from musicsteer.engine.session_log import SessionLog
+
+    with tmpfs(tmp_path / "tiny", "8k") as disk:
+        log = SessionLog(disk / "t.jsonl", {"model": "tiny"})
+        told: list[str] = []
+        log.on_error = told.append
+        for step in range(2000):  # about 100 KB of lines for an 8 KB disk
+            log.record(step, step * HOP, Change("alpha", 0.5))
+        log.close(end={"steps": 2000, "frames": 2000})
+    assert len(told) == 1 and "No space left on device" in told[0] and log.error == told[0]
+
+
+def test_replay_refuses_flags_the_log_decides_and_takes_a_moved_audio_prompt(tiny, tmp_path, capsys) -> None:
+    init = tmp_path / "init.wav"
+    sf.write(init, (0.2 * np.sin(np.arange(32000) / 10)).astype(np.float32), 32000)
+    session = StreamingSession(Generator(tiny, Controls(prompt="rock", seed=1)),
+                               StreamOptions(seconds=1.0, output_device="null", record=tmp_path / "c.wav"),
+                               prompt_codes_from(tiny, str(init), 10.0),
+                               init_audio={"path": str(init), "sha256": _sha(init), "seconds": 10.0}, keep_codes=True)
+    session.run()
+    log, out = str(tmp_path / "c.jsonl"), str(tmp_path / "r.wav")
+    for flag in (["--prompt", "jazz"], ["--seed", "5"], ["--alpha", "0.3"], ["--init-seconds", "2"]):
+        assert main(["render", "--replay", log, "--out", out, "--device", "cpu", *flag]) == 2
+        err = capsys.readouterr().err
+        assert f"{flag[0]} cannot be given with --replay" in err and err.count("\n") == 1, err
+    moved = tmp_path / "moved.wav"
+    init.rename(moved)
+    assert main(["render", "--replay", log, "--out", out, "--device", "cpu", "--codes-out", str(tmp_path / "r.npy"),
+                 "--init-audio", str(moved)]) == 0
+    live = np.stack([c.numpy() for c in session.codes], axis=-1)
+    assert np.array_equal(np.load(tmp_path / "r.npy")[:, -live.shape[-1]:], live)
+
+
+def test_empty_and_control_character_names_and_a_wrong_take_start_are_refused(tmp_path) -> None:
+    for name in ("new\nline.wav", "tab\there.wav", "\x1b[31mred.wav"):
+        with pytest.raises(MusicsteerError, match="control characters"):
+            take_path(name, tmp_path)
+    result = subprocess.run([sys.executable, "-m", "musicsteer", "play", "--model", "tiny", "--device", "cpu",
+                             "--output-device", "null", "--seconds", "0.5", "--osc-port", "0", "--record", ""],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "a recording is a WAV file" in result.stderr, result.stderr
+    header = {"format": "musicsteer.session/2", "model": "tiny", "controls": {}, "settings": {},
+              "sample_rate": 32000, "frame_rate": 50, "take": {"start_step": 10, "start_sample": 999}}
+    (tmp_path / "t.jsonl").write_text(json.dumps(header) + "\n")
+    with pytest.raises(MusicsteerError, match="start_sample must be its start_step frames"):
+        read_log(tmp_path / "t.jsonl")
+
+
+def test_sigterm_during_start_up_is_one_line_not_a_silent_kill() -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "musicsteer", "play", "--model", "tiny", "--device", "cpu",
+                             "--output-device", "null", "--osc-port", "0"], stderr=subprocess.PIPE, text=True)
+    time.sleep(0.3)  # importing torch
+    proc.terminate()
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode in (130, 0) and "Traceback" not in stderr, (proc.returncode, stderr)

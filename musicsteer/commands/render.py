@@ -55,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
 
     from .setup import attach_meter, generator_class, session_spec
 
+    if args.replay:
+        refuse_overrides(args)
     resolve(args)
     writable_file(args.out, "--out", make_folder=True)  # write_wav makes the missing folders
     if args.codes_out:
@@ -91,6 +93,24 @@ def run(args: argparse.Namespace) -> int:
     return code
 
 
+# What a replay takes from the command line besides its log: where to write, how to run, and where the
+# session's files are now (--vectors, --init-audio: checked against their logged sha256); --seconds for
+# a log without an end record. Everything that decides the music is the log's.
+REPLAY_TAKES = {"seconds", "quantize", "threads", "decode"}
+
+
+def refuse_overrides(args: argparse.Namespace) -> None:
+    """One line if a flag that decides the music is given with --replay (it would be silently ignored)."""
+    from musicsteer.engine.params import PARAMS
+
+    given = [row.cli for row in PARAMS.values() if row.cli and row.name not in REPLAY_TAKES
+             and getattr(args, row.dest, None) is not None]
+    given += ["--steer-both"] * bool(getattr(args, "steer_both", False)) + ["--automation"] * bool(args.automation)
+    if given:
+        raise MusicsteerError(f"{given[0]} cannot be given with --replay: the log decides the music (only --out, "
+                              "--codes-out, --model, --device, --dtype, --vectors, --init-audio and --seconds apply)")
+
+
 def replay(args: argparse.Namespace) -> int:
     """Rebuild the session a log describes (model, vectors, controls, settings, audio prompt) and
     apply every logged change at its logged step: the codes come out identical. Every logged value
@@ -122,10 +142,18 @@ def replay(args: argparse.Namespace) -> int:
     if set(header["settings"]) - SETTINGS_KEYS:
         raise MusicsteerError(f"{args.replay}: the header's settings are not this engine's "
                               f"({', '.join(sorted(map(str, header['settings'])))[:200]})")
-    init = header.get("init_audio") or {}
+    init = dict(header.get("init_audio") or {})
+    if init and args.init_audio:  # the session's audio prompt, moved: the same file (sha256), elsewhere
+        init["path"] = args.init_audio
+    elif args.init_audio:
+        raise MusicsteerError(f"{args.replay} continues no audio prompt: drop --init-audio")
     if init and sha256_of(existing_file(init["path"], f"{args.replay}: the session's init audio")) != init["sha256"]:
         raise MusicsteerError(f"init audio {init['path']} is not the file the session used (sha256 differs)")
     lm = load(args, args.model or header["model"])
+    logged_model = header.get("model_fingerprint")
+    if isinstance(logged_model, str) and logged_model != lm.fingerprint:
+        print(one_line(f"musicsteer: warning: {args.replay} was made with model {one_line(logged_model, 60)}; this is "
+                       f"{lm.fingerprint}: the weights differ, so the codes will", 1000), file=sys.stderr)
     controls = header["controls"]  # checked by read_log, in Controls' types
     try:  # (checked by read_log; the model's own bounds, such as its layer count, are checked here)
         gen = generator_class(args, lm)(lm, Controls(**controls), vectors, **header["settings"])
