@@ -39,6 +39,12 @@ class DacClock:
         self._times[j] = dac_time
         self.count += 1
 
+    @property
+    def oldest(self) -> int:
+        """The first ring frame still stamped (earlier ones were played too long ago to place)."""
+        count, size = self.count, len(self._starts)
+        return int(self._starts[max(0, count - size + 1) % size]) if count else 0
+
     def heard_at(self, frame: int) -> float | None:
         """Monotonic time ring frame `frame` reached the DAC; None until a later block shows it was played
         (or if it was played so long ago that its stamp is gone)."""
@@ -61,6 +67,7 @@ class KnobLatency:
         self.clock, self.hop, self.model_rate, self.delay = clock, hop, model_rate, delay
         self._pending: collections.deque[tuple[int, float]] = collections.deque(maxlen=keep)
         self.seconds: collections.deque[float] = collections.deque(maxlen=keep)
+        self.lost = 0  # changes whose frame's stamp was gone when looked for (update() is called often)
 
     def applied(self, step: int, changes: Iterable[Change]) -> None:
         """Changes applied before token `step` (the generation thread)."""
@@ -75,10 +82,13 @@ class KnobLatency:
         while self._pending:
             index, arrived = self._pending[0]
             heard = self.clock.heard_at(index)
-            if heard is None:
-                return
+            if heard is None and index >= self.clock.oldest:
+                return  # not played yet
             self._pending.popleft()
-            self.seconds.append(max(0.0, heard - arrived))
+            if heard is None:
+                self.lost += 1  # played before anyone looked, too long ago to place: not guessed
+            else:
+                self.seconds.append(max(0.0, heard - arrived))
 
     def summary(self) -> dict[str, float]:
         """{"median_ms", "p95_ms", "changes"} of the latencies measured so far ({} before the first)."""

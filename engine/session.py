@@ -282,6 +282,7 @@ class StreamingSession:
         """Between status updates: warn of a filling disk; end the session if the device failed
         (what was made is recorded; nothing more can be heard)."""
         self.recordings.watch()
+        self.knob_latency.update()  # while the DAC stamps of what was just played are still held
         if self.sink.error is not None and not self._stop.is_set():
             self.notify("error", self.sink.error)  # told once; run() returns, with stats.device_error set
             self._stop.set()

@@ -179,3 +179,18 @@ def test_bench_refuses_what_its_decode_cannot_honour(tmp_path, capsys, argv: lis
     err = capsys.readouterr().err
     assert err.startswith("musicsteer: error: ") and message in err and err.count("\n") == 1, err
     assert not out.exists()
+
+
+def test_bench_heard_runs_a_live_contender_per_buffer_against_the_baseline(tmp_path, capsys) -> None:
+    """`bench --heard`: each buffer setting a whole live session through the null device's clock, α every
+    0.5 s; the one-second baseline and auto in the same run, each with its own knob → heard figures."""
+    out = tmp_path / "heard.json"
+    assert main(["bench", *TINY, "--heard", "4", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    baseline, auto = report["contenders"]
+    assert (baseline["buffer"], auto["buffer"]) == (1.0, "auto") and baseline["chunk_frames"] == 5
+    for contender in (baseline, auto):
+        assert contender["changes"] >= 4 and contender["played_s"] == pytest.approx(4.0, abs=0.05)
+        assert 0 < contender["heard_median_ms"] <= contender["heard_p95_ms"]
+    assert baseline["heard_median_ms"] > 1000  # the buffer, and the decoder's lookahead and chunk
+    assert auto["heard_median_ms"] < baseline["heard_median_ms"] - 500  # auto's lead starts at 0.1 s

@@ -156,3 +156,17 @@ def test_buffer_auto_finds_a_smaller_lead_and_the_knob_is_heard_sooner(tiny) -> 
           f"knob→heard {stats.heard}")
     assert session.lead.shrunk > 0 and session.status()["lead"] == round(session.lead.seconds, 3)
     assert stats.heard["changes"] == 10 and stats.heard["median_ms"] < 450
+
+
+def test_a_change_whose_stamp_is_gone_is_counted_lost_and_never_blocks_later_ones() -> None:
+    clock = DacClock(RATE, size=4)
+    latency = KnobLatency(clock, hop=640, model_rate=RATE, delay=3)
+    latency.applied(5, [Change("alpha", 0.1, arrived=1.0)])  # frame 2: ring frame 1280
+    latency.applied(120, [Change("alpha", 0.2, arrived=2.0)])  # frame 117: ring frame 74880
+    for k in range(40):  # played on, with nobody looking: the first change's stamp is overwritten
+        clock.mark(1024 * k, 1.5 + k * 0.032)
+    assert latency.summary() == {} and latency.lost == 1  # the second is not played yet: still waited for
+    for k in range(40, 76):  # block 73 plays ring frame 74880; the last four stamps are 72..75
+        clock.mark(1024 * k, 1.5 + k * 0.032)
+    assert latency.summary()["changes"] == 1 and latency.lost == 1
+    assert latency.seconds[0] == pytest.approx(1.5 + 73 * 0.032 + (74880 - 73 * 1024) / RATE - 2.0)

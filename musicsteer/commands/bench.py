@@ -37,6 +37,10 @@ reported (JSON with --json: results[], ratios, cold_start, recapture_check, knob
 that step's engine contenders (with hf_generate), cold start and knob latency; the recapture check
 needs the graph step. --soak runs the step --decode picks (auto: graph on CUDA, eager on the CPU).
 
+--heard SECONDS: knob -> heard (submit to the first frame made after it at the DAC), per live session
+through --output-device's own clock: contenders --buffer 1.0 (the baseline) and --buffer auto; each
+reports heard_median_ms, heard_p95_ms, changes, underruns, rebuffers, xruns, chunk_frames, lead_s.
+
 with --dtype bfloat16|float16 or --quantize int8|int8-tensor the contenders run on that model, and:
   drift               its logits against a float32 reference with the same weights, teacher-forced
                       over --drift-steps tokens: max_abs, mean_abs, rel_max (of the largest logit),
@@ -68,6 +72,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--soak", type=bounded(float, 1, 86400), metavar="SECONDS",
                         help="instead: a live null-device session this long; time to first audio, decode cost "
                              "and memory over time")
+    parser.add_argument("--heard", type=bounded(float, 1, 3600), metavar="SECONDS",
+                        help="instead: knob -> heard through a live session per buffer (1.0 s, auto) of SECONDS "
+                             "each, alpha changed every 0.5 s, on --output-device (default null)")
+    parser.add_argument("--output-device", help="with --heard: a PortAudio device (e.g. a JACK server's 'system') "
+                                                "or 'null'")
+    parser.add_argument("--blocksize", type=bounded(int, 16, 8192), default=256,
+                        help="with --heard: frames per device block (default 256)")
     parser.add_argument("--json", help="write the report to this JSON file")
     parser.set_defaults(run=run)
 
@@ -128,6 +139,15 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         writable_file(args.json, "--json")
     lm, base, quantize, quantize_s = load_options(args)
+    if args.heard:
+        from musicsteer.bench.heard import run_heard
+
+        report = run_heard(lm, args.heard, decode_step(args.decode, lm.device), args.output_device or "null",
+                           args.blocksize)
+        print(json.dumps(report, indent=1))
+        if args.json:
+            Path(args.json).write_text(json.dumps(report, indent=2))
+        return 0
     if args.soak:
         report = run_soak(lm, args.soak, decode_step(args.decode, lm.device))
         print(json.dumps({k: v for k, v in report.items() if k != "rss_samples"}, indent=1))
