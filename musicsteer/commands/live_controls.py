@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from contextlib import ExitStack
 from typing import TYPE_CHECKING
 
-from musicsteer.engine.errors import MusicsteerError
+from musicsteer.engine.errors import MusicsteerError, one_line
 
 from .options import add_params
 
@@ -20,7 +21,10 @@ if TYPE_CHECKING:
 def add_control_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("live control")
     add_params(group, "osc_port")
-    group.add_argument("--osc-host", help="address to listen on (default 127.0.0.1: this machine only)")
+    group.add_argument("--osc-host", help="address to listen on (default 127.0.0.1: this machine only; beyond "
+                                          "it, anyone who reaches the port can steer and record: see --osc-allow)")
+    group.add_argument("--osc-allow", help="senders OSC accepts, as IPs or networks: '192.168.1.20,10.0.0.0/24' "
+                                           "(default: a config's osc: allow, else every sender that reaches it)")
     group.add_argument("--no-osc", action="store_true", help="do not listen for OSC")
     group.add_argument("--midi", help="MIDI input port: name (or part of it) or index")
     group.add_argument("--config", help="YAML config: OSC/MIDI mappings, presets, defaults")
@@ -68,8 +72,16 @@ def open_controllers(stack: ExitStack, session: StreamingSession, args: argparse
     if not args.no_osc:
         osc_config = config.osc if config is not None and config.osc is not None else None
         host = args.osc_host or (osc_config.host if osc_config else "127.0.0.1")
-        osc = OscServer(session, host, args.osc_port, allow=list(osc_config.allow) if osc_config else None,
+        allow = [a for a in args.osc_allow.split(",") if a.strip()] if args.osc_allow is not None else \
+            (list(osc_config.allow) if osc_config and osc_config.allow else None)
+        if allow == []:
+            raise MusicsteerError("--osc-allow needs at least one IP or network (without it, every sender is let in)")
+        osc = OscServer(session, host, args.osc_port, allow=allow,
                         status_interval=osc_config.status_interval if osc_config else 1.0)
+        if allow is None and not _loopback(host):
+            print(f"musicsteer: warning: OSC listens on {one_line(host, 60)}: anyone who can reach port "
+                  f"{osc.address[1]} can steer this session and write recordings; name the senders with --osc-allow",
+                  file=sys.stderr)
         osc.start()
         stack.callback(osc.stop)
     midi_config = config.midi if config is not None else None
@@ -83,3 +95,15 @@ def open_controllers(stack: ExitStack, session: StreamingSession, args: argparse
         midi.start()
         stack.callback(midi.stop)
     return osc
+
+
+def _loopback(host: str) -> bool:
+    """Whether `host` only listens on this machine (127.0.0.0/8, ::1, localhost)."""
+    import ipaddress
+
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().split("%")[0]).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to any interface
