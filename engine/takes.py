@@ -156,6 +156,13 @@ class Take:
         """Audio safely on disk (readable after a kill)."""
         return self.recorder.seconds
 
+    @property
+    def failure(self) -> str | None:
+        """One line for the performer if the take failed: what, and how much of it is safe."""
+        if not self.error:
+            return None
+        return f"{self.error.rstrip('. ')}; {self.seconds:.2f} s safely on disk in {printable(self.path)}"
+
 
 class Recordings:
     """A session's takes: at most one at a time, started and stopped from any thread.
@@ -270,7 +277,4 @@ class Recordings:
     @property
     def error(self) -> str | None:
         """The first failed take's error line (and how much of it is safe), if any."""
-        for take in self.takes:
-            if take.error:
-                return f"{take.error.rstrip('. ')}; {take.seconds:.2f} s safely on disk in {printable(take.path)}"
-        return None
+        return next((take.failure for take in self.takes if take.failure), None)

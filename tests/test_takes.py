@@ -4,6 +4,7 @@ generation thread."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -187,6 +189,21 @@ class _Client:
         return message.address, list(message.params)
 
 
+@contextlib.contextmanager
+def served(session: StreamingSession) -> Iterator[_Client]:
+    """The session running, with an OSC server on a free port and a client of it; all stopped after."""
+    server = OscServer(session, port=0)
+    runner = threading.Thread(target=session.run, daemon=True)
+    runner.start()
+    server.start()
+    try:
+        yield _Client(server.address)
+    finally:
+        server.stop()
+        session.stop()
+        runner.join(timeout=30)
+
+
 def test_live_takes_stay_in_the_recordings_folder_and_never_block_the_controls(tiny, tmp_path) -> None:
     folder = tmp_path / "takes"
     folder.mkdir()
@@ -195,12 +212,7 @@ def test_live_takes_stay_in_the_recordings_folder_and_never_block_the_controls(t
     os.symlink(tmp_path, folder / "up")
     session = StreamingSession(Generator(tiny, Controls(prompt="rock")),
                                StreamOptions(output_device="null", record_dir=folder))
-    server = OscServer(session, port=0)
-    runner = threading.Thread(target=session.run, daemon=True)
-    runner.start()
-    server.start()
-    client = _Client(server.address)
-    try:
+    with served(session) as client:
         for name, words in (("../escape.wav", "is outside it"), (str(tmp_path / "abs.wav"), "is outside it"),
                             ("up/link.wav", "is outside it"), ("kept.wav", "exists"),
                             ("pipe.wav", "not a regular file"), ("t.jsonl", "WAV file")):
@@ -216,10 +228,6 @@ def test_live_takes_stay_in_the_recordings_folder_and_never_block_the_controls(t
         assert client.ask("/musicsteer/record/stop") == ("/musicsteer/record/stopped", [args[0]])
         status = client.ask("/musicsteer/status")[1]
         assert status[status.index("refused.refused_take") + 1] == 6
-    finally:
-        server.stop()
-        session.stop()
-        runner.join(timeout=30)
     assert session.error is None
     assert (folder / "kept.wav").read_bytes() == b"precious" and not (tmp_path / "escape.wav").exists()
     assert sorted(p.name for p in folder.iterdir() if p.suffix == ".jsonl") == [Path(args[0]).stem + ".jsonl"]
@@ -335,21 +343,12 @@ def test_a_record_button_makes_one_take_per_press_in_a_relative_recordings_folde
     (tmp_path / "takes").mkdir()
     session = StreamingSession(Generator(tiny, Controls(prompt="rock")),
                                StreamOptions(output_device="null", record_dir="takes"))
-    server = OscServer(session, port=0)
-    runner = threading.Thread(target=session.run, daemon=True)
-    runner.start()
-    server.start()
-    client = _Client(server.address)
-    try:
+    with served(session) as client:
         address, args = client.ask("/musicsteer/record/start", 1.0)  # press
         assert address == "/musicsteer/record/started" and Path(args[0]).parent == tmp_path / "takes", args
         client.sock.sendto(_build("/musicsteer/record/start", 0.0), client.target)  # release: nothing
         assert client.ask("/musicsteer/ping", 2) == ("/musicsteer/pong", [2])  # (the only answer that comes)
         assert client.ask("/musicsteer/record/stop") == ("/musicsteer/record/stopped", [args[0]])
-    finally:
-        server.stop()
-        session.stop()
-        runner.join(timeout=30)
     assert [p.name for p in (tmp_path / "takes").glob("*.wav")] == [Path(args[0]).name]
 
 

@@ -172,9 +172,8 @@ def stream(session: StreamingSession, gen: Generator, show_status: bool = True) 
           f"{stats.callbacks} audio callbacks; control values {refusals(stats)}{heard(stats)}", file=sys.stderr)
     code = 1 if stats.device_error else 0  # (said when it happened, as a notice)
     for take in session.takes:
-        if take.error:  # one line: what failed, and what is safe
-            print(f"musicsteer: error: {printable(take.error).rstrip('. ')}; {take.seconds:.2f} s safely on disk in "
-                  f"{printable(take.path)}", file=sys.stderr)
+        if take.failure:  # one line: what failed, and what is safe
+            print(f"musicsteer: error: {printable(take.failure)}", file=sys.stderr)
             code = 1
         else:
             print(f"recorded {printable(take.path)} ({take.seconds:.2f} s)", file=sys.stderr)
