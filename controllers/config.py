@@ -45,6 +45,9 @@ class MidiConfig:
     port: str | int | None = None  # name substring or index; None: the command line's --midi
     api: str | None = None  # alsa | jack; None: rtmidi's default
     mappings: tuple[KnobMapping | TriggerMapping, ...] = ()
+    # Where feedback goes (LED rings, motor faders, lights; controllers/midi_feedback.py): an output's
+    # name substring or index; None: no feedback.
+    output: str | int | None = None
 
 
 @dataclass(frozen=True)
@@ -159,13 +162,8 @@ class _Reader:
                          if "status_interval" in f else OscConfig.status_interval)
 
     def midi(self, node: yaml.Node, presets: dict[str, Preset]) -> MidiConfig:
-        f = self.fields(node, ("port", "api", "mappings"), "midi")
-        port = f["port"][0] if "port" in f else None
-        if port is not None and (isinstance(port, bool) or not isinstance(port, str | int) or port == ""
-                                 or isinstance(port, str) and len(port) > 200 or isinstance(port, int) and
-                                 not 0 <= port <= 1000):
-            raise self.tree.fail(f["port"][1], f"'port' needs a MIDI input name (or part of one) or an index, "
-                                               f"got {shown(port, 40)}")
+        f = self.fields(node, ("port", "output", "api", "mappings"), "midi")
+        port, output = self.port_spec(f, "port", "input"), self.port_spec(f, "output", "output")
         mapping_node = next((v for k, v in node.value if k.value == "mappings"), None)
         items: list = []
         if mapping_node is not None and not (isinstance(mapping_node, yaml.ScalarNode) and f["mappings"][0] is None):
@@ -173,7 +171,17 @@ class _Reader:
                 raise self.tree.fail(f["mappings"][1], "'mappings' needs a list such as - {cc: 0, param: alpha}")
             items = self.items(mapping_node, "'mappings'")
         return MidiConfig(port=port, api=self.choice(f, "api", MIDI_APIS) if "api" in f else None,
-                          mappings=tuple(self.mapping(item, presets) for item in items))
+                          mappings=tuple(self.mapping(item, presets) for item in items), output=output)
+
+    def port_spec(self, f: dict, key: str, direction: str) -> str | int | None:
+        """f[key] as a MIDI port spec (a name, part of one, or an index), or None when absent."""
+        port = f[key][0] if key in f else None
+        if port is not None and (isinstance(port, bool) or not isinstance(port, str | int) or port == ""
+                                 or isinstance(port, str) and len(port) > 200 or isinstance(port, int) and
+                                 not 0 <= port <= 1000):
+            raise self.tree.fail(f[key][1], f"'{key}' needs a MIDI {direction} name (or part of one) or an index, "
+                                            f"got {shown(port, 40)}")
+        return port
 
     def mapping(self, node: yaml.Node, presets: dict[str, Preset]) -> KnobMapping | TriggerMapping:
         f = self.fields(node, tuple(dict.fromkeys(_KNOB_KEYS + _TRIGGER_KEYS)), "a MIDI mapping")

@@ -3,7 +3,8 @@
 `MidiMapper` is pure (a `mido.Message` in, a list of `Change`s out) and owns the soft-takeover state;
 `MidiInput` opens a port through mido's rtmidi backend and feeds every message from mido's thread
 through the mapper to `surface.submit`. Mappings come from the `midi:` section of a session config
-(controllers/config.py) or from `musicsteer midi-learn`.
+(controllers/config.py) or from `musicsteer midi-learn`. The same mappings drive MIDI feedback to an
+output (controllers/midi_feedback.py), which reuses the curves and port lookup here.
 
 Curves map a CC value c in 0..127, x = c/127, onto [min, max]:
   linear: v = min + (max - min)·x
@@ -57,6 +58,21 @@ def knob_position(mapping: KnobMapping, value: float) -> float:
     else:  # a value <= 0 lies below any exp range: the log goes to -inf, i.e. the low end
         x = math.log(max(value, 1e-300) / mapping.low) / math.log(mapping.high / mapping.low)
     return min(max(x, 0.0), 1.0) * 127
+
+
+def knob_target(mapping: KnobMapping, value: Any) -> float | None:
+    """The CC position (0..127, fractional) that stands for `value`, the present value of the knob's
+    parameter (a number; for a crossfade the mix dict); None if no position can: no value, or a mix
+    this fader cannot express. Soft takeover (where the knob must be) and MIDI feedback (where a motor
+    fader or LED ring goes, controllers/midi_feedback.py) share it, so they always agree."""
+    if mapping.param == "crossfade":
+        source, target = mapping.vectors or ("", "")
+        mix = value if isinstance(value, dict) else {}
+        total = mix.get(source, 0.0) + mix.get(target, 0.0)
+        if not mix or set(mix) - {source, target} or total <= 0:
+            return None  # a mix this fader cannot express: the fader is the way into its range
+        return knob_position(mapping, mix.get(target, 0.0) / total)
+    return None if value is None else knob_position(mapping, float(value))
 
 
 @dataclass
@@ -154,15 +170,7 @@ class MidiMapper:
 
     def _position(self, m: KnobMapping) -> float | None:
         """Where the knob must be to match the engine's present value; None if it cannot tell."""
-        if m.param == "crossfade":
-            mix = self.current("mix")
-            source, target = m.vectors or ("", "")
-            total = (mix or {}).get(source, 0.0) + (mix or {}).get(target, 0.0)
-            if not mix or set(mix) - {source, target} or total <= 0:
-                return None  # a mix this fader cannot express: the fader is the way into its range
-            return knob_position(m, mix.get(target, 0.0) / total)
-        value = self.current(m.param)
-        return None if value is None else knob_position(m, float(value))
+        return knob_target(m, self.current("mix" if m.param == "crossfade" else m.param))
 
     def _moved_elsewhere(self, param: str, except_index: int | None = None, hold: bool = False) -> None:
         """Another control set `param`: knobs on it must pick it up again before they move it."""
@@ -279,18 +287,26 @@ def _backend(api: str | None) -> mido.Backend:
         raise MusicsteerError(f"cannot load the MIDI backend (python-rtmidi): {one_line(exc)}; {fix}") from None
 
 
-
-
 def list_midi_inputs(api: str | None = None) -> list[str]:
     """Names of the MIDI inputs rtmidi sees (api: None for its default, "alsa" or "jack")."""
+    return _list_ports("input", api)
+
+
+def list_midi_outputs(api: str | None = None) -> list[str]:
+    """Names of the MIDI outputs rtmidi sees (where feedback can go: LED rings, motor faders)."""
+    return _list_ports("output", api)
+
+
+def _list_ports(direction: str, api: str | None) -> list[str]:
     backend = _backend(api)  # a backend that cannot load says so itself
     try:
-        return list(dict.fromkeys(backend.get_input_names()))
+        names = backend.get_input_names() if direction == "input" else backend.get_output_names()
+        return list(dict.fromkeys(names))
     except (OSError, SystemError, RuntimeError) as exc:
         hint = ""
         if api in (None, "alsa") and not os.path.exists("/dev/snd/seq"):
             hint = " (no /dev/snd/seq: this system has no ALSA sequencer; try api jack with a JACK server)"
-        raise MusicsteerError(f"cannot list MIDI inputs: {one_line(exc)}{hint}") from None
+        raise MusicsteerError(f"cannot list MIDI {direction}s: {one_line(exc)}{hint}") from None
 
 
 def open_midi_input(name: str, callback: Callable[[mido.Message], None], api: str | None = None) -> Any:
@@ -302,21 +318,38 @@ def open_midi_input(name: str, callback: Callable[[mido.Message], None], api: st
         raise MusicsteerError(f"cannot open MIDI input {name!r}: {one_line(exc)}") from None
 
 
-def resolve_midi_port(spec: str | int, api: str | None = None, inputs: list[str] | None = None) -> str:
-    """The full name of the input `spec` names: an index, an exact name, or part of one name."""
-    names = list_midi_inputs(api) if inputs is None else list(inputs)
-    available = "; available: " + ", ".join(f"{i} {n!r}" for i, n in enumerate(names)) if names else ": no MIDI inputs"
+def open_midi_output(name: str, api: str | None = None) -> Any:
+    """Open output `name` (a full name, see resolve_midi_port with direction="output"); a mido port."""
+    backend = _backend(api)
+    try:
+        return backend.open_output(name)
+    except (OSError, SystemError, RuntimeError, ValueError) as exc:
+        raise MusicsteerError(f"cannot open MIDI output {name!r}: {one_line(exc)}") from None
+
+
+def resolve_midi_port(spec: str | int, api: str | None = None, inputs: list[str] | None = None,
+                      direction: str = "input") -> str:
+    """The full name of the port `spec` names: an index, an exact name, or part of exactly one name.
+
+    direction: "input" (a controller's knobs) or "output" (its lights); `inputs`: the names to choose
+    among (of that direction, despite the name), listed from rtmidi when None. Errors are one line."""
+    if inputs is None:
+        names = list_midi_inputs(api) if direction == "input" else list_midi_outputs(api)
+    else:
+        names = list(inputs)
+    what = f"MIDI {direction}"
+    available = "; available: " + ", ".join(f"{i} {n!r}" for i, n in enumerate(names)) if names else f": no {what}s"
     if isinstance(spec, int) or str(spec).strip().isdigit():
         index = int(spec)
         if 0 <= index < len(names):
             return names[index]
-        raise MusicsteerError(f"no MIDI input with index {index}{available}")
+        raise MusicsteerError(f"no {what} with index {index}{available}")
     if spec in names:
         return spec
     matches = [n for n in names if spec.lower() in n.lower()]
     if len(matches) == 1:
         return matches[0]
     if matches:
-        raise MusicsteerError(f"MIDI input {spec!r} matches {len(matches)} inputs ({', '.join(map(repr, matches))}); "
+        raise MusicsteerError(f"{what} {spec!r} matches {len(matches)} {direction}s ({', '.join(map(repr, matches))}); "
                               "give more of the name or an index")
-    raise MusicsteerError(f"unknown MIDI input {spec!r}{available}")
+    raise MusicsteerError(f"unknown {what} {spec!r}{available}")

@@ -1,39 +1,45 @@
-"""OSC controller: UDP packets -> validated `Change`s on a session's control state (docs/design.md §4).
+"""OSC controller: UDP packets -> validated `Change`s on a session's control state, and two-way OSC
+(docs/design.md §4).
 
 The address space is the parameter table's (engine/params.py): each live row's `osc` addresses under
 /musicsteer/, taking numbers as OSC i, h, f or d (never r, m, T/F…: a colour is not a strength) and
-text as s. `alpha f [ramp_s]`; `steer s`; `mix s f … [morph_s]`; `morph s morph_s` or `morph s f …
-morph_s`. Besides: record/start [s], record/stop, subscribe, unsubscribe, ping [args] -> pong [args],
-status. Argless commands ignore arguments (TouchOSC buttons send 1.0, then 0.0).
+text as s. `alpha f [ramp_s]`; `mix s f … [morph_s]`; `steer s`; `morph s morph_s` or `morph s f …
+morph_s`. Besides: record/start [s], record/stop, preset s (recall), preset/save s [morph_s],
+subscribe, unsubscribe, ping [args] -> pong [args], status. Argless commands ignore arguments
+(TouchOSC buttons send 1.0, then 0.0).
+
+Two-way, as control surfaces expect (TouchOSC, Open Stage Control, AbletonOSC): every applied change,
+whatever moved it (OSC, MIDI, the web page, a preset, automation), is sent on the control's own
+address — the row's first, which takes its whole value: `/musicsteer/alpha f`, `/musicsteer/mix s f …`,
+`/musicsteer/layer i …` — with the value it was set to (a glide's target), to every subscriber and
+to the `feedback` targets (`--osc-feedback HOST:PORT`: permanent subscribers, e.g. Open Stage
+Control's own OSC port). A new subscriber or target gets the status and every value at once.
 
 Replies go to the sender's (ip, port): record/start s -> record/started s (the name is taken in the
-recordings folder and refused outside it; no name, or a button's press: a new take-….wav; its release, 0, is ignored);
-record/stop -> record/stopped s (the file, "" if none). Both open and close files on the session's
-takes thread, so the reply (or /musicsteer/error) comes once that is done.
-status -> /musicsteer/status: string keys each followed by one value (the
-stream's figures, every control's status key, recording, refused, clamped, `refused.KIND` per kind,
-layer = the first steered layer), then `mix` LAST with its name/weight pairs to the end. subscribe
--> a status now and each `status_interval`, `/musicsteer/changed param value…` per applied change, and
-`/musicsteer/error s` or `/musicsteer/warning s` for what the session must tell (a failed recording,
-a nearly full disk, a truncated prompt, a lost sound device).
+recordings folder and refused outside it; no name, or a button's press: a new take-….wav; its
+release, 0, is ignored); record/stop -> record/stopped s (the file, "" if none), both once the
+session's takes thread has opened or closed the files; preset/save s -> preset/saved s.
+status -> /musicsteer/status (osc_args.status). subscribe -> a status now and each `status_interval`,
+the echoes above, `/musicsteer/changed param value… [seconds]` per applied change, `/musicsteer/meter`
+and `/musicsteer/error s` or `/musicsteer/warning s` for what the session must tell (a failed
+recording, a nearly full disk, a truncated prompt, a lost sound device).
 A clamped value -> /musicsteer/clamped s f f (param, applied, asked; it WAS applied). A refusal ->
 /musicsteer/error s "<address>: <reason>" (one line; nothing applied). Per datagram at most one
 error reply (a bundle's refusals are summed up in it) and a few clamp replies; every refusal is
 counted by kind in the session's control state (status, summary) and never logged per element.
 
-Threads (docs/design.md §6 facts): a BlockingOSCUDPServer in one thread (the threading server lost 5–22 % at
-1 kHz under torch load) that never touches torch; a sender thread for subscribers, fed by a queue the
-engine listener only appends to. Packets are read strictly (controllers/osc_packet.py);
-controllers/osc_args.py turns their arguments into engine values, and values back into reply arguments.
-Bundle time tags are ignored: a sleep would stall the only serving thread. Whoever reaches the port can
-steer and write recordings: loopback by default; `allow` takes IPs/networks.
+Threads: a BlockingOSCUDPServer in one thread (the threading server lost 5–22 % at 1 kHz under
+torch load) that never touches torch; a sender thread for subscribers, fed by a queue the engine
+listener only appends to. Packets are read strictly (controllers/osc_packet.py); controllers/osc_args.py
+turns arguments into engine values and back. Bundle time tags are ignored: a sleep would stall the
+only serving thread. Whoever reaches the port can steer and write recordings: loopback by default;
+`allow` takes IPs/networks.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
-import errno
 import ipaddress
 import queue
 import socket
@@ -47,15 +53,19 @@ from pythonosc.dispatcher import Dispatcher
 from pythonosc.osc_message_builder import OscMessageBuilder
 from pythonosc.osc_server import BlockingOSCUDPServer
 
-from musicsteer.engine.errors import MusicsteerError, UnknownName, one_line
+from musicsteer.engine.errors import BadType, MusicsteerError, UnknownName, one_line
 from musicsteer.engine.events import Applied, Change, Event, MeterReading, Notice
 from musicsteer.engine.params import LIVE, OSC_ADDRESSES, PARAMS
 
 from . import osc_args
+from .addresses import bind_error, udp_target
+from .feedback import applied_values, current_values
 from .osc_packet import Message, parse_packet
 
 if TYPE_CHECKING:
     from musicsteer.engine.session import StreamingSession
+
+    from .presets import PresetBank
 
 PREFIX = "/musicsteer"
 MAX_SUBSCRIBERS = 32  # a bound: UDP senders are cheap to fake
@@ -65,14 +75,13 @@ MAX_CLAMP_REPLIES = 8  # per datagram
 # small machine would otherwise take the CPU the generation and decode threads need.
 RATE = 2000
 # The address space: the parameter table's live addresses, then the session's own commands.
-SESSION_COMMANDS = ("record/start", "record/stop", "subscribe", "unsubscribe", "ping", "status")
+SESSION_COMMANDS = ("record/start", "record/stop", "preset", "preset/save", "subscribe", "unsubscribe", "ping",
+                    "status")
 ADDRESSES = tuple(f"{PREFIX}/{path}" for path in (*OSC_ADDRESSES, *SESSION_COMMANDS))
 TAKE_REPLIES = {"record/start": "record/started", "record/stop": "record/stopped"}
+NUMBER = tuple(osc_args.NUMBER_TAGS)
 PATTERN_CHARS = set("*?[]{}")  # OSC address patterns: refused, not matched (see _route_table)
 _STOP = object()
-_BIND_ERRORS = {errno.EADDRINUSE: "OSC port {port} on {host} is in use",
-                errno.EADDRNOTAVAIL: "OSC host {host} is not an address of this machine",
-                errno.EACCES: "OSC port {port} on {host}: permission denied"}
 
 
 class _Server(BlockingOSCUDPServer):
@@ -92,7 +101,10 @@ class _Server(BlockingOSCUDPServer):
 
 class OscServer:
     def __init__(self, surface: StreamingSession, host: str = "127.0.0.1", port: int = 9000,
-                 allow: list[str] | None = None, status_interval: float = 1.0, rcvbuf: int = 4 << 20) -> None:
+                 allow: list[str] | None = None, status_interval: float = 1.0, rcvbuf: int = 4 << 20,
+                 feedback: list[tuple[str, int]] | None = None, presets: PresetBank | None = None) -> None:
+        """`feedback`: (host, port) targets told every applied value, like permanent subscribers (a
+        surface's own OSC port: `--osc-feedback`); `presets`: the bank /musicsteer/preset recalls from."""
         port = PARAMS["osc_port"].check(port)[0]
         self.status_interval = PARAMS["status_interval"].check(status_interval)[0]
         self._surface, self._control = surface, surface.control
@@ -103,6 +115,7 @@ class OscServer:
         self._lock, self._counters = threading.Lock(), collections.Counter[str]()
         self.arrivals: collections.deque[tuple[int, Change]] = collections.deque(maxlen=16384)
         self._subscribers: dict[Any, None] = {}  # an insertion-ordered set of sender addresses
+        self._presets = presets
         self._outbox, self._threads = queue.SimpleQueue[Any](), list[threading.Thread]()
         self._running = self._closed = False
         self._budget, self._refilled = float(RATE), time.monotonic()
@@ -110,13 +123,12 @@ class OscServer:
         try:
             self._server = _Server((str(host), port), Dispatcher())  # (routing is ours: _route_table)
         except (OSError, OverflowError) as exc:
-            message = _BIND_ERRORS.get(getattr(exc, "errno", None), "cannot listen for OSC on {host}:{port}: {why}")
-            raise MusicsteerError(message.format(host=one_line(host, 60), port=port,
-                                                 why=one_line(getattr(exc, "strerror", None) or exc, 120))) from None
+            raise bind_error(exc, "OSC", host, port) from None
         self._server.owner, sock = self, self._server.socket
         with contextlib.suppress(OSError):  # Linux caps it at net.core.rmem_max (and reports double)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         self.rcvbuf = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        self.feedback = [udp_target(*target, self.address, "OSC feedback target") for target in feedback or ()]
 
     @property
     def address(self) -> tuple[str, int]:
@@ -146,6 +158,8 @@ class OscServer:
                          for run, tail in ((self._serve, ""), (self._send_loop, "-out"))]
         for thread in self._threads:
             thread.start()
+        for target in self.feedback:  # surfaces start in sync
+            self._outbox.put(target)
 
     def stop(self) -> None:
         if self._running:  # (shutdown() would wait forever for a serve_forever that never ran)
@@ -202,7 +216,7 @@ class OscServer:
                                       else "address patterns (* ? [ ] { }) are not supported: send the address")
                 route(client, message, replies)
             except MusicsteerError as exc:
-                self._refused(replies, exc.kind, f"{osc_args.address(message)}: {exc}")
+                self._refused(replies, exc.kind, f"{osc_args.address(message)}: {exc}", exc)
             except Exception as exc:  # noqa: BLE001 - a running session survives every message
                 self._refused(replies, "internal",
                               f"{osc_args.address(message)}: internal error ({type(exc).__name__})")
@@ -213,9 +227,11 @@ class OscServer:
             text = first if count == 1 else f"{count} of {len(messages) or 1} messages refused; first: {first}"
             self._send(client, f"{PREFIX}/error", one_line(text, 300))
 
-    def _refused(self, replies: _Replies, kind: str, reason: str, counted: bool = False) -> None:
+    def _refused(self, replies: _Replies, kind: str, reason: str, err: MusicsteerError | None = None) -> None:
         self._count("errors", kind)
-        if not counted:  # engine refusals were counted by ControlState.submit
+        if err is not None:  # counted once: a refusal from ControlState.submit was counted there
+            self._control.refused(err)
+        else:
             self._control.report(kind)
         replies.refused += 1
         replies.first = replies.first or reason
@@ -230,6 +246,8 @@ class OscServer:
             "record/start": self._record_start,
             "record/stop": lambda client, msg, replies: self._later(client, "record/stop",
                                                                     self._surface.stop_recording),
+            "preset": lambda client, msg, replies: self._bank().recall(osc_args.text("preset", msg)),
+            "preset/save": self._save_preset,
             "subscribe": lambda client, msg, replies: self._subscribe(True, client),
             "unsubscribe": lambda client, msg, replies: self._subscribe(False, client),
             "ping": lambda client, msg, replies: replies.out.append((f"{PREFIX}/pong", list(msg.args))),
@@ -244,7 +262,7 @@ class OscServer:
         try:
             checked = self._control.submit(change)
         except MusicsteerError as exc:  # refused by the table, the model or the vectors (and counted there)
-            self._refused(replies, exc.kind, f"{osc_args.address(message)}: {exc}", counted=True)
+            self._refused(replies, exc.kind, f"{osc_args.address(message)}: {exc}", exc)
             return
         self.arrivals.append((step, checked))
         self._count("applied")
@@ -277,6 +295,18 @@ class OscServer:
         name = osc_args.take_name(message)  # checked here: a bad argument is refused with the datagram's reply
         self._later(client, "record/start", lambda: self._surface.start_recording(name, live=True))
 
+    def _bank(self) -> PresetBank:
+        if self._presets is None:
+            raise UnknownName("this session has no presets (--config with presets:, or --presets FILE)")
+        return self._presets
+
+    def _save_preset(self, client: Any, message: Message, replies: _Replies) -> None:
+        """preset/save s [morph_s] -> preset/saved s; the name is saved from the values applied now."""
+        if not message.args or message.tags[0] != "s" or len(message.args) > 2 or message.tags[1:] not in ("", *NUMBER):
+            raise BadType(f"preset/save needs a name and optionally seconds, got OSC types {message.tags!r}")
+        preset = self._bank().save(*message.args)
+        replies.out.append((f"{PREFIX}/preset/saved", [preset.name]))
+
     def _later(self, client: Any, command: str, action: Callable[[], Any]) -> None:
         """Run record/start or record/stop on the session's takes thread; then answer record/started or
         record/stopped s (the path), or /musicsteer/error (counted as `refused_take`)."""
@@ -300,15 +330,16 @@ class OscServer:
         self._outbox.put(client)  # a status at once, so the subscriber's widgets start in sync
 
     def _status_args(self) -> list[Any]:
-        status = self._surface.status()
-        args = [x for key, value in status.items() if isinstance(value, str | int | float) for x in (key, value)]
-        args += [x for kind, n in sorted(status.get("refusals", {}).items()) for x in (f"refused.{kind}", n)]
-        layers = status.get("layers") or []  # `layer`: the first steered layer; `layers`: all, as text
-        args += ["layer", int(layers[0]), "layers", ",".join(map(str, layers))] if layers else []
-        return [*args, "mix", *(x for name, w in (status.get("mix") or {}).items() for x in (name, float(w)))]
+        return osc_args.status(self._surface.status())
+
+    def _echo(self, clients: Any, values: dict[str, Any]) -> None:
+        """Each value on its control's own address (/musicsteer/alpha f, /musicsteer/mix s f …), where
+        a surface's widget for that address shows it."""
+        for param, value in values.items():
+            self._send(clients, f"{PREFIX}/{LIVE[param].osc[0]}", *osc_args.values(value))
 
     def _on_event(self, event: Event) -> None:
-        if self._running and self._subscribers:  # only an enqueue: this runs between tokens
+        if self._running and (self._subscribers or self.feedback):  # only an enqueue: this runs between tokens
             self._outbox.put(event)
 
     def _send_loop(self) -> None:
@@ -321,21 +352,21 @@ class OscServer:
                 return
             try:
                 with self._lock:
-                    subscribers = list(self._subscribers)
+                    subscribers = [*self.feedback, *(s for s in self._subscribers if s not in self.feedback)]
                 if isinstance(item, MeterReading):  # /musicsteer/meter label score ...
                     self._send(subscribers, f"{PREFIX}/meter", *(x for pair in item.scores.items() for x in pair))
-                elif isinstance(item, tuple):  # a new subscriber's address
+                elif isinstance(item, tuple):  # a new subscriber's address: the state now, to start in sync
                     self._send(item, f"{PREFIX}/status", *self._status_args())
+                    self._echo(item, current_values(self._control.values))
                 elif isinstance(item, _Out):  # a deferred reply
                     self._send(item.client, item.address, *item.args)
                 elif isinstance(item, Notice):
                     self._send(subscribers, f"{PREFIX}/{item.level}", one_line(item.text, 300))
                 for change in item.changes if isinstance(item, Applied) else ():
-                    value = change.value  # arguments mirror the input forms: mix pairs, then seconds
-                    args = [x for pair in value.items() for x in pair] if isinstance(value, dict) else \
-                        list(value) if isinstance(value, tuple) else [value]
-                    self._send(subscribers, f"{PREFIX}/changed", change.param, *args,
+                    self._send(subscribers, f"{PREFIX}/changed", change.param, *osc_args.values(change.value),
                                *([float(change.seconds)] if change.seconds else []))
+                if isinstance(item, Applied):
+                    self._echo(subscribers, applied_values(item))
                 if time.monotonic() >= due:
                     due = max(due + self.status_interval, time.monotonic())  # no burst after a stall
                     self._send(subscribers, f"{PREFIX}/status", *(self._status_args() if subscribers else ()))

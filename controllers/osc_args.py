@@ -86,6 +86,24 @@ def take_name(message: Message) -> str | None:
     return text("record/start", message)
 
 
+def values(value: Any) -> list[Any]:
+    """A value as the arguments its input form takes: a mix as name/weight pairs, layers one each."""
+    if isinstance(value, dict):
+        return [x for pair in value.items() for x in pair]
+    return list(value) if isinstance(value, tuple | list) else [value]
+
+
+def status(status: dict[str, Any]) -> list[Any]:
+    """/musicsteer/status's arguments: string keys each followed by one value (the session's status,
+    `refused.KIND` per kind, `layer` the first steered layer and `layers` all as text), `mix` LAST
+    with its name/weight pairs to the end."""
+    args = [x for key, value in status.items() if isinstance(value, str | int | float) for x in (key, value)]
+    args += [x for kind, n in sorted(status.get("refusals", {}).items()) for x in (f"refused.{kind}", n)]
+    layers = status.get("layers") or []
+    args += ["layer", int(layers[0]), "layers", ",".join(map(str, layers))] if layers else []
+    return [*args, "mix", *(x for name, w in (status.get("mix") or {}).items() for x in (name, float(w)))]
+
+
 def scalar(value: Any) -> Any:
     """A value as one OSC argument: one layer as its number, a mix or several layers as bounded text."""
     if isinstance(value, tuple) and len(value) == 1:

@@ -158,6 +158,7 @@ class ControlState:
             raise Busy(f"{INBOX} changes are already waiting for the next token; {change.param} refused") from None
         except MusicsteerError as err:
             self.report(err.kind)
+            err.counted = True
             raise
         if change.clamped:
             self.report("clamped")
@@ -170,6 +171,12 @@ class ControlState:
             except queue.Full:  # the sender was answered already: count what is lost
                 self.report(Busy.kind)
         return enqueue
+
+    def refused(self, err: MusicsteerError) -> None:
+        """Count a refusal a controller met, unless it was counted where it was raised (submit)."""
+        if not err.counted:
+            self.report(err.kind)
+            err.counted = True
 
     def report(self, kind: str) -> None:
         """Count one refusal (by kind), or a clamp ("clamped"), found by a controller or by submit."""

@@ -16,6 +16,7 @@ class MusicsteerError(Exception):
     """A failure caused by the user's input, reported as one clear line."""
 
     kind = "invalid"  # the refusal counter's key (docs/design.md, "Refusals")
+    counted = False  # set once the refusal is counted (ControlState.submit): a controller must not count it again
 
 
 class BadType(MusicsteerError):

@@ -86,6 +86,11 @@ class Notice:
 Event = Applied | MeterReading | Notice
 
 
+def plain(value: Any) -> Any:
+    """A control value as plain data (JSON, OSC, status): tuples as lists, dicts copied."""
+    return list(value) if isinstance(value, tuple) else dict(value) if isinstance(value, dict) else value
+
+
 class Listeners:
     """Callbacks run for every event, on the generation thread (a `Notice`: on the thread that found it,
     so callbacks must be thread-safe). They must be quick (hand work to another thread) and may raise:

@@ -38,7 +38,8 @@ class Param:
     """One row of the table. `low`/`high` bound numbers (mix: each weight); `size` bounds text
     (characters) and mixes (entries). Paths: `cli` flag, `keys` in YAML files (the first is the
     name a config's `defaults:` and automation use; more are spellings such as `steer`), `glide`
-    (the key that glides, the key of its time), `osc` addresses under /musicsteer/, `midi`, `status`."""
+    (the key that glides, the key of its time), `osc` addresses under /musicsteer/ (the first takes any
+    value of the row: surfaces are told the value there, two-way OSC), `midi`, `status`."""
 
     name: str
     kind: str  # number | whole | choice | text | mix
@@ -60,6 +61,7 @@ class Param:
     midi: bool = False
     status: str | None = None
     words: tuple[str, ...] = ()  # words a number row also takes (buffer: "auto")
+    span: tuple[float, float] | None = None  # what a fader spans on a surface (the page, default MIDI knobs)
 
     @property
     def dest(self) -> str:
@@ -232,20 +234,22 @@ CONTROLS = (
            default=0, live=True, cli="--seed", keys=("seed",), osc=("seed",), osc_types="i", midi=True,
            status="seed"),
     Param("guidance", "number", "classifier-free guidance scale", "×", 0, 30, default=3.0, live=True,
-           cli="--guidance", keys=("guidance",), osc=("guidance",), osc_types="f", midi=True, status="guidance"),
+           cli="--guidance", keys=("guidance",), osc=("guidance",), osc_types="f", midi=True, status="guidance",
+           span=(1, 10)),
     Param("temperature", "number", "sampling temperature (0 = greedy)", "", 0, 10, default=1.0, live=True,
            cli="--temperature", keys=("temperature",), osc=("temperature",), osc_types="f", midi=True,
-           status="temperature"),
+           status="temperature", span=(0, 2)),
     Param("top_k", "whole", "candidates per draw (1 = greedy, 0 = all)", "tokens", 0, 2048, default=250,
-           live=True, cli="--top-k", keys=("top_k",), osc=("topk",), osc_types="i", midi=True, status="top_k"),
+           live=True, cli="--top-k", keys=("top_k",), osc=("topk",), osc_types="i", midi=True, status="top_k",
+           span=(0, 500)),
     Param("top_p", "number", "nucleus sampling mass (0 = off)", "", 0, 1, default=0.0, live=True, cli="--top-p",
-           keys=("top_p",), osc=("topp",), osc_types="f", midi=True, status="top_p"),
+           keys=("top_p",), osc=("topp",), osc_types="f", midi=True, status="top_p", span=(0, 1)),
     Param("alpha", "number", "steering strength α (with --steer)", "", -10, 10, default=0.5, live=True,
            cli="--alpha", keys=("alpha",), glide=("alpha", "ramp"), osc=("alpha",), osc_types="f [ramp_s]",
-           midi=True, status="alpha"),
+           midi=True, status="alpha", span=(0, 1)),
     Param("mix", "mix", "steering vector, or a weighted mix of vectors (genre fusion)", "", -10, 10, size=16,
            default=None, live=True, cli="--steer", keys=("mix", "steer"), glide=("morph", "seconds"),
-           osc=("steer", "mix", "morph"), osc_types="s | s f … [morph_s] | s morph_s", status="mix"),
+           osc=("mix", "steer", "morph"), osc_types="s f … [morph_s] | s | s morph_s", status="mix"),
     Param("layer", "whole", "steering layer(s) (default: the vectors file's best layer)", "", 0, 1000,
            size=8, default=None, live=True, cli="--layer", many=True, keys=("layer",), osc=("layer",),
            osc_types="i", midi=True, status="layers"),

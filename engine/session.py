@@ -33,9 +33,10 @@ from torch import Tensor
 from . import __version__
 from .audio_out import open_sink
 from .decode_worker import DecodeWorker
-from .events import Applied, Change, Event, MeterReading, Notice
+from .events import Applied, Change, Event, MeterReading, Notice, plain
 from .latency import KnobLatency
 from .lead import AutoLead, choose_chunk
+from .levels import LevelHistory
 from .params import AUTO_BUFFER_MAX, LIVE, check_settings, check_stream
 from .ring_buffer import RingBuffer
 from .streaming_decoder import StreamingConfig, StreamingDecoder
@@ -139,6 +140,7 @@ class StreamingSession:
         self._decoding = DecodeWorker(self.decoder, self._emit, self._end_audio, self._stop, self._fail,
                                       depth=self.decoder.config.chunk_frames)
         self._decoding.prime(prompt_codes)  # a take continues the prompt's audio: no seam at its start
+        self.levels = LevelHistory(lm.sample_rate)  # what is playing, for meters on surfaces
         self.knob_latency = KnobLatency(self.sink.clock, self.decoder.hop, lm.sample_rate, gen.delay.max_delay)
         self.error: BaseException | None = None
         self.generated_frames = 0
@@ -204,7 +206,7 @@ class StreamingSession:
         under its status key (params.LIVE), refusals by kind and clamps (`counts`), the meter."""
         stats = self.stats()
         values = self.control.values
-        controls = {row.status: _plain(getattr(values, row.status)) for row in LIVE.values()}
+        controls = {row.status: plain(getattr(values, row.status)) for row in LIVE.values()}
         counts = self.control.counts
         clamped = counts.pop("clamped", 0)
         return {
@@ -213,6 +215,7 @@ class StreamingSession:
             "buffer": round(stats.buffer_seconds, 3), "underruns": stats.underrun_events,
             "rebuffers": stats.rebuffers, "xruns": stats.xruns, "callback_errors": stats.callback_errors,
             **controls, "recording": stats.recording or "", "recording_error": stats.recording_error or "",
+            "recording_seconds": round(take.seconds, 2) if (take := self.recordings.current) is not None else 0.0,
             "device_error": stats.device_error or "",
             "heard_median_ms": stats.heard.get("median_ms", 0.0), "heard_p95_ms": stats.heard.get("p95_ms", 0.0),
             "lead": round(self.lead.seconds, 3) if self.lead is not None else round(self.ring.capacity
@@ -221,6 +224,11 @@ class StreamingSession:
             "refused": sum(counts.values()), "clamped": clamped, "refusals": counts,
             "meter": dict(self.gen.meter.latest) if self.gen.meter is not None else {},
         }
+
+    def level(self) -> dict:
+        """The level and spectrum of the audio playing now (engine/levels.py), from any thread."""
+        ring = self.ring
+        return self.levels.at(ring.frames_read * self.sample_rate // ring.sample_rate)
 
     # -- recording (thread-safe; OSC and the API call these mid-session: engine/takes.py) --------
     def start_recording(self, path: str | Path | None, live: bool = False) -> Path:
@@ -318,6 +326,7 @@ class StreamingSession:
     def _emit(self, pcm: np.ndarray) -> None:
         """The decode thread: PCM to the current take, then to the ring (waiting for room)."""
         self.recordings.write(pcm)
+        self.levels.add(pcm)
         lead = self.lead
         while pcm.shape[1] and not self._stop.is_set() and self.sink.error is None:
             if lead is not None:  # --buffer auto: keep no more than the lead queued
@@ -366,11 +375,6 @@ class StreamingSession:
             heard=self.knob_latency.summary(),
             notices=self.notice_count,
         )
-
-
-def _plain(value: object) -> object:
-    """A control value as plain data (JSON, OSC): tuples as lists, dicts copied."""
-    return list(value) if isinstance(value, tuple) else dict(value) if isinstance(value, dict) else value
 
 
 def _rate(audio_seconds: float, busy_seconds: float) -> float:

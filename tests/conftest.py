@@ -72,3 +72,28 @@ def tmpfs(mount: Path, size: str) -> Iterator[Path]:
         yield mount
     finally:
         subprocess.run(["umount", str(mount)], check=True)
+
+
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run",
+                  "--autoplay-policy=no-user-gesture-required")
+
+
+def chromium(profile: Path, width: int = 1200, height: int = 900, prefs: dict | None = None):  # -> WebDriver
+    """Headless Chromium through Debian's chromedriver (explicit: selenium never downloads one). CI installs
+    both (scripts/test); missing, the test fails and says what to install."""
+    import shutil
+
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    binary, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (binary and driver):
+        pytest.fail("needs Debian's chromium and chromium-driver (scripts/test installs them)", pytrace=False)
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--window-size={width},{height}"):
+        options.add_argument(flag)
+    if prefs:
+        options.add_experimental_option("prefs", prefs)
+    return webdriver.Chrome(options=options, service=Service(driver))

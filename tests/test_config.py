@@ -166,6 +166,8 @@ BLOCK = "midi:\n  mappings:\n    - cc: 1\n      channel: 1\n      param: alpha\n
     (M + "{cc: 4, param: crossfade, from: jazz}\n", "set.yaml line 3: 'from' and 'to'"),
     (M + "{cc: 4, param: alpha, to: jazz}\n", "set.yaml line 3: 'from' and 'to'"),
     ("midi:\n  port: [1]\n", "set.yaml line 2: 'port' needs a MIDI input name"),
+    ("midi:\n  port: x\n  output: yes\n", "set.yaml line 3: 'output' needs a MIDI output name"),
+    ("midi:\n  output: ''\n", "set.yaml line 2: 'output' needs a MIDI output name"),
     ("midi:\n  api: coreaudio\n", "set.yaml line 2: api must be one of alsa, jack, got 'coreaudio'"),
     ("midi:\n  mappings: {cc: 1}\n", "set.yaml line 2: 'mappings' needs a list"),
     ("presets:\n  a: {mix: jazz, alpha: 0.5}\n  b: {alpha: 0.5}\n",
@@ -207,7 +209,15 @@ def test_file_errors(tmp_path: Path) -> None:
 def test_empty_sections_are_harmless() -> None:
     config = parse_config("midi:\n  port: 1\n  mappings:\n")
     assert config.midi is not None and config.midi.port == 1 and config.midi.mappings == ()
+    assert config.midi.output is None  # no feedback unless asked for
     assert config.osc is None and config.presets == {} and config.defaults == {}
+
+
+def test_midi_output_for_feedback() -> None:
+    config = parse_config("midi:\n  port: nanoKONTROL2\n  output: 2\n")
+    assert config.midi is not None and (config.midi.port, config.midi.output) == ("nanoKONTROL2", 2)
+    config = parse_config("midi:\n  output: X-Touch\n")
+    assert config.midi is not None and (config.midi.port, config.midi.output) == (None, "X-Touch")
 
 
 def test_unknown_vector_names_are_refused_with_their_line() -> None:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import random_vectors
+from conftest import chromium, random_vectors
 from test_eval_support import run_cli
 
 torch.set_num_threads(1)
@@ -109,28 +109,14 @@ def test_decode_graph_is_honoured_and_gives_the_eager_codes(evaluated, tmp_path,
                               np.load(evaluated["out"] / "clips" / f"{name}.npy")), name
 
 
-CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run",
-         "--autoplay-policy=no-user-gesture-required")
-
-
-@pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="needs Debian's chromium and chromium-driver")
 def test_listening_page_in_headless_chromium_exports_csv_for_score_2afc(evaluated, tmp_path, capsys) -> None:
-    webdriver = pytest.importorskip("selenium.webdriver")
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
 
     out = evaluated["out"]
     trials = json.loads((out / "manifest.json").read_text())["trials"]
     downloads = tmp_path / "downloads"
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in (*FLAGS, f"--user-data-dir={tmp_path / 'profile'}"):
-        options.add_argument(flag)
-    options.add_experimental_option("prefs", {"download.default_directory": str(downloads),
-                                              "download.prompt_for_download": False})
-    driver = webdriver.Chrome(options=options, service=Service(DRIVER))  # explicit driver: no download
+    driver = chromium(tmp_path / "profile", prefs={"download.default_directory": str(downloads),
+                                                  "download.prompt_for_download": False})
     try:
         driver.get((out / "listening_test.html").as_uri())
         driver.find_element(By.ID, "participant").send_keys("tester 1")

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from musicsteer.engine.errors import MusicsteerError, printable
 
-from .live_controls import add_control_options, load_session_config, open_controllers
+from .live_controls import add_control_options, check_control_flags, load_session_config, open_controllers
 from .options import add_generation_options, add_model_options, add_params, resolve
 
 if TYPE_CHECKING:
@@ -87,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
 
     config, defaults = load_session_config(args)
     resolve(args, defaults)
+    check_control_flags(args)
     if args.codes_out:
         writable_file(args.codes_out, "--codes-out")
     check_stream(args.buffer, args.prebuffer, args.blocksize)  # again with the model's rate, once it is loaded
@@ -109,9 +110,8 @@ def run(args: argparse.Namespace) -> int:
     # The output device and the record path are checked here, before anything is generated.
     session = StreamingSession(gen, options, prompt_codes, init_audio=init, keep_codes=bool(args.codes_out))
     with ExitStack() as controllers:
-        osc = open_controllers(controllers, session, args, config)
-        if osc is not None:
-            print(f"listening for OSC on {osc.address[0]}:{osc.address[1]}", file=sys.stderr, flush=True)
+        for line in open_controllers(controllers, session, args, config):
+            print(line, file=sys.stderr, flush=True)
         code = stream(session, gen, show_status=not args.no_status)
     if args.codes_out:
         codes = torch.stack(session.codes, dim=-1)

@@ -1,0 +1,59 @@
+"""Network addresses as the controllers take them: `[HOST:]PORT` flags, whether a host stays on this
+machine, and the one-line error for a port that cannot be bound (OSC, the web page, OSCQuery)."""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import socket
+
+from musicsteer.engine.errors import MusicsteerError, one_line
+from musicsteer.engine.params import PARAMS
+
+_BIND = {errno.EADDRINUSE: "{what} port {port} on {host} is in use",
+         errno.EADDRNOTAVAIL: "{what} host {host} is not an address of this machine",
+         errno.EACCES: "{what} port {port} on {host}: permission denied"}
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` only listens on this machine (127.0.0.0/8, ::1, localhost)."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]").split("%")[0]).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to any interface
+
+
+def host_port(text: str, flag: str, host: str = "127.0.0.1") -> tuple[str, int]:
+    """`[HOST:]PORT` (IPv6 as `[::1]:PORT`) -> (host, port); the port is checked like --osc-port (0..65535,
+    0 = any free port). MusicsteerError, one line naming `flag`, otherwise."""
+    head, colon, tail = text.strip().rpartition(":")
+    if colon and not head:
+        raise MusicsteerError(f"{flag} {one_line(text, 60)!r}: give HOST:PORT or PORT")
+    port = PARAMS["osc_port"].named(f"{flag}'s port").parse(tail)
+    return (head.strip("[]") if colon else host), port
+
+
+def bind_error(exc: BaseException, what: str, host: object, port: object) -> MusicsteerError:
+    """The one line for a socket of `what` ("OSC", "web", "OSCQuery") that could not listen on host:port."""
+    template = _BIND.get(getattr(exc, "errno", None), "{what} cannot listen on {host}:{port}: {why}")
+    return MusicsteerError(template.format(what=what, host=one_line(host, 60), port=port,
+                                           why=one_line(getattr(exc, "strerror", None) or exc, 120)))
+
+
+def udp_target(host: str, port: int, own: tuple[str, int], what: str) -> tuple[str, int]:
+    """(host, port) resolved to the (ip, port) an IPv4 UDP sendto needs; never `own`, the sending server's
+    address (every echo would come back to it as a change). MusicsteerError, one line naming `what`."""
+    try:
+        ip, port = socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_DGRAM)[0][4][:2]
+    except (OSError, UnicodeError, OverflowError) as exc:
+        why = getattr(exc, "strerror", None) or exc
+        raise MusicsteerError(f"{what} {one_line(host, 60)}:{port}: {one_line(why, 80)}") from None
+    if port == own[1] and (ip == own[0] or ipaddress.ip_address(ip).is_loopback):
+        raise MusicsteerError(f"{what} {ip}:{port} is this server's own address: every echo would come back as "
+                              "a change")
+    return ip, port
+
+
+__all__ = ["bind_error", "host_port", "is_loopback", "udp_target"]
