@@ -74,6 +74,15 @@ def tmpfs(mount: Path, size: str) -> Iterator[Path]:
         subprocess.run(["umount", str(mount)], check=True)
 
 
+@pytest.fixture
+def jack_midi() -> Iterator[str]:
+    """A dummy JACK server for MIDI over JACK virtual ports (tests/jack.py; a failure says how to install it)."""
+    from jack import jack_server
+
+    with jack_server() as name:
+        yield name
+
+
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run",
                   "--autoplay-policy=no-user-gesture-required")

@@ -17,7 +17,6 @@ from types import SimpleNamespace
 
 import mido
 import pytest
-from jack import jack_server
 
 from musicsteer.commands import midi_learn
 from musicsteer.controllers.config import load_config
@@ -301,11 +300,6 @@ def _through_a_virtual_port(api: str) -> None:
 def test_virtual_port_alsa() -> None:
     _through_a_virtual_port("alsa")
 
-
-@pytest.fixture
-def jack_midi():
-    with jack_server() as name:  # tests/jack.py: a dummy JACK server, or a failure saying how to install it
-        yield name
 
 
 def test_virtual_port_jack(jack_midi: str) -> None:

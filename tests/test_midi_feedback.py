@@ -14,7 +14,6 @@ import time
 import mido
 import pytest
 import torch
-from jack import jack_server
 
 from musicsteer.controllers.feedback import current_values
 from musicsteer.controllers.mappings import KnobMapping, Preset, TriggerMapping
@@ -137,11 +136,6 @@ def _wait(condition, timeout: float = 10.0) -> bool:
         time.sleep(0.01)
     return met
 
-
-@pytest.fixture
-def jack_midi():
-    with jack_server() as name:  # tests/jack.py: a dummy JACK server, or a failure saying how to install it
-        yield name
 
 
 def test_feedback_reaches_a_jack_port(jack_midi: str) -> None:
