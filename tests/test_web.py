@@ -3,7 +3,8 @@
 
 The page's controls are moved with pointer actions as a performer's finger would; what they change is
 found in the take's session log at the step the engine applied it. OSC changes arrive over a real UDP
-socket. Set MUSICSTEER_SCREENSHOT=docs/web-surface.png to keep the screenshot README shows.
+socket. Set MUSICSTEER_SCREENSHOTS=docs to keep the screenshots README shows (web-surface.png and
+web-surface-phone.png).
 """
 
 from __future__ import annotations
@@ -264,6 +265,7 @@ def test_a_wrong_token_and_a_foreign_origin_are_refused(served: Served, browser,
 
 
 def test_the_page_fits_a_phone_and_a_screenshot_is_made(served: Served, browser, tmp_path) -> None:
+    keep = os.environ.get("MUSICSTEER_SCREENSHOTS")
     browser.set_window_size(390, 844)  # an iPhone 12's viewport
     try:
         open_page(browser, served.web.url)
@@ -271,15 +273,18 @@ def test_the_page_fits_a_phone_and_a_screenshot_is_made(served: Served, browser,
         assert overflow <= 0, f"the page is {overflow} px wider than a phone"
         pad = browser.find_element(By.ID, "pad")
         assert pad.size["width"] >= 300 and browser.find_element(By.ID, "record").size["height"] >= 44
+        until(lambda: browser.find_element(By.ID, "level").text.startswith("RMS"), what="the level view")
+        if keep:
+            browser.save_screenshot(str(Path(keep) / "web-surface-phone.png"))
     finally:
-        browser.set_window_size(1200, 900)
+        browser.set_window_size(1200, 1000)
     open_page(browser, served.web.url)
     until(lambda: browser.find_element(By.ID, "level").text.startswith("RMS"), what="the level view")
     shot = tmp_path / "web-surface.png"
     browser.save_screenshot(str(shot))
     assert shot.stat().st_size > 10_000
-    if target := os.environ.get("MUSICSTEER_SCREENSHOT"):
-        shutil.copy(shot, target)
+    if keep:
+        shutil.copy(shot, Path(keep) / "web-surface.png")
 
 
 def test_play_web_beyond_loopback_prints_a_url_with_its_token(tmp_path) -> None:

@@ -114,9 +114,11 @@ function padMix(x, y) {
   return mix;
 }
 
+// The puck's centre travels a radius inside the pad's edges, so it stays whole in every corner.
+const INSET = 18;
 function placePuck(x, y) {
-  $("puck").style.left = `${x * 100}%`;
-  $("puck").style.top = `${y * 100}%`;
+  $("puck").style.left = `calc(${INSET}px + (100% - ${2 * INSET}px) * ${x})`;
+  $("puck").style.top = `calc(${INSET}px + (100% - ${2 * INSET}px) * ${y})`;
 }
 
 function buildPad() {
@@ -131,14 +133,13 @@ function buildPad() {
   const sendMix = throttled((mix) => send({ type: "set", param: "mix", value: mix, seconds: Number($("morph").value) }), 50);
   const move = (event) => {
     const r = pad.getBoundingClientRect();
-    const x = Math.min(1, Math.max(0, (event.clientX - r.left) / r.width));
-    const y = Math.min(1, Math.max(0, (event.clientY - r.top) / r.height));
+    const x = Math.min(1, Math.max(0, (event.clientX - r.left - INSET) / (r.width - 2 * INSET)));
+    const y = Math.min(1, Math.max(0, (event.clientY - r.top - INSET) / (r.height - 2 * INSET)));
     placePuck(x, y);
     const mix = padMix(x, y);
     if (Object.keys(mix).length) sendMix(mix);
   };
   pad.onpointerdown = (event) => {
-    if (event.target.tagName === "SELECT" || event.target.tagName === "OPTION") return;
     active.add("mix"); pad.setPointerCapture(event.pointerId); move(event);
   };
   pad.onpointermove = (event) => { if (active.has("mix")) move(event); };
