@@ -57,10 +57,12 @@ def validate_change(change: Change, live: bool = True) -> Change:
 
 @dataclass(frozen=True)
 class Applied:
-    """Changes that took effect before token `step` was generated, in the order applied."""
+    """Changes that took effect before token `step` was generated, in the order applied, in batch
+    stream `row` (0: the only one of a live session)."""
 
     step: int
     changes: tuple[Change, ...]
+    row: int = 0
 
 
 @dataclass(frozen=True)

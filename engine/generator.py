@@ -7,11 +7,20 @@ place the tokens in the delay pattern, and return the frame this step completed,
 Sessions are endless: when the window (the model's trained 30 s by default) is full, the last
 `keep` frames are re-prefilled at positions from 0 (audiocraft's extension keeps 12 s of 30 s),
 and generation continues from exactly where it was.
+
+A Generator decodes B streams at once (one `Controls` per stream; B = 1 is a live session). The
+CFG batch is laid out [conditional rows 0..B-1, unconditional rows 0..B-1]: halves, as B = 1 was
+(conditional first), so the CFG mix is one `chunk(2)` and the steering table marks the first B
+rows. Each stream has its own control state (prompt, seed, steering terms and their changes),
+its own torch.Generator (so stream b draws exactly what a lone session seeded like it draws) and
+its own codes; the sampler's knobs (guidance, temperature, top-k, top-p) are the batch's, equal in
+every stream. Greedy or seeded, stream b's codes equal a B = 1 session's with b's controls
+(tests/test_batch.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -84,6 +93,10 @@ def fast_decoder(lm: LoadedModel) -> FastDecoder:
     return dec
 
 
+# The sampler's knobs: one per batch (the graph's tensor knobs and draw shape), so equal in every stream.
+SHARED = ("guidance", "temperature", "top_k", "top_p")
+
+
 class Generator:
     # A captured graph cannot branch on which steering slots hold a term: it computes them all.
     steer_every_slot = False
@@ -91,7 +104,7 @@ class Generator:
     def __init__(
         self,
         lm: LoadedModel,
-        controls: Controls | None = None,
+        controls: Controls | Sequence[Controls] | None = None,
         vectors: SteeringVectors | None = None,
         *,
         window_seconds: float = DEFAULT_WINDOW_SECONDS,
@@ -113,24 +126,34 @@ class Generator:
         self.keep = round(keep_seconds * lm.frame_rate)
         if not 0 < self.keep < self.window - lm.num_codebooks - 1:
             raise MusicsteerError(f"keep ({keep_seconds} s) must be shorter than the window ({window_seconds} s)")
-        batch = 1
+        streams = [controls or Controls()] if controls is None or isinstance(controls, Controls) else list(controls)
+        if not streams:
+            raise MusicsteerError("a batch needs at least one stream's controls")
+        self.batch = batch = len(streams)
         dec = self.dec
         self.cache = KVCache(dec.num_layers, 2 * batch, dec.num_heads, self.window, dec.head_dim,
                              lm.dtype, lm.device)
         self.steering = SteeringTensors(dec.num_layers, dec.d_model, batch, lm.device, steer_rule, steer_both,
                                         apply_all=self.steer_every_slot)
-        self.control = ControlState(controls or Controls(), vectors, dec.num_layers, lm.frame_rate, alpha_slew_seconds,
-                                    steer_rule)
+        # One control state per stream; `control` is stream 0's (the live session's only one).
+        self.rows = [ControlState(c, vectors, dec.num_layers, lm.frame_rate, alpha_slew_seconds, steer_rule)
+                     for c in streams]
+        self.control = self.rows[0]
+        self._check_shared()
         # Prompts are encoded on the prompt thread as they are submitted (engine/prompts.py).
         self.prompts = PromptEncoder(lm, warn=self._warn)
-        self.control.prepare = self.prompts.request
+        for control in self.rows:
+            control.prepare = self.prompts.request
         # Everything besides the controls that decides the codes: a session log records it for replay.
         self.settings = {"window_seconds": window_seconds, "keep_seconds": keep_seconds, "steer_rule": steer_rule,
                          "steer_both": steer_both, "alpha_slew_seconds": alpha_slew_seconds}
         self.vectors = vectors
         self.delay = DelayPattern(lm.num_codebooks, lm.audio_channels, lm.pad_token_id, batch, self.window,
                                   lm.device)
-        self.rng = torch.Generator(device=lm.device)
+        # One random stream per batch stream; B = 1 draws with its one generator, as it always has.
+        self.rngs = [torch.Generator(device=lm.device) for _ in streams]
+        self.rng = self.rngs[0]
+        self.draw_rng: torch.Generator | list[torch.Generator] = self.rng if batch == 1 else self.rngs
         self.step_index = 0  # tokens generated in this session
         self.frame_offset = 0  # session index of the current window's frame 0
         self.end_frame: int | None = None
@@ -150,11 +173,14 @@ class Generator:
 
     # -- session control (changes: `self.control.submit`, from any thread) ----------------------
     def start(self, prompt_codes: Tensor | None = None) -> None:
-        """Begin the session: encode the text prompt, and prefill the audio prompt codes (1, K, F) if any."""
-        self.rng.manual_seed(self.control.values.seed)
-        self._set_prompt(self.control.values.prompt)
-        self.steering.set_terms(self.control.terms())
+        """Begin the session: encode the text prompts, and prefill the audio prompt codes (B, K, F),
+        one per stream, or (1, K, F) continued by every stream, if any."""
+        for row, control in enumerate(self.rows):
+            self.rngs[row].manual_seed(control.values.seed)
+            self.steering.set_terms(control.terms(), row=row)
+        self._set_prompt()
         if prompt_codes is not None:
+            prompt_codes = prompt_codes.expand(self.batch, -1, -1)
             # A prompt longer than the window keeps its end (the part the continuation follows).
             prompt_codes = prompt_codes[..., -(self.window - self.delay.max_delay - 2):]
         self._begin_window(prompt_codes)
@@ -169,9 +195,10 @@ class Generator:
     @torch.no_grad()
     def step(self) -> Frame | None:
         """Generate one token for every codebook; return the frame it completed, if any."""
-        boundary = self.control.apply_due(self.step_index)
-        if boundary.steering or boundary.changes:
-            self._act(boundary)
+        for row, control in enumerate(self.rows):
+            boundary = control.apply_due(self.step_index)
+            if boundary.steering or boundary.changes:
+                self._act(boundary, row)
         if self._position >= self.window:
             self._slide()
 
@@ -198,7 +225,7 @@ class Generator:
         self.last_logits = logits[:, :, -1]
         values = self.control.values
         mixed = guided_logits(self.last_logits, values.guidance)
-        return sample_tokens(mixed, values.temperature, values.top_k, values.top_p, self.rng)
+        return sample_tokens(mixed, values.temperature, values.top_k, values.top_p, self.draw_rng)
 
     def _read_meter(self, hidden: Tensor) -> None:
         """Hand the meter this token's tap activation (2B, T, d); pass a reading on to the listeners."""
@@ -216,22 +243,44 @@ class Generator:
         return self.frame_offset + max(0, self._position - 1 - self.delay.max_delay)
 
     # -- internals ----------------------------------------------------------------------------
-    def _act(self, boundary: Boundary) -> None:
-        """Do what the changes applied at this boundary call for, then tell the listeners."""
+    def _act(self, boundary: Boundary, row: int) -> None:
+        """Do what the changes applied to stream `row` at this boundary call for, then tell the listeners."""
         if boundary.steering:
-            self.steering.set_terms(self.control.terms())
+            self.steering.set_terms(self.rows[row].terms(), row=row)
         if boundary.prompt is not None:
-            self._set_prompt(boundary.prompt)
+            self._set_prompt()
         if boundary.seed is not None:
-            self.rng.manual_seed(boundary.seed)
+            self.rngs[row].manual_seed(boundary.seed)
         if boundary.changes:
-            self.listeners.emit(Applied(self.step_index, tuple(boundary.changes)))
+            if self.batch > 1:
+                self._check_shared()
+            self.listeners.emit(Applied(self.step_index, tuple(boundary.changes), row))
+
+    def _check_shared(self) -> None:
+        """The sampler's knobs are the batch's: refuse streams whose values differ (MusicsteerError)."""
+        first = self.control.values
+        for row, control in enumerate(self.rows[1:], 1):
+            differ = [k for k in SHARED if getattr(control.values, k) != getattr(first, k)]
+            if differ:
+                raise MusicsteerError(f"stream {row}'s {differ[0]} differs from stream 0's: the sampler's knobs "
+                                      f"({', '.join(SHARED)}) are the whole batch's")
 
     def _warn(self, text: str) -> None:
         self.listeners.emit(Notice(self.step_index, "warning", text))
 
-    def _set_prompt(self, prompt: str) -> None:
-        states, mask = self.prompts.states(prompt)
+    def _set_prompt(self) -> None:
+        """Every stream's prompt into the cross-attention cache: (2B, S, d_text) states laid out
+        [conditional 0..B-1, unconditional 0..B-1], each padded to the longest (a masked position
+        gets exactly zero attention, so padding changes no stream's numbers)."""
+        encoded = [self.prompts.states(control.values.prompt) for control in self.rows]
+        if len(encoded) == 1:
+            states, mask = encoded[0]
+        else:
+            length = max(s.shape[1] for s, _ in encoded)
+            pad = torch.nn.functional.pad
+            padded = [(pad(s, (0, 0, 0, length - s.shape[1])), pad(m, (0, length - m.shape[1]))) for s, m in encoded]
+            states = torch.cat([s[:1] for s, _ in padded] + [s[1:] for s, _ in padded])
+            mask = torch.cat([m[:1] for _, m in padded] + [m[1:] for _, m in padded])
         self.dec.fill_cross_attention(self.cache, states, mask)
 
     def _begin_window(self, known: Tensor | list[Tensor] | None) -> None:
@@ -253,20 +302,29 @@ class Generator:
         self._begin_window(tail)
 
 
-def render_codes(gen: Generator, total_frames: int, prompt_codes: Tensor | None = None,
+def render_batch(gen: Generator, total_frames: int, prompt_codes: Tensor | None = None,
                  on_frame: Callable[[Frame], None] | None = None, pad_end: bool = True) -> Tensor:
-    """Run a finite session to `total_frames` (prompt frames included); return codes (K, total_frames).
+    """Run a finite session to `total_frames` (prompt frames included); return codes (B, K, total_frames),
+    one row per stream. prompt_codes: (B, K, F) or (1, K, F) (every stream continues it), or None.
 
     pad_end: end as generate does (the last delayed codebooks see padding). A replay of a live
     session, which never knew where it would stop, passes False to continue as the stream did."""
     gen.start(prompt_codes)
     if pad_end:
         gen.set_end(total_frames)
-    frames = [] if prompt_codes is None else list(prompt_codes[0].cpu().unbind(-1))
+    frames = [] if prompt_codes is None else list(prompt_codes.expand(gen.batch, -1, -1).cpu().unbind(-1))
     while len(frames) < total_frames:
         frame = gen.step()
         if frame is not None:
-            frames.append(frame.codes[0])
+            frames.append(frame.codes)
             if on_frame is not None:
                 on_frame(frame)
     return torch.stack(frames, dim=-1)
+
+
+def render_codes(gen: Generator, total_frames: int, prompt_codes: Tensor | None = None,
+                 on_frame: Callable[[Frame], None] | None = None, pad_end: bool = True) -> Tensor:
+    """`render_batch` of a one-stream session: codes (K, total_frames)."""
+    if gen.batch != 1:
+        raise ValueError(f"render_codes renders one stream; this generator has {gen.batch}: use render_batch")
+    return render_batch(gen, total_frames, prompt_codes, on_frame, pad_end)[0]

@@ -11,7 +11,7 @@ What a replay reads, and how a value changes without recapture:
   guidance, temperature, top-p      0-d device tensors written by `set_sampling` (only when changed)
   steering alpha/direction/layer    `SteeringTensors(apply_all=True)`: copy_ in place, every slot computed
   prompt (same text-length bucket)  `KVCache.set_cross` copies in place
-  seed                              the torch.Generator's host state, read by every replay
+  seed                              each stream's torch.Generator's host state, read by every replay
 Only a prompt in a new text-length bucket (it rebinds buffers the graph points at), a new top-k
 (the draw's shape), switching greedy or top-p on or off, or another `tap` rebuilds; `step` notices
 and rebuilds (counted in `builds`). On the CPU (`capture=False`) the same function runs eagerly, so
@@ -28,6 +28,7 @@ step.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -53,10 +54,12 @@ WARMUP_STEPS = 3
 
 
 class GraphDecoder:
-    """One decode step (all layers, steering terms, CFG mix, sampling) on static buffers."""
+    """One decode step (all layers, steering terms, CFG mix, sampling) on static buffers, for a
+    batch of B streams (the cache's 2B CFG rows). rng: one generator (B = 1), or one per stream."""
 
     def __init__(self, dec: FastDecoder, cache: KVCache, steering: SteeringTensors,
-                 rng: torch.Generator | None = None, *, capture: bool | None = None) -> None:
+                 rng: torch.Generator | Sequence[torch.Generator] | None = None, *,
+                 capture: bool | None = None) -> None:
         if not steering.apply_all:
             # A graph cannot branch on which (site, layer) slots hold a term: it must compute all.
             raise ValueError("GraphDecoder needs SteeringTensors(apply_all=True)")
@@ -65,7 +68,11 @@ class GraphDecoder:
         if capture and device.type != "cuda":
             raise ValueError(f"CUDA graph capture needs a CUDA device, not {device}")
         self.dec, self.cache, self.steering, self.device, self.capture = dec, cache, steering, device, capture
-        self.rng = rng if rng is not None else torch.Generator(device=device)
+        rngs = [torch.Generator(device=device)] if rng is None else [rng] if isinstance(rng, torch.Generator) else rng
+        self.rngs = list(rngs)
+        self.rng = self.rngs[0]
+        # As the eager Generator draws: B = 1 with its one generator, a batch with one per stream.
+        self.draw_rng = self.rng if len(self.rngs) == 1 else self.rngs
         batch2, codebooks, vocab = cache.k.shape[1], dec.num_codebooks, dec.vocab_size
         self.vocab = vocab
         # Static inputs.
@@ -154,7 +161,7 @@ class GraphDecoder:
         probs, ids = sampling.candidates(mixed * self.inverse_temperature, self.k, floor)
         # The race of sampling.draw, not torch.multinomial: the same draws, minus multinomial's
         # host-side validity check (.item()), which made it uncapturable until pytorch#134818.
-        return sampling.draw(probs, ids, self.rng)
+        return sampling.draw(probs, ids, self.draw_rng)
 
     # -- capture ------------------------------------------------------------------------------
     def _binding(self) -> tuple:
@@ -177,7 +184,7 @@ class GraphDecoder:
             return
         # Warm-up and capture must not move the sampling stream: a seed gives the same music
         # whether or not this token happened to trigger a (re)capture.
-        state = self.rng.get_state()
+        states = [rng.get_state() for rng in self.rngs]
         current = torch.cuda.current_stream(self.device)
         side = torch.cuda.Stream(self.device)
         side.wait_stream(current)
@@ -193,12 +200,14 @@ class GraphDecoder:
         if register is not None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                register(self.rng)
+                for rng in self.rngs:
+                    register(rng)
         # thread_local: the streaming decoder's thread keeps using CUDA (its own stream) while a
         # mid-session rebuild captures; the default "global" mode would fail the capture on that.
         with torch.cuda.graph(graph, stream=torch.cuda.Stream(self.device), capture_error_mode="thread_local"):
             self._run()
-        self.rng.set_state(state)
+        for rng, state in zip(self.rngs, states, strict=True):
+            rng.set_state(state)
         self._graph = graph
 
 
@@ -216,7 +225,7 @@ class GraphGenerator(Generator):
     def __init__(self, lm: LoadedModel, controls: Controls | None = None, vectors: SteeringVectors | None = None,
                  *, capture: bool | None = None, **kwargs: object) -> None:
         super().__init__(lm, controls, vectors, **kwargs)
-        self.graph = GraphDecoder(self.dec, self.cache, self.steering, self.rng, capture=capture)
+        self.graph = GraphDecoder(self.dec, self.cache, self.steering, self.rngs, capture=capture)
 
     def _decode(self, tokens: Tensor, positions: Tensor) -> Tensor:
         if self.capture is not None or positions.numel() > 1:

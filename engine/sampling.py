@@ -2,8 +2,8 @@
 
 The order of operations follows transformers' logits processors (CFG mix, then temperature, top-k,
 top-p), so greedy decoding reproduces `generate(do_sample=False)` exactly. Randomness comes from a
-seeded `torch.Generator` owned by the session, never from the global RNG, so a run is reproducible
-and a seed change mid-session takes effect at a known token.
+seeded `torch.Generator` owned by the session (one per stream of a batch), never from the global
+RNG, so a run is reproducible and a seed change mid-session takes effect at a known token.
 
 Sampling draws among the top-k candidates only: `topk` finds them (unsorted, unless top-p needs
 their ranking), and the draw is over k probabilities instead of the whole vocabulary. The
@@ -17,12 +17,15 @@ functions, so both paths draw the same tokens from the same generator state.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
 
 def guided_logits(logits: Tensor, guidance: float | Tensor) -> Tensor:
-    """logits (2B, ...) with the conditional half first -> uncond + (cond - uncond) * guidance."""
+    """logits (2B, ...) laid out [conditional rows 0..B-1, unconditional rows 0..B-1] -> (B, ...):
+    uncond + (cond - uncond) * guidance, stream by stream."""
     cond, uncond = logits.float().chunk(2, dim=0)
     return uncond + (cond - uncond) * guidance
 
@@ -61,9 +64,22 @@ def top_p_floor(top_p: float) -> float | None:
     return 1 - top_p if 0 < top_p < 1 else None
 
 
-def draw(probs: Tensor, ids: Tensor, generator: torch.Generator | None) -> Tensor:
-    """One token per row: the exponential race over the candidates' probabilities (..., k)."""
-    race = torch.empty_like(probs).exponential_(1, generator=generator)
+Generators = torch.Generator | Sequence[torch.Generator] | None
+
+
+def draw(probs: Tensor, ids: Tensor, generator: Generators) -> Tensor:
+    """One token per row: the exponential race over the candidates' probabilities (..., k).
+
+    generator: one for the whole draw, or a sequence of one per batch stream (probs' first axis, B):
+    stream b's noise then comes from its own generator only, in the amount and order a B = 1 draw
+    of the same shape takes (a contiguous slice of the same size), so stream b of a batch draws
+    exactly what a lone session seeded as b's generator draws."""
+    race = torch.empty_like(probs)
+    if isinstance(generator, Sequence):
+        for stream, own in zip(race, generator, strict=True):
+            stream.exponential_(1, generator=own)
+    else:
+        race.exponential_(1, generator=generator)
     choice = (probs / race).argmax(dim=-1, keepdim=True)
     return ids.gather(-1, choice).squeeze(-1)
 
@@ -73,7 +89,7 @@ def sample_tokens(
     temperature: float,
     top_k: int,
     top_p: float,
-    generator: torch.Generator | None,
+    generator: Generators,
 ) -> Tensor:
     """Draw one token per row from logits (..., V). top_k 0 and top_p 0 (or 1) mean 'off'."""
     if is_greedy(temperature, top_k):

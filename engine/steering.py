@@ -9,6 +9,10 @@ default, both halves with steer_both; the other rows come out numerically unchan
   add:                                       h <- h + alpha * v
 with v a unit direction. alpha = 0 leaves h unchanged under both rules (h * 1 + 0).
 
+A batch of B streams (the CFG batch is [conditional rows 0..B-1, unconditional rows 0..B-1]) steers
+each stream with its own terms: `set_terms(terms, row=b)` sets stream b's, which land in CFG row b
+(and row B + b with steer_both); `set_terms(terms)` gives every stream the same ones (B = 1: the one).
+
 All values live in one table allocated once and updated in place, so a change between two steps
 never reallocates and a captured graph needs no recapture. A host mirror of the table is edited in
 the rows a change touches, and only those rows are copied, without blocking (on CUDA through one of
@@ -69,8 +73,9 @@ class SteeringTensors:
         # One table, per (site, layer, CFG batch row) the columns [alpha, keep, direction (d),
         # push (d)]. Rows that are not steered (the unconditional half, by default) hold the
         # identity (keep 1, push 0), so the rule runs on the whole batch with no row selection.
+        self.batch = batch
         self.batch_rows = 2 * batch
-        self.steered_rows = 2 * batch if steer_both else batch
+        self.steer_both = steer_both
         self.table = torch.zeros(len(SITES), num_layers, self.batch_rows, 2 + 2 * d_model, device=device)
         # Public views (the first conditional row, which is always steered).
         self.alpha = {site: self.table[i, :, 0, 0] for i, site in enumerate(SITES)}
@@ -82,6 +87,7 @@ class SteeringTensors:
                                        self.table[i, layer, :, 2 + d_model :][:, None, :])
                        for i, site in enumerate(SITES) for layer in range(num_layers)}
         self.active: dict[str, frozenset[int]] = {site: frozenset() for site in SITES}
+        self._terms: list[dict[tuple[str, int], Term]] = [{} for _ in range(batch)]  # each stream's, by slot
         self._host = torch.zeros(self.table.shape)
         self._host[..., 1] = 1.0  # keep = 1: identity
         self.table.copy_(self._host)
@@ -90,8 +96,9 @@ class SteeringTensors:
         self._staged: list[torch.cuda.Event | None] = [None, None]
         self._turn = 0
 
-    def set_terms(self, terms: list[Term]) -> None:
-        """Replace every term. Slots not named get alpha 0. Invalid terms change nothing."""
+    def set_terms(self, terms: list[Term], row: int | None = None) -> None:
+        """Replace every term of stream `row` (None: of every stream). Slots not named get alpha 0.
+        Invalid terms change nothing."""
         new: dict[tuple[str, int], Term] = {}
         for term in terms:
             if term.site not in SITES:
@@ -101,15 +108,18 @@ class SteeringTensors:
             if (term.site, term.layer) in new:
                 raise MusicsteerError(f"two terms at {term.site} layer {term.layer}; mix their vectors instead")
             new[term.site, term.layer] = term
-        held = {(site, layer) for site, layers in self.active.items() for layer in layers}
-        blocks = {self._row(site, layer): self._block(new.get((site, layer)))
-                  for site, layer in held | new.keys()}  # built first: a failure changes nothing
+        rows = range(self.batch) if row is None else (row,)
+        per_row = [new if r in rows else self._terms[r] for r in range(self.batch)]
+        touched = {slot for r in rows for slot in self._terms[r]} | new.keys()
+        blocks = {self._row(*slot): self._block([terms.get(slot) for terms in per_row])
+                  for slot in touched}  # built first: a failure changes nothing
         host = self._host.view(-1, *self._host.shape[2:])  # (sites * layers, 2B, columns)
         for index, block in blocks.items():
             host[index] = block
         self._copy([slice(first, last + 1) for first, last in _runs(sorted(blocks))])
+        self._terms = per_row
         for site in SITES:
-            self.active[site] = frozenset(layer for s, layer in new if s == site)
+            self.active[site] = frozenset(layer for terms in per_row for s, layer in terms if s == site)
 
     def _row(self, site: str, layer: int) -> int:
         return SITES.index(site) * self.num_layers + layer
@@ -135,20 +145,23 @@ class SteeringTensors:
         event.record(torch.cuda.current_stream(self.table.device))
         self._staged[turn] = event
 
-    def _block(self, term: Term | None) -> Tensor:
-        """One (site, layer) block of the table, (2B, columns): the term's [alpha, keep, direction,
-        push] (float64 before rounding to the table's float32) in the steered rows, the identity
-        (alpha 0, keep 1) in the others and everywhere when there is no term."""
+    def _block(self, terms: list[Term | None]) -> Tensor:
+        """One (site, layer) block of the table, (2B, columns), from each stream's term there (None:
+        none): the term's [alpha, keep, direction, push] (float64 before rounding to the table's
+        float32) in its stream's conditional row (and unconditional row with steer_both), the
+        identity (alpha 0, keep 1) in every other row."""
         block = torch.zeros(self._host.shape[2:], dtype=torch.float64)
         block[:, 1] = 1.0
-        if term is None:
-            return block
-        alpha = float(term.alpha)
-        check_alpha(alpha, self.rule)
-        direction = term.direction.detach().to("cpu", torch.float64)
-        keep, scale = (1 / (1 + alpha), alpha / (1 + alpha)) if self.rule == "renorm" else (1.0, alpha)
-        head = torch.tensor((alpha, keep), dtype=torch.float64)
-        block[: self.steered_rows] = torch.cat((head, direction, direction * scale))
+        for row, term in enumerate(terms):
+            if term is None:
+                continue
+            alpha = float(term.alpha)
+            check_alpha(alpha, self.rule)
+            direction = term.direction.detach().to("cpu", torch.float64)
+            keep, scale = (1 / (1 + alpha), alpha / (1 + alpha)) if self.rule == "renorm" else (1.0, alpha)
+            head = torch.tensor((alpha, keep), dtype=torch.float64)
+            steered = (row, self.batch + row) if self.steer_both else (row,)
+            block[list(steered)] = torch.cat((head, direction, direction * scale))
         return block
 
     def apply(self, site: str, layer: int, h: Tensor) -> Tensor:
