@@ -154,3 +154,22 @@ def test_bad_inputs_give_one_line_and_exit_2(tmp_path, vectors_file, other_model
         assert result.returncode == 2 and "seconds must be above 0" in result.stderr
     assert "polka" in cli("render", *TINY, "--seconds", "1", "--out", out, "--vectors", vectors_file,
                           "--steer", "polka").stderr
+
+
+def test_variations_render_each_seed_in_one_pass(tmp_path, capsys) -> None:
+    """--variations 3: out-1.wav .. out-3.wav (and codes), take i what --seed 5+i-1 renders alone (top-k off:
+    tests/test_batch.py says why a top-k cut could differ)."""
+    flags = [*TINY, "--prompt", "rock", "--seconds", "1", "--top-k", "0"]
+    assert main(["render", *flags, "--seed", "5", "--variations", "3", "--out", str(tmp_path / "v.wav"),
+                 "--codes-out", str(tmp_path / "v.npy")]) == 0
+    said = capsys.readouterr().out
+    takes = [np.load(tmp_path / f"v-{i}.npy") for i in (1, 2, 3)]
+    for i, take in enumerate(takes, 1):
+        assert f"v-{i}.wav" in said and f"seed {4 + i}" in said
+        assert len(sf.read(tmp_path / f"v-{i}.wav")[0]) == 32000
+        assert main(["render", *flags, "--seed", str(4 + i), "--out", str(tmp_path / "one.wav"),
+                     "--codes-out", str(tmp_path / "one.npy")]) == 0
+        assert np.array_equal(take, np.load(tmp_path / "one.npy"))
+    assert not (tmp_path / "v.wav").exists() and not np.array_equal(takes[0], takes[1])
+    meter = cli("render", *TINY, "--seconds", "1", "--variations", "2", "--meter", "--out", str(tmp_path / "m.wav"))
+    assert meter.returncode == 2 and "--variations" in meter.stderr

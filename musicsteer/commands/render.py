@@ -1,9 +1,15 @@
 """`musicsteer render`: generate a fixed length offline and write a WAV (and optionally the codes),
-or regenerate a live session exactly from its log (`--replay session.jsonl`)."""
+or regenerate a live session exactly from its log (`--replay session.jsonl`).
+
+`--variations N` renders N takes of one prompt in one batched pass (engine/generator.py: B = N
+streams), seeds --seed, --seed + 1, …: `out.wav` becomes `out-1.wav` … `out-N.wav` (and
+`--codes-out` likewise). Take i has the codes `render --seed SEED+i-1` makes alone: always when greedy;
+sampled, draw for draw unless the batch's float rounding moves a top-k cut (tests/test_batch.py)."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import sys
 from pathlib import Path
@@ -11,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from musicsteer.engine.errors import MusicsteerError, one_line, printable
 
-from .options import add_generation_options, add_model_options, add_params, resolve
+from .options import add_generation_options, add_model_options, add_params, bounded, resolve
 
 if TYPE_CHECKING:
     import torch
@@ -31,7 +37,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--automation", help="YAML file of timed changes ({at: 4.0, alpha: 0.6}, ...)")
     parser.add_argument("--replay", help="regenerate a live session from its session.jsonl (same codes)")
     parser.add_argument("--codes-out", help="save the codes (codebooks, frames) as .npy")
+    parser.add_argument("--variations", type=bounded(int, 1, MAX_VARIATIONS), default=1, metavar="N",
+                        help="N takes in one batched pass, seeds --seed, --seed+1, ...: OUT-1.wav ... OUT-N.wav "
+                             "(default 1: OUT itself)")
     parser.set_defaults(run=run)
+
+
+MAX_VARIATIONS = 64  # streams in one batch: the KV cache grows with each (2 rows per take)
+
+
+def take_paths(path: str, takes: int) -> list[Path]:
+    """`out.wav` for one take; `out-1.wav` ... `out-N.wav` for N."""
+    out = Path(path)
+    return [out] if takes == 1 else [out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(1, takes + 1)]
 
 
 def sha256_of(path: str | Path) -> str:
@@ -58,9 +76,12 @@ def run(args: argparse.Namespace) -> int:
     if args.replay:
         refuse_overrides(args)
     resolve(args)
-    writable_file(args.out, "--out", make_folder=True)  # write_wav makes the missing folders
-    if args.codes_out:
-        writable_file(args.codes_out, "--codes-out")
+    for out in take_paths(args.out, args.variations):
+        writable_file(out, "--out", make_folder=True)  # write_wav makes the missing folders
+    for codes_out in take_paths(args.codes_out, args.variations) if args.codes_out else []:
+        writable_file(codes_out, "--codes-out")
+    if args.variations > 1 and (args.meter or args.ease_at is not None):
+        raise MusicsteerError("--meter and --ease-at read one stream: drop them or --variations")
     if args.replay:
         return replay(args)
     if args.seconds is None:
@@ -71,15 +92,17 @@ def run(args: argparse.Namespace) -> int:
     spec = session_spec(args)
     lm = spec.lm
     timed = schedule(automation, lm.frame_rate, args.seconds, args.automation)  # refuses events past the end
-    gen = generator_class(args, lm)(lm, spec.controls, spec.vectors, steer_rule=args.steer_rule,
-                                    steer_both=args.steer_both)
+    takes = [dataclasses.replace(spec.controls, seed=spec.controls.seed + i) for i in range(args.variations)]
+    gen = generator_class(args, lm)(lm, takes if len(takes) > 1 else takes[0], spec.vectors,
+                                    steer_rule=args.steer_rule, steer_both=args.steer_both)
     meter = attach_meter(gen, args)
     readings: list[dict[str, float]] = []
     if meter is not None:
         gen.listeners.add(lambda event: readings.append(event.scores) if hasattr(event, "scores") else None)
     for (step, change), event in zip(timed, automation, strict=True):
         try:
-            gen.control.submit(change, at_step=step)
+            for control in gen.rows:  # every take follows the automation
+                control.submit(change, at_step=step)
         except MusicsteerError as err:  # an unknown vector or a layer this model lacks
             raise type(err)(f"{args.automation} line {event.line}: {err}") from None
     prompt_codes = prompt_codes_from(lm, args.init_audio, args.init_seconds)
@@ -106,6 +129,7 @@ def refuse_overrides(args: argparse.Namespace) -> None:
     given = [row.cli for row in PARAMS.values() if row.cli and row.name not in REPLAY_TAKES
              and getattr(args, row.dest, None) is not None]
     given += ["--steer-both"] * bool(getattr(args, "steer_both", False)) + ["--automation"] * bool(args.automation)
+    given += ["--variations"] * (args.variations > 1)
     if given:
         raise MusicsteerError(f"{given[0]} cannot be given with --replay: the log decides the music (only --out, "
                               "--codes-out, --model, --device, --dtype, --vectors, --init-audio and --seconds apply)")
@@ -205,17 +229,21 @@ def finish(args: argparse.Namespace, gen: Generator, total: int, prompt_codes: t
 
     from musicsteer.engine.audio_io import write_wav
     from musicsteer.engine.codec import decode_codes
-    from musicsteer.engine.generator import render_codes
+    from musicsteer.engine.generator import render_batch
 
     lm = gen.lm
     prompt_frames = 0 if prompt_codes is None else prompt_codes.shape[-1]
     with tqdm(total=total, initial=prompt_frames, unit="frame", desc="render", leave=False) as bar:
-        codes = render_codes(gen, total, prompt_codes, on_frame=lambda _: bar.update(1), pad_end=pad_end)
+        batch = render_batch(gen, total, prompt_codes, on_frame=lambda _: bar.update(1), pad_end=pad_end)
     hop = lm.sample_rate // lm.frame_rate
-    if args.codes_out:
-        np.save(args.codes_out, codes[:, first:].numpy())
-    audio = decode_codes(lm, codes)[..., first * hop :]  # decoded whole: the take's first samples see their past
-    out = write_wav(args.out, audio, lm.sample_rate)
-    print(f"wrote {printable(out)} ({audio.shape[-1] / lm.sample_rate:.2f} s, {lm.audio_channels} channel(s), "
-          f"{lm.sample_rate} Hz)")
+    outs = take_paths(args.out, gen.batch)
+    codes_outs = take_paths(args.codes_out, gen.batch) if args.codes_out else [None] * gen.batch
+    for codes, out, codes_out, control in zip(batch, outs, codes_outs, gen.rows, strict=True):
+        if codes_out is not None:
+            np.save(codes_out, codes[:, first:].numpy())
+        audio = decode_codes(lm, codes)[..., first * hop :]  # decoded whole: the take's first samples see their past
+        out = write_wav(out, audio, lm.sample_rate)
+        seed = f", seed {control.values.seed}" if gen.batch > 1 else ""
+        print(f"wrote {printable(out)} ({audio.shape[-1] / lm.sample_rate:.2f} s, {lm.audio_channels} channel(s), "
+              f"{lm.sample_rate} Hz{seed})")
     return 0
