@@ -194,3 +194,22 @@ def test_bench_heard_runs_a_live_contender_per_buffer_against_the_baseline(tmp_p
         assert 0 < contender["heard_median_ms"] <= contender["heard_p95_ms"]
     assert baseline["heard_median_ms"] > 1000  # the buffer, and the decoder's lookahead and chunk
     assert auto["heard_median_ms"] < baseline["heard_median_ms"] - 500  # auto's lead starts at 0.1 s
+
+
+def test_batched_contenders_report_frames_per_second_against_one_stream(tiny, tmp_path) -> None:
+    """--batch N adds engine@BN and engine+graph@BN beside their B = 1 contenders, with frames/s
+    (steps/s x N) and its ratio to B = 1; timings are not compared (a shared machine's noise)."""
+    out = tmp_path / "bench.json"
+    assert main(["bench", *TINY, "--batch", "3", "--steps", "4", "--repeats", "1", "--knob-changes", "0",
+                 "--recapture-tokens", "0", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    by_name = {r["name"]: r for r in report["results"]}
+    assert list(by_name) == [*NAMES[:4], "engine@B3", "engine+graph@B3", "hf_generate"]
+    assert report["batch"] == 3
+    for name in ("engine", "engine+graph"):
+        extra = by_name[f"{name}@B3"]["extra"]
+        assert extra["batch"] == 3 and extra["frames_per_s"] == pytest.approx(3 * by_name[f"{name}@B3"]["steps_per_s"])
+        assert positive_finite(report["ratios"][f"{name}@B3_vs_{name}_frames_per_s"])
+        assert "frames_per_s" not in by_name[name]["extra"]
+    with pytest.raises(ValueError, match="batch"):
+        run_benchmark(tiny, steps=1, batch=0)

@@ -6,6 +6,9 @@ Five contenders run on one loaded model object (same weights, dtype and prompt):
   engine+graph        `GraphGenerator`: on CUDA one captured graph replayed per token;
   engine+graph+steer  the same with steering automated every token (`knobs.automate_steering`);
   hf_generate         `model.generate(do_sample=True, guidance_scale=3)`, EnCodec decode excluded.
+With `batch` > 1, engine@B{batch} and engine+graph@B{batch} join them: the unsteered contenders
+decoding `batch` streams at once (seeds 0, 1, …); their frames/s (steps/s × batch: every step
+completes a frame of each stream) is set against the same step's B = 1 (ratios `…@B{batch}_vs_…`).
 The machines this runs on are shared and noisy, so the contenders alternate within every repeat
 (A B C D E A B C D E ...) and the report gives medians, with the per-repeat values kept in `extra`.
 `decode_steps` (the command's --decode) limits the engine's contenders, cold starts, knob latency
@@ -18,6 +21,7 @@ mix, layer and site changing every token) and the knob → applied latency of bo
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import platform
@@ -130,16 +134,22 @@ def _controls(vectors: SteeringVectors | None) -> Controls:
     return Controls(prompt=PROMPT) if vectors is None else Controls(prompt=PROMPT, mix={"a": 1.0}, alpha=STEER_ALPHA)
 
 
+def _streams(vectors: SteeringVectors | None, batch: int) -> Controls | list[Controls]:
+    """One stream's controls, or `batch` streams of them seeded 0, 1, … (the variations of a prompt)."""
+    one = _controls(vectors)
+    return one if batch == 1 else [dataclasses.replace(one, seed=seed) for seed in range(batch)]
+
+
 def _run_engine(lm: LoadedModel, steps: int, vectors: SteeringVectors | None, step: str,
-                automate: bool = False) -> _Run:
-    """One session of the token step `step` ("eager" or "graph"): `steps` timed steps (0: only up
-    to the first frame, for a cold start). automate: steering moves every token
+                automate: bool = False, batch: int = 1) -> _Run:
+    """One session of the token step `step` ("eager" or "graph") over `batch` streams: `steps` timed
+    steps (0: only up to the first frame, for a cold start). automate: steering moves every token
     (`automate_steering`), submitted before the clock starts."""
     _sync(lm.device)
     t0 = time.perf_counter()
     fast_decoder(lm)  # cached on the model: timed apart so a cold session shows what it paid for it
     decoder_build_s = time.perf_counter() - t0
-    gen = GENERATORS[step](lm, _controls(vectors), vectors)
+    gen = GENERATORS[step](lm, _streams(vectors, batch), vectors)
     graph = isinstance(gen, GraphGenerator)
     applied: list[int] = []
     if automate:
@@ -230,7 +240,8 @@ def _run_generate(lm: LoadedModel, steps: int) -> _Run:
     return _Run(seconds, seconds, steps, [b - a for a, b in zip(clock.stamps, clock.stamps[1:], strict=False)])
 
 
-def _summarise(name: str, runs: list[_Run], frame_rate: float, note: str, cold: _Run | None) -> BenchResult:
+def _summarise(name: str, runs: list[_Run], frame_rate: float, note: str, cold: _Run | None,
+               batch: int = 1) -> BenchResult:
     rates = [r.steps / r.seconds for r in runs]
     ms = [1000 * r.seconds / r.steps for r in runs]
     ttfa = [r.ttfa_s for r in runs]
@@ -238,6 +249,8 @@ def _summarise(name: str, runs: list[_Run], frame_rate: float, note: str, cold: 
     each = [t for r in runs for t in r.step_s] or [r.seconds / r.steps for r in runs]  # steps=1
     extra: dict[str, Any] = {"steps_per_s_runs": rates, "ms_per_step_runs": ms, "ttfa_s_runs": ttfa,
                              "ms_per_step_median_of_steps": 1000 * statistics.median(each), "note": note}
+    if batch > 1:  # every step completes one frame of each stream
+        extra.update(batch=batch, frames_per_s=rate * batch, frames_per_s_runs=[r * batch for r in rates])
     if runs[0].graph_builds is not None:
         extra["graph_builds_runs"] = [r.graph_builds for r in runs]
         extra["graph_builds"] = max(r.graph_builds for r in runs)  # 1 = never recaptured after the first capture
@@ -249,24 +262,27 @@ def _summarise(name: str, runs: list[_Run], frame_rate: float, note: str, cold: 
 
 def run_benchmark(lm: LoadedModel, steps: int = 100, repeats: int = 3, warmup: int = 1,
                   recapture_tokens: int = 1000, knob_changes: int = 50,
-                  decode_steps: tuple[str, ...] = DECODE_STEPS) -> dict[str, Any]:
+                  decode_steps: tuple[str, ...] = DECODE_STEPS, batch: int = 1) -> dict[str, Any]:
     """Time every contender, interleaved, plus cold starts, recaptures and knob latency; a JSON-ready report.
 
     Pass a freshly loaded model: its first sessions here are the cold starts. recapture_tokens or
     knob_changes 0 skip those measurements. decode_steps: the token steps whose engine contenders,
     cold starts and knob latency run ("eager", "graph" or both); hf_generate always runs, the
-    recapture check only with "graph" (it counts the graph's captures). Raises ValueError for counts
-    out of range or an unknown or missing step."""
-    if steps < 1 or repeats < 1 or warmup < 0 or recapture_tokens < 0 or knob_changes < 0:
-        raise ValueError("steps and repeats must be >= 1; warmup, recapture_tokens and knob_changes >= 0")
+    recapture check only with "graph" (it counts the graph's captures). batch > 1 adds the batched
+    contenders (module docstring). Raises ValueError for counts out of range or an unknown or missing step."""
+    if steps < 1 or repeats < 1 or warmup < 0 or recapture_tokens < 0 or knob_changes < 0 or batch < 1:
+        raise ValueError("steps, repeats and batch must be >= 1; warmup, recapture_tokens and knob_changes >= 0")
     if not decode_steps or not set(decode_steps) <= set(DECODE_STEPS):
         raise ValueError(f"decode_steps must name some of {DECODE_STEPS}, got {decode_steps}")
     vectors = random_vectors(lm)
     runners: dict[str, Callable[[int], _Run]] = {
         name: partial(_run_engine, lm, vectors=vectors if steer else None, step=step, automate=steer == "automated")
         for name, (step, steer) in ENGINE_CONTENDERS.items() if step in decode_steps}
-    contenders = [*runners.items(), ("hf_generate", lambda n: _run_generate(lm, n))]
     plain = [name for name in COLD_ORDER if name in runners]  # the unsteered engine contender of each step
+    batched = {f"{name}@B{batch}": name for name in ENGINE_CONTENDERS if name in plain and batch > 1}  # -> its B = 1
+    for name, single in batched.items():
+        runners[name] = partial(_run_engine, lm, vectors=None, step=ENGINE_CONTENDERS[single][0], batch=batch)
+    contenders = [*runners.items(), ("hf_generate", lambda n: _run_generate(lm, n))]
     runs: dict[str, list[_Run]] = {name: [] for name, _ in contenders}
     load_before = _load_average()
     # no_grad, not inference_mode: the engine's first Generator re-lays the model's weights
@@ -299,8 +315,16 @@ def run_benchmark(lm: LoadedModel, steps: int = 100, repeats: int = 3, warmup: i
         "hf_generate": "wall time of generate() incl. text encoding and one prefill, EnCodec decode "
                        "excluded (no-op decode); ttfa = whole call (no streaming)",
     }
-    results = [_summarise(name, runs[name], lm.frame_rate, notes[name], cold.get(name)) for name, _ in contenders]
+    for name, single in batched.items():
+        notes[name] = (f"as {single}, {batch} streams at once (seeds 0..{batch - 1}): steps/s and rtf per stream, "
+                       "extra.frames_per_s = steps/s x batch (frames of all streams)")
+    results = [_summarise(name, runs[name], lm.frame_rate, notes[name], cold.get(name),
+                          batch if name in batched else 1) for name, _ in contenders]
     by_name = {r.name: r for r in results}
+    ratios = {name: ratio(*(by_name[n] for n in names)) for name, (names, ratio) in RATIOS.items()
+              if all(n in by_name for n in names)}
+    for name, single in batched.items():  # frames/s of the batch against its step at B = 1
+        ratios[f"{name}_vs_{single}_frames_per_s"] = by_name[name].extra["frames_per_s"] / by_name[single].steps_per_s
     return {
         "model": lm.name,
         "device": device_description(lm.device),
@@ -314,8 +338,8 @@ def run_benchmark(lm: LoadedModel, steps: int = 100, repeats: int = 3, warmup: i
         # Other users' load on a shared machine explains outliers better than any statistic.
         "load_avg_1min": [load_before, _load_average()],
         "results": [asdict(r) for r in results],
-        "ratios": {name: ratio(*(by_name[n] for n in names)) for name, (names, ratio) in RATIOS.items()
-                   if all(n in by_name for n in names)},
+        "batch": batch,
+        "ratios": ratios,
         "cold_start": {
             "order": plain,
             "fast_decoder_build_s": cold[plain[0]].decoder_build_s,

@@ -20,6 +20,7 @@ contenders, all on the one loaded model, alternated within every repeat:
   engine+graph         GraphGenerator: on CUDA one captured graph replayed per token
   engine+graph+steer   the same, alpha changing every token, mix/layer/site every few (at_step)
   hf_generate          model.generate on the same model, EnCodec decode excluded
+  engine@BN            with --batch N: engine (and engine+graph@BN) decoding N streams at once
 
 reported (JSON with --json: results[], ratios, cold_start, recapture_check, knob_latency):
   steps/s, rtf (steps/s / 50), ms/step        per contender, median of --repeats sessions
@@ -28,7 +29,9 @@ reported (JSON with --json: results[], ratios, cold_start, recapture_check, knob
                       freshly loaded model (FastDecoder build, first kernel calls, capture), then engine
   graph_builds        captures per graph session (1 = no recapture while steering moves)
   ratios              engine_vs_hf_generate, graph_vs_engine, graph_vs_hf_generate,
-                      graph_steer_vs_hf_generate, steer_overhead_pct, graph_steer_overhead_pct
+                      graph_steer_vs_hf_generate, steer_overhead_pct, graph_steer_overhead_pct;
+                      with --batch N: engine@BN_vs_engine_frames_per_s (frames/s of N streams against one)
+  frames_per_s        with --batch N, the batched contenders' steps/s x N (extra.frames_per_s)
   recapture_check     graph_builds over --recapture-tokens with alpha/mix/layer/site moving every token
   knob_latency        submit (another thread) -> applied at the token boundary, median/p95/max ms,
                       eager and graph, over --knob-changes alpha changes at seeded random moments
@@ -79,6 +82,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                 "or 'null'")
     parser.add_argument("--blocksize", type=bounded(int, 16, 8192), default=256,
                         help="with --heard: frames per device block (default 256)")
+    parser.add_argument("--batch", type=bounded(int, 1, 64), default=1, metavar="N",
+                        help="also time engine and engine+graph decoding N streams at once (seeds 0..N-1), "
+                             "frames/s against one stream (default 1: not)")
     parser.add_argument("--json", help="write the report to this JSON file")
     parser.set_defaults(run=run)
 
@@ -94,6 +100,8 @@ def summary(report: dict[str, Any]) -> list[str]:
                 f"ttfa {result['ttfa_s'] * 1000:7.1f} ms")
         if cold is not None:
             line += f"  cold {cold * 1000:7.1f} ms"
+        if "frames_per_s" in result["extra"]:
+            line += f"  frames/s {result['extra']['frames_per_s']:8.1f} (B={result['extra']['batch']})"
         if "graph_builds" in result["extra"]:
             line += f"  graph builds {result['extra']['graph_builds']}"
         lines.append(line)
@@ -155,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
             Path(args.json).write_text(json.dumps(report, indent=2))
         return 0
     report = run_benchmark(lm, steps=args.steps, repeats=args.repeats, recapture_tokens=args.recapture_tokens,
-                           knob_changes=args.knob_changes, decode_steps=decode_steps)
+                           knob_changes=args.knob_changes, decode_steps=decode_steps, batch=args.batch)
     option = bench_drift.option_name(lm, quantize)
     if option is not None:
         bench_drift.annotate(report, option, quantize, quantize_s)
