@@ -10,6 +10,9 @@ import socket
 from musicsteer.engine.errors import MusicsteerError, one_line
 from musicsteer.engine.params import PARAMS
 
+# What the socket layer raises for a host or port it cannot use: a refused bind (OSError), a port
+# past 65535 (OverflowError), a name idna cannot encode (UnicodeError), a NUL in it (ValueError/TypeError).
+BAD_ADDRESS = (OSError, OverflowError, UnicodeError, ValueError, TypeError)
 _BIND = {errno.EADDRINUSE: "{what} port {port} on {host} is in use",
          errno.EADDRNOTAVAIL: "{what} host {host} is not an address of this machine",
          errno.EACCES: "{what} port {port} on {host}: permission denied"}
@@ -47,7 +50,7 @@ def udp_target(host: str, port: int, own: tuple[str, int], what: str) -> tuple[s
     address (every echo would come back to it as a change). MusicsteerError, one line naming `what`."""
     try:
         ip, port = socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_DGRAM)[0][4][:2]
-    except (OSError, UnicodeError, OverflowError) as exc:
+    except BAD_ADDRESS as exc:
         why = getattr(exc, "strerror", None) or exc
         raise MusicsteerError(f"{what} {one_line(host, 60)}:{port}: {one_line(why, 80)}") from None
     if port == own[1] and (ip == own[0] or ipaddress.ip_address(ip).is_loopback):
@@ -56,4 +59,4 @@ def udp_target(host: str, port: int, own: tuple[str, int], what: str) -> tuple[s
     return ip, port
 
 
-__all__ = ["bind_error", "host_port", "is_loopback", "udp_target"]
+__all__ = ["BAD_ADDRESS", "bind_error", "host_port", "is_loopback", "udp_target"]

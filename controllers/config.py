@@ -18,7 +18,7 @@ import yaml
 
 from musicsteer.engine.errors import MusicsteerError, TooLarge, UnknownName, shown
 from musicsteer.engine.events import Change, validate_change
-from musicsteer.engine.params import GLIDE, LIVE, NAME_CHARS, PARAMS, YAML_KEYS, Param, check_text
+from musicsteer.engine.params import GLIDE, LIVE, NAME_CHARS, PARAMS, YAML_KEYS, Param, check_stream, check_text
 
 from .mappings import ACTIONS, CURVES, KNOB_PARAMS, TAKEOVERS, KnobMapping, Preset, TriggerMapping, knob_end
 from .yaml_file import YamlTree, read_text
@@ -274,6 +274,9 @@ class _Reader:
                 spellings = " or ".join(repr(k) for k in row.keys)
                 raise self.tree.fail(f[key][1], f"give one of {spellings} (the same setting), not both")
             values[row.name] = self.value(f, key, row)
-        if values.get("prebuffer", 0) > values.get("buffer", PARAMS["buffer"].high):
-            raise self.tree.fail(f["prebuffer"][1], "'prebuffer' cannot be longer than 'buffer'")
+        if "prebuffer" in values:
+            try:  # with the rule every path uses (check_stream): 'auto' queues at most AUTO_BUFFER_MAX
+                check_stream(values.get("buffer", PARAMS["buffer"].high), values["prebuffer"], 16)
+            except MusicsteerError as exc:
+                raise self.tree.fail(f["prebuffer"][1], str(exc), type(exc)) from None
         return values

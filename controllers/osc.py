@@ -58,7 +58,7 @@ from musicsteer.engine.events import Applied, Change, Event, MeterReading, Notic
 from musicsteer.engine.params import LIVE, OSC_ADDRESSES, PARAMS
 
 from . import osc_args
-from .addresses import bind_error, udp_target
+from .addresses import BAD_ADDRESS, bind_error, udp_target
 from .feedback import applied_values, current_values
 from .osc_packet import Message, parse_packet
 
@@ -122,7 +122,7 @@ class OscServer:
         self._routes = self._route_table()
         try:
             self._server = _Server((str(host), port), Dispatcher())  # (routing is ours: _route_table)
-        except (OSError, OverflowError) as exc:
+        except BAD_ADDRESS as exc:
             raise bind_error(exc, "OSC", host, port) from None
         self._server.owner, sock = self, self._server.socket
         with contextlib.suppress(OSError):  # Linux caps it at net.core.rmem_max (and reports double)

@@ -118,4 +118,6 @@ def typed(arg: Any) -> tuple[Any, str | None]:
         return arg, "d"
     if isinstance(arg, int) and not isinstance(arg, bool) and not -(2**63) <= arg < 2**63:
         return shown(arg, 40), "s"
+    if not isinstance(arg, int | float | str | bytes):  # a time tag, a MIDI message, a colour: echoed as text
+        return shown(arg, 40), "s"
     return arg, None

@@ -54,7 +54,7 @@ from zeroconf import InterfaceChoice, ServiceInfo, Zeroconf
 from musicsteer.engine.errors import MusicsteerError, one_line
 from musicsteer.engine.params import GLIDE, OSC_ADDRESSES, PARAMS, Param, check_text
 
-from .addresses import bind_error
+from .addresses import BAD_ADDRESS, bind_error
 from .osc import ADDRESSES, PREFIX, SESSION_COMMANDS
 
 # The session's own commands (controllers/osc.py): the arguments each takes, written as the parameter
@@ -273,7 +273,7 @@ class OscQueryService:
         host, port = self.http_host, self.http_port
         try:
             self._server = _HTTPServer(self, (host, port))
-        except (OSError, OverflowError) as exc:
+        except BAD_ADDRESS as exc:
             raise bind_error(exc, "OSCQuery", host, port) from None
         self._threads = [threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
                                           name="musicsteer-oscquery", daemon=True)]

@@ -52,7 +52,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from musicsteer.engine.errors import MusicsteerError, one_line
 from musicsteer.engine.events import Applied, Event, MeterReading, Notice
 
-from .addresses import bind_error, is_loopback
+from .addresses import BAD_ADDRESS, bind_error, is_loopback
 from .feedback import applied_values, current_values
 from .web_messages import PageMessage, hello, json_safe, parse_message
 
@@ -335,7 +335,7 @@ def _bind(host: str, port: int) -> socket.socket:
         except OSError:
             sock.close()
             raise
-    except (OSError, UnicodeError, OverflowError) as exc:
+    except BAD_ADDRESS as exc:
         raise bind_error(exc, "web", host, port) from None
     return sock
 

@@ -45,7 +45,7 @@ def validate_change(change: Change, live: bool = True) -> Change:
     row = LIVE.get(change.param) if isinstance(change.param, str) else None
     if row is None:
         raise UnknownName(f"unknown parameter {shown(change.param)} (known: {', '.join(LIVE)})")
-    seconds, slow = GLIDE.check(change.seconds, live)
+    seconds, slow = GLIDE.named(row.glide[1] if row.glide else "glide").check(change.seconds, live)
     if seconds > 0 and row.glide is None:
         gliding = ", ".join(p.name for p in LIVE.values() if p.glide)
         raise BadType(f"{row.name} cannot glide; only {gliding} can")

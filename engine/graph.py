@@ -38,9 +38,9 @@ from . import decoder as decoder_fn
 from . import sampling
 from .decoder import FastDecoder
 from .errors import MusicsteerError
-from .generator import Generator
+from .generator import SHARED, Generator
 from .kv_cache import KVCache
-from .params import DECODE
+from .params import DECODE, PARAMS
 from .steering import SteeringTensors
 
 if TYPE_CHECKING:
@@ -97,7 +97,7 @@ class GraphDecoder:
         self._graph: torch.cuda.CUDAGraph | None = None
         self._bound: tuple | None = None
         self._knobs: tuple | None = None
-        self.set_sampling(3.0, 1.0, 250, 0.0)
+        self.set_sampling(*(PARAMS[name].default for name in SHARED))  # the sampler's knobs, the table's defaults
 
     # -- per-token API ----------------------------------------------------------------------
     def set_sampling(self, guidance: float, temperature: float, top_k: int, top_p: float) -> None:

@@ -195,7 +195,9 @@ def _bounded(what: str, value: Any, low: float, high: float, whole: bool, live: 
 
 
 def _number_text(what: str, text: str, whole: bool = False) -> float | int:
-    try:
+    try:  # float() also reads 1_0 and other scripts' digits (٣): a typo must not become a number
+        if not text.isascii() or "_" in text:
+            raise ValueError(text)
         number = float(text)
     except ValueError:
         raise BadType(f"{what} needs {'a whole number' if whole else 'a number'}, got {shown(text)}") from None

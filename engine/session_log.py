@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import Malformed, MusicsteerError, one_line, shown
+from .errors import Malformed, MusicsteerError, TooLarge, one_line, shown
 from .events import Change, validate_change
 from .params import LIVE, PARAMS
 
@@ -35,6 +35,10 @@ FORMAT = "musicsteer.session/2"
 READS = ("musicsteer.session/1", FORMAT)  # format 1: one log per session, positions from its start
 MAX_FRAMES = int(PARAMS["seconds"].high * 50) * 2  # steps or frames of the longest session, with room for the prompt
 MAX_SAMPLES = MAX_FRAMES * 48000 // 50  # samples of as many frames at the highest rate a MusicGen decodes
+# A replayed log is read whole: bound it. 256 MiB holds ~3 million changes (an hour of OSC at 800 a
+# second); one token takes at most INBOX changes live (engine/control.py), so a log never needs more.
+MAX_LOG_BYTES = 256 << 20
+MAX_CHANGES_PER_STEP = 4096  # = control.INBOX (not imported: this module stays free of torch)
 _STOP = object()
 
 
@@ -121,6 +125,9 @@ def read_log(path: str | Path) -> LoggedSession:
     """Parse a session log; MusicsteerError (one line, with the line number) if it is not one."""
     path = Path(path)
     try:
+        if path.stat().st_size > MAX_LOG_BYTES:
+            raise MusicsteerError(f"session log {path} is {path.stat().st_size:,} bytes; the most replay reads is "
+                                  f"{MAX_LOG_BYTES:,}")
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as err:
         raise MusicsteerError(f"cannot read session log {path}: {one_line(getattr(err, 'strerror', None) or err)}") \
@@ -163,6 +170,9 @@ def read_log(path: str | Path) -> LoggedSession:
             step = _count(record.get("step"), "step", low=-start) + start  # the session's step
             if session.end is not None or (session.changes and step < session.changes[-1][0]):
                 raise Malformed("changes come in step order, before the end record")
+            if len(session.changes) >= MAX_CHANGES_PER_STEP and session.changes[-MAX_CHANGES_PER_STEP][0] == step:
+                raise TooLarge(f"more than {MAX_CHANGES_PER_STEP} changes at step {step}: a live session "
+                               "applies at most that many per token")
             session.changes.append((step, validate_change(change, live=False)))
         except MusicsteerError as err:
             raise type(err)(f"{path} line {number}: {err}") from None
@@ -192,7 +202,10 @@ def _header(header: dict[str, Any]) -> dict[str, Any]:
     take = {"start_step": _count(take.get("start_step"), "the take's start_step"),
             "start_sample": _count(take.get("start_sample"), "the take's start_sample", high=MAX_SAMPLES)}
     rates = header.get("sample_rate"), header.get("frame_rate")
-    if all(isinstance(r, int) and not isinstance(r, bool) and r > 0 for r in rates):  # a take starts at a frame
+    for rate, (what, low, high) in zip(rates, (("sample_rate", 8000, 192000), ("frame_rate", 1, 1000)), strict=True):
+        need(rate is None or isinstance(rate, int) and not isinstance(rate, bool) and low <= rate <= high,
+             f"{what} must be a whole number from {low} to {high}, got {shown(rate, 24)}")
+    if None not in rates:  # a take starts at a frame
         need(take["start_sample"] == take["start_step"] * (rates[0] // rates[1]), "take's start_sample must be "
              "its start_step frames of samples")
     if init is not None:
@@ -208,6 +221,9 @@ def _header(header: dict[str, Any]) -> dict[str, Any]:
             continue
         checked = row.named(key).check(value)[0]
         controls[key] = (checked,) if row.many and not isinstance(checked, tuple) else checked  # Controls' types
+    for key in ("seed", "prompt"):  # the header repeats these two of the controls: the copies must agree
+        need(key not in header or key not in controls or header[key] == controls[key],
+             f"{key} must equal controls' {key}, got {shown(header.get(key), 30)}")
     return {**header, "controls": controls, "take": take}
 
 

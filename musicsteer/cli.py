@@ -34,8 +34,11 @@ def build_parser() -> Parser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from musicsteer.engine.errors import MusicsteerError, one_line  # (plain classes: nothing to wait for)
-
+    try:
+        from musicsteer.engine.errors import MusicsteerError, one_line  # (plain classes: nothing to wait for)
+    except KeyboardInterrupt:  # Ctrl-C in the first milliseconds, while even this imports
+        print("musicsteer: interrupted", file=sys.stderr)
+        return 130
     try:
         # transformers prints advisory warnings (e.g. about generation flags) that are noise to a performer.
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")

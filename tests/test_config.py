@@ -183,7 +183,10 @@ BLOCK = "midi:\n  mappings:\n    - cc: 1\n      channel: 1\n      param: alpha\n
     ("defaults:\n  top_k: many\n", "set.yaml line 2: top_k needs a whole number, got 'many'"),
     ("defaults:\n  prompt: [x]\n", "set.yaml line 2: prompt needs text, got list ['x']"),
     ("defaults:\n  steer: jazz\n  mix: rock\n", "set.yaml line 3: give one of 'mix' or 'steer'"),
-    ("defaults:\n  buffer: 0.5\n  prebuffer: 1.0\n", "set.yaml line 3: 'prebuffer' cannot be longer than 'buffer'"),
+    ("defaults:\n  buffer: 0.5\n  prebuffer: 1.0\n", "set.yaml line 3: the prebuffer (1 s) cannot be longer than the "
+                                                  "buffer (0.5 s)"),
+    ("defaults:\n  buffer: auto\n  prebuffer: 3\n", "set.yaml line 3: the prebuffer (3 s) cannot be longer than the "
+                                                  "most --buffer auto queues (2 s)"),
     ("defaults:\n  layer: [17, x]\n", "set.yaml line 2: layer needs a whole number, got 'x'"),
     ("defaults:\n  temprature: 1\n", "set.yaml line 2: unknown key 'temprature' in defaults (known: prompt"),
     ("osc: [1, 2]\n", "set.yaml line 1: osc must be a mapping"),

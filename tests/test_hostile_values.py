@@ -463,6 +463,10 @@ def test_hand_edited_logs_are_one_line(edit: str, words: str, tmp_path) -> None:
     ({"prompt_frames": 8_000_000}, "prompt_frames needs the init_audio"),
     ({"init_audio": {"path": "/nowhere/x.wav", "sha256": "0" * 64}}, "the session's init audio not found"),
     ({"settings": {"window_seconds": "x"}}, "window_seconds needs a number"),
+    ({"sample_rate": 10**30}, "sample_rate must be a whole number from 8000 to 192000"),
+    ({"frame_rate": 0}, "frame_rate must be a whole number from 1 to 1000"),
+    ({"sample_rate": 48000, "frame_rate": 50}, "was made at sample_rate 48000; model tiny has 32000"),
+    ({"seed": 10**40, "controls": {"seed": 1}}, "seed must equal controls' seed"),
 ])
 def test_hand_edited_headers_are_one_line_at_replay(header: dict, words: str, tmp_path, capsys) -> None:
     path = tmp_path / "edited.jsonl"
@@ -590,3 +594,43 @@ def test_osc_reports_a_clamped_glide_and_every_layer(tiny, tmp_path) -> None:
         status = client.wait("/musicsteer/status")[-1]
         assert status[status.index("layers") + 1] == "0,1"
         client.close()
+
+
+def test_start_up_values_only_the_model_or_a_neighbour_can_judge_are_one_line(tmp_path, capsys, vectors_file) -> None:
+    """From a hostile review: a config's `buffer: auto` is taken (it was a TypeError); a MIDI knob whose
+    end the rule refuses (alpha -5 under renorm) or the model lacks (layer 900) is refused at start, not
+    live at two thirds of its travel; host names the socket layer cannot encode are one line."""
+    auto = tmp_path / "auto.yaml"
+    auto.write_text("defaults:\n  buffer: auto\n")
+    code, err = exit_code(["play", "--model", "tiny", "--output-device", "null", "--no-osc", "--seconds", "0.5",
+                           "--config", str(auto), "--no-status"], capsys)
+    assert code == 0 and "Traceback" not in err, err
+    for knob, words in (("{cc: 1, param: alpha, min: -5, max: 1}", "the alpha knob on CC 1 reaches -5: alpha -5"),
+                        ("{cc: 2, param: layer, min: 0, max: 900}",
+                         "the layer knob on CC 2 reaches 900: layer 900 out")):
+        config = tmp_path / "knob.yaml"
+        config.write_text(f"midi:\n  output: nowhere\n  mappings:\n    - {knob}\n")
+        code, err = exit_code(["play", "--model", "tiny", "--output-device", "null", "--no-osc", "--vectors",
+                               vectors_file, "--config", str(config)], capsys)
+        assert code == 2 and err.count("\n") == 1 and f"knob.yaml line 4: {words}" in err, err
+    for host in ("a..b", "x" * 100_000, "a\x00b"):
+        for flags in (["--osc-host", host, "--osc-port", "0"], ["--no-osc", "--web", f"{host}:0"]):
+            code, err = exit_code(["play", "--model", "tiny", "--output-device", "null", *flags], capsys)
+            assert code == 2 and err.count("\n") == 1 and len(err) < 400, (flags[:2], err[:200])
+
+
+def test_replayed_logs_are_bounded_in_size_and_in_changes_per_token(tmp_path, monkeypatch) -> None:
+    """A log is read whole: past MAX_LOG_BYTES it is refused before reading (2,000,000 changes took 2.6 GB
+    and 83 s); more changes at one token than a live session can apply (the inbox: 4096) are refused."""
+    from musicsteer.engine import session_log
+
+    header = {"format": "musicsteer.session/2", "model": "tiny", "controls": {}, "settings": {},
+              "take": {"start_step": 0, "start_sample": 0}}
+    path = tmp_path / "flood.jsonl"
+    change = json.dumps({"step": 10, "sample": 6400, "param": "alpha", "value": 0.5})
+    path.write_text(json.dumps(header) + "\n" + (change + "\n") * 4097)
+    with pytest.raises(MusicsteerError, match="more than 4096 changes at step 10"):
+        read_log(path)
+    monkeypatch.setattr(session_log, "MAX_LOG_BYTES", 1000)  # (the real bound is 256 MiB: not written here)
+    with pytest.raises(MusicsteerError, match=r"the most replay reads is 1,000"):
+        read_log(path)

@@ -127,8 +127,9 @@ def test_cli_text_is_parsed_by_the_row() -> None:
 
 def test_the_engine_imports_nothing_from_controllers_probes_or_the_cli() -> None:
     """engine/ is model -> audio: it never imports musicsteer.controllers, .probes, .commands, .cli or .bench."""
-    forbidden = ("musicsteer.controllers", "musicsteer.probes", "musicsteer.commands", "musicsteer.cli",
-                 "musicsteer.bench", "musicsteer.evaluation")
+    layers = ("controllers", "probes", "commands", "cli", "bench", "evaluation")
+    # the installed names and the repo's folders (a bare `controllers` is importable from the repo's root)
+    forbidden = (*(f"musicsteer.{name}" for name in layers), *(f"{name}." for name in layers), *layers)
     for path in sorted((ROOT / "engine").glob("*.py")):
         tree = ast.parse(path.read_text(encoding="utf-8"))
         for node in ast.walk(tree):
@@ -138,6 +139,9 @@ def test_the_engine_imports_nothing_from_controllers_probes_or_the_cli() -> None
                 assert not name.startswith(forbidden), f"{path.name} imports {name}"
             if isinstance(node, ast.ImportFrom) and node.level > 1:
                 raise AssertionError(f"{path.name} reaches outside engine/ with a relative import")
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) in (
+                    "import_module", "__import__"):  # an import the names above would not see
+                raise AssertionError(f"{path.name} imports by name at run time (line {node.lineno})")
 
 
 def test_code_refers_to_the_design_document_in_the_repo() -> None:
@@ -145,3 +149,18 @@ def test_code_refers_to_the_design_document_in_the_repo() -> None:
     for path in [*ROOT.glob("engine/*.py"), *ROOT.glob("controllers/*.py"), *ROOT.glob("musicsteer/**/*.py")]:
         text = path.read_text(encoding="utf-8")
         assert not re.search(r"DESIGN\.md|shared/DESIGN|DESIGN §", text), f"{path} cites the outside design file"
+
+
+def test_numbers_as_text_are_plain_ascii_decimals_and_glides_are_named_by_their_key() -> None:
+    """From a hostile review: float() reads `1_0` as 10 and `٣` as 3; a typo must not become a number.
+    A glide time is named as its row's key spells it (alpha's ramp, the mix's seconds)."""
+    for text in ("1_0", "٣", "１"):
+        with pytest.raises(BadType, match="needs a number"):
+            PARAMS["seconds"].parse(text)
+    assert PARAMS["seconds"].parse("1e1") == 10.0
+    from musicsteer.engine.events import Change, validate_change
+
+    with pytest.raises(NonFinite, match="^ramp must be finite"):
+        validate_change(Change("alpha", 0.5, math.inf))
+    with pytest.raises(BadType, match="^seconds needs a number"):
+        validate_change(Change("mix", {"rock": 1.0}, "rock"))

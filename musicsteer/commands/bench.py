@@ -9,7 +9,7 @@ from typing import Any
 
 from musicsteer.engine.errors import MusicsteerError
 
-from .options import add_model_options, bounded, resolve
+from .options import add_model_options, add_params, bounded, resolve
 
 RECAPTURE_TOKENS = 1000  # --recapture-tokens' default (None until then: a flag given is told from one left out)
 
@@ -80,8 +80,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                              "each, alpha changed every 0.5 s, on --output-device (default null)")
     parser.add_argument("--output-device", help="with --heard: a PortAudio device (e.g. a JACK server's 'system') "
                                                 "or 'null'")
-    parser.add_argument("--blocksize", type=bounded(int, 16, 8192), default=256,
-                        help="with --heard: frames per device block (default 256)")
+    add_params(parser, "blocksize", defaults={"blocksize": 256})  # with --heard: the device block
     parser.add_argument("--batch", type=bounded(int, 1, 64), default=1, metavar="N",
                         help="also time engine and engine+graph decoding N streams at once (seeds 0..N-1), "
                              "frames/s against one stream (default 1: not)")

@@ -158,20 +158,35 @@ def _osc(stack: ExitStack, session: StreamingSession, args: argparse.Namespace, 
 
 def _midi(stack: ExitStack, session: StreamingSession, args: argparse.Namespace, config: SessionConfig | None,
           bank: PresetBank) -> list[str]:
+    from musicsteer.controllers.mappings import KnobMapping
     from musicsteer.controllers.midi import MidiInput, MidiMapper, values_reader
+    from musicsteer.engine.events import Change
+    from musicsteer.engine.params import LIVE
 
     midi_config = config.midi if config is not None else None
     labels = session.gen.vectors.labels if session.gen.vectors is not None else []
     mappings = list(midi_config.mappings) if midi_config and midi_config.mappings else default_midi_mappings(labels)
     api = midi_config.api if midi_config else None
-    told = []
     port = args.midi if args.midi is not None else (midi_config.port if midi_config else None)
+    out = args.midi_out if args.midi_out is not None else (midi_config.output if midi_config else None)
+    if port is None and out is None:
+        return []
+    source = config.source if config is not None else "--midi"
+    for m in mappings:  # both ends of a knob, judged now by what only the model and the rule can say
+        if isinstance(m, KnobMapping) and m.param in LIVE:
+            for end in (m.low, m.high):
+                value = round(end) if LIVE[m.param].kind == "whole" else end
+                try:
+                    session.control.check(Change(m.param, value), live=False)
+                except MusicsteerError as err:
+                    raise type(err)(f"{source} line {m.line}: the {m.param} knob on CC {m.cc} reaches {end:g}: "
+                                    f"{err}") from None
+    told = []
     if port is not None:
         mapper = MidiMapper(mappings, bank.presets, values_reader(session.control))
         midi = MidiInput(session.control, int(port) if str(port).isdigit() else port, mapper, api)
         midi.start()
         stack.callback(midi.stop)
-    out = args.midi_out if args.midi_out is not None else (midi_config.output if midi_config else None)
     if out is not None:  # values back to the controller's LEDs and motor faders, from the same mappings
         from musicsteer.controllers.feedback import current_values
         from musicsteer.controllers.midi_feedback import MidiFeedback

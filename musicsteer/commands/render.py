@@ -178,6 +178,10 @@ def replay(args: argparse.Namespace) -> int:
     if isinstance(logged_model, str) and logged_model != lm.fingerprint:
         print(one_line(f"musicsteer: warning: {args.replay} was made with model {one_line(logged_model, 60)}; this is "
                        f"{lm.fingerprint}: the weights differ, so the codes will", 1000), file=sys.stderr)
+    for key in ("sample_rate", "frame_rate"):  # another codec: its frames are other sounds
+        if header.get(key) is not None and header[key] != getattr(lm, key):
+            raise MusicsteerError(f"{args.replay} was made at {key} {header[key]}; model {lm.name} has "
+                                  f"{getattr(lm, key)}")
     controls = header["controls"]  # checked by read_log, in Controls' types
     try:  # (checked by read_log; the model's own bounds, such as its layer count, are checked here)
         gen = generator_class(args, lm)(lm, Controls(**controls), vectors, **header["settings"])
