@@ -32,6 +32,8 @@ def host_port(text: str, flag: str, host: str = "127.0.0.1") -> tuple[str, int]:
     """`[HOST:]PORT` (IPv6 as `[::1]:PORT`) -> (host, port); the port is checked like --osc-port (0..65535,
     0 = any free port). MusicsteerError, one line naming `flag`, otherwise."""
     head, colon, tail = text.strip().rpartition(":")
+    if tail.endswith("]"):  # [::1] alone: the port is missing, not "1]"
+        raise MusicsteerError(f"{flag} {one_line(text, 60)!r}: give [IPv6]:PORT or PORT")
     if colon and not head:
         raise MusicsteerError(f"{flag} {one_line(text, 60)!r}: give HOST:PORT or PORT")
     port = PARAMS["osc_port"].named(f"{flag}'s port").parse(tail)
@@ -45,6 +47,13 @@ def bind_error(exc: BaseException, what: str, host: object, port: object) -> Mus
                                            why=one_line(getattr(exc, "strerror", None) or exc, 120)))
 
 
+def local_addresses() -> set[str]:
+    """Every IP address of this machine's interfaces (ifaddr: zeroconf's own dependency)."""
+    import ifaddr
+
+    return {ip.ip if isinstance(ip.ip, str) else ip.ip[0] for adapter in ifaddr.get_adapters() for ip in adapter.ips}
+
+
 def udp_target(host: str, port: int, own: tuple[str, int], what: str) -> tuple[str, int]:
     """(host, port) resolved to the (ip, port) an IPv4 UDP sendto needs; never `own`, the sending server's
     address (every echo would come back to it as a change). MusicsteerError, one line naming `what`."""
@@ -53,7 +62,8 @@ def udp_target(host: str, port: int, own: tuple[str, int], what: str) -> tuple[s
     except BAD_ADDRESS as exc:
         why = getattr(exc, "strerror", None) or exc
         raise MusicsteerError(f"{what} {one_line(host, 60)}:{port}: {one_line(why, 80)}") from None
-    if port == own[1] and (ip == own[0] or ipaddress.ip_address(ip).is_loopback):
+    if port == own[1] and (ip == own[0] or ipaddress.ip_address(ip).is_loopback
+                           or own[0] in ("0.0.0.0", "::") and ip in local_addresses()):
         raise MusicsteerError(f"{what} {ip}:{port} is this server's own address: every echo would come back as "
                               "a change")
     return ip, port

@@ -1,38 +1,24 @@
-"""OSC controller: UDP packets -> validated `Change`s on a session's control state, and two-way OSC
-(docs/design.md §4).
+"""OSC controller: UDP packets -> validated `Change`s on a session's control state, and two-way OSC.
+The contract (addresses, replies, what subscribers are told) is docs/design.md §4 and README's OSC.
 
 The address space is the parameter table's (engine/params.py): each live row's `osc` addresses under
-/musicsteer/, taking numbers as OSC i, h, f or d (never r, m, T/F…: a colour is not a strength) and
-text as s. `alpha f [ramp_s]`; `mix s f … [morph_s]`; `steer s`; `morph s morph_s` or `morph s f …
-morph_s`. Besides: record/start [s], record/stop, preset s (recall), preset/save s [morph_s],
-subscribe, unsubscribe, ping [args] -> pong [args], status. Argless commands ignore arguments
-(TouchOSC buttons send 1.0, then 0.0).
+/musicsteer/, numbers as OSC i, h, f or d (never r, m, T/F…: a colour is not a strength), text as s;
+plus SESSION_COMMANDS. Argless commands ignore arguments (TouchOSC buttons send 1.0, then 0.0).
+Replies go to the sender's (ip, port): a clamp -> /musicsteer/clamped, a refusal -> one
+/musicsteer/error per datagram (a bundle's refusals summed up in it), counted by kind in the
+session's control state and never logged per element; record/start and record/stop answer once the
+session's takes thread has opened or closed the files.
 
-Two-way, as control surfaces expect (TouchOSC, Open Stage Control, AbletonOSC): every applied change,
-whatever moved it (OSC, MIDI, the web page, a preset, automation), is sent on the control's own
-address — the row's first, which takes its whole value: `/musicsteer/alpha f`, `/musicsteer/mix s f …`,
-`/musicsteer/layer i …` — with the value it was set to (a glide's target), to every subscriber and
-to the `feedback` targets (`--osc-feedback HOST:PORT`: permanent subscribers, e.g. Open Stage
-Control's own OSC port). A new subscriber or target gets the status and every value at once.
-
-Replies go to the sender's (ip, port): record/start s -> record/started s (the name is taken in the
-recordings folder and refused outside it; no name, or a button's press: a new take-….wav; its
-release, 0, is ignored); record/stop -> record/stopped s (the file, "" if none), both once the
-session's takes thread has opened or closed the files; preset/save s -> preset/saved s.
-status -> /musicsteer/status (osc_args.status). subscribe -> a status now and each `status_interval`,
-the echoes above, `/musicsteer/changed param value… [seconds]` per applied change, `/musicsteer/meter`
-and `/musicsteer/error s` or `/musicsteer/warning s` for what the session must tell (a failed
-recording, a nearly full disk, a truncated prompt, a lost sound device).
-A clamped value -> /musicsteer/clamped s f f (param, applied, asked; it WAS applied). A refusal ->
-/musicsteer/error s "<address>: <reason>" (one line; nothing applied). Per datagram at most one
-error reply (a bundle's refusals are summed up in it) and a few clamp replies; every refusal is
-counted by kind in the session's control state (status, summary) and never logged per element.
+Two-way: every applied change, whatever moved it, is echoed on its control's own address (the row's
+first, which takes its whole value) with the value it was set to, to subscribers and the `feedback`
+targets (`--osc-feedback`), from a socket of its own that reads nothing; a new subscriber or target
+gets every value at once. Another engine's output arriving here (OUTPUT_ONLY) is ignored unanswered.
 
 Threads: a BlockingOSCUDPServer in one thread (the threading server lost 5–22 % at 1 kHz under
 torch load) that never touches torch; a sender thread for subscribers, fed by a queue the engine
-listener only appends to. Packets are read strictly (controllers/osc_packet.py); controllers/osc_args.py
-turns arguments into engine values and back. Bundle time tags are ignored: a sleep would stall the
-only serving thread. Whoever reaches the port can steer and write recordings: loopback by default;
+listener only appends to. Packets are read strictly (controllers/osc_packet.py); osc_args.py turns
+arguments into engine values and back. Bundle time tags are ignored: a sleep would stall the only
+serving thread. Whoever reaches the port can steer and write recordings: loopback by default;
 `allow` takes IPs/networks.
 """
 
@@ -81,6 +67,10 @@ ADDRESSES = tuple(f"{PREFIX}/{path}" for path in (*OSC_ADDRESSES, *SESSION_COMMA
 TAKE_REPLIES = {"record/start": "record/started", "record/stop": "record/stopped"}
 NUMBER = tuple(osc_args.NUMBER_TAGS)
 PATTERN_CHARS = set("*?[]{}")  # OSC address patterns: refused, not matched (see _route_table)
+# What this server sends and never takes: arriving here, it is another engine's output (its feedback
+# pointed at this port), ignored without an answer, or two engines would trade errors forever.
+OUTPUT_ONLY = frozenset(f"{PREFIX}/{path}" for path in (
+    "error", "warning", "changed", "meter", "clamped", "pong", "preset/saved", *TAKE_REPLIES.values()))
 _STOP = object()
 
 
@@ -128,7 +118,16 @@ class OscServer:
         with contextlib.suppress(OSError):  # Linux caps it at net.core.rmem_max (and reports double)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         self.rcvbuf = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
-        self.feedback = [udp_target(*target, self.address, "OSC feedback target") for target in feedback or ()]
+        try:
+            self.feedback = [udp_target(*target, self.address, "OSC feedback target") for target in feedback or ()]
+        except MusicsteerError:
+            self._server.server_close()  # refused: the port is free again at once
+            raise
+        # What subscribers and feedback targets are told leaves from a socket of its own, which reads nothing:
+        # an engine or a surface that answers it (with an error, a status) talks to no one, never in a loop.
+        self._broadcast = socket.socket(sock.family, socket.SOCK_DGRAM)
+        self._broadcast.bind((self.address[0], 0))
+        self._echoed: dict[str, Any] = {}  # the value last echoed per control (the sender thread's own)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -171,6 +170,7 @@ class OscServer:
                 thread.join(timeout=5)
         self._closed = True
         self._server.server_close()
+        self._broadcast.close()
 
     def _serve(self) -> None:
         while self._running:  # the handlers are guarded; this outlives any surprise in socketserver
@@ -210,6 +210,9 @@ class OscServer:
         for message in messages:
             self._count("messages")
             try:
+                if message.address in OUTPUT_ONLY or osc_args.status_reply(message):
+                    self._count("ignored")  # another engine's output (feedback pointed here): never answered
+                    continue
                 route = self._routes.get(message.address)
                 if route is None:
                     raise UnknownName("unknown address" if not set(message.address) & PATTERN_CHARS
@@ -275,8 +278,9 @@ class OscServer:
                 if name and osc_args.scalar(applied) != osc_args.scalar(asked) and len(replies.out) < MAX_CLAMP_REPLIES:
                     replies.out.append((f"{PREFIX}/clamped", [name, osc_args.scalar(applied), osc_args.scalar(asked)]))
 
-    def _send(self, clients: Any, address: str, *args: Any) -> None:
-        """Send one message to a sender's address, or to each of a list of them."""
+    def _send(self, clients: Any, address: str, *args: Any, sock: socket.socket | None = None) -> None:
+        """Send one message to a sender's address, or to each of a list of them (from `sock`: by default
+        the server's socket, as a reply)."""
         try:
             builder = OscMessageBuilder(address)
             for arg in args:
@@ -284,7 +288,7 @@ class OscServer:
             dgram = builder.build().dgram
             for client in clients if isinstance(clients, list) else [clients]:
                 with contextlib.suppress(OSError):  # one unreachable subscriber must not starve the rest
-                    self._server.socket.sendto(dgram, client)
+                    (sock or self._server.socket).sendto(dgram, client)
                     self._count("replies_sent")
         except Exception:  # noqa: BLE001 - an echoed argument python-osc cannot encode
             self._count("send_errors")
@@ -332,11 +336,15 @@ class OscServer:
     def _status_args(self) -> list[Any]:
         return osc_args.status(self._surface.status())
 
-    def _echo(self, clients: Any, values: dict[str, Any]) -> None:
+    def _echo(self, clients: Any, values: dict[str, Any], again: bool = False) -> None:
         """Each value on its control's own address (/musicsteer/alpha f, /musicsteer/mix s f …), where
-        a surface's widget for that address shows it."""
+        a surface's widget for that address shows it. A value equal to the one last echoed is not sent
+        again (unless `again`: a new subscriber's start): surfaces show it already, and two engines fed
+        each other's echoes stop at once instead of trading the same value every token."""
         for param, value in values.items():
-            self._send(clients, f"{PREFIX}/{LIVE[param].osc[0]}", *osc_args.values(value))
+            if again or self._echoed.get(param, _STOP) != value:
+                self._echoed[param] = value
+                self._send(clients, f"{PREFIX}/{LIVE[param].osc[0]}", *osc_args.values(value), sock=self._broadcast)
 
     def _on_event(self, event: Event) -> None:
         if self._running and (self._subscribers or self.feedback):  # only an enqueue: this runs between tokens
@@ -353,23 +361,26 @@ class OscServer:
             try:
                 with self._lock:
                     subscribers = [*self.feedback, *(s for s in self._subscribers if s not in self.feedback)]
+                out = self._broadcast
                 if isinstance(item, MeterReading):  # /musicsteer/meter label score ...
-                    self._send(subscribers, f"{PREFIX}/meter", *(x for pair in item.scores.items() for x in pair))
+                    self._send(subscribers, f"{PREFIX}/meter", *(x for pair in item.scores.items() for x in pair),
+                               sock=out)
                 elif isinstance(item, tuple):  # a new subscriber's address: the state now, to start in sync
-                    self._send(item, f"{PREFIX}/status", *self._status_args())
-                    self._echo(item, current_values(self._control.values))
+                    self._send(item, f"{PREFIX}/status", *self._status_args(), sock=out)
+                    self._echo(item, current_values(self._control.values), again=True)
                 elif isinstance(item, _Out):  # a deferred reply
                     self._send(item.client, item.address, *item.args)
                 elif isinstance(item, Notice):
-                    self._send(subscribers, f"{PREFIX}/{item.level}", one_line(item.text, 300))
+                    self._send(subscribers, f"{PREFIX}/{item.level}", one_line(item.text, 300), sock=out)
                 for change in item.changes if isinstance(item, Applied) else ():
                     self._send(subscribers, f"{PREFIX}/changed", change.param, *osc_args.values(change.value),
-                               *([float(change.seconds)] if change.seconds else []))
+                               *([float(change.seconds)] if change.seconds else []), sock=out)
                 if isinstance(item, Applied):
                     self._echo(subscribers, applied_values(item))
                 if time.monotonic() >= due:
                     due = max(due + self.status_interval, time.monotonic())  # no burst after a stall
-                    self._send(subscribers, f"{PREFIX}/status", *(self._status_args() if subscribers else ()))
+                    self._send(subscribers, f"{PREFIX}/status", *(self._status_args() if subscribers else ()),
+                               sock=out)
             except Exception:  # noqa: BLE001 - one bad status must not end subscriber traffic
                 self._count("internal")
 

@@ -79,6 +79,12 @@ def released(message: Message) -> bool:
     return bool(message.args) and all(tag in NUMBER_TAGS + "TF" for tag in message.tags) and not any(message.args)
 
 
+def status_reply(message: Message) -> bool:
+    """A /musicsteer/status that is an engine's answer (key value … pairs: a text first), not a request
+    (no arguments, or a button's number)."""
+    return message.address == "/musicsteer/status" and message.tags[:1] == "s"
+
+
 def take_name(message: Message) -> str | None:
     """record/start's name: one string, or none (a button's number, or no argument: a new take)."""
     if not message.args or all(tag in NUMBER_TAGS + "TF" for tag in message.tags):

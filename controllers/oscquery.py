@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import json
+import logging
 import re
 import socket
 import threading
@@ -69,6 +70,8 @@ COMMANDS = {
     "ping": ("[any …]", "replies pong with the same arguments"),
     "status": ("", "replies /musicsteer/status: key/value pairs, mix last"),
 }
+MAX_CLIENTS = 16  # HTTP requests served at once (a thread each); more are closed unanswered
+REQUEST_SECONDS = 10.0  # the longest one request may take, however slowly its client sends
 _TAGS = {"i": int, "h": int, "f": float, "d": float, "s": str}  # what the OSC server accepts, as Python types
 _UNSPECIFIED = ("", "0.0.0.0", "::")
 _EXTENSIONS = {"ACCESS": True, "VALUE": True, "RANGE": True, "DESCRIPTION": True, "CLIPMODE": True,
@@ -139,7 +142,20 @@ def _ips(host: str) -> list[str]:
 
 class _Handler(OSCQueryHTTPHandler):
     server: _HTTPServer
-    timeout = 5  # seconds a stalled client may hold its request thread (stop() waits for them)
+    timeout = 5  # seconds a stalled client may wait between two reads
+
+    def setup(self) -> None:
+        # A client trickling a byte every few seconds never trips `timeout`: the whole request gets
+        # REQUEST_SECONDS, then its connection is shut (its thread ends; stop() never waits on it).
+        super().setup()
+        self._deadline = threading.Timer(REQUEST_SECONDS, self.server.cut, (self.connection,))
+        self._deadline.daemon = True
+        self._deadline.start()
+
+    def finish(self) -> None:
+        self._deadline.cancel()
+        with contextlib.suppress(OSError):
+            super().finish()
 
     def do_GET(self) -> None:
         try:
@@ -174,7 +190,37 @@ class _HTTPServer(OSCQueryHTTPServer):
 
     def __init__(self, owner: OscQueryService, address: tuple[str, int]) -> None:
         self.owner, self.address_family = owner, socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self._clients = threading.BoundedSemaphore(MAX_CLIENTS)  # a thread and a deadline timer each: bounded
+        self._open: set[socket.socket] = set()
+        self._open_lock = threading.Lock()
         super().__init__(owner._space, owner._host_info, address, _Handler, True)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._clients.acquire(blocking=False):  # MAX_CLIENTS at work already: closed unanswered
+            self.owner.errors += 1
+            self.shutdown_request(request)
+            return
+        with self._open_lock:
+            self._open.add(request)
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._open_lock:
+                self._open.discard(request)
+            self._clients.release()
+
+    def cut(self, connection: socket.socket) -> None:
+        """End a connection now (its request thread returns): a deadline passed, or the server stops."""
+        with contextlib.suppress(OSError):
+            connection.shutdown(socket.SHUT_RDWR)
+
+    def cut_all(self) -> None:
+        with self._open_lock:
+            for connection in list(self._open):
+                self.cut(connection)
 
     def handle_error(self, request: Any, client_address: Any) -> None:  # no traceback per broken client
         self.owner.errors += 1
@@ -196,7 +242,10 @@ class OscQueryService:
         self.http_host, self.http_port = str(http_host), PARAMS["osc_port"].named("OSCQuery port").check(http_port)[0]
         self.name = check_text("the OSCQuery name", name, 63, empty=False)
         self.advertise, self._values = advertise, values
-        self.errors = 0  # requests that failed inside the server (broken connections)
+        self.errors = 0  # requests that failed inside the server (broken connections, clients past MAX_CLIENTS)
+        # python-oscquery logs one ERROR line per request it cannot answer (`?BOGUS`): a poller, or anyone
+        # who reaches the port, must not fill stderr; the 400 answer says it to the client.
+        logging.getLogger("pythonoscquery.osc_query_service").setLevel(logging.CRITICAL)
         self.advertise_error: str | None = None  # why zeroconf could not announce (the HTTP server still runs)
         self.announced: list[str] = []  # the zeroconf names registered ("musicsteer-2._osc…": the name was taken)
         self._space = OSCAddressSpace()
@@ -321,6 +370,7 @@ class OscQueryService:
             self._zeroconf.close()
             self._zeroconf = None
         if self._server is not None:
+            self._server.cut_all()  # clients still connected (a slow one) end now: nothing to wait for
             self._server.server_close()  # also joins request threads (block_on_close)
 
     def __enter__(self) -> OscQueryService:

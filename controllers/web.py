@@ -49,7 +49,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from musicsteer.engine.errors import MusicsteerError, one_line
+from musicsteer.engine.errors import Malformed, MusicsteerError, one_line
 from musicsteer.engine.events import Applied, Event, MeterReading, Notice
 
 from .addresses import BAD_ADDRESS, bind_error, is_loopback
@@ -80,6 +80,7 @@ class WebSurface:
         self.host = host
         self.token = None if is_loopback(host) else secrets.token_urlsafe(18)
         self._socket = _bind(host, port)
+        self.cookie = f"{COOKIE}_{self.address[1]}"  # per port: two sessions on one host keep their own tokens
         self._events: collections.deque[Event] = collections.deque(maxlen=4096)
         self._pages: set[_Page] = set()
         self.counters: collections.Counter[str] = collections.Counter()
@@ -97,7 +98,7 @@ class WebSurface:
     def url(self) -> str:
         """The URL to open: the host as given (0.0.0.0: this machine's name), with the token if one is needed."""
         host, port = self.address
-        shown = socket.gethostname() if host in ("0.0.0.0", "::") else host
+        shown = socket.gethostname() if host in ("0.0.0.0", "::") else f"[{host}]" if ":" in host else host
         return f"http://{shown}:{port}/" + (f"?token={self.token}" if self.token else "")
 
     def start(self) -> None:
@@ -126,7 +127,7 @@ class WebSurface:
 
     # -- the app ------------------------------------------------------------------------------
     def _app(self) -> Starlette:
-        hosts = list(LOOPBACK_HOSTS) if is_loopback(self.host) else ["*"]
+        hosts = [*LOOPBACK_HOSTS, self.host.strip("[]")] if is_loopback(self.host) else ["*"]
 
         @contextlib.asynccontextmanager
         async def lifespan(app: Starlette) -> Any:
@@ -143,13 +144,13 @@ class WebSurface:
     def authorised(self, conn: HTTPConnection) -> bool:
         if self.token is None:
             return True
-        given = conn.query_params.get("token") or conn.cookies.get(COOKIE) or ""
+        given = conn.query_params.get("token") or conn.cookies.get(self.cookie) or ""
         return secrets.compare_digest(given.encode(), self.token.encode())
 
     async def _index(self, request: Request) -> Response:
         if self.token and request.query_params.get("token"):  # the token becomes a cookie; the URL drops it
             response: Response = RedirectResponse("/", status_code=303)
-            response.set_cookie(COOKIE, self.token, httponly=True, samesite="strict")
+            response.set_cookie(self.cookie, self.token, httponly=True, samesite="strict")
             return response
         return FileResponse(str(STATIC / "index.html"), headers=_PAGE_HEADERS)
 
@@ -171,22 +172,28 @@ class WebSurface:
         writer = asyncio.create_task(page.write())
         try:
             while True:
-                text = await ws.receive_text()
-                if page.admit():
-                    self._handle(page, text)
-                else:
+                message = await ws.receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                if not page.admit():
                     self._count("busy")
                     self._control.report("busy")
-        except (WebSocketDisconnect, RuntimeError, KeyError):  # closed, or a binary frame (KeyError: 'text')
+                elif message.get("text") is None:  # a binary frame: the protocol is JSON text
+                    self._handle(page, None)
+                else:
+                    self._handle(page, message["text"])
+        except (WebSocketDisconnect, RuntimeError):  # closed
             pass
         finally:
             self._pages.discard(page)
             writer.cancel()
 
-    def _handle(self, page: _Page, text: str) -> None:
-        """One message from a page: act, and answer a refusal once (counted once, by kind)."""
+    def _handle(self, page: _Page, text: str | None) -> None:
+        """One message from a page (None: a binary frame): act, and answer a refusal once (counted once, by kind)."""
         self._count("messages")
         try:
+            if text is None:
+                raise Malformed("a binary frame: messages are JSON text")
             self._act(page, parse_message(text))
         except MusicsteerError as exc:
             self._control.refused(exc)
@@ -225,7 +232,8 @@ class WebSurface:
                 else {"type": "error", "text": one_line(f"record {message.action}: {error}", 300)}
             if error is not None:
                 self._control.report("refused_take")
-            loop.call_soon_threadsafe(page.put, reply)
+            with contextlib.suppress(RuntimeError):  # the server stopped meanwhile: no page to tell
+                loop.call_soon_threadsafe(page.put, reply)
 
         action = (lambda: session.start_recording(message.name, live=True)) if message.action == "start" \
             else session.stop_recording

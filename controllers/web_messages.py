@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 from musicsteer.engine.errors import BadType, Malformed, UnknownName, shown
 from musicsteer.engine.events import Change
-from musicsteer.engine.params import GLIDE, LIVE, NAME_CHARS, check_text
+from musicsteer.engine.params import GLIDE, LIVE, check_text
 
 from .feedback import current_values
+from .presets import check_name
 
 if TYPE_CHECKING:
     from musicsteer.engine.session import StreamingSession
@@ -64,7 +65,7 @@ def parse_message(text: str) -> PageMessage:
         name = data.get("name")
         return PageMessage("record", name=None if name in (None, "") else check_text("a take's name", name, 255),
                            action=action)
-    name = check_text("a preset's name", data.get("name"), NAME_CHARS, empty=False)
+    name = check_name(data.get("name"))
     return PageMessage(kind, name=name, seconds=_seconds(data))
 
 

@@ -18,11 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
-from musicsteer.engine.errors import MusicsteerError
+from musicsteer.engine.errors import MusicsteerError, shown
 
 from . import plots
 from .cache import Activations, load_activations
-from .train import normalise, split, train_layer
+from .settings import SEED, TEST_FRACTION
+from .train import METHODS, normalise, split, train_layer
 
 
 def jaccard(clusters: np.ndarray, y: np.ndarray, k: int, classes: int) -> np.ndarray:
@@ -62,14 +63,18 @@ def layer_scores(acts: Activations, seed: int, test_fraction: float, method: str
     return scores
 
 
-def analyze(acts_dir: str, out: str, site: str = "residual", pool: str = "mean", seed: int = 0,
-            test_fraction: float = 0.15, method: str = "mse") -> dict:
+def analyze(acts_dir: str, out: str, site: str = "residual", pool: str = "mean", seed: int = SEED.default,
+            test_fraction: float = TEST_FRACTION.default, method: str = "mse") -> dict:
+    if method not in METHODS:
+        raise MusicsteerError(f"unknown method {shown(method)}; expected one of {', '.join(METHODS)}")
+    SEED.check(seed)
+    TEST_FRACTION.check(test_fraction)
     acts = load_activations(acts_dir, site, pool)
     report_dir = Path(out).expanduser()
     try:
         report_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise MusicsteerError(f"cannot create {report_dir}: {e.strerror or e}") from None
+        raise MusicsteerError(f"cannot create {shown(str(report_dir))}: {e.strerror or e}") from None
     if len(acts.y) <= len(acts.labels):
         raise MusicsteerError(f"{len(acts.y)} segments are too few to cluster into {len(acts.labels)} labels")
     scores = layer_scores(acts, seed, test_fraction, method)

@@ -26,12 +26,13 @@ from pathlib import Path
 
 import numpy as np
 
-from musicsteer.engine.errors import MusicsteerError, one_line
+from musicsteer.engine.errors import MusicsteerError, one_line, shown
 from musicsteer.engine.files import atomic_write
 from musicsteer.engine.params import SITES
 
+from .settings import POOLS
+
 FORMAT = "musicsteer.activations/1"
-POOLS = ("mean", "last")
 KEYS = tuple(f"{site}.{pool}" for site in SITES for pool in POOLS)
 # The settings that make two extractions comparable; any difference means another cache.
 IDENTITY = ("model", "segment_seconds", "prompt", "dtype")
@@ -71,21 +72,32 @@ class ActivationCache:
     def write_manifest(self, manifest: dict) -> None:
         atomic_write(self.manifest_path, lambda p: p.write_text(json.dumps(manifest, indent=1) + "\n"))
 
+    def check_root(self) -> dict | None:
+        """The folder is usable for activations (before the model loads): none yet, an empty folder, or
+        one with a readable manifest, which is returned. Not a file, not another folder's contents."""
+        try:
+            if self.root.exists() and not self.root.is_dir():
+                raise MusicsteerError(f"--out {shown(str(self.root))} is a file; give a folder")
+            old = self.read_manifest()
+            if old is None and self.root.is_dir() and any(p for p in self.root.iterdir()
+                                                          if not p.name.startswith(".")):
+                raise MusicsteerError(f"{shown(str(self.root))} is not empty and holds no activations manifest; "
+                                      "use another --out")
+        except OSError as e:  # a name too long for the file system, a folder we may not enter
+            raise MusicsteerError(f"cannot use --out {shown(str(self.root))}: {e.strerror or e}") from None
+        return old
+
     def check_settings(self, settings: dict) -> dict | None:
         """Refuse a folder made by another model, segment length, prompt or dtype (mixing them would
         silently average incomparable activations); return its manifest, if it has one."""
-        if self.root.exists() and not self.root.is_dir():
-            raise MusicsteerError(f"--out {self.root} is a file; give a folder")
-        old = self.read_manifest()
+        old = self.check_root()
         if old is None:
-            if self.root.is_dir() and any(p for p in self.root.iterdir() if not p.name.startswith(".")):
-                raise MusicsteerError(f"{self.root} is not empty and holds no activations manifest; "
-                                      "use another --out")
             return None
         for key in IDENTITY:
             if old["settings"].get(key) != settings[key]:
-                raise MusicsteerError(f"{self.root} holds activations made with {key} {old['settings'].get(key)!r}, "
-                                      f"not {settings[key]!r}; use another --out")
+                raise MusicsteerError(f"{shown(str(self.root))} holds activations made with {key} "
+                                      f"{shown(old['settings'].get(key))}, not {shown(settings[key])}; "
+                                      "use another --out")
         return old
 
     def open_for(self, manifest: dict) -> dict:
@@ -154,8 +166,12 @@ class ActivationCache:
 def load_activations(root: str | Path, site: str = "residual", pool: str = "mean") -> Activations:
     """The finished cache's activations at one site and pooling, with integer labels."""
     cache = ActivationCache(root)
-    if not cache.root.is_dir():
-        raise MusicsteerError(f"activations folder not found: {cache.root}")
+    try:
+        found = cache.root.is_dir()
+    except OSError as e:  # a name too long for the file system, a folder we may not enter
+        raise MusicsteerError(f"cannot use activations folder {shown(str(cache.root))}: {e.strerror or e}") from None
+    if not found:
+        raise MusicsteerError(f"activations folder not found: {shown(str(cache.root))}")
     manifest = cache.read_manifest()
     if manifest is None:
         raise MusicsteerError(f"{cache.root} has no manifest.json; make it with `musicsteer probe extract`")

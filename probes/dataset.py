@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from musicsteer.engine.audio_io import read_audio
-from musicsteer.engine.errors import MusicsteerError, one_line
+from musicsteer.engine.errors import MusicsteerError, one_line, shown
 
 
 @dataclass(frozen=True)
@@ -54,13 +54,18 @@ class Plan:
 def discover(data: str | Path) -> tuple[list[Source], list[dict[str, str]]]:
     """The labelled files of a folder or CSV manifest, in a stable order, and the rows skipped."""
     root = Path(data).expanduser()
-    if not root.exists():
-        raise MusicsteerError(f"data not found: {root}")
-    if root.is_dir():
+    try:
+        if not root.exists():
+            raise MusicsteerError(f"data not found: {shown(str(root))}")
+        folder = root.is_dir()
+    except OSError as e:  # a name too long for the file system, a folder we may not enter
+        raise MusicsteerError(f"cannot use --data {shown(str(root))}: {e.strerror or e}") from None
+    if folder:
         return _from_folder(root), []
     if root.suffix.lower() == ".csv":
         return _from_csv(root)
-    raise MusicsteerError(f"--data must be a folder (one sub-folder per label) or a .csv manifest, got {root}")
+    raise MusicsteerError(f"--data must be a folder (one sub-folder per label) or a .csv manifest, got "
+                          f"{shown(str(root))}")
 
 
 def _from_folder(root: Path) -> list[Source]:

@@ -29,7 +29,6 @@ from tqdm import tqdm
 from musicsteer.engine import decoder as decoder_fn
 from musicsteer.engine.codec import encode_audio
 from musicsteer.engine.delay import DelayPattern
-from musicsteer.engine.errors import MusicsteerError
 from musicsteer.engine.generator import fast_decoder
 from musicsteer.engine.kv_cache import KVCache
 from musicsteer.engine.loading import LoadedModel, load_model
@@ -38,6 +37,7 @@ from musicsteer.engine.steering import SteeringTensors
 
 from . import dataset
 from .cache import FORMAT, KEYS, ActivationCache
+from .settings import BATCH, PROMPT, SEGMENT_SECONDS
 
 
 class PoolingCapture(dict):
@@ -153,16 +153,17 @@ def manifest_for(lm: LoadedModel, plan: dataset.Plan, settings: dict) -> dict:
     }
 
 
-def extract(data: str, model: str, out: str, segment_seconds: float = 10.0, prompt: str = "", batch: int = 4,
+def extract(data: str, model: str, out: str, segment_seconds: float = SEGMENT_SECONDS.default,
+            prompt: str = PROMPT.default, batch: int = BATCH.default,
             device: str = "auto", dtype: str = "float32") -> dict:
     """Fill (or finish) the cache at `out`; return its manifest."""
-    if batch < 1:
-        raise MusicsteerError(f"--batch must be >= 1, got {batch}")
-    if not segment_seconds > 0:
-        raise MusicsteerError(f"--segment-seconds must be > 0, got {segment_seconds}")
+    # every value and the cheap checks (empty folder, one label, bad CSV, an unusable --out) before the model loads
+    BATCH.check(batch)
+    segment_seconds = SEGMENT_SECONDS.check(segment_seconds)[0]
+    PROMPT.check(prompt)
     out_path = Path(out).expanduser()
     cache = ActivationCache(out_path)
-    # the cheap checks (empty folder, one label, bad CSV) before the model loads
+    cache.check_root()
     sources, skipped = dataset.discover(data)
     dataset.check_labels({s.label for s in sources}, data)
     lm = load_model(model, device, dtype)

@@ -21,12 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
-from musicsteer.engine.errors import MusicsteerError
+from musicsteer.engine.errors import MusicsteerError, shown
+from musicsteer.engine.files import writable_file
 from musicsteer.engine.vectors import SteeringVectors
 
 from .cache import Activations, load_activations
+from .settings import LAYER, METHODS, SEED, TEST_FRACTION, check_layer, layer_value
 
-METHODS = ("mse", "logistic", "diffmean")
 # Ridge strength, relative to the spread of the segments about their mean (not to X^T X itself):
 # normalised residual-stream segments all point nearly one way (the tiny model: the shared mean is
 # 100x the segments' RMS distance from it), so a penalty scaled to X^T X would flatten every
@@ -67,8 +68,7 @@ def split(y: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, n
     """Stratified (train, test) row indices, the same for every layer and for analyze."""
     from sklearn.model_selection import train_test_split
 
-    if not 0 < test_fraction < 1:
-        raise MusicsteerError(f"--test-fraction must be between 0 and 1, got {test_fraction}")
+    TEST_FRACTION.check(test_fraction)
     classes, counts = np.unique(y, return_counts=True)
     if counts.min() < 2:
         raise MusicsteerError(f"every label needs at least 2 segments for a held-out split; "
@@ -139,7 +139,7 @@ def train_layer(x: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarra
     elif method == "diffmean":
         w, b = fit_diffmean(x[train], y[train], classes)
     else:
-        raise MusicsteerError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
+        raise MusicsteerError(f"unknown method {shown(method)}; expected one of {', '.join(METHODS)}")
     predicted = np.argmax(x[test] @ w.T + b, axis=1)
     return LayerProbe(w, float(np.mean(predicted == y[test])))
 
@@ -158,8 +158,7 @@ def train_all(acts: Activations, method: str = "mse", seed: int = 0, test_fracti
 def export(result: TrainResult, acts: Activations, out: str | Path, site: str, layer: int | None = None) -> Path:
     """Write the vectors file: label -> (layers, d) with row i = that label's direction at layer i."""
     best = result.best_layer if layer is None else layer
-    if not 0 <= best < acts.num_layers:
-        raise MusicsteerError(f"--layer {best} out of range; the model has layers 0-{acts.num_layers - 1}")
+    check_layer(best, acts.num_layers)
     zero = [(label, i) for c, label in enumerate(result.labels)
             for i in range(acts.num_layers) if not np.any(result.directions[c, i])]
     if zero:
@@ -172,13 +171,19 @@ def export(result: TrainResult, acts: Activations, out: str | Path, site: str, l
     return vectors.save(out)
 
 
-def train(acts_dir: str, out: str, method: str = "mse", layer: str = "best", site: str = "residual",
-          pool: str = "mean", seed: int = 0, test_fraction: float = 0.15) -> tuple[TrainResult, Path]:
+def train(acts_dir: str, out: str, method: str = "mse", layer: int | str = LAYER.default, site: str = "residual",
+          pool: str = "mean", seed: int = SEED.default, test_fraction: float = TEST_FRACTION.default
+          ) -> tuple[TrainResult, Path]:
+    """Every value, the vectors file's path and the layer against the activations are checked before
+    the first probe trains: a typo never costs the training."""
     if method not in METHODS:
-        raise MusicsteerError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
-    if layer != "best" and not layer.lstrip("-").isdigit():
-        raise MusicsteerError(f"--layer must be 'best' or a layer number, got {layer!r}")
+        raise MusicsteerError(f"unknown method {shown(method)}; expected one of {', '.join(METHODS)}")
+    layer = layer_value(layer)
+    SEED.check(seed)
+    TEST_FRACTION.check(test_fraction)
+    writable_file(out, "vectors file")
     acts = load_activations(acts_dir, site, pool)
+    check_layer(layer, acts.num_layers)
     result = train_all(acts, method, seed, test_fraction)
-    path = export(result, acts, out, site, None if layer == "best" else int(layer))
+    path = export(result, acts, out, site, None if layer == "best" else layer)
     return result, path

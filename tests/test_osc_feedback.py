@@ -10,6 +10,7 @@ import shutil
 import socket
 import subprocess
 import threading
+import time
 
 import pytest
 import yaml
@@ -111,7 +112,8 @@ def test_presets_are_recalled_and_saved_over_osc(served) -> None:
     until(lambda: session.control.values.alpha == pytest.approx(0.4, abs=1e-6), what="alpha applied")
     client.send("/musicsteer/preset/save", "fusion", 2.0)
     assert client.wait("/musicsteer/preset/saved")[0] == ["fusion"]
-    saved = load_presets(bank.path)["fusion"]  # written to the file at once, in the config's format
+    until(lambda: bank.path.exists() and "fusion" in load_presets(bank.path), what="the writer thread's write")
+    saved = load_presets(bank.path)["fusion"]  # written to the file, in the config's format
     assert (saved.mix, saved.alpha, saved.layer, saved.seconds) == ({"rock": 0.5, "classical": 0.5},
                                                                      pytest.approx(0.4), (LAYER,), 2.0)
     assert set(yaml.safe_load(bank.path.read_text())["presets"]) == {"calm", "fusion"}
@@ -177,3 +179,58 @@ def test_the_open_stage_control_layout_is_generated_from_the_table_and_listens_o
     echoed = {f"/musicsteer/{row.osc[0]}" for row in LIVE.values()}
     shows = [w for w in shipped["content"]["widgets"] if w["type"] in ("fader", "knob", "switch", "input")]
     assert {w["address"] for w in shows} <= echoed and len(shows) >= 6
+
+
+def test_two_engines_fed_each_other_s_echoes_settle_instead_of_trading_forever(served) -> None:
+    """From a hostile review: A's feedback to B's port and B's to A's once traded ~1,900 refusals a second.
+    Echoes leave from a socket that reads nothing, output addresses arriving are ignored unanswered, and
+    a value already echoed is not echoed again: one change, then silence."""
+    session, _, _, _ = served
+    port_a, port_b = free_udp_port(), free_udp_port()
+    a = OscServer(session, port=port_a, feedback=[("127.0.0.1", port_b)])
+    b = OscServer(session, port=port_b, feedback=[("127.0.0.1", port_a)])
+    a.start()
+    b.start()
+    try:
+        time.sleep(1.0)  # each tells the other every value at its start (both applied): let that cross first
+        client = Client(a.address)
+        client.send("/musicsteer/alpha", 0.4375)
+        until(lambda: session.control.values.alpha == pytest.approx(0.4375), what="the change applied")
+        time.sleep(1.0)  # five status intervals each way: statuses, changed, meter and echoes cross
+        settled = len(session.applied), a.counters["errors"], b.counters["errors"]
+        time.sleep(1.0)
+        assert (len(session.applied), a.counters["errors"], b.counters["errors"]) == settled
+        assert settled[1:] == (0, 0) and a.counters["ignored"] > 0 and b.counters["ignored"] > 0
+        client.close()
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_saved_presets_are_written_off_the_serving_thread_once_a_burst(served, tmp_path) -> None:
+    """A flood of saves once rewrote the file hundreds of times a second on the OSC thread (95 s without a
+    pong, 23 underruns): now a save is a dict update and the writer thread writes a burst once."""
+    session, server, _, bank = served
+    client = Client(server.address)
+    writes = bank.writes
+    began = time.monotonic()
+    for i in range(500):
+        client.send("/musicsteer/preset/save", f"p{i % 7}")
+    client.send("/musicsteer/ping", 1)
+    assert client.wait("/musicsteer/pong")[0] == [1] and time.monotonic() - began < 2
+    until(lambda: bank.writes > writes and "p6:" in bank.path.read_text(), what="the burst written")
+    time.sleep(0.6)
+    assert bank.writes - writes <= 4  # (a write every 0.25 s at most)
+    client.close()
+
+
+def test_a_presets_file_is_its_own(tmp_path) -> None:
+    """--presets rewrites its file with presets only, so a whole config is refused (it lost its midi:
+    section); an empty file (`touch presets.yaml`) is a start with none."""
+    empty = tmp_path / "empty.yaml"
+    empty.touch()
+    assert load_presets(empty) == {}
+    full = tmp_path / "full.yaml"
+    full.write_text("midi:\n  port: 0\npresets:\n  a: {mix: rock, alpha: 0.5}\n")
+    with pytest.raises(MusicsteerError, match="holds more than presets"):
+        load_presets(full)

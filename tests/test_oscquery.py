@@ -265,3 +265,30 @@ def test_stop_while_zeroconf_probes() -> None:
     service.stop()  # idempotent
     assert time.monotonic() - started < 5
     assert until(lambda: set(threading.enumerate()) <= threads, 5), set(threading.enumerate()) - threads
+
+
+def test_slow_clients_are_bounded_and_never_hold_the_end_of_a_session(capfd) -> None:
+    """From a hostile review: 200 clients trickling a byte every 3 s made 212 threads and held stop() for
+    108 s. Now at most MAX_CLIENTS are served at once, each request has REQUEST_SECONDS, stop() cuts
+    the rest; and a request the library cannot answer writes nothing to stderr."""
+    from musicsteer.controllers import oscquery
+
+    service = OscQueryService(OSC, "127.0.0.1", 0, dict, advertise=False)
+    service.start()
+    base = threading.active_count()
+    slow = []
+    for _ in range(oscquery.MAX_CLIENTS + 20):
+        sock = socket.create_connection(service.address)
+        sock.sendall(b"G")  # a request begun, never finished
+        slow.append(sock)
+    time.sleep(0.5)
+    assert threading.active_count() <= base + 2 * oscquery.MAX_CLIENTS  # a request thread and its deadline each
+    began = time.monotonic()
+    service.stop()
+    assert time.monotonic() - began < 3
+    for sock in slow:
+        sock.close()
+    with OscQueryService(OSC, "127.0.0.1", 0, dict, advertise=False) as fresh:
+        for _ in range(5):
+            assert get(fresh, "/musicsteer/alpha?BOGUS")[0] == 400
+    assert "not understood" not in capfd.readouterr().err

@@ -163,7 +163,8 @@ def test_presets_and_recording_from_the_page(served: Served, browser) -> None:
     browser.find_element(By.ID, "preset-name").send_keys("bright")
     browser.find_element(By.ID, "preset-save").click()
     until(lambda: browser.find_elements(By.CSS_SELECTOR, "#presets button[data-name='bright']"), what="saved")
-    assert "bright" in (served.folder / "presets.yaml").read_text()
+    presets = served.folder / "presets.yaml"
+    until(lambda: presets.exists() and "bright" in presets.read_text(), what="the preset written")
     browser.find_element(By.CSS_SELECTOR, "#presets button[data-name='calm']").click()
     until(lambda: served.values.mix == {"jazz": 1.0}, what="the preset recalled")
     browser.find_element(By.ID, "record").click()
@@ -193,18 +194,21 @@ def test_a_thousand_malformed_messages_are_counted_and_refused_while_the_take_re
             await ws.send(json.dumps({"type": "set", "param": "alpha", "value": "loud"}))
             await ws.send(json.dumps({"type": "set", "param": "nope", "value": 1}))
             await ws.send(json.dumps({"type": "set", "param": "alpha", "value": 1e999}))  # Infinity in JSON text
+            await ws.send(b"\x00\x01binary")  # the protocol is text: refused, the page stays connected
+            await ws.send(json.dumps({"type": "save", "name": "two\nlines"}))  # a name is one line
             replies = []
-            while sum(r["type"] == "error" for r in replies) < 1003:
+            while sum(r["type"] == "error" for r in replies) < 1005:
                 replies.append(json.loads(await asyncio.wait_for(ws.recv(), 10)))
             return replies
 
     seconds = served.session.recordings.current.seconds
     replies = asyncio.run(attack())
-    assert sum(r["type"] == "error" for r in replies) == 1003  # one answer each
-    # {"type": 5} is 1 in 8 of the thousand: an unknown message type; the rest do not parse, nor does Infinity
-    assert served.refused("malformed") - before["malformed"] == 875 + 1
+    assert sum(r["type"] == "error" for r in replies) == 1005  # one answer each
+    # {"type": 5} is 1 in 8 of the thousand: an unknown message type; the rest do not parse, nor do
+    # Infinity and the binary frame
+    assert served.refused("malformed") - before["malformed"] == 875 + 2
     assert served.refused("unknown_name") - before["unknown_name"] == 125 + 1
-    assert served.refused("bad_type") - before["bad_type"] == 1
+    assert served.refused("bad_type") - before["bad_type"] == 2
     until(lambda: served.session.recordings.current.seconds > seconds + 1, what="the take to go on recording")
     served.session.stop_recording()
     assert sf.info(take).frames > 0 and served.session.error is None
@@ -266,11 +270,14 @@ def test_a_wrong_token_and_a_foreign_origin_are_refused(served: Served, browser,
 
 def test_the_page_fits_a_phone_and_a_screenshot_is_made(served: Served, browser, tmp_path) -> None:
     keep = os.environ.get("MUSICSTEER_SCREENSHOTS")
-    browser.set_window_size(390, 844)  # an iPhone 12's viewport
     try:
-        open_page(browser, served.web.url)
-        overflow = browser.execute_script("return document.documentElement.scrollWidth - window.innerWidth")
-        assert overflow <= 0, f"the page is {overflow} px wider than a phone"
+        for width in (320, 390):  # an iPhone SE's and an iPhone 12's viewport
+            browser.set_window_size(width, 844)
+            open_page(browser, served.web.url)
+            overflow = browser.execute_script("""return Math.max(document.documentElement.scrollWidth,
+                ...[...document.querySelectorAll('.control > *')].map(e => e.getBoundingClientRect().right))
+                - window.innerWidth""")
+            assert overflow <= 0, f"the page is {overflow} px wider than a {width} px phone"
         pad = browser.find_element(By.ID, "pad")
         assert pad.size["width"] >= 300 and browser.find_element(By.ID, "record").size["height"] >= 44
         until(lambda: browser.find_element(By.ID, "level").text.startswith("RMS"), what="the level view")

@@ -53,11 +53,12 @@ function el(tag, props = {}, children = []) {
 
 function touching(param, node) {
   node.addEventListener("pointerdown", () => active.add(param));
-  const release = () => active.delete(param);
-  window.addEventListener("pointerup", release);  // a finger may leave the control before it lifts
-  window.addEventListener("pointercancel", release);
-  node.addEventListener("blur", release);
+  node.addEventListener("blur", () => active.delete(param));
 }
+// A finger may leave its control before it lifts: any release ends every touch (the pad keeps its own).
+const release = () => { for (const param of active) if (param !== "mix") active.delete(param); };
+window.addEventListener("pointerup", release);
+window.addEventListener("pointercancel", release);
 
 const fmt = (x, whole) => (x === null || x === undefined) ? "–" : whole ? String(Math.round(x)) : Number(x).toFixed(2);
 

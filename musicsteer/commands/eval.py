@@ -13,8 +13,19 @@ import argparse
 from pathlib import Path
 
 from musicsteer.engine.errors import MusicsteerError
+from musicsteer.evaluation.protocol import (  # no torch: the protocol's rows and defaults
+    ALPHAS,
+    BLEND_PROMPT,
+    CLAP_BATCH,
+    CLAP_TEMPLATE,
+    CLIP_SECONDS,
+    SOURCE_PROMPT,
+    STEER_TEXT,
+    N,
+)
 
-from .options import add_model_options, add_params, bounded, resolve, typed
+from .options import add_model_options, add_params, resolve, typed
+from .options import flag_type as row_type
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,25 +38,28 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="CLAP hub id, local folder, or 'tiny' (offline random model; default %(default)s)")
     parser.add_argument("--pairs", help="transitions SOURCE:TARGET,... (default: rock:classical,"
                                         "classical:electronic,electronic:jazz,jazz:rock)")
-    parser.add_argument("--n", type=bounded(int, 1, 100_000), default=20,
-                        help="source clips per transition (default %(default)s)")
+    parser.add_argument("--n", type=row_type(N), default=N.default,
+                        help=f"{N.help} ({N.describe_range()}; default %(default)s)")
     add_params(parser, "seed", "seconds", "alpha", "layer", "site", "steer_rule",
-               defaults={"seconds": 10.0})  # eval's clips; the rest take the table's defaults (resolve)
-    parser.add_argument("--source-seconds", type=typed("seconds"), default=10.0,
-                        help="length of a source clip (default 10)")
-    parser.add_argument("--alphas", help="extra strengths for the sweep plot, e.g. 0.2,0.4,0.6,0.8")
-    parser.add_argument("--steer-text", choices=("source", "none"), default="source",
+               defaults={"seconds": CLIP_SECONDS})  # eval's clips; the rest take the table's defaults (resolve)
+    parser.add_argument("--source-seconds", type=typed("seconds"), default=CLIP_SECONDS,
+                        help=f"length of a source clip (default {CLIP_SECONDS:g})")
+    parser.add_argument("--alphas", help=f"extra strengths for the sweep plot, e.g. 0.2,0.4,0.6,0.8 (at most "
+                                         f"{ALPHAS.size}, each {ALPHAS.describe_range()}, none twice)")
+    parser.add_argument("--steer-text", choices=STEER_TEXT, default=STEER_TEXT[0],
                         help="text of the steered arm: the source prompt (default) or none (the paper's wording)")
-    parser.add_argument("--source-prompt", type=typed("prompt"), default="a {source} music piece",
-                        help="default: %(default)r")
-    parser.add_argument("--blend-prompt", type=typed("prompt"), default="{source} music transitioning into {target}",
-                        help="prompted baseline's text (default: %(default)r)")
+    parser.add_argument("--source-prompt", type=typed("prompt"), default=SOURCE_PROMPT,
+                        help="source clips' text; may use {source} (default: %(default)r)")
+    parser.add_argument("--blend-prompt", type=typed("prompt"), default=BLEND_PROMPT,
+                        help="prompted baseline's text; may use {source} and {target} (default: %(default)r)")
     parser.add_argument("--labels", help="CLAP label set, comma-separated (default: the vectors file's labels)")
-    parser.add_argument("--template", default="This is a sound of {}.",
-                        help="CLAP text per label (default: transformers' zero-shot pipeline's, %(default)r)")
+    parser.add_argument("--template", type=typed("prompt"), default=CLAP_TEMPLATE,
+                        help="CLAP text per label, with one {} for the label (default: transformers' zero-shot "
+                             "pipeline's, %(default)r)")
     add_params(parser, "guidance", "temperature", "top_k", "top_p")
     parser.add_argument("--trial-seed", type=typed("seed"), default=0, help="seed of the 2AFC trial and A/B order")
-    parser.add_argument("--clap-batch", type=bounded(int, 1, 4096), default=8, help="clips per CLAP forward pass")
+    parser.add_argument("--clap-batch", type=row_type(CLAP_BATCH), default=CLAP_BATCH.default,
+                        help=f"{CLAP_BATCH.help} ({CLAP_BATCH.describe_range()}; default %(default)s)")
     parser.set_defaults(run=run)
 
     jobs = parser.add_subparsers(dest="eval_command", metavar="score-2afc")

@@ -76,6 +76,9 @@ def check_control_flags(args: argparse.Namespace) -> None:
             host_port(target, "--osc-feedback")
     if args.oscquery is not None:
         PARAMS["osc_port"].named("--oscquery").parse(args.oscquery)
+    for flag in ("presets", "midi_out", "web", "osc_feedback"):
+        if getattr(args, flag) is not None and not getattr(args, flag).strip():
+            raise MusicsteerError(f"--{flag.replace('_', '-')} needs a value (it was empty)")
 
 
 def open_controllers(stack: ExitStack, session: StreamingSession, args: argparse.Namespace,
@@ -86,7 +89,7 @@ def open_controllers(stack: ExitStack, session: StreamingSession, args: argparse
 
     if config is not None and session.gen.vectors is not None:
         check_vector_names(config, session.gen.vectors.labels)
-    bank = _presets(session, args, config)
+    bank = _presets(stack, session, args, config)
     told = _osc(stack, session, args, config, bank)
     if args.web is not None:
         from musicsteer.controllers.addresses import host_port
@@ -99,7 +102,8 @@ def open_controllers(stack: ExitStack, session: StreamingSession, args: argparse
     return told + _midi(stack, session, args, config, bank)
 
 
-def _presets(session: StreamingSession, args: argparse.Namespace, config: SessionConfig | None) -> PresetBank:
+def _presets(stack: ExitStack, session: StreamingSession, args: argparse.Namespace,
+             config: SessionConfig | None) -> PresetBank:
     """The session's presets: the config's, then the --presets file's, each checked against this model now."""
     from musicsteer.controllers.presets import PresetBank, load_presets
     from musicsteer.engine.files import writable_file
@@ -115,8 +119,10 @@ def _presets(session: StreamingSession, args: argparse.Namespace, config: Sessio
                     session.control.check(change, live=False)
             except MusicsteerError as err:
                 raise type(err)(f"{source} line {preset.line}: preset {preset.name!r}: {err}") from None
-    return PresetBank(session.control, {name: p for _, presets in sources for name, p in presets.items()},
-                      args.presets)
+    bank = PresetBank(session.control, {name: p for _, presets in sources for name, p in presets.items()},
+                      args.presets, session.notify)
+    stack.callback(bank.close)  # (after the surfaces that save into it have stopped: the stack unwinds in reverse)
+    return bank
 
 
 def _osc(stack: ExitStack, session: StreamingSession, args: argparse.Namespace, config: SessionConfig | None,
@@ -152,7 +158,7 @@ def _osc(stack: ExitStack, session: StreamingSession, args: argparse.Namespace, 
         query = OscQueryService(osc.address, osc.address[0], port, lambda: current_values(session.control.values))
         stack.callback(query.stop)
         query.start()
-        told.append(f"OSCQuery on http://{query.address[0]}:{query.address[1]}/ (announced with zeroconf)")
+        told.append(f"OSCQuery on http://{query.address[0]}:{query.address[1]}/ (announcing it with zeroconf)")
     return told
 
 

@@ -28,7 +28,7 @@ class Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def _flag_type(row: Param) -> Any:
+def flag_type(row: Param) -> Any:
     def convert(text: str) -> Any:
         try:
             return row.parse(text)
@@ -40,7 +40,7 @@ def _flag_type(row: Param) -> Any:
 
 def typed(name: str) -> Any:
     """The argparse type of table row `name`, for a flag of another name bounded the same way."""
-    return _flag_type(PARAMS[name])
+    return flag_type(PARAMS[name])
 
 
 def add_params(group: argparse._ActionsContainer, *names: str, default_note: str | None = None,
@@ -56,14 +56,14 @@ def add_params(group: argparse._ActionsContainer, *names: str, default_note: str
             "" if row.default is None else f"; default {row.default!r}" if isinstance(row.default, str)
             else f"; default {row.default:g}")
         metavar = "{" + ",".join(row.choices) + "}" if row.choices else row.name.upper()
-        group.add_argument(row.cli, dest=row.dest, type=_flag_type(row), metavar=metavar,
+        group.add_argument(row.cli, dest=row.dest, type=flag_type(row), metavar=metavar,
                            default=defaults.get(name) if defaults else None,
                            help=f"{row.help} ({row.describe_range(unit)}{default})".replace("%", "%%"))
 
 
 def bounded(kind: type, low: float, high: float) -> Any:
     """An argparse type for a command's own count or duration (not a table row): a `kind` in [low, high]."""
-    return _flag_type(Param("value", "whole" if kind is int else "number", "", low=low, high=high))
+    return flag_type(Param("value", "whole" if kind is int else "number", "", low=low, high=high))
 
 
 def resolve(args: argparse.Namespace, defaults: dict[str, Any] | None = None) -> argparse.Namespace:

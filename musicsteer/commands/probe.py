@@ -12,12 +12,26 @@ from __future__ import annotations
 import argparse
 
 from musicsteer.engine.errors import MusicsteerError
-from musicsteer.engine.params import SITES
+from musicsteer.engine.params import SITES, Param
+from musicsteer.probes.settings import (  # no torch: the probe rows
+    BATCH,
+    LAYER,
+    METHODS,
+    POOLS,
+    PROMPT,
+    SEED,
+    SEGMENT_SECONDS,
+    TEST_FRACTION,
+)
 
-from .options import DEFAULT_MODEL, bounded, typed
+from .options import DEFAULT_MODEL
+from .options import flag_type as row_type
 
-POOLS = ("mean", "last")
-METHODS = ("mse", "logistic", "diffmean")
+
+def _help(row: Param) -> str:
+    default = f"; default {row.default!r}" if isinstance(row.default, str) else f"; default {row.default:g}"
+    return f"{row.help} ({row.describe_range(f' {row.unit}' if row.unit else '')}{default})".replace("%", "%%")
+
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -30,11 +44,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     extract.add_argument("--data", required=True, help="folder with one sub-folder per label, or a CSV path,label")
     extract.add_argument("--model", default=DEFAULT_MODEL, help=f"model (default {DEFAULT_MODEL}; 'tiny' for tests)")
     extract.add_argument("--out", required=True, help="activations folder (ACTS_DIR); a rerun resumes it")
-    extract.add_argument("--segment-seconds", type=typed("init_seconds"), default=10.0,
-                         help="segment length, at most MusicGen's 30 s window (default 10)")
-    extract.add_argument("--prompt", default="", help="text condition of the pass ('' = none, the default)")
-    extract.add_argument("--batch", type=bounded(int, 1, 1024), default=4,
-                         help="segments per forward pass (default 4)")
+    extract.add_argument("--segment-seconds", type=row_type(SEGMENT_SECONDS), default=SEGMENT_SECONDS.default,
+                         help=_help(SEGMENT_SECONDS))
+    extract.add_argument("--prompt", type=row_type(PROMPT), default=PROMPT.default,
+                         help=f"text condition of the pass ('' = none, the default; {PROMPT.describe_range()})")
+    extract.add_argument("--batch", type=row_type(BATCH), default=BATCH.default, help=_help(BATCH))
     extract.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     extract.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
     # Accepted only to be refused in words: the other model commands take --quantize.
@@ -52,7 +66,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                             description="Train one probe per layer and export its directions.")
     train.add_argument("acts_dir", metavar="ACTS_DIR")
     train.add_argument("--out", required=True, help="vectors file (.safetensors)")
-    train.add_argument("--layer", default="best", help="best (highest held-out accuracy) or a layer number")
+    train.add_argument("--layer", type=row_type(LAYER), default=LAYER.default, help=_help(LAYER))
     _add_common(train)
     train.set_defaults(run=run_train)
 
@@ -62,9 +76,9 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
                         help="mse (the paper's one-hot probe), logistic, diffmean (default mse)")
     parser.add_argument("--site", choices=SITES, default="residual")
     parser.add_argument("--pool", choices=POOLS, default="mean", help="time pooling of the activations")
-    parser.add_argument("--seed", type=typed("seed"), default=0, help="held-out split and k-means seed")
-    parser.add_argument("--test-fraction", type=bounded(float, 0.01, 0.99), default=0.15,
-                        help="held-out share (default 0.15)")
+    parser.add_argument("--seed", type=row_type(SEED), default=SEED.default, help="held-out split and k-means seed")
+    parser.add_argument("--test-fraction", type=row_type(TEST_FRACTION), default=TEST_FRACTION.default,
+                        help=_help(TEST_FRACTION))
 
 
 def run_extract(args: argparse.Namespace) -> int:
@@ -95,7 +109,7 @@ def run_train(args: argparse.Namespace) -> int:
     result, path = train(args.acts_dir, args.out, args.method, args.layer, args.site, args.pool, args.seed,
                          args.test_fraction)
     accuracy = ", ".join(f"{a:.2f}" for a in result.accuracy)
-    layer = result.best_layer if args.layer == "best" else int(args.layer)
+    layer = result.best_layer if args.layer == "best" else args.layer
     print(f"wrote {path}: {len(result.labels)} labels ({', '.join(result.labels)}), {args.method} probes on "
           f"{args.site}/{args.pool}; held-out accuracy per layer [{accuracy}]; best_layer {layer}")
     return 0

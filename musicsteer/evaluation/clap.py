@@ -22,14 +22,15 @@ import torch
 from transformers import AutoProcessor, ClapModel, ClapProcessor
 
 from musicsteer.engine.audio_io import read_audio
-from musicsteer.engine.errors import MusicsteerError, one_line
+from musicsteer.engine.errors import MusicsteerError, one_line, shown
 from musicsteer.engine.loading import check_model_folder
 from musicsteer.engine.tiny import no_progress_bars
 
+from .protocol import CLAP_BATCH, CLAP_TEMPLATE, check_clap_template
 from .tiny_clap import ensure_tiny_clap
 
 DEFAULT_CLAP = "laion/clap-htsat-unfused"
-PIPELINE_TEMPLATE = "This is a sound of {}."  # transformers' zero-shot-audio-classification default
+PIPELINE_TEMPLATE = CLAP_TEMPLATE  # transformers' zero-shot-audio-classification default
 
 
 
@@ -39,11 +40,15 @@ def _locate(spec: str) -> tuple[str, bool]:
     if spec == "tiny":
         return str(ensure_tiny_clap()), True
     path = Path(spec).expanduser()
-    if path.exists():
+    try:
+        found = path.exists()
+    except OSError as e:  # a name too long for the file system, a folder we may not enter
+        raise MusicsteerError(f"cannot use --clap {shown(spec)}: {e.strerror or e}") from None
+    if found:
         check_model_folder(spec, path, "clap", "CLAP")
         return str(path), True
     if path.is_absolute() or spec.startswith((".", "~")) or spec.count("/") > 1:
-        raise MusicsteerError(f"CLAP model not found: no folder {spec}")
+        raise MusicsteerError(f"CLAP model not found: no folder {shown(spec)}")
     # Private helpers of the MusicGen loader, reused so CLAP fails as fast and clearly offline.
     from musicsteer.engine.loading import _hub_reachable, _in_hub_cache
 
@@ -51,7 +56,7 @@ def _locate(spec: str) -> tuple[str, bool]:
     if not offline and _hub_reachable():
         return spec, False
     if not _in_hub_cache(spec):
-        raise MusicsteerError(f"CLAP model {spec!r} not found: not in the hub cache and the hub is unreachable "
+        raise MusicsteerError(f"CLAP model {shown(spec)} not found: not in the hub cache and the hub is unreachable "
                               "(use a local folder made with save_pretrained, or --clap tiny)")
     return spec, True
 
@@ -59,18 +64,18 @@ def _locate(spec: str) -> tuple[str, bool]:
 class ClapScorer:
     """Zero-shot scores of audio clips over a fixed label set."""
 
-    def __init__(self, spec: str, template: str = PIPELINE_TEMPLATE, batch_size: int = 8) -> None:
-        if "{}" not in template:
-            raise MusicsteerError(f"--template needs a {{}} where the genre goes, got {template!r}")
+    def __init__(self, spec: str, template: str = PIPELINE_TEMPLATE, batch_size: int = CLAP_BATCH.default) -> None:
+        check_clap_template(template)  # exactly one bare {}: scores() formats it with the label alone
+        CLAP_BATCH.check(batch_size)
         source, local_only = _locate(spec)
         try:
             with no_progress_bars():
                 self.processor = AutoProcessor.from_pretrained(source, local_files_only=local_only)
                 self.model = ClapModel.from_pretrained(source, local_files_only=local_only)
         except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
-            raise MusicsteerError(f"could not load CLAP model {spec!r}: {one_line(e)}") from None
+            raise MusicsteerError(f"could not load CLAP model {shown(spec)}: {one_line(e)}") from None
         if not isinstance(self.processor, ClapProcessor):
-            raise MusicsteerError(f"{spec!r} has no CLAP processor (found {type(self.processor).__name__})")
+            raise MusicsteerError(f"{shown(spec)} has no CLAP processor (found {type(self.processor).__name__})")
         self.model = self.model.eval()
         self.name, self.device, self.template, self.batch_size = spec, torch.device("cpu"), template, batch_size
         features = self.processor.feature_extractor

@@ -22,11 +22,13 @@ seam is the codec's own); CLAP scores only the continuation (see clap.py).
 
 from __future__ import annotations
 
+import dataclasses
 import re
+import string
 from dataclasses import asdict, dataclass, field
 
-from musicsteer.engine.errors import MusicsteerError
-from musicsteer.engine.params import PARAMS
+from musicsteer.engine.errors import BadType, MusicsteerError, OutOfRange, TooLarge, one_line, shown
+from musicsteer.engine.params import LIVE, NAME_CHARS, PARAMS, Param, check_text
 
 DEFAULT_PAIRS: tuple[tuple[str, str], ...] = (
     ("rock", "classical"), ("classical", "electronic"), ("electronic", "jazz"), ("jazz", "rock"),
@@ -35,14 +37,25 @@ SOURCE_PROMPT = "a {source} music piece"
 BLEND_PROMPT = "{source} music transitioning into {target}"
 CONTINUATION_SEED_OFFSET = 10_000  # keeps continuation seeds apart from source seeds
 STEER_TEXT = ("source", "none")
+CLIP_SECONDS = 10.0  # eval's default clip length, source and continuation (the paper's 10 s)
+CLAP_TEMPLATE = "This is a sound of {}."  # transformers' zero-shot-audio-classification default
+
+# eval's own counts, bounded at the door like the table's rows (their flags: commands/eval.py).
+N = Param("--n", "whole", "source clips per transition", low=1, high=100_000, default=20)
+CLAP_BATCH = Param("--clap-batch", "whole", "clips per CLAP forward pass", low=1, high=4096, default=8)
+# The sweep's strengths: the alpha row, as a list (duplicates refused, like a `many` row's).
+ALPHAS = dataclasses.replace(PARAMS["alpha"], name="--alphas", many=True, size=16, default=None)
+LABELS_MAX = 256  # CLAP labels (--labels or the vectors file's): one CLAP text each per batch
+PROMPT = LIVE["prompt"]  # every text the protocol sends to MusicGen is held to the table's prompt row
+PROMPT_FIELDS = {"--source-prompt": ("source",), "--blend-prompt": ("source", "target")}
 
 
 @dataclass(frozen=True)
 class Sampling:
-    guidance: float = 3.0
-    temperature: float = 1.0
-    top_k: int = 250
-    top_p: float = 0.0
+    guidance: float = PARAMS["guidance"].default
+    temperature: float = PARAMS["temperature"].default
+    top_k: int = PARAMS["top_k"].default
+    top_p: float = PARAMS["top_p"].default
 
 
 @dataclass(frozen=True)
@@ -50,15 +63,15 @@ class Protocol:
     """Everything that decides which clips exist and what their codes are."""
 
     pairs: tuple[tuple[str, str], ...] = DEFAULT_PAIRS
-    n: int = 20
-    seed: int = 0
-    source_seconds: float = 10.0
-    seconds: float = 10.0
-    alpha: float = 0.5
+    n: int = N.default
+    seed: int = PARAMS["seed"].default
+    source_seconds: float = CLIP_SECONDS
+    seconds: float = CLIP_SECONDS
+    alpha: float = PARAMS["alpha"].default
     alphas: tuple[float, ...] = ()
     layer: int | None = None  # None: the vectors file's best_layer
     site: str = ""  # "": the vectors file's site
-    steer_rule: str = "renorm"
+    steer_rule: str = PARAMS["steer_rule"].default
     steer_text: str = "source"
     source_prompt: str = SOURCE_PROMPT
     blend_prompt: str = BLEND_PROMPT
@@ -103,25 +116,79 @@ def parse_pairs(text: str | None) -> tuple[tuple[str, str], ...]:
         source, sep, target = part.strip().partition(":")
         source, target = source.strip(), target.strip()
         if not sep or not source or not target:
-            raise MusicsteerError(f"--pairs needs SOURCE:TARGET[,SOURCE:TARGET...], got {part.strip()!r}")
-        if source == target:
-            raise MusicsteerError(f"--pairs: {source}:{target} is no transition (source equals target)")
+            raise BadType(f"--pairs needs SOURCE:TARGET[,SOURCE:TARGET...], got {shown(part.strip())}")
         pairs.append((source, target))
+    return check_pairs(tuple(pairs))
+
+
+def check_pairs(pairs: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+    """Transitions of two different genre names each (vector-name sized), none twice."""
+    if not pairs:
+        raise BadType("--pairs needs at least one SOURCE:TARGET")
+    for source, target in pairs:
+        for genre in (source, target):
+            check_text("a --pairs genre", genre, NAME_CHARS, empty=False)
+        if source == target:
+            raise BadType(f"--pairs: {shown(source)}:{shown(target)} is no transition (source equals target)")
     if len(set(pairs)) != len(pairs):
-        raise MusicsteerError(f"--pairs lists a transition twice: {text}")
-    return tuple(pairs)
+        raise BadType(f"--pairs lists a transition twice: {shown(pairs)}")
+    slugs: dict[str, str] = {}
+    for genre in dict.fromkeys(g for pair in pairs for g in pair):  # clip folders are named by slug
+        if (other := slugs.setdefault(slug(genre), genre)) != genre:
+            raise BadType(f"--pairs: genres {shown(other)} and {shown(genre)} would share the clip folder "
+                          f"{shown(slug(genre))}")
+    return pairs
 
 
 def parse_alphas(text: str | None) -> tuple[float, ...]:
-    """`0.2,0.4,0.6` -> strengths, each held to the alpha row of the parameter table."""
-    try:
-        return tuple(PARAMS["alpha"].parse(part.strip()) for part in (text or "").split(",") if part.strip())
-    except MusicsteerError as err:
-        raise type(err)(f"--alphas: {err}") from None
+    """`0.2,0.4,0.6` -> the sweep's strengths: each held to the alpha row, none twice ('' or None: none)."""
+    if text is None or not text.replace(",", "").strip():
+        return ()
+    return ALPHAS.parse(text)
 
 
 def parse_labels(text: str | None) -> list[str]:
-    return [label.strip() for label in (text or "").split(",") if label.strip()]
+    """`rock,jazz` -> CLAP labels, checked (check_labels); None or '': the vectors file's labels."""
+    return check_labels([label.strip() for label in (text or "").split(",") if label.strip()], "--labels")
+
+
+def check_labels(labels: list[str], where: str = "the CLAP labels") -> list[str]:
+    """At most LABELS_MAX names of at most NAME_CHARS characters, none twice."""
+    if len(labels) > LABELS_MAX:
+        raise TooLarge(f"{where}: at most {LABELS_MAX} labels, got {len(labels)}")
+    for label in labels:
+        check_text(f"a label of {where}", label, NAME_CHARS, empty=False)
+    if len(set(labels)) != len(labels):
+        raise BadType(f"{where} lists a label twice: {shown(labels)}")
+    return labels
+
+
+def template_fields(flag: str, template: object, allowed: tuple[str, ...]) -> list[str]:
+    """The fields of a str.format template, each a bare `{name}` with a name in `allowed` ("" is `{}`,
+    the one positional value). No format spec or conversion: `{source:>400000000}` would format
+    a 400 MB prompt before its length could be refused. The template itself is a prompt-row text."""
+    text = PROMPT.named(flag).check(template)[0]
+    try:
+        parts = list(string.Formatter().parse(text))
+    except ValueError as e:
+        raise BadType(f"{flag} {shown(text)} is not a format template: {e} (write {{{{ and }}}} for braces)") from None
+    names = " and ".join("{" + name + "}" for name in allowed)
+    used = []
+    for _literal, name, spec, conversion in parts:
+        if name is None:
+            continue
+        if name not in allowed or spec or conversion is not None:
+            field_text = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+            raise BadType(f"{flag} may only use {names} (no format spec or conversion), got {shown(field_text)}")
+        used.append(name)
+    return used
+
+
+def check_clap_template(template: object) -> str:
+    """The CLAP text per label: exactly one `{}`, filled with the label (clap.py formats it so)."""
+    if template_fields("--template", template, ("",)).count("") != 1:
+        raise BadType(f"--template needs exactly one {{}} where the genre goes, got {shown(template)}")
+    return str(template)
 
 
 def check_genres(protocol: Protocol, vector_labels: list[str], clap_labels: list[str]) -> None:
@@ -129,24 +196,58 @@ def check_genres(protocol: Protocol, vector_labels: list[str], clap_labels: list
     must be a known genre too) and a CLAP label (the target is scored)."""
     for genre in protocol.genres:
         if genre not in vector_labels:
-            raise MusicsteerError(f"unknown genre {genre!r}: the vectors file has {', '.join(vector_labels)}")
+            raise MusicsteerError(f"unknown genre {shown(genre)}: the vectors file has "
+                                  f"{one_line(', '.join(vector_labels), 200)}")
         if genre not in clap_labels:
-            raise MusicsteerError(f"genre {genre!r} is not among the CLAP labels ({', '.join(clap_labels)})")
+            raise MusicsteerError(f"genre {shown(genre)} is not among the CLAP labels "
+                                  f"({one_line(', '.join(clap_labels), 200)})")
 
 
-def check_numbers(protocol: Protocol) -> None:
-    if protocol.n < 1:
-        raise MusicsteerError(f"--n must be >= 1, got {protocol.n}")
+def check_protocol(protocol: Protocol) -> None:
+    """Every setting against its row, before any work: counts, lengths, seeds, every α of the sweep
+    under the steering rule, the sampling, and every prompt the protocol will send (whole, formatted)."""
+    from musicsteer.engine.steering import check_alpha  # torch: only once a run is under way
+
+    N.check(protocol.n)
+    check_pairs(protocol.pairs)
+    seed = PARAMS["seed"].named("--seed").check(protocol.seed)[0]
+    last = protocol.continuation_seed(protocol.n - 1)
+    if last > PARAMS["seed"].high:
+        raise OutOfRange(f"--seed {shown(seed, 24)} leaves no room for {protocol.n} clips: continuation seeds go up "
+                         f"to seed + {CONTINUATION_SEED_OFFSET + protocol.n - 1}, past the most a seed can be "
+                         f"(2^63-1)")
     for flag, value in (("--seconds", protocol.seconds), ("--source-seconds", protocol.source_seconds)):
-        if not value > 0:
-            raise MusicsteerError(f"{flag} must be > 0, got {value}")
-    if protocol.steer_text not in STEER_TEXT:
-        raise MusicsteerError(f"--steer-text must be one of {', '.join(STEER_TEXT)}")
-    for template, names in ((protocol.source_prompt, ("source",)), (protocol.blend_prompt, ("source", "target"))):
+        PARAMS["seconds"].named(flag).check(value)
+    rule = PARAMS["steer_rule"].named("--steer-rule").check(protocol.steer_rule)[0]
+    PARAMS["alpha"].named("--alpha").check(protocol.alpha)
+    check_alpha(protocol.alpha, rule)
+    if protocol.alphas:
+        ALPHAS.check(tuple(protocol.alphas))
+    for alpha in protocol.alphas:
         try:
-            template.format(**dict.fromkeys(names, "x"))
-        except (KeyError, IndexError, ValueError) as e:
-            raise MusicsteerError(f"prompt template {template!r} may only use {{source}} and {{target}}: {e}") from None
+            check_alpha(alpha, rule)
+        except MusicsteerError as err:
+            raise type(err)(f"--alphas: {err}") from None
+    names: dict[str, float] = {}
+    for alpha in protocol.sweep:  # clip names hold α as %g: two strengths must not share one
+        if (other := names.setdefault(f"{alpha:g}", alpha)) != alpha:
+            raise BadType(f"α {alpha!r} and {other!r} would share the clip name a{alpha:g}: give strengths that "
+                          "differ in their first 6 digits (--alpha, --alphas)")
+    if protocol.layer is not None:
+        PARAMS["layer"].named("--layer").check(protocol.layer)
+    if protocol.site:
+        PARAMS["site"].named("--site").check(protocol.site)
+    if protocol.steer_text not in STEER_TEXT:
+        raise BadType(f"--steer-text must be one of {', '.join(STEER_TEXT)}, got {shown(protocol.steer_text)}")
+    for name, value in vars(protocol.sampling).items():
+        PARAMS[name].named(PARAMS[name].cli or name).check(value)
+    for flag, template in (("--source-prompt", protocol.source_prompt), ("--blend-prompt", protocol.blend_prompt)):
+        template_fields(flag, template, PROMPT_FIELDS[flag])
+    # Formatting is bounded now (templates ≤ the row's size, no format specs, genres ≤ NAME_CHARS): every
+    # text the clips will use, held to the prompt row, so an over-long result fails here, not mid-run.
+    for source, target in protocol.pairs:
+        PROMPT.named(f"the source prompt of {source}").check(protocol.source_text(source))
+        PROMPT.named(f"the blend prompt of {source}:{target}").check(protocol.blend_text(source, target))
 
 
 def slug(text: str) -> str:

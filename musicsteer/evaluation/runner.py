@@ -19,16 +19,16 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from musicsteer.engine.errors import MusicsteerError
+from musicsteer.engine.errors import MusicsteerError, shown
 from musicsteer.engine.graph import GENERATORS, decode_step
 from musicsteer.engine.loading import LoadedModel
-from musicsteer.engine.params import SITES
+from musicsteer.engine.params import PARAMS
 from musicsteer.engine.vectors import SteeringVectors
 
 from . import listening, metrics, report
 from .clap import ClapScorer
 from .clips import Clip, ClipStore, make_clip, plan
-from .protocol import Protocol, check_genres, check_numbers
+from .protocol import CLAP_BATCH, Protocol, check_clap_template, check_genres, check_labels, check_protocol
 
 
 @dataclass
@@ -47,24 +47,32 @@ class EvalRequest:
 def evaluate(request: EvalRequest, load_model: Callable[[], LoadedModel]) -> dict:
     """Run the whole evaluation; returns the results dict written to results.json."""
     protocol, out = request.protocol, Path(request.out)
-    check_numbers(protocol)
-    if out.exists() and not out.is_dir():
-        raise MusicsteerError(f"--out {out} is a file; give a folder")
+    check_protocol(protocol)  # every setting, before anything is read, loaded or written
+    check_clap_template(request.template)
+    check_labels(list(request.labels), "--labels")
+    CLAP_BATCH.check(request.clap_batch)
+    PARAMS["seed"].named("--trial-seed").check(request.trial_seed)
+    PARAMS["decode"].named("--decode").check(request.decode)
+    try:  # the paths: a name too long for the file system, a folder we may not enter, is one line here
+        if out.exists() and not out.is_dir():
+            raise MusicsteerError(f"--out {shown(str(out))} is a file; give a folder")
+        if not Path(request.vectors).is_file():
+            raise MusicsteerError(f"vectors file {shown(str(request.vectors))} not found")
+    except OSError as e:
+        raise MusicsteerError(f"cannot use {shown(e.filename)}: {e.strerror or e}") from None
     vectors = SteeringVectors.load(request.vectors)
-    labels = request.labels or vectors.labels
+    labels = check_labels(list(request.labels or vectors.labels),
+                          "--labels" if request.labels else "the vectors file's labels")
     check_genres(protocol, vectors.labels, labels)
     if protocol.layer is not None and not 0 <= protocol.layer < vectors.num_layers:
         raise MusicsteerError(f"--layer {protocol.layer} out of range; the vectors file has layers "
                               f"0..{vectors.num_layers - 1}")
-    if protocol.site and protocol.site not in SITES:
-        raise MusicsteerError(f"--site must be one of {', '.join(SITES)}")
+    # CLAP before MusicGen: a missing CLAP model fails before the slow part, not after it.
+    scorer = ClapScorer(request.clap, request.template, request.clap_batch)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise MusicsteerError(f"cannot create {out}: {e.strerror or e}") from None
-
-    # CLAP before MusicGen: a missing CLAP model fails before the slow part, not after it.
-    scorer = ClapScorer(request.clap, request.template, request.clap_batch)
+        raise MusicsteerError(f"cannot create {shown(str(out))}: {e.strerror or e}") from None
     lm = load_model()
     scorer.to(lm.device)
     vectors.check_model(lm.num_layers, lm.d_model, lm.name)
