@@ -342,6 +342,8 @@ class OscServer:
         again (unless `again`: a new subscriber's start): surfaces show it already, and two engines fed
         each other's echoes stop at once instead of trading the same value every token."""
         for param, value in values.items():
+            if not osc_args.values(value):  # no mix, the file's layers: nothing a widget could show or send
+                continue
             if again or self._echoed.get(param, _STOP) != value:
                 self._echoed[param] = value
                 self._send(clients, f"{PREFIX}/{LIVE[param].osc[0]}", *osc_args.values(value), sock=self._broadcast)

@@ -44,7 +44,7 @@ class PresetBank:
         self.writes = 0  # files written (saves in a burst are written once)
         # Saves arrive on the OSC thread and the web loop, which must never wait on a disk: a writer thread
         # writes the whole bank at most every WRITE_EVERY seconds, the last state winning.
-        self._dirty, self._closed = threading.Event(), False
+        self._dirty, self._closed, self._unsaved = threading.Event(), False, False
         self._writer: threading.Thread | None = None
         if self.path is not None:
             self._writer = threading.Thread(target=self._write_loop, name="musicsteer-presets", daemon=True)
@@ -78,6 +78,7 @@ class PresetBank:
             if name not in self.presets and len(self.presets) >= MAX_ITEMS:
                 raise TooLarge(f"{MAX_ITEMS} presets are saved already")
             self.presets[name] = preset
+        self._unsaved = True
         self._dirty.set()
         return preset
 
@@ -95,7 +96,11 @@ class PresetBank:
                 time.sleep(WRITE_EVERY)  # a burst of saves becomes one write
             self._dirty.clear()
             with self._lock:
-                snapshot = dict(self.presets)
+                snapshot, unsaved, self._unsaved = dict(self.presets), self._unsaved, False
+            if not unsaved:  # (the wake-up of close() with nothing saved: the file stays untouched)
+                if self._closed:
+                    return
+                continue
             text = _yaml(snapshot)
             try:
                 atomic_write(self.path, lambda tmp, text=text: tmp.write_text(text, encoding="utf-8"))

@@ -245,17 +245,19 @@ class WebSurface:
 
     async def _broadcast(self) -> None:
         """Engine news to every page: applied values at once, the level at 20 Hz, the status each interval."""
-        due = 0.0
+        due, last_level = 0.0, None
         while True:
             await asyncio.sleep(LEVEL_INTERVAL)
             try:
                 while self._events:
                     self._tell(self._events.popleft())
-                if self._pages:
-                    self._to_all({"type": "level", **self._session.level()})
-                    if time.monotonic() >= due:
-                        due = time.monotonic() + self.status_interval
-                        self._to_all({"type": "status", "status": json_safe(self._session.status())})
+                level = self._session.level()
+                if self._pages and level is not last_level:  # a new block playing (blocks outlast a tick)
+                    last_level = level
+                    self._to_all({"type": "level", **level})
+                if self._pages and time.monotonic() >= due:
+                    due = time.monotonic() + self.status_interval
+                    self._to_all({"type": "status", "status": json_safe(self._session.status())})
             except Exception:  # noqa: BLE001 - one bad status must not end the page's news
                 self._count("internal")
 

@@ -42,7 +42,10 @@ def test_ctrl_c_at_any_moment_of_start_up_is_one_line(tmp_path, delay: float) ->
     """SIGINT while the command imports torch or builds the model: one line, exit 130, no traceback."""
     proc = subprocess.Popen([sys.executable, "-m", "musicsteer", "render", "--model", "tiny", "--device", "cpu",
                              "--seconds", "30", "--out", str(tmp_path / "x.wav")],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # as from a terminal: a test run started in the background (`cmd &`) inherits
+                            # SIGINT ignored, and Python then never raises KeyboardInterrupt at all
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     time.sleep(delay)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)

@@ -59,7 +59,7 @@ def test_one_osc_change_reaches_oscdump_oscquery_and_a_midi_controller(jack_midi
         assert value == {"VALUE": [0.75]}
         client.send("/musicsteer/preset/save", "mine")
         assert client.wait("/musicsteer/preset/saved")[0] == ["mine"]
-        assert "mine:" in presets.read_text()
+        until(lambda: presets.exists() and "mine:" in presets.read_text(), what="the presets file written")
         client.close()
     finally:
         play.terminate()

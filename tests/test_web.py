@@ -276,7 +276,7 @@ def test_the_page_fits_a_phone_and_a_screenshot_is_made(served: Served, browser,
             open_page(browser, served.web.url)
             overflow = browser.execute_script("""return Math.max(document.documentElement.scrollWidth,
                 ...[...document.querySelectorAll('.control > *')].map(e => e.getBoundingClientRect().right))
-                - window.innerWidth""")
+                - document.documentElement.clientWidth""")  # (innerWidth counts a scrollbar in)
             assert overflow <= 0, f"the page is {overflow} px wider than a {width} px phone"
         pad = browser.find_element(By.ID, "pad")
         assert pad.size["width"] >= 300 and browser.find_element(By.ID, "record").size["height"] >= 44
