@@ -144,10 +144,10 @@ def test_an_osc_change_moves_the_page_and_two_pages_stay_in_sync(served: Served,
         until(lambda: page_value(browser, "alpha") == "0.375", what="the page's alpha slider to follow OSC")
         until(lambda: page_value(browser, "guidance") == "4.5", what="the page's guidance to follow OSC")
     drag(browser, browser.find_element(By.ID, "param-temperature"), (-0.45, 0), (-0.25, 0))  # page 1 moves it
-    until(lambda: served.values.temperature < 0.9, what="page 1's temperature applied")
-    wanted = page_value(browser, "temperature")
+    wanted = float(page_value(browser, "temperature"))  # where the finger lifted: the last value sent
+    until(lambda: served.values.temperature == pytest.approx(wanted), what="page 1's temperature applied")
     browser.switch_to.window(second)
-    until(lambda: page_value(browser, "temperature") == wanted, what="page 2 to follow page 1")
+    until(lambda: float(page_value(browser, "temperature")) == pytest.approx(wanted), what="page 2 to follow page 1")
     served.session.control.submit(Change("mix", {"classical": 1.0}))  # as MIDI, a preset or automation submit
     until(lambda: "active" in browser.find_element(By.ID, "vector-classical").get_attribute("class"),
           what="page 2's vector button to light")

@@ -55,8 +55,12 @@ function touching(param, node) {
   node.addEventListener("pointerdown", () => active.add(param));
   node.addEventListener("blur", () => active.delete(param));
 }
-// A finger may leave its control before it lifts: any release ends every touch (the pad keeps its own).
-const release = () => { for (const param of active) if (param !== "mix") active.delete(param); };
+// A finger may leave its control before it lifts: any release ends every touch (the pad keeps its own),
+// a moment later: echoes of the values sent while dragging are still on their way and must not pull
+// the control back through them after the finger lifts.
+const SETTLE_MS = 300;
+const release = () => setTimeout(() => { for (const param of active) if (param !== "mix") active.delete(param); },
+  SETTLE_MS);
 window.addEventListener("pointerup", release);
 window.addEventListener("pointercancel", release);
 
@@ -144,7 +148,10 @@ function buildPad() {
     active.add("mix"); pad.setPointerCapture(event.pointerId); move(event);
   };
   pad.onpointermove = (event) => { if (active.has("mix")) move(event); };
-  pad.onpointerup = pad.onpointercancel = (event) => { if (active.has("mix")) move(event); active.delete("mix"); };
+  pad.onpointerup = pad.onpointercancel = (event) => {
+    if (active.has("mix")) move(event);
+    setTimeout(() => active.delete("mix"), SETTLE_MS);  // late echoes of the drag must not move the puck back
+  };
   $("vectors").replaceChildren(...labels.map((label) => el("button", { type: "button", textContent: label,
     id: `vector-${label}`, onclick: () => send({ type: "set", param: "mix", value: { [label]: 1 }, seconds: Number($("morph").value) }) })));
   inputs.mix = { set: showMix };
