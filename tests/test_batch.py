@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import in_memory, random_vectors
-from test_exactness import SHAPES
+from test_exactness import SHAPES, keep_logits
 
 from musicsteer.engine.codec import encode_audio
 from musicsteer.engine.control import Controls
@@ -34,15 +34,7 @@ def streams(**knobs: object) -> list[Controls]:
 
 def run(gen: Generator, frames: int, prompt_codes: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """render_batch, keeping every step's raw logits: (codes (B, K, frames), logits (steps, 2B, K, V))."""
-    logits: list[torch.Tensor] = []
-    step = gen.step
-
-    def step_and_keep_logits():
-        frame = step()
-        logits.append(gen.last_logits.clone())
-        return frame
-
-    gen.step = step_and_keep_logits
+    logits = keep_logits(gen)
     return render_batch(gen, frames, prompt_codes), torch.stack(logits)
 
 

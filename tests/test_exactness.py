@@ -40,8 +40,8 @@ def generate_codes_and_logits(lm, steps: int) -> tuple[torch.Tensor, list[torch.
     return codes[0, 0], [logits.view(2, lm.num_codebooks, -1) for logits in out.logits]
 
 
-def engine_codes_and_logits(lm, steps: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    gen = Generator(lm, Controls(prompt=PROMPT, top_k=1, guidance=3.0))
+def keep_logits(gen: Generator) -> list[torch.Tensor]:
+    """The list every later `gen.step()` appends its raw logits (2B, K, V) to."""
     logits: list[torch.Tensor] = []
     step = gen.step
 
@@ -51,6 +51,12 @@ def engine_codes_and_logits(lm, steps: int) -> tuple[torch.Tensor, list[torch.Te
         return frame
 
     gen.step = step_and_keep_logits
+    return logits
+
+
+def engine_codes_and_logits(lm, steps: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    gen = Generator(lm, Controls(prompt=PROMPT, top_k=1, guidance=3.0))
+    logits = keep_logits(gen)
     codes = render_codes(gen, steps - gen.delay.max_delay)
     return codes, logits
 
