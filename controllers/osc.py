@@ -47,6 +47,7 @@ from . import osc_args
 from .addresses import BAD_ADDRESS, bind_error, udp_target
 from .feedback import applied_values, current_values
 from .osc_packet import Message, parse_packet
+from .presets import bank_of
 
 if TYPE_CHECKING:
     from musicsteer.engine.session import StreamingSession
@@ -249,7 +250,7 @@ class OscServer:
             "record/start": self._record_start,
             "record/stop": lambda client, msg, replies: self._later(client, "record/stop",
                                                                     self._surface.stop_recording),
-            "preset": lambda client, msg, replies: self._bank().recall(osc_args.text("preset", msg)),
+            "preset": lambda client, msg, replies: bank_of(self._presets).recall(osc_args.text("preset", msg)),
             "preset/save": self._save_preset,
             "subscribe": lambda client, msg, replies: self._subscribe(True, client),
             "unsubscribe": lambda client, msg, replies: self._subscribe(False, client),
@@ -299,16 +300,11 @@ class OscServer:
         name = osc_args.take_name(message)  # checked here: a bad argument is refused with the datagram's reply
         self._later(client, "record/start", lambda: self._surface.start_recording(name, live=True))
 
-    def _bank(self) -> PresetBank:
-        if self._presets is None:
-            raise UnknownName("this session has no presets (--config with presets:, or --presets FILE)")
-        return self._presets
-
     def _save_preset(self, client: Any, message: Message, replies: _Replies) -> None:
         """preset/save s [morph_s] -> preset/saved s; the name is saved from the values applied now."""
         if not message.args or message.tags[0] != "s" or len(message.args) > 2 or message.tags[1:] not in ("", *NUMBER):
             raise BadType(f"preset/save needs a name and optionally seconds, got OSC types {message.tags!r}")
-        preset = self._bank().save(*message.args)
+        preset = bank_of(self._presets).save(*message.args)
         replies.out.append((f"{PREFIX}/preset/saved", [preset.name]))
 
     def _later(self, client: Any, command: str, action: Callable[[], Any]) -> None:
@@ -342,11 +338,10 @@ class OscServer:
         again (unless `again`: a new subscriber's start): surfaces show it already, and two engines fed
         each other's echoes stop at once instead of trading the same value every token."""
         for param, value in values.items():
-            if not osc_args.values(value):  # no mix, the file's layers: nothing a widget could show or send
-                continue
-            if again or self._echoed.get(param, _STOP) != value:
+            args = osc_args.values(value)
+            if args and (again or self._echoed.get(param, _STOP) != value):  # (no args: no mix, the file's layers)
                 self._echoed[param] = value
-                self._send(clients, f"{PREFIX}/{LIVE[param].osc[0]}", *osc_args.values(value), sock=self._broadcast)
+                self._send(clients, f"{PREFIX}/{LIVE[param].osc[0]}", *args, sock=self._broadcast)
 
     def _on_event(self, event: Event) -> None:
         if self._running and (self._subscribers or self.feedback):  # only an enqueue: this runs between tokens

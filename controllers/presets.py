@@ -113,6 +113,14 @@ class PresetBank:
                 return
 
 
+def bank_of(presets: PresetBank | None) -> PresetBank:
+    """The session's bank, for a surface asked to recall or save (UnknownName: a session without one, which
+    only a library caller can make: the CLI always gives one)."""
+    if presets is None:
+        raise UnknownName("this session has no presets (--config with presets:, or --presets FILE)")
+    return presets
+
+
 def check_name(name: Any) -> str:
     """A preset's name: 1..NAME_CHARS characters, no control characters at all (it is a YAML key and a label)."""
     name = check_text("a preset's name", name, NAME_CHARS, empty=False)
@@ -150,4 +158,4 @@ def load_presets(path: str | Path) -> dict[str, Preset]:
     return config.presets
 
 
-__all__ = ["PresetBank", "check_name", "load_presets"]
+__all__ = ["PresetBank", "bank_of", "check_name", "load_presets"]

@@ -53,7 +53,8 @@ from musicsteer.engine.errors import Malformed, MusicsteerError, one_line
 from musicsteer.engine.events import Applied, Event, MeterReading, Notice
 
 from .addresses import BAD_ADDRESS, bind_error, is_loopback
-from .feedback import applied_values, current_values
+from .feedback import applied_values
+from .presets import bank_of
 from .web_messages import PageMessage, hello, json_safe, parse_message
 
 if TYPE_CHECKING:
@@ -210,18 +211,13 @@ class WebSurface:
                 page.put({"type": "clamped", "param": checked.param, "applied": json_safe(checked.value),
                           "asked": json_safe(message.change.value)})
         elif message.kind == "preset":
-            self._bank().recall(message.name)
+            bank_of(self._presets).recall(message.name)
         elif message.kind == "save":
-            self._bank().save(message.name, message.seconds)
+            bank_of(self._presets).save(message.name, message.seconds)
             page.put({"type": "saved", "name": message.name})
-            self._to_all({"type": "presets", "names": self._bank().names()})
+            self._to_all({"type": "presets", "names": self._presets.names()})
         else:
             self._record(page, message)
-
-    def _bank(self) -> PresetBank:
-        if self._presets is None:
-            raise MusicsteerError("this session has no presets (--config with presets:, or --presets FILE)")
-        return self._presets
 
     def _record(self, page: _Page, message: PageMessage) -> None:
         loop = asyncio.get_running_loop()
@@ -268,9 +264,6 @@ class WebSurface:
             self._to_all({"type": "meter", "scores": json_safe(event.scores)})
         elif isinstance(event, Notice):
             self._to_all({"type": "notice", "level": event.level, "text": one_line(event.text, 300)})
-
-    def values(self) -> dict[str, Any]:
-        return current_values(self._control.values)
 
 
 _PAGE_HEADERS = {
