@@ -65,6 +65,8 @@ class DecodeWorker:
         self.prime_seconds = 0.0  # in decoder.prime (not in busy_seconds: it emits no audio)
         self._prompt: Tensor | None = None
         self.frames_decoded = 0
+        self.frames_put = 0  # frames queued by the generation thread (counted there)
+        self.frames_done = 0  # frames decoded and their PCM emitted (counted here)
         self._thread = threading.Thread(target=self._run, name="musicsteer-decode", daemon=True)
 
     def start(self) -> None:
@@ -88,6 +90,8 @@ class DecodeWorker:
     # -- the generation thread's side ---------------------------------------------------------------
     def put(self, item: Frame | object) -> bool:
         """Queue a frame (its batch row 0 is decoded); blocks while the queue is full. False: stopped."""
+        if item is not _END:
+            self.frames_put += 1  # before it is queued: the decode thread may finish it at once
         while not self._stop.is_set():
             try:
                 self._queue.put(item, timeout=_POLL_S)
@@ -95,6 +99,11 @@ class DecodeWorker:
             except queue.Full:
                 continue
         return False
+
+    @property
+    def in_flight(self) -> int:
+        """Frames queued or being decoded whose PCM has not been emitted yet (each counter has one writer)."""
+        return self.frames_put - self.frames_done
 
     def wait_for_room(self) -> bool:
         """Block until a put would not block (False: stopped). The generation thread waits here before a
@@ -133,6 +142,8 @@ class DecodeWorker:
                     self.busy_seconds += time.perf_counter() - began
                     if pcm is not None:
                         self._emit(pcm)
+                    if codes is not None:
+                        self.frames_done += 1
                     if item is _END:
                         self._end()
                         return

@@ -20,6 +20,7 @@ every stream. Greedy or seeded, stream b's codes equal a B = 1 session's with b'
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -237,6 +238,29 @@ class Generator:
     def done(self) -> bool:
         """True once a finite session (set_end) has produced its last frame."""
         return self.end_frame is not None and self.frames_completed >= self.end_frame
+
+    @property
+    def steps_to_slide(self) -> int:
+        """Tokens made before the next window slide: the step after them re-prefills `keep` frames."""
+        return max(0, self.window - self._position)
+
+    @torch.no_grad()
+    def time_slide(self) -> float:
+        """Seconds a window slide's re-prefill takes on this machine: the decoder run over keep + max_delay
+        + 1 positions of padding, every stream and both CFG halves, timed once (a first call's warm-up makes
+        it err long). For a paced session (engine/lead.py) to queue that much more audio before a slide.
+        Call between start() and the first step: its writes to the self-attention cache land at positions
+        the first prefill and the steps overwrite before anything attends to them."""
+        if self.step_index:
+            raise RuntimeError("time_slide() runs between start() and the first step")
+        length = min(self.keep + self.delay.max_delay + 1, self.window)
+        tokens = torch.full((2 * self.batch, self.lm.num_codebooks, length), self.lm.pad_token_id,
+                            dtype=torch.long, device=self.lm.device)
+        began = time.perf_counter()
+        decoder_fn.forward(self.dec, tokens, self._positions[:length], self.cache, self.steering, length, None)
+        if self.lm.device.type == "cuda":
+            torch.cuda.synchronize(self.lm.device)
+        return time.perf_counter() - began
 
     @property
     def frames_completed(self) -> int:

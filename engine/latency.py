@@ -5,10 +5,11 @@ the monotonic time its first sample reaches the DAC — PortAudio's `outputBuffe
 (the same stream clock) added to the time of the callback; the null sink's block is "played" on its
 tick. The last `size` stamps live in preallocated arrays, written without allocating or locking.
 
-A change applied before token `step` is in the frame that token completes: frame `step - max_delay`
+A change applied before token `step` is first in the frame that token completes: frame `step - max_delay`
 (the delay pattern: at that token the last codebook samples that frame, Copet et al. 2023 §2.2), the
-first frame whose codes were all chosen after the change. Its first sample is `frame × hop` in the
-stream of PCM the session plays (the audio prompt is not played), which is ring frame
+first frame holding a code chosen after the change, whose first sample is where it is heard (codebook 0
+of the change's own frame, `step`, plays `max_delay` frames later: 60 ms for MusicGen). That sample
+is `frame × hop` in the stream of PCM the session plays (the audio prompt is not played), ring frame
 `× device rate / model rate` when the sink resamples. `KnobLatency` keeps each applied change as
 (that ring frame, its arrival) until the clock has played it, then as a latency.
 """

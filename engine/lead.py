@@ -4,17 +4,29 @@ The audio queued in the ring ahead of the DAC is most of the delay between a tur
 ear (engine/latency.py measures the whole). A fixed `--buffer` must be sized for the slowest moment;
 auto measures instead. The ring notes the lowest fill its reads reach (`RingBuffer.low_water`); the
 producer looks at it after each chunk it queues:
-  - the ring came within `margin` of running dry (or did): grow at once, by the shortfall and half
-    the lead again, so one slow moment does not become a run of underruns;
+  - the ring ran dry: grow at once, by the shortfall and half the lead again, so one slow moment
+    does not become a run of underruns;
+  - it came within `margin` of running dry: grow at once by the shortfall and one device block. A
+    near miss is not a dropout: growing by half the lead there kept the lead (and the knob's delay)
+    30 ms high for seconds after every scheduling hiccup (measured: knob → heard p95 175-196 ms
+    against 148 with this rule, and no more underruns; docs/benchmarks.md);
   - otherwise, every `PERIOD_S` of quiet: shrink by a third of the room the ring never used,
     keeping the margin — slowly, so a lead that was just enough is not given up at the first calm.
 Bounds: `LOW_S` (one frame) to `params.AUTO_BUFFER_MAX`. The margin is two device blocks: the low-water
 mark is taken after a read, and a host may ask for two blocks in a row (JACK through PortAudio does).
 
-The streaming decoder's chunk is the other part of the delay that depends on speed (its lookahead,
-4 frames, is fixed by the fidelity floor: 3 give 18 dB against one-shot decode, 4 give 120 dB;
-engine/streaming_decoder.py). `choose_chunk` times the decoder here before the session starts and
-takes the smallest chunk that decodes well ahead of real time: 1 frame (20 ms) on a fast machine.
+A window slide (engine/generator.py: every 18 s past the first 30 s, the last 12 s are re-prefilled in
+one call) stalls generation for many tokens' time: 65-72 ms for the tiny model on this 2-core CPU,
+more than the lead that suits every other token. It comes at a known step, so it is planned for, not
+waited out: the session times one re-prefill before the first token (`Generator.time_slide`), and in
+the tokens before each slide the producer may queue `SLIDE_SAFETY` times that much more (`allowed`),
+so the ring plays through the stall and then drains back to the lead.
+
+The streaming decoder's lookahead and chunk are the other part of the delay. The lookahead is the
+decoder's exact reach, 2402 samples (75 ms) for the 32 kHz decoder, emitted to the sample (the 2560
+of whole frames before): above any fidelity floor, and a shorter one that keeps ≥ 30 dB would gain
+only 2.5 ms (engine/streaming_decoder.py says why it is not taken). `choose_chunk` times the decoder
+here and takes the smallest chunk that decodes well ahead of real time: 1 frame (20 ms) on a fast machine.
 """
 
 from __future__ import annotations
@@ -29,8 +41,9 @@ if TYPE_CHECKING:
     from .streaming_decoder import StreamingDecoder
 
 LOW_S = 0.02  # one frame of MusicGen's 50 Hz: less than this is never worth the risk
-START_S = 0.1  # where a session starts, before anything is measured
-PERIOD_S = 1.0  # seconds of quiet between two shrinks
+START_S = 0.05  # where a session starts, before anything is measured: near where it settles on this CPU
+PERIOD_S = 0.25  # seconds of quiet between two shrinks (1 s kept a lead grown by a hiccup for seconds)
+SLIDE_SAFETY = 1.5  # a slide's re-prefill may take this much longer than the one timed at the start
 
 
 class AutoLead:
@@ -44,6 +57,7 @@ class AutoLead:
         self.high = max(self.low, min(round(AUTO_BUFFER_MAX * rate), ring.capacity))
         self.frames = min(max(round(start_s * rate), self.low), self.high)
         self.grown = self.shrunk = 0  # adjustments made (status, benchmarks)
+        self.slide_frames = 0  # ring frames more to queue before a window slide (plan_slides)
         self._quiet_since = time.monotonic()
         self._period_low = ring.low_water = ring.capacity
 
@@ -53,13 +67,26 @@ class AutoLead:
         reaches, since it stops when one more write would pass the lead."""
         return max(self.frames - self.write_frames, self.margin)
 
+    def plan_slides(self, slide_seconds: float) -> None:
+        """A window slide stalls generation `slide_seconds` (timed here): queue that much more before one."""
+        self.slide_frames = round(SLIDE_SAFETY * slide_seconds * self.ring.sample_rate) + self.margin
+
+    def allowed(self, steps_to_slide: int, frame: float) -> int:
+        """Ring frames that may be queued (played or still decoding) once the next token's audio is added:
+        the lead, and before a slide the slide's stall too, from as many tokens ahead as it takes to
+        queue it (`frame`: ring frames one token adds)."""
+        if self.slide_frames and steps_to_slide <= self.slide_frames / frame + 2:
+            return min(self.frames + self.slide_frames, self.ring.capacity)
+        return self.frames
+
     def update(self) -> None:
         """Look at the ring's low-water mark since the last look, and adjust (the producer's thread)."""
         ring, now = self.ring, time.monotonic()
         low, ring.low_water = ring.low_water, ring.capacity
         self._period_low = min(self._period_low, low)
         if low < self.margin:  # came close to running dry, or ran dry
-            self.frames = min(self.high, self.frames + (self.margin - low) + self.frames // 2)
+            cushion = self.frames // 2 if low < 0 else self.margin // 2
+            self.frames = min(self.high, self.frames + (self.margin - low) + cushion)
             self.grown += 1
             self._quiet_since, self._period_low = now, ring.capacity
         elif now - self._quiet_since >= PERIOD_S:
@@ -75,28 +102,30 @@ class AutoLead:
 
 
 CHUNKS = (1, 2, 5)  # decoder chunks tried, smallest (least delay) first; 5 is the fixed buffer's
+SLOW_BUFFER_S = 1.0  # what auto holds, fixed, where no chunk decodes FAST_ENOUGH (the default of old)
 FAST_ENOUGH = 3.0  # decode this many times faster than real time: it shares the CPU with generation
 
 
-def choose_chunk(decoder: StreamingDecoder, frames: int = 15) -> int:
+def choose_chunk(decoder: StreamingDecoder, frames: int = 15) -> int | None:
     """The smallest decoder chunk (frames) whose decode runs FAST_ENOUGH × real time on this machine,
-    timed on `frames` frames of random codes; the decoder is reset after (prime it, if at all, later)."""
+    timed on `frames` frames of random codes, set on the decoder and returned; None (the largest set) when
+    none does: too slow a machine to pace finely. The decoder is reset after (prime it, if at all, later)."""
     import torch
 
     codes = torch.randint(0, 1024, (decoder.num_codebooks, frames), generator=torch.Generator().manual_seed(0))
-    chosen = CHUNKS[-1]
+    chosen = None
     for chunk in CHUNKS:
         decoder.reset()
         decoder.config.chunk_frames = chunk
-        decoder.push(codes[:, :chunk + decoder.config.lookahead_frames])  # warm-up: the first call costs more
+        decoder.push(codes[:, :chunk + decoder.lookahead_frames])  # warm-up: the first call costs more
         began = time.perf_counter()
-        for i in range(chunk + decoder.config.lookahead_frames, frames):
+        for i in range(chunk + decoder.lookahead_frames, frames):
             decoder.push(codes[:, i : i + 1])
         took = time.perf_counter() - began
-        audio = (frames - chunk - decoder.config.lookahead_frames) * decoder.frame_ms / 1000
+        audio = (frames - chunk - decoder.lookahead_frames) * decoder.frame_ms / 1000
         if took <= 0 or audio / took >= FAST_ENOUGH:
             chosen = chunk
             break
     decoder.reset()
-    decoder.config.chunk_frames = chosen
+    decoder.config.chunk_frames = chosen or CHUNKS[-1]
     return chosen

@@ -265,7 +265,7 @@ SETTINGS = (
            low_open=True, cli="--seconds"),
     Param("buffer", "number", "audio generated ahead of playback, the knob-to-ear delay: auto = the least "
            "that keeps the sound whole at the measured speed (engine/lead.py), found while playing", "s", 0.02, 60,
-           default=1.0, cli="--buffer", keys=("buffer",), words=("auto",)),
+           default="auto", cli="--buffer", keys=("buffer",), words=("auto",)),
     Param("prebuffer", "number", "audio queued before playback starts (≤ --buffer)", "s", 0.02, 60, default=0.5,
            cli="--prebuffer", keys=("prebuffer",)),
     Param("blocksize", "whole", "audio callback block", "frames", 16, 16384, default=1024, cli="--blocksize"),

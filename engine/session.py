@@ -35,9 +35,9 @@ from .audio_out import open_sink
 from .decode_worker import DecodeWorker
 from .events import Applied, Change, Event, MeterReading, Notice, plain
 from .latency import KnobLatency
-from .lead import AutoLead, choose_chunk
+from .lead import FAST_ENOUGH, SLOW_BUFFER_S, AutoLead, choose_chunk
 from .levels import LevelHistory
-from .params import AUTO_BUFFER_MAX, LIVE, check_settings, check_stream
+from .params import AUTO_BUFFER_MAX, LIVE, PARAMS, check_settings, check_stream
 from .ring_buffer import RingBuffer
 from .streaming_decoder import StreamingConfig, StreamingDecoder
 from .takes import Recordings, take_path
@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 class StreamOptions:
     seconds: float | None = None  # None: until stop()
     output_device: str | int | None = None  # None: the system default; "null": no sound card
-    buffer_seconds: float | str = 1.0  # audio queued ahead of playback (knob-to-ear delay); "auto": engine/lead.py
+    buffer_seconds: float | str = PARAMS["buffer"].default  # queued ahead of playback; "auto": engine/lead.py
     prebuffer_seconds: float = 0.5  # queued before playback starts (and after a rebuffer)
     blocksize: int = 1024
     when_slow: str = "rebuffer"
@@ -102,16 +102,19 @@ class StreamingSession:
         check_stream(options.buffer_seconds, options.prebuffer_seconds, options.blocksize, lm.sample_rate)
         self.gen, self.options, self.prompt_codes = gen, options, prompt_codes
         self.sample_rate, self.channels = lm.sample_rate, lm.audio_channels
-        auto = options.buffer_seconds == "auto"
-        buffer = AUTO_BUFFER_MAX if auto else options.buffer_seconds
+        self.decoder = StreamingDecoder(lm, StreamingConfig(chunk_frames=options.decode_chunk_frames or 5))
+        auto, buffer = options.buffer_seconds == "auto", options.buffer_seconds
+        self.slow_decode: float | None = None  # auto asked, decoding too slow to pace finely: this fixed buffer
+        if auto and options.decode_chunk_frames is None and choose_chunk(self.decoder) is None:
+            auto, buffer = False, max(SLOW_BUFFER_S, options.prebuffer_seconds)  # too slow to pace finely
+            self.slow_decode = buffer
+        if auto:
+            buffer = AUTO_BUFFER_MAX
         self.ring = RingBuffer(self.channels, math.ceil(buffer * lm.sample_rate) + options.blocksize, lm.sample_rate)
         self.sink = open_sink(options.output_device, self.ring, lm.sample_rate, self.channels, options.blocksize,
                               resample=options.resample)
-        self.decoder = StreamingDecoder(lm, StreamingConfig(chunk_frames=options.decode_chunk_frames or 5))
         self.lead: AutoLead | None = None  # --buffer auto: the lead adjusted while playing
         if auto:
-            if options.decode_chunk_frames is None:
-                choose_chunk(self.decoder)
             write = math.ceil(self.decoder.config.chunk_frames * self.decoder.hop * self.ring.sample_rate
                               / lm.sample_rate)
             self.lead = AutoLead(self.ring, 2 * options.blocksize, write)
@@ -251,7 +254,12 @@ class StreamingSession:
         try:
             if self._first_take is not None:
                 self.start_recording(self._first_take)
+            if self.slow_decode is not None:
+                self.notify("warning", f"decoding runs under {FAST_ENOUGH:g}× real time here: --buffer auto holds a "
+                                       f"fixed {self.slow_decode:g} s")
             self.gen.start(self.prompt_codes)
+            if self.lead is not None:  # paced: plan for the window slides' stalls (engine/lead.py)
+                self.lead.plan_slides(self.gen.time_slide())
             if self.options.seconds is not None:
                 prompt = 0 if self.prompt_codes is None else self.prompt_codes.shape[-1]
                 self.gen.set_end(prompt + max(1, round(self.options.seconds * self.gen.lm.frame_rate)))
@@ -301,7 +309,8 @@ class StreamingSession:
             if self.gen.lm.device.type == "cuda":
                 torch.cuda.set_device(self.gen.lm.device)  # a new thread starts on device 0
             while not self._stop.is_set() and not self.gen.done:
-                if not self._decoding.wait_for_room():
+                if not self._decoding.wait_for_room() or (self.lead is not None and not self._ending()
+                                                          and not self._paced()):
                     return  # stopped while waiting
                 began = time.perf_counter()
                 frame = self.gen.step()
@@ -317,6 +326,30 @@ class StreamingSession:
         except BaseException as err:  # noqa: BLE001 - reported by run() after the recording is safe
             self._fail(err)
 
+    def _ending(self) -> bool:
+        """The stream's last frames are near (--seconds): they are made unpaced, since the decoder's final
+        flush decodes its lookahead in one call, which must not find the ring paced down to the lead."""
+        gen, decoder = self.gen, self.decoder
+        return (gen.end_frame is not None
+                and gen.end_frame - gen.frames_completed <= decoder.lookahead_frames + decoder.config.chunk_frames)
+
+    def _paced(self) -> bool:
+        """--buffer auto, before each token: wait until one more frame's PCM fits under the lead, counting
+        the frames the decode thread holds (queued or decoding). False once stopped.
+
+        Pacing the token rather than the ring (a decoded chunk waiting for room, a frame waiting in the
+        queue behind it) means nothing made waits anywhere but in the ring: a change lands on the token
+        made next and its audio is queued right behind what is playing (engine/latency.py)."""
+        lead, ring, worker = self.lead, self.ring, self._decoding
+        per_frame = self.decoder.hop * ring.sample_rate / self.sample_rate  # ring frames one frame of codes adds
+        while not self._stop.is_set():
+            allowed = lead.allowed(self.gen.steps_to_slide, per_frame)
+            if ring.wait_until_at_most(round(allowed - (worker.in_flight + 1) * per_frame), timeout=0.005):
+                return True
+            if ring.failure is not None:  # the device is gone: _watch() ends the session; do not spin meanwhile
+                self._stop.wait(0.05)
+        return False
+
     def _fail(self, err: BaseException) -> None:
         """Either thread failed: stop the session; run() raises the first error once all is finalised."""
         if self.error is None:  # a later one is the other thread noticing the stop, not the cause
@@ -327,15 +360,11 @@ class StreamingSession:
         """The decode thread: PCM to the current take, then to the ring (waiting for room)."""
         self.recordings.write(pcm)
         self.levels.add(pcm)
-        lead = self.lead
+        if (lead := self.lead) is not None:  # --buffer auto: the generation thread paces itself (_paced)
+            lead.update()
+            if self.ring.rebuffer_frames:
+                self.ring.rebuffer_frames = lead.refill
         while pcm.shape[1] and not self._stop.is_set() and self.sink.error is None:
-            if lead is not None:  # --buffer auto: keep no more than the lead queued
-                lead.update()
-                if self.ring.rebuffer_frames:
-                    self.ring.rebuffer_frames = lead.refill
-                adding = pcm.shape[1] * self.ring.sample_rate // self.sample_rate
-                if not self.ring.wait_until_at_most(max(lead.frames - adding, lead.margin), timeout=0.1):
-                    continue
             self.sink.wait_for_space(pcm.shape[1], timeout=0.1)
             taken = self.sink.write(pcm)
             pcm = pcm[:, taken:]

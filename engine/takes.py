@@ -183,7 +183,11 @@ class Recordings:
         self.history: list[tuple[int, Change]] = []  # every applied change of the session, at its step
         self.done: list[Take] = []
         self.current: Take | None = None
-        self.emitted = 0  # samples the decode thread has handed out (the next take starts here)
+        self.emitted = 0  # samples handed to takes, whole frames (the next take starts here)
+        # The decoder emits up to a sample, not a frame (engine/streaming_decoder.py), but a take starts
+        # and ends on a frame (its log counts frames; replay regenerates frames): the part of a frame
+        # emitted so far waits here for the rest. It is in the ring already: only the takes wait.
+        self._partial = np.zeros((channels, 0), np.float32)
         self._lock = threading.Lock()
         self._worker: ThreadPoolExecutor | None = None
 
@@ -240,11 +244,16 @@ class Recordings:
 
     # -- the session's threads ----------------------------------------------------------------
     def write(self, pcm: np.ndarray) -> None:
-        """The decode thread: PCM (channels, n) that was just made goes to the current take."""
+        """The decode thread: PCM (channels, n) that was just made goes to the current take, in whole
+        frames (what ends mid-frame is held until the frame is complete; a stop mid-frame drops it)."""
         with self._lock:
-            if self.current is not None:
-                self.current.write(pcm)
-            self.emitted += pcm.shape[1]
+            if self._partial.shape[1]:
+                pcm = np.concatenate([self._partial, pcm], axis=1)
+            whole = pcm.shape[1] - pcm.shape[1] % self.hop
+            self._partial = pcm[:, whole:]
+            if whole and self.current is not None:
+                self.current.write(pcm[:, :whole])
+            self.emitted += whole
 
     def applied(self, step: int, change: Change) -> None:
         with self._lock:

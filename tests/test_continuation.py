@@ -83,9 +83,9 @@ def test_the_first_chunk_after_priming_is_on_the_usual_schedule(tiny) -> None:
     decoder = StreamingDecoder(tiny)
     decoder.prime(codes[:, :20])
     sizes = [0 if (pcm := decoder.push(codes[:, 20 + i])) is None else pcm.shape[1] for i in range(20)]
-    cfg = decoder.config
-    first = cfg.chunk_frames + cfg.lookahead_frames  # frames pushed when the first chunk comes out
-    assert sizes[: first - 1] == [0] * (first - 1) and sizes[first - 1] == cfg.chunk_frames * HOP
+    chunk, lookahead = decoder.config.chunk_frames * HOP, decoder.lookahead
+    first = -(-(chunk + lookahead) // HOP)  # frames pushed when the first chunk comes out: a chunk settled
+    assert sizes[: first - 1] == [0] * (first - 1) and sizes[first - 1] == first * HOP - lookahead
     assert sum(sizes) + decoder.flush().shape[1] == 20 * HOP
 
 

@@ -111,7 +111,8 @@ def test_decoder_error_stops_the_session_surfaces_and_keeps_the_recording(tiny, 
     # generation stopped too: it can only have run ahead by the queue (and one frame in hand)
     assert session.generated_frames <= 31 + session._decoding.depth + 1
     audio, _ = sf.read(tmp_path / "e.wav")  # finalised: a readable WAV with everything decoded
-    assert len(audio) == sum(pushes["samples"]) > 0 and np.isfinite(audio).all()
+    # everything decoded, in whole frames (a take holds frames; the last part of one is played, not kept)
+    assert len(audio) == sum(pushes["samples"]) // HOP * HOP > 0 and np.isfinite(audio).all()
     assert read_log(tmp_path / "e.jsonl").end["frames"] * 640 == len(audio)  # the take's log: what it holds
 
 
@@ -128,7 +129,7 @@ def test_generation_error_surfaces_and_keeps_the_recording(tiny, tmp_path) -> No
     with pytest.raises(ValueError, match="step broke"):
         session.run()
     audio, _ = sf.read(tmp_path / "g.wav")
-    assert len(audio) == session.decoder.samples_out > 0  # what was decoded before the stop was recorded
+    assert len(audio) == session.decoder.samples_out // HOP * HOP > 0  # what was decoded before the stop, in frames
     assert session._decoding.finished.is_set()
 
 
@@ -155,7 +156,7 @@ def test_lead_over_playback_is_the_ring_plus_the_queue_plus_the_decoder_lookahea
     cfg, ring = session.decoder.config, session.ring
     # frames generated but not yet played: the ring's capacity, the decoder's pending chunk and
     # lookahead (or a chunk of PCM waiting for ring space), the queue, and one frame in hand
-    bound = ring.capacity + (cfg.chunk_frames + cfg.lookahead_frames + session._decoding.depth + 1) * HOP
+    bound = ring.capacity + (cfg.chunk_frames + session.decoder.lookahead_frames + session._decoding.depth + 1) * HOP
     leads: list[int] = []  # in samples: exact integers (the bound is reached to the sample)
 
     def sample() -> None:

@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 from jack import jack_server
 
 from musicsteer.engine.audio_devices import resolve_output_device
@@ -20,6 +21,7 @@ from musicsteer.engine.ring_buffer import RingBuffer
 from musicsteer.engine.session import StreamingSession, StreamOptions
 
 RATE = 32000
+HOP = 640
 
 
 def test_the_dac_clock_places_every_frame_in_the_block_that_played_it() -> None:
@@ -118,22 +120,77 @@ def test_the_auto_lead_grows_at_once_near_a_dropout_and_shrinks_slowly_in_calm()
     ring = RingBuffer(1, 2 * RATE, RATE)
     lead = AutoLead(ring, margin_frames=512, write_frames=640, start_s=0.1)
     assert lead.frames == 3200 and lead.refill == 3200 - 640
-    ring.low_water = 100  # a read left fewer than the margin: grow now, by the shortfall and half again
+    ring.low_water = 100  # a read left fewer than the margin: a near miss, grow now by the shortfall and a block
     lead.update()
-    assert lead.frames == 3200 + 412 + 1600 and lead.grown == 1
+    assert lead.frames == 3200 + 412 + 256 and lead.grown == 1
+    ring.low_water = -300  # a read found the ring dry: grow by the shortfall and half the lead again
+    lead.update()
+    assert lead.frames == 3868 + 812 + 3868 // 2 and lead.grown == 2
     for _ in range(3):  # calm, but within one period: no change
         ring.low_water = 4000
         lead.update()
-    assert lead.frames == 5212 and lead.shrunk == 0
+    assert lead.frames == 6614 and lead.shrunk == 0
     lead._quiet_since -= lead_module.PERIOD_S  # a calm period has passed: give up a third of what was unused
     ring.low_water = 4000
     lead.update()
-    assert lead.frames == 5212 - (4000 - 512) // 3 and lead.shrunk == 1
+    assert lead.frames == 6614 - (4000 - 512) // 3 and lead.shrunk == 1
     for _ in range(200):  # long calm with the ring never touched: down to the floor, never below it
         lead._quiet_since -= lead_module.PERIOD_S
         ring.low_water = lead.frames - 1
         lead.update()
     assert lead.frames == lead.low == max(round(0.02 * RATE), 512 + 640)
+
+
+def test_before_a_window_slide_the_lead_makes_room_for_its_stall() -> None:
+    from musicsteer.engine.lead import SLIDE_SAFETY, AutoLead
+
+    ring = RingBuffer(1, RATE, RATE)
+    lead = AutoLead(ring, margin_frames=512, write_frames=640, start_s=0.05)
+    assert lead.allowed(0, 640.0) == lead.frames  # no slide planned: the lead, whatever comes
+    lead.plan_slides(0.07)  # a re-prefill timed at 70 ms
+    extra = round(SLIDE_SAFETY * 0.07 * RATE) + 512
+    assert lead.slide_frames == extra
+    reach = extra / 640 + 2  # tokens ahead of the slide from which the extra may be queued
+    assert lead.allowed(int(reach) + 1, 640.0) == lead.frames
+    assert lead.allowed(int(reach), 640.0) == lead.allowed(0, 640.0) == lead.frames + extra
+
+
+def test_timing_a_slide_changes_no_code(tiny) -> None:
+    """time_slide writes padding into the cache before the first step: the tokens must not see it."""
+    runs = []
+    for timed in (False, True):
+        gen = Generator(tiny, Controls(prompt="rock", top_k=0, temperature=0.0))
+        gen.start()
+        if timed:
+            assert gen.time_slide() > 0
+        runs.append(torch.stack([f.codes[0] for _ in range(60) if (f := gen.step()) is not None], dim=-1))
+    assert torch.equal(runs[0], runs[1])
+    with pytest.raises(RuntimeError, match="between start"):
+        gen.time_slide()
+
+
+def test_buffer_auto_paces_the_token_so_nothing_made_waits_outside_the_ring(tiny) -> None:
+    """What is made but not yet heard is the ring, the frames the decode thread holds and the decoder's
+    lookahead; with --buffer auto the first two together never pass the lead (a frame waiting in the
+    queue, or a decoded chunk waiting for room, would add to every knob's delay)."""
+    session = StreamingSession(Generator(tiny, Controls(prompt="rock")),
+                               StreamOptions(seconds=5.0, output_device="null", buffer_seconds="auto", blocksize=256))
+    ring, decoder, lead = session.ring, session.decoder, session.lead
+    assert decoder.lookahead == decoder.reach  # exact, to the sample (engine/streaming_decoder.py)
+    over: list[tuple[int, int]] = []
+
+    def sample() -> None:
+        while not session._stop.is_set():
+            allowed, made = lead.allowed(session.gen.steps_to_slide, HOP), session.generated_frames
+            if not session._ending():
+                queued = made * HOP - decoder.lookahead - ring.frames_read  # in the ring or the decode thread
+                if queued > allowed + HOP:  # one frame of slack: the token in hand when sampled
+                    over.append((queued, allowed))
+            time.sleep(0.003)
+
+    threading.Thread(target=sample, daemon=True).start()
+    stats = session.run()
+    assert stats.played_seconds == pytest.approx(5.0, abs=0.05) and not over, over[:5]
 
 
 def test_buffer_auto_finds_a_smaller_lead_and_the_knob_is_heard_sooner(tiny) -> None:

@@ -78,12 +78,12 @@ def streamed(real_arch: SimpleNamespace) -> dict:
     """The default config fed one frame at a time, with each chunk's cost recorded."""
     codes = random_codes(4, FRAMES, seed=7)
     decoder = StreamingDecoder(real_arch)
-    chunks, costs = [], []  # costs: (frames_in, frames decoded, ms) per chunk
+    chunks, costs = [], []  # costs: (frames_in, frames decoded, ms, samples out) per chunk
     for i in range(FRAMES):
         out = decoder.push(codes[:, i])
         if out is not None:
             chunks.append(out)
-            costs.append((decoder.frames_in, decoder.last_decode_frames, decoder.last_decode_ms))
+            costs.append((decoder.frames_in, decoder.last_decode_frames, decoder.last_decode_ms, decoder.samples_out))
     pushed = np.concatenate(chunks, axis=1)
     tail = decoder.flush()
     return {"codes": codes, "pushed": pushed, "audio": np.concatenate([pushed, tail], axis=1),
@@ -98,25 +98,46 @@ def test_streamed_matches_one_shot(streamed: dict) -> None:
     assert -power_db(reference, reference - audio) >= 30.0
 
 
-def test_settled_audio_lags_by_lookahead_and_chunk(streamed: dict) -> None:
-    cfg = StreamingConfig()
-    for frames_in, _, _ in streamed["costs"]:  # a chunk is emitted as soon as its lookahead is in
-        assert (frames_in - cfg.lookahead_frames) % cfg.chunk_frames == 0
-    assert streamed["pushed"].shape[1] >= (FRAMES - cfg.lookahead_frames - cfg.chunk_frames) * HOP
+def test_settled_audio_lags_by_exactly_the_lookahead(streamed: dict) -> None:
+    decoder = streamed["decoder"]
+    chunk = decoder.config.chunk_frames * HOP
+    # the decoder's whole right reach: the first conv's 3 frames and the upsampler's 0.75 (and 2 samples)
+    assert decoder.lookahead == decoder.reach == 2402
+    for frames_in, _, _, samples_out in streamed["costs"]:  # each chunk ends `lookahead` before the codes' end
+        assert samples_out == frames_in * HOP - decoder.lookahead
+    assert streamed["costs"][0][0] == -(-(chunk + decoder.lookahead) // HOP)  # the first, as soon as it can
+    steps = np.diff([samples for *_, samples in streamed["costs"]])
+    assert set(steps) == {chunk}  # then a chunk at a time
+    assert FRAMES * HOP - decoder.lookahead - chunk < streamed["pushed"].shape[1] <= FRAMES * HOP - decoder.lookahead
 
 
 def test_cost_per_chunk_does_not_grow(streamed: dict) -> None:
     cfg = StreamingConfig()
     costs = streamed["costs"]
     first_conv_reach = 3  # frames of codes the k=7 first conv reads on either side
-    bound = cfg.context_frames + cfg.chunk_frames + cfg.lookahead_frames + first_conv_reach
-    decoded = [frames for _, frames, _ in costs]
+    bound = cfg.context_frames + cfg.chunk_frames + streamed["decoder"].lookahead_frames + first_conv_reach
+    decoded = [frames for _, frames, *_ in costs]
     assert max(decoded) <= bound
-    late = [(frames, ms) for frames_in, frames, ms in costs if frames_in > 1000]
+    late = [(frames, ms) for frames_in, frames, ms, _ in costs if frames_in > 1000]
     assert late and all(frames == decoded[5] for frames, _ in late)  # same window early and late
-    early_ms = np.median([ms for _, _, ms in costs[1:21]])  # skip the first call's warm-up
-    late_ms = np.median([ms for _, _, ms in costs[-20:]])
+    early_ms = np.median([ms for _, _, ms, _ in costs[1:21]])  # skip the first call's warm-up
+    late_ms = np.median([ms for _, _, ms, _ in costs[-20:]])
     assert late_ms / early_ms < 2.0
+
+
+def test_a_shorter_lookahead_emits_sooner_and_crossfades_its_seams(real_arch: SimpleNamespace,
+                                                                   streamed: dict) -> None:
+    """Below the reach the edge is approximate: each chunk comes out that much sooner, seams crossfaded."""
+    decoder = StreamingDecoder(real_arch, StreamingConfig(chunk_frames=1, lookahead_samples=2322))
+    codes = streamed["codes"][:, :200]
+    outs = [decoder.push(codes[:, i]) for i in range(codes.shape[1])]
+    first = next(i for i, pcm in enumerate(outs) if pcm is not None) + 1
+    assert first == -(-(HOP + 2322) // HOP) and decoder.samples_out == 200 * HOP - 2322
+    audio = np.concatenate([p for p in [*outs, decoder.flush()] if p is not None], axis=1)
+    reference = decode_codes(real_arch, codes)
+    assert audio.shape == reference.shape and -power_db(reference, reference - audio) >= 20.0
+    with pytest.raises(MusicsteerError):
+        decoder.set_lookahead(64)  # shorter than the crossfade it fades from
 
 
 def test_irregular_batches_give_the_same_audio(real_arch: SimpleNamespace, streamed: dict) -> None:
@@ -141,7 +162,7 @@ def test_stateless_mode_needs_lstm_context(real_arch: SimpleNamespace) -> None:
     audio = np.concatenate([x for x in (decoder.push(codes), decoder.flush()) if x is not None], axis=1)
     reference = decode_codes(real_arch, codes)
     assert audio.shape == reference.shape
-    assert decoder.last_decode_frames <= config.context_frames + config.chunk_frames + config.lookahead_frames
+    assert decoder.last_decode_frames <= config.context_frames + config.chunk_frames + decoder.lookahead_frames
     assert -power_db(reference, reference - audio) < 30.0
 
 
@@ -153,8 +174,8 @@ def test_real_loaded_model_path(tiny: LoadedModel) -> None:
     reference = decode_codes(tiny, codes)
     assert audio.shape == reference.shape == (1, 37 * HOP)
     np.testing.assert_allclose(audio, reference, atol=1e-5 * max(1.0, float(np.abs(reference).max())))
-    assert decoder.latency_ms == pytest.approx((4 + 5) * 20.0)
-    config = StreamingConfig(lookahead_frames=2, chunk_frames=8, crossfade_samples=64)
+    assert decoder.latency_ms == pytest.approx((2402 / HOP + 5) * 20.0)
+    config = StreamingConfig(lookahead_samples=2 * HOP, chunk_frames=8, crossfade_samples=64)
     assert StreamingDecoder(tiny, config).latency_ms == pytest.approx(200.0)
     with pytest.raises(MusicsteerError):
         decoder.push(codes[:, 0])  # the stream has ended
