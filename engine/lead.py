@@ -31,7 +31,9 @@ here and takes the smallest chunk that decodes well ahead of real time: 1 frame 
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .params import AUTO_BUFFER_MAX
@@ -78,6 +80,21 @@ class AutoLead:
         if self.slide_frames and steps_to_slide <= self.slide_frames / frame + 2:
             return min(self.frames + self.slide_frames, self.ring.capacity)
         return self.frames
+
+    def wait_for_token(self, in_flight: Callable[[], int], steps_to_slide: int, frame: float,
+                       stop: threading.Event) -> bool:
+        """The producer, before a token: wait until the ring plus the frames the decode thread still holds
+        (`in_flight()`, `frame` ring frames each) leave room for one more frame under `allowed`. Pacing
+        the token, not the ring (a frame waiting in the queue, a decoded chunk waiting for room), keeps
+        everything made but not heard in the ring, where the lead counts it. False once `stop` is set."""
+        ring = self.ring
+        while not stop.is_set():  # re-read each time round: the decode thread adjusts the lead meanwhile
+            allowed = self.allowed(steps_to_slide, frame)
+            if ring.wait_until_at_most(round(allowed - (in_flight() + 1) * frame), timeout=0.005):
+                return True
+            if ring.failure is not None:  # the device is gone: the session ends it; do not spin meanwhile
+                stop.wait(0.05)
+        return False
 
     def update(self) -> None:
         """Look at the ring's low-water mark since the last look, and adjust (the producer's thread)."""

@@ -8,10 +8,13 @@ does all disk I/O; the caller's thread waits, reports status and may stop the se
 Output devices and the recording path are opened before anything is generated, so a wrong device or
 an unwritable path fails at once with one line, and a recording is finalised however the session ends.
 
-How far generation runs ahead of playback is bounded by the ring (`buffer_seconds`): that is the
-delay between turning a knob and hearing it, on top of the decoder's lookahead, the decode queue (at
-most one decoder chunk of frames: 100 ms) and the device's own latency. When generation is slower
-than real time the ring runs dry; `when_slow` chooses between
+How far generation runs ahead of playback is the delay between turning a knob and hearing it
+(engine/latency.py measures it). A fixed `buffer_seconds` bounds it by the ring, plus the decode queue
+(one decoder chunk of frames), a decoded chunk waiting for room, the decoder's lookahead and the
+device. With "auto" (engine/lead.py) the generation thread paces each token instead (`_paced`):
+it makes one only when the ring plus the frames the decode thread holds leave room for its audio
+under the lead, so nothing waits outside the ring. When generation is slower than real time the
+ring runs dry; `when_slow` chooses between
 `rebuffer` (stop playback until `prebuffer_seconds` are queued again: a clean pause, counted) and
 `play` (keep playing whatever arrives: zero-filled, counted underruns).
 """
@@ -137,9 +140,8 @@ class StreamingSession:
         # that fails later (an OSC port in use) leaves no empty take behind to block the next try.
         self._first_take = take_path(options.record, None, options.overwrite) if options.record is not None else None
         self._stop = threading.Event()
-        # Frames wait here between the threads. Generation blocks while it is full, so the lead over
-        # playback is the ring (--buffer) + this queue + the decoder's lookahead: one chunk (100 ms)
-        # is enough to keep generating while a chunk decodes, and small enough to add little delay.
+        # Frames wait here between the threads (a fixed buffer: generation blocks while it is full; one
+        # chunk keeps generating while a chunk decodes). With auto, _paced keeps it all but empty.
         self._decoding = DecodeWorker(self.decoder, self._emit, self._end_audio, self._stop, self._fail,
                                       depth=self.decoder.config.chunk_frames)
         self._decoding.prime(prompt_codes)  # a take continues the prompt's audio: no seam at its start
@@ -334,21 +336,10 @@ class StreamingSession:
                 and gen.end_frame - gen.frames_completed <= decoder.lookahead_frames + decoder.config.chunk_frames)
 
     def _paced(self) -> bool:
-        """--buffer auto, before each token: wait until one more frame's PCM fits under the lead, counting
-        the frames the decode thread holds (queued or decoding). False once stopped.
-
-        Pacing the token rather than the ring (a decoded chunk waiting for room, a frame waiting in the
-        queue behind it) means nothing made waits anywhere but in the ring: a change lands on the token
-        made next and its audio is queued right behind what is playing (engine/latency.py)."""
-        lead, ring, worker = self.lead, self.ring, self._decoding
-        per_frame = self.decoder.hop * ring.sample_rate / self.sample_rate  # ring frames one frame of codes adds
-        while not self._stop.is_set():
-            allowed = lead.allowed(self.gen.steps_to_slide, per_frame)
-            if ring.wait_until_at_most(round(allowed - (worker.in_flight + 1) * per_frame), timeout=0.005):
-                return True
-            if ring.failure is not None:  # the device is gone: _watch() ends the session; do not spin meanwhile
-                self._stop.wait(0.05)
-        return False
+        """--buffer auto, before each token: wait until its audio fits under the lead (False: stopped)."""
+        per_frame = self.decoder.hop * self.ring.sample_rate / self.sample_rate  # ring frames a token adds
+        worker = self._decoding
+        return self.lead.wait_for_token(lambda: worker.in_flight, self.gen.steps_to_slide, per_frame, self._stop)
 
     def _fail(self, err: BaseException) -> None:
         """Either thread failed: stop the session; run() raises the first error once all is finalised."""
