@@ -8,8 +8,10 @@ corrupt file, an output path that cannot be written) is a one-line `MusicsteerEr
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import soundfile as sf
@@ -29,22 +31,35 @@ def read_audio(
     max_seconds keeps the LAST max_seconds of the clip: a continuation prompt is continued from
     its end, so the end is the part that matters.
     """
+    _check(sample_rate, channels, max_seconds)  # before the file: a caller's bug is not the file's fault
+    return decode_audio(existing_file(path, "audio file"), sample_rate, channels, max_seconds)
+
+
+def _check(sample_rate: int, channels: int, max_seconds: float | None) -> None:
     if channels not in (1, 2):
         raise ValueError(f"channels must be 1 or 2, got {channels!r}")
     if sample_rate <= 0:
         raise ValueError(f"sample_rate must be > 0, got {sample_rate!r}")
     if max_seconds is not None and not (math.isfinite(max_seconds) and max_seconds > 0):
         raise MusicsteerError(f"the audio length to keep must be > 0 seconds, got {max_seconds!r}")
-    path = existing_file(path, "audio file")
+
+
+def decode_audio(file: Path | bytes, sample_rate: int, channels: int, max_seconds: float | None = None,
+                 name: str | None = None) -> np.ndarray:
+    """`read_audio` on an existing file or on a file's bytes (an audio dataset's encoded column):
+    float32 (channels, samples) at `sample_rate`. `name` names the audio in errors (default: the
+    path). A file that does not decode, is empty or holds NaN/inf is a one-line MusicsteerError."""
+    _check(sample_rate, channels, max_seconds)
+    name = str(file) if name is None else name
     try:
         # always_2d gives (frames, file_channels) for mono and multichannel files alike.
-        data, file_rate = sf.read(path, dtype="float32", always_2d=True)
+        data, file_rate = sf.read(_opened(file), dtype="float32", always_2d=True)
     except (sf.SoundFileError, RuntimeError, OSError, ValueError, TypeError) as exc:
-        raise MusicsteerError(f"cannot read audio file {path}: {one_line(exc)}") from None
+        raise MusicsteerError(f"cannot read audio file {name}: {one_line(exc)}") from None
     if data.shape[0] == 0 or data.shape[1] == 0:
-        raise MusicsteerError(f"audio file {path} is empty (0 samples)")
+        raise MusicsteerError(f"audio file {name} is empty (0 samples)")
     if not np.isfinite(data).all():
-        raise MusicsteerError(f"audio file {path} contains NaN or infinite samples")
+        raise MusicsteerError(f"audio file {name} contains NaN or infinite samples")
 
     if channels == 1:
         data = data.mean(axis=1, keepdims=True)
@@ -64,6 +79,31 @@ def read_audio(
         keep_out = max(1, round(max_seconds * sample_rate))
         data = data[-keep_out:]
     return np.ascontiguousarray(data.T, dtype=np.float32)
+
+
+def _opened(file: Path | bytes) -> Path | BinaryIO:
+    return io.BytesIO(file) if isinstance(file, bytes) else file
+
+
+def resampled_length(frames: int, file_rate: int, sample_rate: int) -> int:
+    """The samples `decode_audio` returns for `frames` frames at `file_rate` (no max_seconds): soxr's
+    one-shot output length, computed as soxr computes it (in doubles, ilen * out / in + 0.5, truncated)."""
+    return frames if file_rate == sample_rate else int(frames * float(sample_rate) / float(file_rate) + 0.5)
+
+
+def audio_length(file: Path | bytes, sample_rate: int, name: str | None = None) -> int:
+    """How many samples `decode_audio(file, sample_rate, ...)` will return, from the file's header alone
+    (soundfile's info: no decode), for any channel count. A header that does not read, or says the file
+    is empty, is a one-line MusicsteerError. Formats whose header only estimates its length (some MP3s)
+    may decode to another length: callers check the decoded length (probes/extract.py does)."""
+    name = str(file) if name is None else name
+    try:
+        info = sf.info(_opened(file))
+    except (sf.SoundFileError, RuntimeError, OSError, ValueError, TypeError) as exc:
+        raise MusicsteerError(f"cannot read audio file {name}: {one_line(exc)}") from None
+    if info.frames <= 0 or info.channels <= 0:
+        raise MusicsteerError(f"audio file {name} is empty (0 samples)")
+    return resampled_length(info.frames, info.samplerate, sample_rate)
 
 
 def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int) -> Path:

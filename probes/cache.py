@@ -1,7 +1,9 @@
 """The activations cache on disk (ACTS_DIR): resumable, and tied to one model and one data cut.
 
 Layout:
-  manifest.json            settings, model, labels, the segment list (row order), skipped files
+  manifest.json            settings, model, labels, the segment list (row order), skipped files, and
+                           `missing`: the rows of files that did not decode during extraction (their
+                           rows in the arrays are zeros; load_activations leaves them out)
   shards/shard-NNNNNNN.npz one per forward batch: `index` (b,) plus one (b, layers, d_model) array
                            per site.pool; written to a temporary name and renamed, so a shard on
                            disk is always whole. The shards ARE the progress record: a segment is
@@ -131,6 +133,15 @@ class ActivationCache:
                     indices.update(int(i) for i in z["index"])
         return indices
 
+    def mark_missing(self, manifest: dict, file_id: str, reason: str, rows: list[int]) -> dict:
+        """Record (at once, atomically) that `file_id` did not decode: its rows join `missing`, it joins
+        `skipped`; a resumed run reads both and neither retries the file nor waits for its rows."""
+        missing = sorted(set(manifest.get("missing", [])) | set(rows))
+        manifest = dict(manifest, missing=missing, skipped=[*manifest.get("skipped", []),
+                                                            {"file": file_id, "reason": reason}])
+        self.write_manifest(manifest)
+        return manifest
+
     def write_shard(self, index: list[int], arrays: dict[str, np.ndarray]) -> Path:
         self.shards.mkdir(exist_ok=True)
         data = {key: np.asarray(arrays[key], dtype=np.float32) for key in KEYS}
@@ -186,8 +197,15 @@ def load_activations(root: str | Path, site: str = "residual", pool: str = "mean
         x = np.load(path)
     except (OSError, ValueError) as e:
         raise MusicsteerError(f"cannot read {path}: {one_line(e)}") from None
-    labels = list(manifest["labels"])
-    y = np.asarray([labels.index(seg[1]) for seg in manifest["segments"]], dtype=np.int64)
-    if x.shape != (len(y), manifest["num_layers"], manifest["d_model"]):
+    segments = manifest["segments"]
+    if x.shape != (len(segments), manifest["num_layers"], manifest["d_model"]):
         raise MusicsteerError(f"{path} has shape {x.shape}, which does not match {cache.manifest_path}")
-    return Activations(x, y, labels, manifest)
+    missing = set(manifest.get("missing", []))
+    keep = [i for i in range(len(segments)) if i not in missing]
+    # a label whose every file failed to decode has no rows left: it is no label of these activations
+    labels = [label for label in manifest["labels"] if any(segments[i][1] == label for i in keep)]
+    if len(labels) < 2:
+        raise MusicsteerError(f"{cache.root} has rows of {len(labels)} label(s) once the files that did not "
+                              "decode are left out; a probe needs at least two")
+    y = np.asarray([labels.index(segments[i][1]) for i in keep], dtype=np.int64)
+    return Activations(x[keep] if missing else x, y, labels, manifest)

@@ -1,7 +1,11 @@
 """A labelled audio collection, and its cut into fixed-length segments.
 
-Two ways to name the data: a folder with one sub-folder per label (every file below a label folder
-counts, recursively), or a CSV manifest with the columns `path,label` (paths relative to the CSV).
+Three ways to name the data: a folder with one sub-folder per label (every file below a label folder
+counts, recursively), a CSV manifest with the columns `path,label` (paths relative to the CSV), or a
+Hugging Face audio dataset saved with `save_to_disk`, `hf:PATH[:SPLIT]` (probes/hf_data.py).
+The plan reads only each file's header (soundfile's info): engine/audio_io.audio_length predicts the
+exact length read_audio returns, so segments are cut without decoding anything. A file whose header
+reads but whose data does not decode is found during extraction instead (probes/extract.py).
 Files that cannot be read as audio, and CSV rows whose file is missing, are skipped and listed,
 never fatal: one bad file in a thousand should not cost a night of extraction. What cannot give a
 probe anything (no readable audio, a single label, a CSV without the columns) is a one-line
@@ -16,17 +20,23 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from musicsteer.engine.audio_io import read_audio
+from musicsteer.engine.audio_io import audio_length
 from musicsteer.engine.errors import MusicsteerError, one_line, shown
+
+from . import hf_data
 
 
 @dataclass(frozen=True)
 class Source:
-    file_id: str  # path relative to the data root: stable when the collection is moved
-    path: Path
+    file_id: str  # path relative to the data root (a dataset row: SPLIT/ROW[/NAME]): stable when moved
+    path: Path  # the audio file; for a dataset row, the dataset's folder
     label: str
+    row: int | None = None  # a dataset row: its index in `split`
+    split: str | None = None
+
+    def encoded(self) -> Path | bytes:
+        """The file to decode: its path, or a dataset row's encoded bytes (or the file it names)."""
+        return self.path if self.row is None else hf_data.row_audio(self.path, self.split, self.row)
 
 
 @dataclass(frozen=True)
@@ -51,8 +61,15 @@ class Plan:
         return sorted({s.label for s in self.segments})
 
 
-def discover(data: str | Path) -> tuple[list[Source], list[dict[str, str]]]:
-    """The labelled files of a folder or CSV manifest, in a stable order, and the rows skipped."""
+def discover(data: str | Path, label_column: str | None = None) -> tuple[list[Source], list[dict[str, str]]]:
+    """The labelled files of a folder, CSV manifest or `hf:` dataset, in a stable order, and the rows
+    skipped. `label_column` names a dataset's label column (only with `hf:`)."""
+    if str(data).startswith(hf_data.PREFIX):
+        folder, split = hf_data.parse(str(data))
+        split, found = hf_data.rows(folder, split, label_column)
+        return [Source(file_id, folder, label, index, split) for file_id, index, label in found], []
+    if label_column is not None:
+        raise MusicsteerError("--label-column chooses a dataset's column; it needs --data hf:PATH")
     root = Path(data).expanduser()
     try:
         if not root.exists():
@@ -121,17 +138,18 @@ def check_labels(labels: set[str] | list[str], where: str | Path) -> None:
         raise MusicsteerError(f"{where} has only one label with audio{only}; a probe needs at least two")
 
 
-def plan(data: str | Path, sources: list[Source], skipped: list[dict[str, str]], sample_rate: int, channels: int,
+def plan(data: str | Path, sources: list[Source], skipped: list[dict[str, str]], sample_rate: int,
          segment_seconds: float) -> Plan:
-    """Read every file once (to know its length after resampling, and to find the unreadable
-    ones before any model time is spent) and cut it into segments."""
+    """Read every file's header (its length after resampling, and the unreadable files before any model
+    time is spent; no audio is decoded) and cut it into segments of `segment_seconds` at `sample_rate`.
+    A file whose header does not read, is empty, or is shorter than half a segment is skipped and listed."""
     seg = round(segment_seconds * sample_rate)
     segments: list[Segment] = []
     used: dict[str, Source] = {}
     skipped = list(skipped)
     for source in sources:
         try:
-            samples = read_audio(source.path, sample_rate, channels).shape[1]
+            samples = audio_length(source.encoded(), sample_rate, source.file_id)
         except MusicsteerError as e:
             skipped.append({"file": source.file_id, "reason": str(e)})
             continue
@@ -154,22 +172,3 @@ def fingerprint(segments: list[Segment], settings: dict[str, object]) -> str:
     payload = json.dumps({"segments": [[s.file_id, s.label, s.start, s.length] for s in segments],
                           "settings": settings}, sort_keys=True)
     return "sha256:" + hashlib.sha256(payload.encode()).hexdigest()[:16]
-
-
-class AudioReader:
-    """Segment audio on demand, keeping the last file decoded: a file's segments are consecutive."""
-
-    def __init__(self, sources: dict[str, Source], sample_rate: int, channels: int) -> None:
-        self.sources, self.sample_rate, self.channels = sources, sample_rate, channels
-        self._file: str | None = None
-        self._audio: np.ndarray | None = None
-
-    def segment(self, seg: Segment) -> np.ndarray:
-        if seg.file_id != self._file:
-            self._audio = read_audio(self.sources[seg.file_id].path, self.sample_rate, self.channels)
-            self._file = seg.file_id
-        piece = self._audio[:, seg.start : seg.start + seg.length]
-        if piece.shape[1] != seg.length:
-            raise MusicsteerError(f"{seg.file_id} changed since the extraction began (now shorter); "
-                                  "use another --out")
-        return piece

@@ -8,6 +8,13 @@ they are the rows the engine steers. For every layer we keep the residual stream
 of a residual vectors file) and its self-attention output (row i of an attention vectors file),
 each pooled over time by the mean and by the last position.
 
+Files are decoded by probes/pipeline.py (--workers N: in N processes, in plan order) and cut into the
+planned segments; batches are formed from the segments still to do, in row order, so the shards are
+the same for every worker count. A file that does not decode, or decodes shorter than its header
+promised, is skipped when it is reached: its rows are listed in the manifest's `missing` (training
+and analysis leave them out), it joins `skipped`, and the manifest is written at once, so a resumed
+run does not try it again. Every other file's rows are kept.
+
 Pooling skips position 0: it holds only the start token, identical for every segment, so it would
 pull all means towards one point. Segments of a batch with fewer frames are padded at the END,
 which the causal self-attention keeps from touching the real positions; pooling ignores the pad.
@@ -35,9 +42,9 @@ from musicsteer.engine.loading import LoadedModel, load_model
 from musicsteer.engine.prompts import encode_text
 from musicsteer.engine.steering import SteeringTensors
 
-from . import dataset
+from . import dataset, pipeline
 from .cache import FORMAT, KEYS, ActivationCache
-from .settings import BATCH, PROMPT, SEGMENT_SECONDS
+from .settings import BATCH, PROMPT, SEGMENT_SECONDS, WORKERS
 
 
 class PoolingCapture(dict):
@@ -155,42 +162,95 @@ def manifest_for(lm: LoadedModel, plan: dataset.Plan, settings: dict) -> dict:
 
 def extract(data: str, model: str, out: str, segment_seconds: float = SEGMENT_SECONDS.default,
             prompt: str = PROMPT.default, batch: int = BATCH.default,
-            device: str = "auto", dtype: str = "float32") -> dict:
-    """Fill (or finish) the cache at `out`; return its manifest."""
-    # every value and the cheap checks (empty folder, one label, bad CSV, an unusable --out) before the model loads
-    BATCH.check(batch)
-    segment_seconds = SEGMENT_SECONDS.check(segment_seconds)[0]
-    PROMPT.check(prompt)
-    out_path = Path(out).expanduser()
-    cache = ActivationCache(out_path)
-    cache.check_root()
-    sources, skipped = dataset.discover(data)
+            device: str = "auto", dtype: str = "float32", workers: int = WORKERS.default,
+            label_column: str | None = None) -> dict:
+    """Fill (or finish) the cache at `out` from `data` (folder, CSV or hf:PATH[:SPLIT]); return its manifest.
+    `workers` processes decode the audio (0: the main process). Bad values are one-line MusicsteerErrors,
+    raised before the model loads."""
+    check_values(segment_seconds, prompt, batch, workers)
+    ActivationCache(out).check_root()
+    sources, skipped = dataset.discover(data, label_column)
     dataset.check_labels({s.label for s in sources}, data)
     lm = load_model(model, device, dtype)
+    return extract_with(lm, data, out, sources, skipped, segment_seconds, prompt, batch, workers)
+
+
+def check_values(segment_seconds: float, prompt: str, batch: int, workers: int) -> None:
+    """extract's values against their rows (one line each)."""
+    BATCH.check(batch)
+    WORKERS.check(workers)
+    SEGMENT_SECONDS.check(segment_seconds)
+    PROMPT.check(prompt)
+
+
+def extract_with(lm: LoadedModel, data: str, out: str, sources: list[dataset.Source],
+                 skipped: list[dict[str, str]], segment_seconds: float, prompt: str, batch: int,
+                 workers: int) -> dict:
+    """`extract` on a loaded model and discovered sources (the bench times this part)."""
+    segment_seconds = SEGMENT_SECONDS.check(segment_seconds)[0]
+    out_path = Path(out).expanduser()
+    cache = ActivationCache(out_path)
     settings = settings_for(lm, segment_seconds, prompt)
     cache.check_settings(settings)  # another model's folder fails before the audio is read
-    plan = dataset.plan(data, sources, skipped, lm.sample_rate, lm.audio_channels, segment_seconds)
+    plan = dataset.plan(data, sources, skipped, lm.sample_rate, segment_seconds)
     manifest = cache.open_for(manifest_for(lm, plan, settings))
     if plan.skipped:
-        names = ", ".join(s["file"] for s in plan.skipped[:5]) + (", ..." if len(plan.skipped) > 5 else "")
         print(f"musicsteer: warning: skipped {len(plan.skipped)} unreadable or missing file(s) "
-              f"(listed in {cache.manifest_path}): {names}", file=sys.stderr)
+              f"(listed in {cache.manifest_path}): {_names(plan.skipped)}", file=sys.stderr)
     if manifest.get("complete"):
         print(f"{out_path} is already complete ({len(plan.segments)} segments); nothing to do")
         return manifest
     cache.clean_partial()
     done = cache.done()
-    todo = [s for s in plan.segments if s.index not in done]
-    reader = dataset.AudioReader(plan.sources, lm.sample_rate, lm.audio_channels)
+    before = len(manifest.get("skipped", []))
+    todo = [s for s in plan.segments if s.index not in done and s.index not in set(manifest.get("missing", []))]
     extractor = Extractor(lm, prompt)
-    with cpu_threads(lm), tqdm(total=len(plan.segments), initial=len(done), unit="seg", desc="extract") as bar:
-        for first in range(0, len(todo), batch):
-            group = todo[first : first + batch]
-            arrays = extractor.run([reader.segment(s) for s in group])
-            cache.write_shard([s.index for s in group], arrays)
-            bar.update(len(group))
+    with cpu_threads(lm), tqdm(total=len(plan.segments), initial=len(plan.segments) - len(todo), unit="seg",
+                               desc="extract") as bar:
+        manifest = _run(extractor, cache, manifest, plan, todo, batch, workers, bar)
     cache.finalise(manifest)
+    late = manifest["skipped"][before:]
+    if late:
+        print(f"musicsteer: warning: {len(late)} file(s) did not decode; their segments are marked missing "
+              f"(listed in {cache.manifest_path}): {_names(late)}", file=sys.stderr)
     resumed = f", {len(done)} segments were already done" if done else ""
     print(f"extracted {len(plan.segments)} segments of {len(plan.sources)} files, {len(plan.labels)} labels, "
-          f"into {out_path} in {extractor.passes} forward passes{resumed}; skipped {len(plan.skipped)} file(s)")
+          f"into {out_path} in {extractor.passes} forward passes{resumed}; skipped {len(manifest['skipped'])} file(s)")
     return cache.read_manifest()
+
+
+def _run(extractor: Extractor, cache: ActivationCache, manifest: dict, plan: dataset.Plan,
+         todo: list[dataset.Segment], batch: int, workers: int, bar: tqdm) -> dict:
+    """Decode the files of `todo` (in order), run full batches as they fill, write one shard per batch."""
+    by_file: dict[str, list[dataset.Segment]] = {}
+    for seg in todo:  # a file's segments are consecutive rows
+        by_file.setdefault(seg.file_id, []).append(seg)
+    lm = extractor.lm
+    pending: list[tuple[dataset.Segment, np.ndarray]] = []
+
+    def flush(count: int) -> None:
+        group, pending[:count] = pending[:count], []
+        cache.write_shard([s.index for s, _ in group], extractor.run([a for _, a in group]))
+        bar.update(len(group))
+
+    files = [plan.sources[file_id] for file_id in by_file]
+    for item in pipeline.decoded(files, lm.sample_rate, lm.audio_channels, workers):
+        segments = by_file[item.file_id]
+        end = segments[-1].start + segments[-1].length
+        error = item.error if item.audio is None else None
+        if error is None and item.audio.shape[1] < end:
+            error = f"decoded {item.audio.shape[1]} samples, fewer than its header promised ({end})"
+        if error is not None:
+            manifest = cache.mark_missing(manifest, item.file_id, error, [s.index for s in segments])
+            bar.update(len(segments))
+            continue
+        pending += [(s, item.audio[:, s.start : s.start + s.length]) for s in segments]
+        while len(pending) >= batch:
+            flush(batch)
+    if pending:
+        flush(len(pending))
+    return manifest
+
+
+def _names(skipped: list[dict[str, str]]) -> str:
+    return ", ".join(s["file"] for s in skipped[:5]) + (", ..." if len(skipped) > 5 else "")

@@ -18,6 +18,9 @@ METHODS = ("mse", "logistic", "diffmean")  # probe kinds (train.py)
 SEGMENT_SECONDS = Param("--segment-seconds", "number", "segment length, at most MusicGen's window", "s", 0.1,
                         PARAMS["window_seconds"].default, default=10.0, cli="--segment-seconds")
 BATCH = Param("--batch", "whole", "segments per forward pass", low=1, high=1024, default=4, cli="--batch")
+# Decoding processes beside the model's: 0 decodes in the main process. More than the cores only adds contention.
+WORKERS = Param("--workers", "whole", "processes decoding and resampling audio (0 = in the main process)",
+                low=0, high=64, default=0, cli="--workers")
 TEST_FRACTION = Param("--test-fraction", "number", "held-out share", low=0.01, high=0.99, default=0.15,
                       cli="--test-fraction")
 # train --layer: the layer whose direction the vectors file marks best; the steering layer row's range.

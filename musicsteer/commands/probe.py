@@ -22,6 +22,7 @@ from musicsteer.probes.settings import (  # no torch: the probe rows
     SEED,
     SEGMENT_SECONDS,
     TEST_FRACTION,
+    WORKERS,
 )
 
 from .options import DEFAULT_MODEL
@@ -41,7 +42,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     extract = jobs.add_parser("extract", help="labelled audio -> activations cache",
                               description="Run labelled audio through the model and cache pooled activations.")
-    extract.add_argument("--data", required=True, help="folder with one sub-folder per label, or a CSV path,label")
+    extract.add_argument("--data", required=True, help="folder with one sub-folder per label, a CSV path,label, or "
+                                                       "hf:PATH[:SPLIT], a Hugging Face audio dataset saved with "
+                                                       "save_to_disk (needs musicsteer[datasets])")
+    extract.add_argument("--label-column", help="with --data hf:...: the label column (default: 'label', else the "
+                                                "dataset's one ClassLabel column)")
+    extract.add_argument("--workers", type=row_type(WORKERS), default=WORKERS.default,
+                         help=_help(WORKERS) + "; the cache is the same for every count")
     extract.add_argument("--model", default=DEFAULT_MODEL, help=f"model (default {DEFAULT_MODEL}; 'tiny' for tests)")
     extract.add_argument("--out", required=True, help="activations folder (ACTS_DIR); a rerun resumes it")
     extract.add_argument("--segment-seconds", type=row_type(SEGMENT_SECONDS), default=SEGMENT_SECONDS.default,
@@ -88,7 +95,7 @@ def run_extract(args: argparse.Namespace) -> int:
     from musicsteer.probes.extract import extract
 
     extract(args.data, args.model, args.out, args.segment_seconds, args.prompt, args.batch, args.device,
-            args.dtype)
+            args.dtype, args.workers, args.label_column)
     return 0
 
 
