@@ -23,7 +23,7 @@ which the causal self-attention keeps from touching the real positions; pooling 
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -234,21 +234,28 @@ def _run(extractor: Extractor, cache: ActivationCache, manifest: dict, plan: dat
         bar.update(len(group))
 
     files = [plan.sources[file_id] for file_id in by_file]
-    for item in pipeline.decoded(files, lm.sample_rate, lm.audio_channels, workers):
-        segments = by_file[item.file_id]
-        end = segments[-1].start + segments[-1].length
-        error = item.error if item.audio is None else None
-        if error is None and item.audio.shape[1] < end:
-            error = f"decoded {item.audio.shape[1]} samples, fewer than its header promised ({end})"
-        if error is not None:
-            manifest = cache.mark_missing(manifest, item.file_id, error, [s.index for s in segments])
-            bar.update(len(segments))
-            continue
-        pending += [(s, item.audio[:, s.start : s.start + s.length]) for s in segments]
-        while len(pending) >= batch:
-            flush(batch)
+    with pipeline.worker_failures():
+        for item in pipeline.decoded(files, lm.sample_rate, lm.audio_channels, workers):
+            manifest = _take(item, by_file[item.file_id], cache, manifest, pending, batch, flush, bar)
     if pending:
         flush(len(pending))
+    return manifest
+
+
+def _take(item: pipeline.Decoded, segments: list[dataset.Segment], cache: ActivationCache, manifest: dict,
+          pending: list, batch: int, flush: Callable[[int], None], bar: tqdm) -> dict:
+    """One decoded file: its segments join the pending batch (full batches run at once), or, when it did
+    not decode to its planned length, its rows are marked missing. Returns the manifest in force."""
+    end = segments[-1].start + segments[-1].length
+    error = item.error if item.audio is None else None
+    if error is None and item.audio.shape[1] < end:
+        error = f"decoded {item.audio.shape[1]} samples, fewer than its header promised ({end})"
+    if error is not None:
+        bar.update(len(segments))
+        return cache.mark_missing(manifest, item.file_id, error, [s.index for s in segments])
+    pending += [(s, item.audio[:, s.start : s.start + s.length]) for s in segments]
+    while len(pending) >= batch:
+        flush(batch)
     return manifest
 
 

@@ -15,7 +15,12 @@ line; the shards already written stay, so the same command resumes.
 
 from __future__ import annotations
 
+import ctypes
+import os
+import signal
+import sys
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,6 +59,16 @@ class FileDecodes(Dataset):
         return Decoded(source.file_id, audio)
 
 
+def _die_with_parent(worker_id: int) -> None:
+    """A worker ends when the extraction does, even when it is SIGKILLed: torch's own check of the parent
+    runs only while a worker waits for work, and one blocked handing over a decoded file (a full pipe
+    nobody reads any more) would otherwise live on. Linux's PR_SET_PDEATHSIG; elsewhere torch's check."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+        if os.getppid() == 1:  # the parent died before the line above
+            os._exit(1)
+
+
 def _as_is(item: Decoded) -> Decoded:  # the default collate would turn arrays into tensors
     return item
 
@@ -66,7 +81,8 @@ def decoded(sources: Sequence[Source], sample_rate: int, channels: int, workers:
         yield from (files[i] for i in range(len(files)))
         return
     loader = DataLoader(files, batch_size=None, shuffle=False, num_workers=min(workers, len(files)),
-                        collate_fn=_as_is, prefetch_factor=PREFETCH, multiprocessing_context="fork")
+                        collate_fn=_as_is, prefetch_factor=PREFETCH, multiprocessing_context="fork",
+                        worker_init_fn=_die_with_parent)
     items = iter(loader)
     while True:
         try:
@@ -74,9 +90,26 @@ def decoded(sources: Sequence[Source], sample_rate: int, channels: int, workers:
         except StopIteration:
             return
         except Exception as e:  # a worker died, or raised what decode_audio does not (a bug, MemoryError)
-            raise MusicsteerError(f"a decoding worker failed ({_first_and_last(e)}); the shards written are kept: "
-                                  "run the same command again to resume") from None
+            raise _failed(e) from None
         yield item
+
+
+@contextmanager
+def worker_failures() -> Iterator[None]:
+    """Around the loop that consumes `decoded`: torch reports a worker's death from its SIGCHLD handler,
+    in the main thread, wherever it is (in the model's forward as often as in the loader). That report
+    (a RuntimeError naming a "DataLoader worker") becomes the same one line as a failure in the loader."""
+    try:
+        yield
+    except RuntimeError as e:
+        if "DataLoader worker" not in str(e):
+            raise
+        raise _failed(e) from None
+
+
+def _failed(error: Exception) -> MusicsteerError:
+    return MusicsteerError(f"a decoding worker failed ({_first_and_last(error)}); the shards written are kept: "
+                           "run the same command again to resume")
 
 
 def _first_and_last(error: Exception) -> str:
