@@ -213,3 +213,14 @@ def test_batched_contenders_report_frames_per_second_against_one_stream(tiny, tm
         assert "frames_per_s" not in by_name[name]["extra"]
     with pytest.raises(ValueError, match="batch"):
         run_benchmark(tiny, steps=1, batch=0)
+
+
+def test_extract_bench_reports_both_contenders_and_equal_caches(tiny) -> None:
+    from musicsteer.bench.extract import run_extract_bench
+
+    report = run_extract_bench(tiny, files=6, workers=2)
+    assert [c["name"] for c in report["contenders"]] == ["serial", "workers=2"]
+    assert report["caches_equal"] and report["segments"] == 12
+    assert all(positive_finite(c["seconds"]) for c in report["contenders"])
+    assert {"workers2_vs_serial", "bound_on_2_cores"} == set(report["ratios"])
+    json.dumps(report)

@@ -84,6 +84,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch", type=bounded(int, 1, 64), default=1, metavar="N",
                         help="also time engine and engine+graph decoding N streams at once (seeds 0..N-1), "
                              "frames/s against one stream (default 1: not)")
+    parser.add_argument("--extract", type=bounded(int, 3, 100_000), metavar="N",
+                        help="instead: `probe extract` of N synthetic files (stereo FLAC, 44.1/48/22.05 kHz), "
+                             "--workers W against serial in the same run")
+    parser.add_argument("--workers", type=bounded(int, 1, 64), default=2, metavar="W",
+                        help="with --extract: decoding worker processes of the contender (default 2)")
     parser.add_argument("--json", help="write the report to this JSON file")
     parser.set_defaults(run=run)
 
@@ -151,6 +156,14 @@ def run(args: argparse.Namespace) -> int:
 
         report = run_heard(lm, args.heard, decode_step(args.decode, lm.device), args.output_device or "null",
                            args.blocksize)
+        print(json.dumps(report, indent=1))
+        if args.json:
+            Path(args.json).write_text(json.dumps(report, indent=2))
+        return 0
+    if args.extract:
+        from musicsteer.bench.extract import run_extract_bench
+
+        report = run_extract_bench(lm, args.extract, args.workers, args.repeats)
         print(json.dumps(report, indent=1))
         if args.json:
             Path(args.json).write_text(json.dumps(report, indent=2))
