@@ -260,11 +260,12 @@ class StreamingSession:
                 self.notify("warning", f"decoding runs under {FAST_ENOUGH:g}× real time here: --buffer auto holds a "
                                        f"fixed {self.slow_decode:g} s")
             self.gen.start(self.prompt_codes)
-            if self.lead is not None:  # paced: plan for the window slides' stalls (engine/lead.py)
-                self.lead.plan_slides(self.gen.time_slide())
             if self.options.seconds is not None:
                 prompt = 0 if self.prompt_codes is None else self.prompt_codes.shape[-1]
                 self.gen.set_end(prompt + max(1, round(self.options.seconds * self.gen.lm.frame_rate)))
+            gen = self.gen
+            if self.lead is not None and (gen.end_frame is None or gen.end_frame + gen.delay.max_delay >= gen.window):
+                self.lead.plan_slides(gen.time_slide())  # paced, and the window will slide: plan for its stalls
             self._decoding.start()
             producer.start()
             prebuffer = round(self.options.prebuffer_seconds * self.ring.sample_rate)
