@@ -134,3 +134,36 @@ def test_sampler_knobs_are_the_batch_s(tiny) -> None:
             gen.step()
     with pytest.raises(ValueError, match="render_batch"):
         render_codes(Generator(tiny, [Controls(prompt="a")] * 2), 10)
+
+
+def test_eval_batches_its_clips_and_each_equals_its_lone_clip(tiny, tmp_path) -> None:
+    """eval's --batch: sources and continuations made B at a time (each its own seed, source codes and
+    steering) give, greedy, the codes each clip gets alone; a resumed run remakes only what is missing,
+    in the batch it was first made in."""
+    from conftest import random_vectors
+
+    from musicsteer.evaluation.clips import ClipStore, batches, plan
+    from musicsteer.evaluation.protocol import Protocol, Sampling
+    from musicsteer.evaluation.runner import _make_clips
+
+    vectors = random_vectors(tiny, labels=("rock", "jazz"))
+    protocol = Protocol(pairs=(("rock", "jazz"),), n=3, source_seconds=0.3, seconds=0.3, alpha=0.5, alphas=(0.2,),
+                        sampling=Sampling(temperature=0.0))
+    jobs = plan(protocol, {}, vectors)
+    assert [len(group) for group in batches(jobs, 4)] == [3, 4, 4, 1]  # 3 sources; 3 × (prompted + 2 alphas)
+    lone = _make_clips(tiny, vectors, protocol, ClipStore(tmp_path / "lone"), "eager", 1)
+    store = ClipStore(tmp_path / "batched")
+    batched = _make_clips(tiny, vectors, protocol, store, "eager", 4)
+    assert lone.keys() == batched.keys() and len(lone) == 12
+    for name in lone:
+        assert torch.equal(ClipStore(tmp_path / "lone").codes(name), store.codes(name)), name
+    steered = [name for name in lone if "steered" in name]
+    prompted = steered[0].rsplit("-steered", 1)[0] + "-prompted"  # another arm, another clip: not all alike
+    assert not torch.equal(store.codes(steered[0]), store.codes(prompted))
+    gone = store.paths(steered[1])
+    gone[2].unlink()  # one clip of the second batch lost its record: only it is made again
+    stamps = {name: store.paths(name)[0].stat().st_mtime_ns for name in lone if name != steered[1]}
+    again = _make_clips(tiny, vectors, protocol, store, "eager", 4)
+    assert [name for name, clip in again.items() if not clip.reused] == [steered[1]]
+    assert all(store.paths(name)[0].stat().st_mtime_ns == stamp for name, stamp in stamps.items())
+    assert torch.equal(store.codes(steered[1]), ClipStore(tmp_path / "lone").codes(steered[1]))

@@ -18,6 +18,7 @@ from musicsteer.evaluation.protocol import (  # no torch: the protocol's rows an
     BLEND_PROMPT,
     CLAP_BATCH,
     CLAP_TEMPLATE,
+    CLIP_BATCH,
     CLIP_SECONDS,
     SOURCE_PROMPT,
     STEER_TEXT,
@@ -60,6 +61,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--trial-seed", type=typed("seed"), default=0, help="seed of the 2AFC trial and A/B order")
     parser.add_argument("--clap-batch", type=row_type(CLAP_BATCH), default=CLAP_BATCH.default,
                         help=f"{CLAP_BATCH.help} ({CLAP_BATCH.describe_range()}; default %(default)s)")
+    parser.add_argument("--batch", type=row_type(CLIP_BATCH), default=CLIP_BATCH.default,
+                        help=f"{CLIP_BATCH.help} ({CLIP_BATCH.describe_range()}; default %(default)s)")
     parser.set_defaults(run=run)
 
     jobs = parser.add_subparsers(dest="eval_command", metavar="score-2afc")
@@ -92,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
         sampling=Sampling(args.guidance, args.temperature, args.top_k, args.top_p),
     )
     request = EvalRequest(protocol, args.vectors, Path(args.out), args.clap, args.template,
-                          parse_labels(args.labels), args.trial_seed, args.clap_batch, args.decode)
+                          parse_labels(args.labels), args.trial_seed, args.clap_batch, args.decode, args.batch)
     from .setup import load
 
     evaluate(request, lambda: load(args))

@@ -25,7 +25,7 @@ from musicsteer.engine.audio_io import write_wav
 from musicsteer.engine.codec import decode_codes
 from musicsteer.engine.control import Controls
 from musicsteer.engine.files import atomic_write
-from musicsteer.engine.generator import Generator, render_codes
+from musicsteer.engine.generator import Generator, render_batch
 from musicsteer.engine.loading import LoadedModel
 from musicsteer.engine.vectors import SteeringVectors
 
@@ -139,18 +139,44 @@ class ClipStore:
 
 
 
-def make_clip(lm: LoadedModel, vectors: SteeringVectors, store: ClipStore, job: ClipJob, protocol: Protocol,
-              generator: type[Generator]) -> Clip:
-    """Generate one clip (the source's codes must already be in the store) with the token loop
-    `generator` (the --decode choice, graph.GENERATORS) and save it."""
-    if job.kind == "source":
+def make_clips(lm: LoadedModel, vectors: SteeringVectors, store: ClipStore, jobs: list[ClipJob],
+               protocol: Protocol, generator: type[Generator]) -> list[Clip]:
+    """The clips of `jobs`, one kind (all sources, or all continuations: equal lengths), each from the
+    store when it is there with its identity, else all generated in one batched pass (stream b is
+    jobs[b]; the sources of continuations must already be in the store) with the token loop
+    `generator` (the --decode choice, graph.GENERATORS); only the missing ones are saved.
+
+    A batch of B is B streams in the CFG batch of 2B: each its own prompt, seed, source codes and
+    steering; sampling is the protocol's, shared. Greedy, every stream's codes equal its lone run's;
+    seeded, the batch's matmul rounding can move a top-k cut (docs/design.md §5), so the batch size
+    is part of a clip's identity (runner._make_clips)."""
+    found = [store.lookup(job) for job in jobs]
+    if all(found):
+        return found
+    if len({job.kind == "source" for job in jobs}) != 1:
+        raise ValueError("make_clips batches clips of one kind: sources, or continuations")
+    if jobs[0].kind == "source":
         prompt_codes = None
         total = max(1, round(protocol.source_seconds * lm.frame_rate))
     else:
-        prompt_codes = store.codes(job.source_name)[None].to(lm.device)
+        prompt_codes = torch.stack([store.codes(job.source_name) for job in jobs]).to(lm.device)  # (B, K, F)
         total = prompt_codes.shape[-1] + max(1, round(protocol.seconds * lm.frame_rate))
-    gen = generator(lm, job.controls, vectors if job.steered else None, steer_rule=protocol.steer_rule)
-    codes = render_codes(gen, total, prompt_codes)
-    audio = decode_codes(lm, codes)
+    steered = any(job.steered for job in jobs)
+    gen = generator(lm, [job.controls for job in jobs], vectors if steered else None, steer_rule=protocol.steer_rule)
+    codes = render_batch(gen, total, prompt_codes).cpu()
     prompt_frames = 0 if prompt_codes is None else int(prompt_codes.shape[-1])
-    return store.save(job, codes, audio, lm.sample_rate, prompt_frames)
+    return [clip or store.save(job, codes[b], decode_codes(lm, codes[b]), lm.sample_rate, prompt_frames)
+            for b, (job, clip) in enumerate(zip(jobs, found, strict=True))]
+
+
+def batches(jobs: list[ClipJob], size: int) -> list[list[ClipJob]]:
+    """The plan's jobs (sources first) cut into batches of at most `size` of one kind, in plan order: the
+    same plan and size give the same batches whatever is already on disk, so a resumed run remakes a
+    clip in the company it was first made in."""
+    groups: list[list[ClipJob]] = []
+    for job in jobs:
+        if groups and len(groups[-1]) < size and (groups[-1][0].kind == "source") == (job.kind == "source"):
+            groups[-1].append(job)
+        else:
+            groups.append([job])
+    return groups

@@ -43,6 +43,9 @@ CLAP_TEMPLATE = "This is a sound of {}."  # transformers' zero-shot-audio-classi
 # eval's own counts, bounded at the door like the table's rows (their flags: commands/eval.py).
 N = Param("--n", "whole", "source clips per transition", low=1, high=100_000, default=20)
 CLAP_BATCH = Param("--clap-batch", "whole", "clips per CLAP forward pass", low=1, high=4096, default=8)
+# Clips of one kind generated together, one stream each of a batched Generator (engine/generator.py).
+CLIP_BATCH = Param("--batch", "whole", "clips generated together, one stream each (1: one at a time)", low=1,
+                   high=64, default=8)
 # The sweep's strengths: the alpha row, as a list (duplicates refused, like a `many` row's).
 ALPHAS = dataclasses.replace(PARAMS["alpha"], name="--alphas", many=True, size=16, default=None)
 LABELS_MAX = 256  # CLAP labels (--labels or the vectors file's): one CLAP text each per batch

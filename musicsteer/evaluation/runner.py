@@ -27,8 +27,8 @@ from musicsteer.engine.vectors import SteeringVectors
 
 from . import listening, metrics, report
 from .clap import ClapScorer
-from .clips import Clip, ClipStore, make_clip, plan
-from .protocol import CLAP_BATCH, Protocol, check_clap_template, check_genres, check_labels, check_protocol
+from .clips import Clip, ClipStore, batches, make_clips, plan
+from .protocol import CLAP_BATCH, CLIP_BATCH, Protocol, check_clap_template, check_genres, check_labels, check_protocol
 
 
 @dataclass
@@ -42,6 +42,7 @@ class EvalRequest:
     trial_seed: int = 0
     clap_batch: int = 8
     decode: str = "auto"  # the token step (--decode): graph.decode_step resolves it on the model's device
+    batch: int = CLIP_BATCH.default  # clips generated together (--batch)
 
 
 def evaluate(request: EvalRequest, load_model: Callable[[], LoadedModel]) -> dict:
@@ -51,6 +52,7 @@ def evaluate(request: EvalRequest, load_model: Callable[[], LoadedModel]) -> dic
     check_clap_template(request.template)
     check_labels(list(request.labels), "--labels")
     CLAP_BATCH.check(request.clap_batch)
+    CLIP_BATCH.check(request.batch)
     PARAMS["seed"].named("--trial-seed").check(request.trial_seed)
     PARAMS["decode"].named("--decode").check(request.decode)
     try:  # the paths: a name too long for the file system, a folder we may not enter, is one line here
@@ -77,7 +79,7 @@ def evaluate(request: EvalRequest, load_model: Callable[[], LoadedModel]) -> dic
     scorer.to(lm.device)
     vectors.check_model(lm.num_layers, lm.d_model, lm.name)
     step = decode_step(request.decode, lm.device)
-    clips = _make_clips(lm, vectors, protocol, ClipStore(out / "clips"), step)
+    clips = _make_clips(lm, vectors, protocol, ClipStore(out / "clips"), step, request.batch)
     scores = _score(scorer, clips, labels, lm.frame_rate)
 
     layer = vectors.best_layer if protocol.layer is None else protocol.layer
@@ -113,21 +115,22 @@ def evaluate(request: EvalRequest, load_model: Callable[[], LoadedModel]) -> dic
 
 
 def _make_clips(lm: LoadedModel, vectors: SteeringVectors, protocol: Protocol, store: ClipStore,
-                step: str) -> dict[str, Clip]:
+                step: str, batch: int = 1) -> dict[str, Clip]:
     # The token step is part of every clip's identity: on CUDA the two steps' logits differ in the
     # last bits (~1e-5), enough to move a sampled draw, so a clip made by the other step is not reused.
-    model_id = {"model": lm.fingerprint, "dtype": str(lm.dtype), "decode": step}
+    # So is the batch size (when batched): a batch's rounding can move a seeded top-k draw too.
+    model_id = {"model": lm.fingerprint, "dtype": str(lm.dtype), "decode": step,
+                **({"batch": batch} if batch > 1 else {})}
     jobs = plan(protocol, model_id, vectors)
     clips: dict[str, Clip] = {}
     reused = 0
-    with tqdm(jobs, desc="clips", unit="clip", leave=False) as bar:
-        for job in bar:
-            bar.set_postfix_str(job.name, refresh=False)
-            clip = store.lookup(job)
-            if clip is None:
-                clip = make_clip(lm, vectors, store, job, protocol, GENERATORS[step])
-            reused += clip.reused
-            clips[job.name] = clip
+    with tqdm(total=len(jobs), desc="clips", unit="clip", leave=False) as bar:
+        for group in batches(jobs, batch):
+            bar.set_postfix_str(group[0].name, refresh=False)
+            for clip in make_clips(lm, vectors, store, group, protocol, GENERATORS[step]):
+                reused += clip.reused
+                clips[clip.job.name] = clip
+            bar.update(len(group))
     print(f"clips: {len(clips) - reused} generated, {reused} reused from {store.root}")
     return clips
 
