@@ -12,8 +12,9 @@ producer looks at it after each chunk it queues:
     against 148 with this rule, and no more underruns; docs/benchmarks.md);
   - otherwise, every `PERIOD_S` of quiet: shrink by a third of the room the ring never used,
     keeping the margin — slowly, so a lead that was just enough is not given up at the first calm.
-Bounds: `LOW_S` (one frame) to `params.AUTO_BUFFER_MAX`. The margin is two device blocks: the low-water
-mark is taken after a read, and a host may ask for two blocks in a row (JACK through PortAudio does).
+Bounds: `LOW_S` (one frame) to `params.AUTO_BUFFER_MAX`. The margin is two device blocks (the low-water
+mark is taken after a read, and a host may ask for two blocks in a row: JACK through PortAudio does),
+and never less than `MARGIN_S`: two 16-frame blocks (1 ms) ran dry on this machine's jitter.
 
 A window slide (engine/generator.py: every 18 s past the first 30 s, the last 12 s are re-prefilled in
 one call) stalls generation for many tokens' time: 65-72 ms for the tiny model on this 2-core CPU,
@@ -45,7 +46,14 @@ if TYPE_CHECKING:
 LOW_S = 0.02  # one frame of MusicGen's 50 Hz: less than this is never worth the risk
 START_S = 0.05  # where a session starts, before anything is measured: near where it settles on this CPU
 PERIOD_S = 0.25  # seconds of quiet between two shrinks (1 s kept a lead grown by a hiccup for seconds)
-SLIDE_SAFETY = 1.5  # a slide's re-prefill may take this much longer than the one timed at the start
+SLIDE_SAFETY = 2.0  # a slide's re-prefill beside the decode thread: 1.5x the one timed alone at start, measured
+MARGIN_S = 0.016  # the least margin, whatever the block: 1 ms (two 16-frame blocks) ran dry on jitter
+
+
+def margin_frames(blocksize: int, rate: int) -> int:
+    """The margin above empty the lead keeps: two device blocks (a host may ask for two in a row), and
+    at least MARGIN_S of audio (a small block's two are less than this machine's jitter)."""
+    return max(2 * blocksize, round(MARGIN_S * rate))
 
 
 class AutoLead:
@@ -97,7 +105,7 @@ class AutoLead:
         return False
 
     def update(self) -> None:
-        """Look at the ring's low-water mark since the last look, and adjust (the producer's thread)."""
+        """Look at the ring's low-water mark since the last look, and adjust (the decode thread, per chunk)."""
         ring, now = self.ring, time.monotonic()
         low, ring.low_water = ring.low_water, ring.capacity
         self._period_low = min(self._period_low, low)

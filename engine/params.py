@@ -266,8 +266,8 @@ SETTINGS = (
     Param("buffer", "number", "audio generated ahead of playback, the knob-to-ear delay: auto = the least "
            "that keeps the sound whole at the measured speed (engine/lead.py), found while playing", "s", 0.02, 60,
            default="auto", cli="--buffer", keys=("buffer",), words=("auto",)),
-    Param("prebuffer", "number", "audio queued before playback starts (≤ --buffer)", "s", 0.02, 60, default=0.5,
-           cli="--prebuffer", keys=("prebuffer",)),
+    Param("prebuffer", "number", "audio queued before playback starts (≤ --buffer; auto: the lead, if less)",
+           "s", 0.02, 60, default=0.5, cli="--prebuffer", keys=("prebuffer",)),
     Param("blocksize", "whole", "audio callback block", "frames", 16, 16384, default=1024, cli="--blocksize"),
     Param("slew", "number", "an alpha jump glides over this time (no clicks)", "s", 0, 10, default=0.05,
            cli="--slew"),
@@ -279,8 +279,9 @@ SETTINGS = (
           0, 300, low_open=True, default=12.0),
     Param("steer_rule", "choice", "renorm: (h + α‖h‖v)/(1+α), the paper's; add: h + αv", choices=RULES,
            default="renorm", cli="--steer-rule"),
-    Param("when_slow", "choice", "generation slower than real time: pause until the prebuffer refills "
-           "(rebuffer) or play on with gaps (play)", choices=WHEN_SLOW, default="rebuffer", cli="--when-slow"),
+    Param("when_slow", "choice", "generation slower than real time: pause until the prebuffer (auto: the "
+           "lead, if less) refills (rebuffer) or play on with gaps (play)", choices=WHEN_SLOW, default="rebuffer",
+           cli="--when-slow"),
     Param("decode", "choice", "the token step: graph = one captured CUDA graph per token (on a CPU, which has "
            "no graphs: the same static-buffer step, uncaptured); auto = graph on CUDA, eager on the CPU",
            choices=DECODE, default="auto", cli="--decode"),
@@ -316,13 +317,14 @@ def check_settings(**values: Any) -> None:
 def check_stream(buffer: float | str, prebuffer: float, blocksize: int, sample_rate: int = 32000) -> None:
     """The stream settings together: the prebuffer fits in the buffer and holds at least one audio
     block (else the first callback underruns whatever the speed). Rates: MusicGen's 32 kHz by default.
-    A buffer of "auto" holds at most AUTO_BUFFER_MAX seconds."""
+    A buffer of "auto" holds at most AUTO_BUFFER_MAX seconds, and starts (and refills) at its lead
+    rather than the prebuffer, when that is less (engine/lead.py)."""
     most = AUTO_BUFFER_MAX if buffer == "auto" else buffer
     if prebuffer > most:
         what = f"the most --buffer auto queues ({most:g} s)" if buffer == "auto" else f"the buffer ({most:g} s)"
         raise OutOfRange(f"the prebuffer ({prebuffer:g} s) cannot be longer than {what}: see "
                          "--prebuffer, --buffer and a config's defaults")
-    if prebuffer * sample_rate < blocksize:
+    if buffer != "auto" and prebuffer * sample_rate < blocksize:  # auto refills to its lead: two blocks at least
         raise OutOfRange(f"the prebuffer ({prebuffer:g} s) must hold at least one audio block ({blocksize} "
                          f"frames = {blocksize / sample_rate:g} s at {sample_rate} Hz): raise --prebuffer or lower "
                          "--blocksize")

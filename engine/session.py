@@ -14,9 +14,9 @@ How far generation runs ahead of playback is the delay between turning a knob an
 device. With "auto" (engine/lead.py) the generation thread paces each token instead (`_paced`):
 it makes one only when the ring plus the frames the decode thread holds leave room for its audio
 under the lead, so nothing waits outside the ring. When generation is slower than real time the
-ring runs dry; `when_slow` chooses between
-`rebuffer` (stop playback until `prebuffer_seconds` are queued again: a clean pause, counted) and
-`play` (keep playing whatever arrives: zero-filled, counted underruns).
+ring runs dry; `when_slow` chooses between `rebuffer` (stop playback until `prebuffer_seconds`, or
+auto's lead if less, are queued again: a clean pause, counted) and `play` (keep playing whatever
+arrives: zero-filled, counted underruns).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from .audio_out import open_sink
 from .decode_worker import DecodeWorker
 from .events import Applied, Change, Event, MeterReading, Notice, plain
 from .latency import KnobLatency
-from .lead import FAST_ENOUGH, SLOW_BUFFER_S, AutoLead, choose_chunk
+from .lead import FAST_ENOUGH, SLOW_BUFFER_S, AutoLead, choose_chunk, margin_frames
 from .levels import LevelHistory
 from .params import AUTO_BUFFER_MAX, LIVE, PARAMS, check_settings, check_stream
 from .ring_buffer import RingBuffer
@@ -120,7 +120,7 @@ class StreamingSession:
         if auto:
             write = math.ceil(self.decoder.config.chunk_frames * self.decoder.hop * self.ring.sample_rate
                               / lm.sample_rate)
-            self.lead = AutoLead(self.ring, 2 * options.blocksize, write)
+            self.lead = AutoLead(self.ring, margin_frames(options.blocksize, self.ring.sample_rate), write)
         if options.when_slow == "rebuffer":
             self.ring.rebuffer_frames = round(options.prebuffer_seconds * self.ring.sample_rate)
             if self.lead is not None:

@@ -227,3 +227,23 @@ def test_a_change_whose_stamp_is_gone_is_counted_lost_and_never_blocks_later_one
         clock.mark(1024 * k, 1.5 + k * 0.032)
     assert latency.summary()["changes"] == 1 and latency.lost == 1
     assert latency.seconds[0] == pytest.approx(1.5 + 73 * 0.032 + (74880 - 73 * 1024) / RATE - 2.0)
+
+
+def test_the_lead_keeps_a_margin_of_two_blocks_and_never_less_than_its_floor() -> None:
+    """Two 16-frame blocks (1 ms) ran dry on jitter (the hostile review): the margin has a floor in time."""
+    from musicsteer.engine.lead import MARGIN_S, margin_frames
+
+    assert margin_frames(256, RATE) == 512 == round(MARGIN_S * RATE)
+    assert margin_frames(16, RATE) == 512 and margin_frames(1024, RATE) == 2048
+    assert margin_frames(16, 48000) == round(MARGIN_S * 48000)
+
+
+def test_auto_starts_at_its_lead_so_a_big_block_needs_no_bigger_prebuffer() -> None:
+    """--buffer auto refills to its lead (two blocks at least), not the prebuffer: the default prebuffer
+    (0.5 s) is no reason to refuse a 16384-frame block there, as it is for a fixed buffer."""
+    from musicsteer.engine.errors import OutOfRange
+    from musicsteer.engine.params import check_stream
+
+    check_stream("auto", 0.5, 16384, RATE)
+    with pytest.raises(OutOfRange, match="at least one audio block"):
+        check_stream(1.0, 0.5, 16384, RATE)
