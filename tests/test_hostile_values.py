@@ -495,7 +495,8 @@ def test_outputs_are_checked_before_the_work(tmp_path, capsys) -> None:
                  ["bench", "--json", str(tmp_path / "nowhere" / "b.json")]):
         code, err = exit_code([*argv, "--model", "tiny", "--device", "cpu"], capsys)
         assert code == 2 and err.count("\n") == 1 and "does not exist" in err, (argv, err)
-    code, err = exit_code(["play", "--prebuffer", "0.02", "--blocksize", "4096"], capsys)
+    # a fixed buffer starts at its prebuffer, which must hold a block (auto starts at its lead: two blocks)
+    code, err = exit_code(["play", "--buffer", "1", "--prebuffer", "0.02", "--blocksize", "4096"], capsys)
     assert code == 2 and "must hold at least one audio block" in err
     code, err = exit_code(["play", "--buffer", "1", "--prebuffer", "1.5"], capsys)
     assert code == 2 and "the prebuffer (1.5 s) cannot be longer than the buffer (1 s)" in err
