@@ -175,7 +175,7 @@ def test_presets_and_recording_from_the_page(served: Served, browser) -> None:
     browser.find_element(By.ID, "record").click()
     until(lambda: not served.session.status()["recording"], what="the take stopped")
     audio, rate = sf.read(path)
-    assert rate == served.session.sample_rate and len(audio) > rate
+    assert rate == served.session.sample_rate and len(audio) >= rate  # the page counted a second
     level = browser.find_element(By.ID, "level").text
     assert level.startswith("RMS ") and "dBFS" in level
 
