@@ -49,6 +49,25 @@ _FINGERPRINT_KEYS = (
 )
 
 
+@dataclass(frozen=True)
+class ModelFacts:
+    """What a plan needs to know of a loaded model, without its weights: the attributes of the same
+    names on `LoadedModel` (`LoadedModel.facts`). A Ray driver gets these from its actors
+    (musicsteer/cluster.py) instead of loading the model itself; `weights_digest` lets it check that
+    every actor loaded the same weights, which the architecture `fingerprint` cannot tell."""
+
+    name: str
+    fingerprint: str
+    device: torch.device
+    dtype: torch.dtype
+    num_layers: int
+    d_model: int
+    sample_rate: int  # Hz
+    frame_rate: int  # frames/s
+    audio_channels: int
+    weights_digest: str
+
+
 @dataclass
 class LoadedModel:
     """A MusicGen model ready for inference (eval, on `device`, in `dtype`) and its processor."""
@@ -114,16 +133,41 @@ class LoadedModel:
         return f"{label}:{digest}"
 
 
+    @property
+    def facts(self) -> ModelFacts:
+        return ModelFacts(self.name, self.fingerprint, self.device, self.dtype, self.num_layers, self.d_model,
+                          self.sample_rate, self.frame_rate, self.audio_channels, weights_digest(self.model))
+
+
+def weights_digest(model: torch.nn.Module, sample: int = 64) -> str:
+    """A hash of every parameter's name, shape, dtype and first `sample` values (their bytes): two copies
+    of a model that differ anywhere a load can go wrong (another checkpoint, a re-initialised layer)
+    differ here, at the cost of reading ~64 numbers per tensor instead of all the weights."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        head = tensor.detach().reshape(-1)[:sample].cpu().contiguous()
+        digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
+        digest.update(head.view(torch.uint8).numpy().tobytes() if head.numel() else b"")
+    return digest.hexdigest()[:16]
+
+
+def device_spec(device: str) -> str:
+    """--device's text, checked and normalised ("auto", "cpu", "cuda" or "cuda:N") without asking what
+    this machine has: a Ray driver checks it for actors on other machines."""
+    spec = str(device).strip().lower()
+    if spec not in ("auto", "cpu") and re.fullmatch(r"cuda(:\d+)?", spec) is None:
+        raise MusicsteerError(f"unknown device {device!r}; expected auto, cpu, cuda or cuda:N")
+    return spec
+
+
 def resolve_device(device: str) -> torch.device:
     """"auto" (CUDA when available), "cpu", "cuda" or "cuda:N"."""
-    spec = str(device).strip().lower()
+    spec = device_spec(device)
     if spec == "auto":
         spec = "cuda" if torch.cuda.is_available() else "cpu"
     if spec == "cpu":
         return torch.device("cpu")
     match = re.fullmatch(r"cuda(?::(\d+))?", spec)
-    if match is None:
-        raise MusicsteerError(f"unknown device {device!r}; expected auto, cpu, cuda or cuda:N")
     if not torch.cuda.is_available():
         raise MusicsteerError(
             f"device {device!r} requested but CUDA is not available (torch {torch.__version__}); use --device cpu"

@@ -137,8 +137,10 @@ class ActivationCache:
         """Record (at once, atomically) that `file_id` did not decode: its rows join `missing`, it joins
         `skipped`; a resumed run reads both and neither retries the file nor waits for its rows."""
         missing = sorted(set(manifest.get("missing", [])) | set(rows))
-        manifest = dict(manifest, missing=missing, skipped=[*manifest.get("skipped", []),
-                                                            {"file": file_id, "reason": reason}])
+        skipped = manifest.get("skipped", [])
+        if all(s["file"] != file_id for s in skipped):  # on Ray, two items may each hold some of its rows
+            skipped = [*skipped, {"file": file_id, "reason": reason}]
+        manifest = dict(manifest, missing=missing, skipped=skipped)
         self.write_manifest(manifest)
         return manifest
 

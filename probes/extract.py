@@ -9,11 +9,12 @@ of a residual vectors file) and its self-attention output (row i of an attention
 each pooled over time by the mean and by the last position.
 
 Files are decoded by probes/pipeline.py (--workers N: in N processes, in plan order) and cut into the
-planned segments; batches are formed from the segments still to do, in row order, so the shards are
-the same for every worker count. A file that does not decode, or decodes shorter than its header
-promised, is skipped when it is reached: its rows are listed in the manifest's `missing` (training
-and analysis leave them out), it joins `skipped`, and the manifest is written at once, so a resumed
-run does not try it again. Every other file's rows are kept.
+planned segments. The segments still to do are cut into batches in row order before anything runs, so
+the shards are the same for every worker count and on Ray (--ray: probes/extract_ray.py runs the same
+batches on a cluster's actors; this process writes the cache). A file that does not decode, or decodes
+shorter than its header promised, is skipped when it is reached (its segments leave their batch): its
+rows are listed in the manifest's `missing` (training and analysis leave them out), it joins `skipped`,
+and the manifest is written at once, so a resumed run does not try it again. Every other file's rows are kept.
 
 Pooling skips position 0: it holds only the start token, identical for every segment, so it would
 pull all means towards one point. Segments of a batch with fewer frames are padded at the END,
@@ -38,7 +39,7 @@ from musicsteer.engine.codec import encode_audio
 from musicsteer.engine.delay import DelayPattern
 from musicsteer.engine.generator import fast_decoder
 from musicsteer.engine.kv_cache import KVCache
-from musicsteer.engine.loading import LoadedModel, load_model
+from musicsteer.engine.loading import LoadedModel, ModelFacts, load_model
 from musicsteer.engine.prompts import encode_text
 from musicsteer.engine.steering import SteeringTensors
 
@@ -144,16 +145,16 @@ def cpu_threads(lm: LoadedModel) -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def settings_for(lm: LoadedModel, segment_seconds: float, prompt: str) -> dict:
-    return {"model": lm.fingerprint, "segment_seconds": float(segment_seconds), "prompt": prompt,
-            "dtype": str(lm.dtype).removeprefix("torch."), "sample_rate": lm.sample_rate,
-            "frame_rate": lm.frame_rate, "pooling": "mean over positions 1..T-1; last = position T-1"}
+def settings_for(model: ModelFacts, segment_seconds: float, prompt: str) -> dict:
+    return {"model": model.fingerprint, "segment_seconds": float(segment_seconds), "prompt": prompt,
+            "dtype": str(model.dtype).removeprefix("torch."), "sample_rate": model.sample_rate,
+            "frame_rate": model.frame_rate, "pooling": "mean over positions 1..T-1; last = position T-1"}
 
 
-def manifest_for(lm: LoadedModel, plan: dataset.Plan, settings: dict) -> dict:
+def manifest_for(model: ModelFacts, plan: dataset.Plan, settings: dict) -> dict:
     return {
-        "format": FORMAT, "settings": settings, "model_name": lm.name, "num_layers": lm.num_layers,
-        "d_model": lm.d_model, "labels": plan.labels,
+        "format": FORMAT, "settings": settings, "model_name": model.name, "num_layers": model.num_layers,
+        "d_model": model.d_model, "labels": plan.labels,
         "dataset": dataset.fingerprint(plan.segments, {k: settings[k] for k in ("segment_seconds", "sample_rate")}),
         "files": len(plan.sources), "skipped": plan.skipped,
         "segments": [[s.file_id, s.label, s.start, s.length] for s in plan.segments], "complete": False,
@@ -163,14 +164,21 @@ def manifest_for(lm: LoadedModel, plan: dataset.Plan, settings: dict) -> dict:
 def extract(data: str, model: str, out: str, segment_seconds: float = SEGMENT_SECONDS.default,
             prompt: str = PROMPT.default, batch: int = BATCH.default,
             device: str = "auto", dtype: str = "float32", workers: int = WORKERS.default,
-            label_column: str | None = None) -> dict:
+            label_column: str | None = None, ray: str | None = None) -> dict:
     """Fill (or finish) the cache at `out` from `data` (folder, CSV or hf:PATH[:SPLIT]); return its manifest.
-    `workers` processes decode the audio (0: the main process). Bad values are one-line MusicsteerErrors,
-    raised before the model loads."""
+    `workers` processes decode the audio (0: the main process). `ray` (an address, "" for the local or
+    found cluster) runs the forward passes on a Ray cluster's actors instead (probes/extract_ray.py): the
+    same cache, written by this process. Bad values are one-line MusicsteerErrors, raised before the
+    model loads."""
     check_values(segment_seconds, prompt, batch, workers)
     ActivationCache(out).check_root()
     sources, skipped = dataset.discover(data, label_column)
     dataset.check_labels({s.label for s in sources}, data)
+    if ray is not None:
+        from .extract_ray import extract_on_ray
+
+        return extract_on_ray(ray, model, device, dtype, data, out, sources, skipped, segment_seconds, prompt,
+                              batch, workers)
     lm = load_model(model, device, dtype)
     return extract_with(lm, data, out, sources, skipped, segment_seconds, prompt, batch, workers)
 
@@ -183,17 +191,49 @@ def check_values(segment_seconds: float, prompt: str, batch: int, workers: int) 
     PROMPT.check(prompt)
 
 
+# What a run of batches gives back, for the caller to write: a shard, or a file that did not decode.
+@dataclass
+class Shard:
+    index: list[int]  # rows, ascending
+    arrays: dict[str, np.ndarray]  # site.pool -> (b, layers, d_model)
+
+
+@dataclass
+class Missing:
+    file_id: str
+    error: str  # one line
+    rows: list[int]  # its rows among the batches run
+
+
+Results = Callable[[list[list[dataset.Segment]], dataset.Plan], Iterator[Shard | Missing]]
+
+
 def extract_with(lm: LoadedModel, data: str, out: str, sources: list[dataset.Source],
                  skipped: list[dict[str, str]], segment_seconds: float, prompt: str, batch: int,
                  workers: int) -> dict:
-    """`extract` on a loaded model and discovered sources (the bench times this part)."""
+    """`extract` on a loaded model and discovered sources, in this process (the bench times this part)."""
+    extractor = Extractor(lm, prompt)
+
+    def results(batches: list[list[dataset.Segment]], plan: dataset.Plan) -> Iterator[Shard | Missing]:
+        with cpu_threads(lm):
+            yield from run_batches(extractor, batches, plan.sources, workers)
+
+    return fill(lm.facts, data, out, sources, skipped, segment_seconds, prompt, batch, results)
+
+
+def fill(model: ModelFacts, data: str, out: str, sources: list[dataset.Source], skipped: list[dict[str, str]],
+         segment_seconds: float, prompt: str, batch: int, results: Results) -> dict:
+    """Plan, open (or resume) the cache, cut the segments still to do into batches of `batch` IN ROW ORDER
+    (fixed by the plan: the same batches whoever runs them, so the cache is the same for every worker
+    count, in this process or on Ray), write each `Shard`/`Missing` that `results` yields for them, and
+    finalise. Returns the manifest."""
     segment_seconds = SEGMENT_SECONDS.check(segment_seconds)[0]
     out_path = Path(out).expanduser()
     cache = ActivationCache(out_path)
-    settings = settings_for(lm, segment_seconds, prompt)
+    settings = settings_for(model, segment_seconds, prompt)
     cache.check_settings(settings)  # another model's folder fails before the audio is read
-    plan = dataset.plan(data, sources, skipped, lm.sample_rate, segment_seconds)
-    manifest = cache.open_for(manifest_for(lm, plan, settings))
+    plan = dataset.plan(data, sources, skipped, model.sample_rate, segment_seconds)
+    manifest = cache.open_for(manifest_for(model, plan, settings))
     if plan.skipped:
         print(f"musicsteer: warning: skipped {len(plan.skipped)} unreadable or missing file(s) "
               f"(listed in {cache.manifest_path}): {_names(plan.skipped)}", file=sys.stderr)
@@ -201,62 +241,76 @@ def extract_with(lm: LoadedModel, data: str, out: str, sources: list[dataset.Sou
         print(f"{out_path} is already complete ({len(plan.segments)} segments); nothing to do")
         return manifest
     cache.clean_partial()
-    done = cache.done()
+    finished = cache.done()
+    done = finished | set(manifest.get("missing", []))
     before = len(manifest.get("skipped", []))
-    todo = [s for s in plan.segments if s.index not in done and s.index not in set(manifest.get("missing", []))]
-    extractor = Extractor(lm, prompt)
-    with cpu_threads(lm), tqdm(total=len(plan.segments), initial=len(plan.segments) - len(todo), unit="seg",
-                               desc="extract") as bar:
-        manifest = _run(extractor, cache, manifest, plan, todo, batch, workers, bar)
+    todo = [s for s in plan.segments if s.index not in done]
+    batches = [todo[i : i + batch] for i in range(0, len(todo), batch)]
+    passes = 0
+    with tqdm(total=len(plan.segments), initial=len(plan.segments) - len(todo), unit="seg", desc="extract") as bar:
+        for result in results(batches, plan):
+            if isinstance(result, Shard):
+                cache.write_shard(result.index, result.arrays)
+                passes += 1
+                bar.update(len(result.index))
+            else:
+                manifest = cache.mark_missing(manifest, result.file_id, result.error, result.rows)
+                bar.update(len(result.rows))
     cache.finalise(manifest)
     late = manifest["skipped"][before:]
     if late:
         print(f"musicsteer: warning: {len(late)} file(s) did not decode; their segments are marked missing "
               f"(listed in {cache.manifest_path}): {_names(late)}", file=sys.stderr)
-    resumed = f", {len(done)} segments were already done" if done else ""
+    resumed = f", {len(finished)} segments were already done" if finished else ""
     print(f"extracted {len(plan.segments)} segments of {len(plan.sources)} files, {len(plan.labels)} labels, "
-          f"into {out_path} in {extractor.passes} forward passes{resumed}; skipped {len(manifest['skipped'])} file(s)")
+          f"into {out_path} in {passes} forward passes{resumed}; skipped {len(manifest['skipped'])} file(s)")
     return cache.read_manifest()
 
 
-def _run(extractor: Extractor, cache: ActivationCache, manifest: dict, plan: dataset.Plan,
-         todo: list[dataset.Segment], batch: int, workers: int, bar: tqdm) -> dict:
-    """Decode the files of `todo` (in order), run full batches as they fill, write one shard per batch."""
-    by_file: dict[str, list[dataset.Segment]] = {}
-    for seg in todo:  # a file's segments are consecutive rows
-        by_file.setdefault(seg.file_id, []).append(seg)
+def run_batches(extractor: Extractor, batches: list[list[dataset.Segment]], sources: dict[str, dataset.Source],
+                workers: int) -> Iterator[Shard | Missing]:
+    """Each batch's forward pass, in order, as its files are decoded (probes/pipeline.py, `workers`
+    processes). A file that does not decode, or decodes shorter than its planned segments, is one
+    `Missing` (its rows among these batches), and its segments leave their batches. Decoded audio is
+    kept only until the last batch that needs it has run."""
     lm = extractor.lm
-    pending: list[tuple[dataset.Segment, np.ndarray]] = []
-
-    def flush(count: int) -> None:
-        group, pending[:count] = pending[:count], []
-        cache.write_shard([s.index for s, _ in group], extractor.run([a for _, a in group]))
-        bar.update(len(group))
-
-    files = [plan.sources[file_id] for file_id in by_file]
+    rows: dict[str, list[dataset.Segment]] = {}
+    last: dict[str, int] = {}
+    for number, group in enumerate(batches):
+        for seg in group:  # a file's segments are consecutive rows, so files come in plan order
+            rows.setdefault(seg.file_id, []).append(seg)
+            last[seg.file_id] = number
+    decoded = pipeline.decoded([sources[f] for f in rows], lm.sample_rate, lm.audio_channels, workers)
+    audio: dict[str, np.ndarray] = {}
+    bad: set[str] = set()
     with pipeline.worker_failures():
-        for item in pipeline.decoded(files, lm.sample_rate, lm.audio_channels, workers):
-            manifest = _take(item, by_file[item.file_id], cache, manifest, pending, batch, flush, bar)
-    if pending:
-        flush(len(pending))
-    return manifest
+        for number, group in enumerate(batches):
+            for file_id in dict.fromkeys(s.file_id for s in group):
+                if file_id in audio or file_id in bad:
+                    continue
+                item = next(decoded)  # the next file in order is this one
+                error = _short(item, rows[file_id])
+                if error is None:
+                    audio[file_id] = item.audio
+                else:
+                    bad.add(file_id)
+                    yield Missing(file_id, error, [s.index for s in rows[file_id]])
+            keep = [s for s in group if s.file_id in audio]
+            if keep:
+                clips = [audio[s.file_id][:, s.start : s.start + s.length] for s in keep]
+                yield Shard([s.index for s in keep], extractor.run(clips))
+            for file_id in [f for f in audio if last[f] == number]:
+                del audio[file_id]
 
 
-def _take(item: pipeline.Decoded, segments: list[dataset.Segment], cache: ActivationCache, manifest: dict,
-          pending: list, batch: int, flush: Callable[[int], None], bar: tqdm) -> dict:
-    """One decoded file: its segments join the pending batch (full batches run at once), or, when it did
-    not decode to its planned length, its rows are marked missing. Returns the manifest in force."""
+def _short(item: pipeline.Decoded, segments: list[dataset.Segment]) -> str | None:
+    """Why a decoded file cannot give its segments (one line), or None."""
+    if item.audio is None:
+        return item.error
     end = segments[-1].start + segments[-1].length
-    error = item.error if item.audio is None else None
-    if error is None and item.audio.shape[1] < end:
-        error = f"decoded {item.audio.shape[1]} samples, fewer than its header promised ({end})"
-    if error is not None:
-        bar.update(len(segments))
-        return cache.mark_missing(manifest, item.file_id, error, [s.index for s in segments])
-    pending += [(s, item.audio[:, s.start : s.start + s.length]) for s in segments]
-    while len(pending) >= batch:
-        flush(batch)
-    return manifest
+    if item.audio.shape[1] < end:
+        return f"decoded {item.audio.shape[1]} samples, fewer than its header promised ({end})"
+    return None
 
 
 def _names(skipped: list[dict[str, str]]) -> str:

@@ -24,6 +24,23 @@ from musicsteer.engine.vectors import SteeringVectors
 torch.set_num_threads(1)
 
 
+def cli_error(argv: list[str], capsys: pytest.CaptureFixture) -> str:
+    """`musicsteer ARGV` in this process (musicsteer.cli.main, argparse's exit included): it must exit 2
+    with one stderr line, `musicsteer: error: ...`, and no traceback. Returns that line. In process, since a
+    subprocess pays ~5 s of imports per case; each such test still runs one case through the console script."""
+    from musicsteer.cli import main
+
+    capsys.readouterr()
+    try:
+        code = main(argv)
+    except SystemExit as exit_:
+        code = exit_.code
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("musicsteer: error: "), (argv, code, err)
+    return lines[0]
+
+
 def one_line_error(call: Callable[..., object], *args: object, **kwargs: object) -> str:
     """The message of the MusicsteerError `call(*args, **kwargs)` raises, checked to be one line."""
     with pytest.raises(MusicsteerError) as info:
@@ -106,3 +123,49 @@ def chromium(profile: Path, width: int = 1200, height: int = 900, prefs: dict | 
     if prefs:
         options.add_experimental_option("prefs", prefs)
     return webdriver.Chrome(options=options, service=Service(driver))
+
+
+@pytest.fixture(scope="session")
+def ray_head(tmp_path_factory) -> Iterator[str]:
+    """A real local Ray cluster for the --ray tests: `ray start --head` with 2 CPUs and no GPU (what a
+    researcher's head node runs), stopped with `ray stop` at the end of the session. Its address."""
+    import os
+    import secrets
+    import socket
+    import sys
+    import time
+
+    with socket.socket() as s:  # a free port for the head's GCS
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ray = str(Path(sys.executable).with_name("ray"))
+    # Token authentication, as the README's recipe sets it up: the head and every driver of these tests (this
+    # process, which imports ray after these lines, and the CLI's) use this session's own token.
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    log = tmp_path_factory.mktemp("ray") / "head.log"
+    started = subprocess.run([ray, "start", "--head", f"--port={port}", "--num-cpus=2", "--num-gpus=0",
+                              "--include-dashboard=false", "--disable-usage-stats"], env=env,
+                             stdout=log.open("w"), stderr=subprocess.STDOUT, timeout=120)
+    assert started.returncode == 0, log.read_text()
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        yield f"127.0.0.1:{port}"
+    finally:
+        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+@pytest.fixture
+def ray_address(ray_head: str) -> Iterator[str]:
+    """The head's address, for a test that drives it from this process: disconnected afterwards."""
+    import ray
+
+    yield ray_head
+    if ray.is_initialized():
+        ray.shutdown()

@@ -142,7 +142,8 @@ def test_eval_batches_its_clips_and_each_equals_its_lone_clip(tiny, tmp_path) ->
     in the batch it was first made in."""
     from conftest import random_vectors
 
-    from musicsteer.evaluation.clips import ClipStore, batches, plan
+    from musicsteer.engine.generator import Generator
+    from musicsteer.evaluation.clips import ClipStore, batches, local_render, plan
     from musicsteer.evaluation.protocol import Protocol, Sampling
     from musicsteer.evaluation.runner import _make_clips
 
@@ -151,9 +152,10 @@ def test_eval_batches_its_clips_and_each_equals_its_lone_clip(tiny, tmp_path) ->
                         sampling=Sampling(temperature=0.0))
     jobs = plan(protocol, {}, vectors)
     assert [len(group) for group in batches(jobs, 4)] == [3, 4, 4, 1]  # 3 sources; 3 × (prompted + 2 alphas)
-    lone = _make_clips(tiny, vectors, protocol, ClipStore(tmp_path / "lone"), "eager", 1)
+    render = local_render(tiny, vectors, protocol, Generator)
+    lone = _make_clips(tiny.facts, vectors, protocol, ClipStore(tmp_path / "lone"), "eager", 1, render)
     store = ClipStore(tmp_path / "batched")
-    batched = _make_clips(tiny, vectors, protocol, store, "eager", 4)
+    batched = _make_clips(tiny.facts, vectors, protocol, store, "eager", 4, render)
     assert lone.keys() == batched.keys() and len(lone) == 12
     for name in lone:
         assert torch.equal(ClipStore(tmp_path / "lone").codes(name), store.codes(name)), name
@@ -163,7 +165,7 @@ def test_eval_batches_its_clips_and_each_equals_its_lone_clip(tiny, tmp_path) ->
     gone = store.paths(steered[1])
     gone[2].unlink()  # one clip of the second batch lost its record: only it is made again
     stamps = {name: store.paths(name)[0].stat().st_mtime_ns for name in lone if name != steered[1]}
-    again = _make_clips(tiny, vectors, protocol, store, "eager", 4)
+    again = _make_clips(tiny.facts, vectors, protocol, store, "eager", 4, render)
     assert [name for name, clip in again.items() if not clip.reused] == [steered[1]]
     assert all(store.paths(name)[0].stat().st_mtime_ns == stamp for name, stamp in stamps.items())
     assert torch.equal(store.codes(steered[1]), ClipStore(tmp_path / "lone").codes(steered[1]))

@@ -215,12 +215,12 @@ def test_batched_contenders_report_frames_per_second_against_one_stream(tiny, tm
         run_benchmark(tiny, steps=1, batch=0)
 
 
-def test_extract_bench_reports_both_contenders_and_equal_caches(tiny) -> None:
+def test_extract_bench_reports_every_contender_and_equal_caches(tiny, ray_address) -> None:
     from musicsteer.bench.extract import run_extract_bench
 
-    report = run_extract_bench(tiny, files=6, workers=2)
-    assert [c["name"] for c in report["contenders"]] == ["serial", "workers=2"]
+    report = run_extract_bench(tiny, files=6, workers=2, ray=ray_address)
+    assert [c["name"] for c in report["contenders"]] == ["serial", "workers=2", "ray"]
     assert report["caches_equal"] and report["segments"] == 12
     assert all(positive_finite(c["seconds"]) for c in report["contenders"])
-    assert {"workers2_vs_serial", "bound_on_2_cores"} == set(report["ratios"])
+    assert {"workers2_vs_serial", "ray_vs_serial", "bound_on_2_cores"} == set(report["ratios"])
     json.dumps(report)

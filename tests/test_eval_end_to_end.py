@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -88,6 +92,51 @@ def test_second_run_reuses_every_clip(evaluated, capsys) -> None:
     assert "clips: 2 generated, 8 reused" in capsys.readouterr().out  # only the α=0.3 clips are new
     assert run_cli(evaluated["argv"]) == 0  # and the old ones were kept: back to the first run's set
     assert "clips: 0 generated, 10 reused" in capsys.readouterr().out
+
+
+def same_clips(a: Path, b: Path) -> None:
+    """Eval folder `b` holds `a`'s clips (codes) and the same results."""
+    names = sorted(p.relative_to(b) for p in (b / "clips").rglob("*.npy"))  # `a` may hold more (other α)
+    assert len(names) == 10
+    for name in names:
+        assert np.array_equal(np.load(a / name), np.load(b / name)), name
+    assert json.loads((a / "results.json").read_text()) == json.loads((b / "results.json").read_text())
+
+
+def test_ray_makes_the_single_process_clips(evaluated, ray_address, tmp_path, capsys) -> None:
+    """--ray: the plan's batches rendered by a local Ray cluster's two actors, saved here: the single
+    process's clips, code for code, and its results."""
+    out = tmp_path / "ray"
+    capsys.readouterr()
+    assert run_cli([*evaluated["argv"][:-2], "--ray", ray_address, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "eval clips on 2 Ray actor(s)" in printed and "clips: 10 generated, 0 reused" in printed
+    same_clips(evaluated["out"], out)
+
+
+@pytest.mark.parametrize("mode", ["single process", "ray"])
+def test_a_killed_eval_resumes_to_the_same_clips(mode, evaluated, tmp_path, request, capsys) -> None:
+    """SIGKILL once the first batch (the sources) is saved: the rerun keeps those clips and makes the
+    rest, and the folder ends as the uninterrupted run's."""
+    out, log = tmp_path / "out", tmp_path / "killed.log"
+    ray = ["--ray", request.getfixturevalue("ray_address")] if mode == "ray" else []
+    command = [sys.executable, "-m", "musicsteer", *evaluated["argv"][:-2], *ray, "--out", str(out)]
+    proc = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 240
+        while not list(out.glob("clips/**/*.json")):
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "no clip saved"
+            time.sleep(0.005)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    kept = len(list(out.glob("clips/**/*.json")))
+    assert 0 < kept < 10 and not (out / "results.json").exists()
+    capsys.readouterr()
+    assert run_cli(command[3:]) == 0  # the rerun, from this process
+    assert f"clips: {10 - kept} generated, {kept} reused" in capsys.readouterr().out
+    same_clips(evaluated["out"], out)
 
 
 def test_decode_graph_is_honoured_and_gives_the_eager_codes(evaluated, tmp_path, capsys) -> None:

@@ -12,6 +12,7 @@ import io
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import cli_error, one_line_error
 
 from musicsteer.engine.audio_io import audio_length, decode_audio, read_audio
 from musicsteer.engine.synthetic import synthetic_clip
@@ -105,6 +107,50 @@ def test_two_workers_write_the_same_cache_as_serial(clips, serial, tmp_path, cap
     same_cache(serial, out)
     err = capsys.readouterr().err
     assert "1 file(s) did not decode" in err and "chord/00-bad.wav" in err
+
+
+def test_ray_writes_the_same_cache_as_serial(clips, serial, ray_address, capsys) -> None:
+    """--ray: the planned batches run by a local Ray cluster's two actors (one per CPU: no GPU here), the
+    audio sent as bytes, the shards written by this process: the serial run's cache, bit for bit, the
+    file that fails to decode included."""
+    out = serial.parent / "ray"
+    extract(str(clips), "tiny", str(out), 1.0, device="cpu", ray=ray_address)
+    same_cache(serial, out)
+    captured = capsys.readouterr()
+    assert "2 Ray actor(s), each 1 CPU(s)" in captured.out
+    assert "1 file(s) did not decode" in captured.err and "chord/00-bad.wav" in captured.err
+
+
+def test_killed_ray_extraction_resumes_to_the_serial_cache(clips, serial, ray_address, tmp_path, capsys) -> None:
+    """SIGKILL of a --ray driver mid-run: its actors go with it (the rerun gets the cluster's CPUs), the
+    shards it wrote stay, and the rerun, on Ray, finishes the serial run's cache."""
+    out, log = tmp_path / "acts", tmp_path / "killed.log"
+    command = [sys.executable, "-m", "musicsteer", "probe", "extract", "--data", str(clips), "--out", str(out),
+               *FLAGS, "--ray", ray_address]
+    proc = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    try:
+        wait_for_shard(proc, out, log)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    cache = ActivationCache(out)
+    done = len(cache.done())
+    assert not cache.read_manifest()["complete"] and 0 < done < TOTAL - 2
+    extract(str(clips), "tiny", str(out), 1.0, device="cpu", ray=ray_address)  # the rerun, from this process
+    assert f"{done} segments were already done" in capsys.readouterr().out
+    same_cache(serial, out)
+
+
+def test_ray_refusals_are_one_line_before_any_work(clips, tmp_path) -> None:
+    """A dead or malformed address, and a bad --device, are one line before any work; nothing is written."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{s.getsockname()[1]}"  # nothing listens once the socket is closed
+    out = str(tmp_path / "x")
+    assert f"no Ray head answers at {dead}" in one_line_error(extract, str(clips), "tiny", out, 1.0, ray=dead)
+    assert "is not an address" in one_line_error(extract, str(clips), "tiny", out, 1.0, ray="no-port")
+    assert "unknown device 'gpu'" in one_line_error(extract, str(clips), "tiny", out, 1.0, device="gpu", ray="")
+    assert not (tmp_path / "x").exists()
 
 
 def children(pid: int) -> list[int]:
@@ -205,7 +251,7 @@ def test_a_saved_datasets_dataset_gives_the_folders_activations(label_feature, w
     assert "already complete" in capsys.readouterr().out
 
 
-def test_dataset_input_errors_are_one_line(clips, tmp_path) -> None:
+def test_dataset_input_errors_are_one_line(clips, tmp_path, capsys) -> None:
     folder = tmp_path / "ds"
     save_dataset(clips, folder, "string")
     out = str(tmp_path / "acts")
@@ -217,9 +263,7 @@ def test_dataset_input_errors_are_one_line(clips, tmp_path) -> None:
         (f"hf:{tmp_path}/none", [], "cannot load dataset"),
         (str(clips), ["--label-column", "genre"], "needs --data hf:PATH"),
     ]:
-        result = cli("--data", data, "--out", out, *FLAGS, *extra)
-        lines = [line for line in result.stderr.splitlines() if line.strip()]
-        assert result.returncode == 2 and len(lines) == 1 and expected in lines[0], (data, result.stderr)
+        assert expected in cli_error(["probe", "extract", "--data", data, "--out", out, *FLAGS, *extra], capsys)
 
 
 def test_without_the_datasets_library_hf_input_is_one_line(tmp_path) -> None:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import random_vectors
+from conftest import cli_error, random_vectors
 
 from musicsteer.cli import main
 from musicsteer.controllers.automation import load_automation, step_for_time
@@ -129,7 +129,7 @@ def other_model_vectors(tmp_path) -> str:
     return str(random_vectors(lm).save(tmp_path / "other.safetensors"))
 
 
-def test_bad_inputs_give_one_line_and_exit_2(tmp_path, vectors_file, other_model_vectors) -> None:
+def test_bad_inputs_give_one_line_and_exit_2(tmp_path, vectors_file, other_model_vectors, capsys) -> None:
     bad_yaml = tmp_path / "bad.yaml"
     bad_yaml.write_text("- {at: 1.0, alpah: 0.5}\n")
     broken_yaml = tmp_path / "broken.yaml"
@@ -143,17 +143,14 @@ def test_bad_inputs_give_one_line_and_exit_2(tmp_path, vectors_file, other_model
         "broken automation yaml": ["--automation", str(broken_yaml)],
         "missing vectors file": ["--vectors", str(tmp_path / "nope.safetensors"), "--steer", "rock"],
     }
-    for what, extra in cases.items():
-        result = cli("render", *TINY, "--seconds", "1", "--out", out, *extra)
-        assert result.returncode == 2, (what, result.stderr)
-        lines = result.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("musicsteer: error: "), (what, result.stderr)
-        assert "Traceback" not in result.stderr
+    for extra in cases.values():
+        cli_error(["render", *TINY, "--seconds", "1", "--out", out, *extra], capsys)
     for seconds in ("0", "-1"):
-        result = cli("render", *TINY, "--seconds", seconds, "--out", out)
-        assert result.returncode == 2 and "seconds must be above 0" in result.stderr
-    assert "polka" in cli("render", *TINY, "--seconds", "1", "--out", out, "--vectors", vectors_file,
-                          "--steer", "polka").stderr
+        assert "seconds must be above 0" in cli_error(["render", *TINY, "--seconds", seconds, "--out", out], capsys)
+    # and once through the console script, where any library's stray warning would be a second line
+    result = cli("render", *TINY, "--seconds", "1", "--out", out, "--vectors", vectors_file, "--steer", "polka")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and "polka" in lines[0], result.stderr
 
 
 def test_variations_render_each_seed_in_one_pass(tmp_path, capsys) -> None:

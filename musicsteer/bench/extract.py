@@ -16,6 +16,7 @@ import shutil
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -42,13 +43,29 @@ def write_collection(folder: Path, files: int) -> None:
         sf.write(folder / kind / f"{i:04d}.flac", np.stack([mono, mono[::-1]], axis=1), rate)
 
 
-def run_extract_bench(lm: LoadedModel, files: int, workers: int, repeats: int = 1) -> dict:
+def run_extract_bench(lm: LoadedModel, files: int, workers: int, repeats: int = 1, ray: str | None = None) -> dict:
     """JSON-ready {"contenders": [...], "ratios": {...}, "caches_equal": bool}: seconds (median of
-    `repeats`), files/s and segments/s of serial (--workers 0, the baseline) and --workers `workers`."""
-    names = {0: "serial", workers: f"workers={workers}"}
-    times: dict[int, list[float]] = {0: [], workers: []}
+    `repeats`), files/s and segments/s of serial (--workers 0, the baseline), --workers `workers`, and,
+    with `ray` (an address, "" = local), `--ray` with its actors' start and model loads timed (joining
+    or starting the cluster, once, is not)."""
+    runs: dict[str, Callable[[str, list, list], dict]] = {
+        "serial": lambda out, sources, skipped: extract_with(lm, clips, out, sources, skipped, SEGMENT_SECONDS,
+                                                             "", 4, 0),
+        f"workers={workers}": lambda out, sources, skipped: extract_with(lm, clips, out, sources, skipped,
+                                                                         SEGMENT_SECONDS, "", 4, workers),
+    }
+    if ray is not None:
+        from musicsteer import cluster
+        from musicsteer.probes.extract_ray import extract_on_ray
+
+        cluster.connect(ray)
+        runs["ray"] = lambda out, sources, skipped: extract_on_ray(
+            ray, lm.name, str(lm.device), str(lm.dtype).removeprefix("torch."), clips, out, sources, skipped,
+            SEGMENT_SECONDS, "", 4, 0)
+    times: dict[str, list[float]] = {name: [] for name in runs}
     with tempfile.TemporaryDirectory(prefix="musicsteer-bench-extract-") as tmp:
         root = Path(tmp)
+        clips = str(root / "clips")
         write_collection(root / "clips", files)
         sources, skipped = dataset.discover(root / "clips")
         began = time.perf_counter()  # decoding alone, serial: what the workers can take off the main process
@@ -56,30 +73,27 @@ def run_extract_bench(lm: LoadedModel, files: int, workers: int, repeats: int = 
             pass
         decode_s = time.perf_counter() - began
         segments = 0
-        for repeat in range(repeats):
-            for count in times:
-                out = root / f"acts-{count}"
+        for _repeat in range(repeats):
+            for name, run in runs.items():
+                out = root / f"acts-{name}"
                 shutil.rmtree(out, ignore_errors=True)
                 began = time.perf_counter()
                 with cpu_threads(lm):
-                    manifest = extract_with(lm, str(root / "clips"), str(out), sources, skipped, SEGMENT_SECONDS,
-                                            "", 4, count)
-                times[count].append(time.perf_counter() - began)
+                    manifest = run(str(out), sources, skipped)
+                times[name].append(time.perf_counter() - began)
                 segments = len(manifest["segments"])
-            if repeat == repeats - 1:
-                equal = all(np.array_equal(np.load(root / "acts-0" / f"{k}.npy"),
-                                           np.load(root / f"acts-{workers}" / f"{k}.npy")) for k in KEYS)
+        equal = all(np.array_equal(np.load(root / "acts-serial" / f"{key}.npy"),
+                                   np.load(root / f"acts-{name}" / f"{key}.npy")) for key in KEYS for name in runs)
     contenders = []
-    for count, runs in times.items():
-        seconds = statistics.median(runs)
-        contenders.append({"name": names[count], "workers": count, "seconds": round(seconds, 3),
-                           "files_per_s": round(files / seconds, 2), "segments_per_s": round(segments / seconds, 2),
-                           "runs_s": [round(t, 3) for t in runs]})
-    speedup = contenders[0]["seconds"] / contenders[1]["seconds"]
+    for name, taken in times.items():
+        seconds = statistics.median(taken)
+        contenders.append({"name": name, "workers": workers if name.startswith("workers") else 0,
+                           "seconds": round(seconds, 3), "files_per_s": round(files / seconds, 2),
+                           "segments_per_s": round(segments / seconds, 2), "runs_s": [round(t, 3) for t in taken]})
     serial = contenders[0]["seconds"]
     bound = serial / max(serial - decode_s, serial / 2)  # the model's share (forward, shards) stays serial
+    ratios = {f"{c['name'].replace('=', '')}_vs_serial": round(serial / c["seconds"], 3) for c in contenders[1:]}
     return {"model": lm.name, "files": files, "segments": segments, "file_seconds": SECONDS,
             "segment_seconds": SEGMENT_SECONDS, "repeats": repeats, "contenders": contenders,
-            "decode_only_s": round(decode_s, 3),
-            "ratios": {f"workers{workers}_vs_serial": round(speedup, 3), "bound_on_2_cores": round(bound, 3)},
+            "decode_only_s": round(decode_s, 3), "ratios": {**ratios, "bound_on_2_cores": round(bound, 3)},
             "caches_equal": bool(equal)}

@@ -9,7 +9,7 @@ from typing import Any
 
 from musicsteer.engine.errors import MusicsteerError
 
-from .options import add_model_options, add_params, bounded, resolve
+from .options import add_model_options, add_params, add_ray_option, bounded, resolve
 
 RECAPTURE_TOKENS = 1000  # --recapture-tokens' default (None until then: a flag given is told from one left out)
 
@@ -89,6 +89,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                              "--workers W against serial in the same run")
     parser.add_argument("--workers", type=bounded(int, 1, 64), default=2, metavar="W",
                         help="with --extract: decoding worker processes of the contender (default 2)")
+    add_ray_option(parser, "with --extract: a third contender, `probe extract --ray`; the forward passes")
     parser.add_argument("--json", help="write the report to this JSON file")
     parser.set_defaults(run=run)
 
@@ -163,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
     if args.extract:
         from musicsteer.bench.extract import run_extract_bench
 
-        report = run_extract_bench(lm, args.extract, args.workers, args.repeats)
+        report = run_extract_bench(lm, args.extract, args.workers, args.repeats, args.ray)
         print(json.dumps(report, indent=1))
         if args.json:
             Path(args.json).write_text(json.dumps(report, indent=2))

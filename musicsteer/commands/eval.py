@@ -25,7 +25,7 @@ from musicsteer.evaluation.protocol import (  # no torch: the protocol's rows an
     N,
 )
 
-from .options import add_model_options, add_params, resolve, typed
+from .options import add_model_options, add_params, add_ray_option, resolve, typed
 from .options import flag_type as row_type
 
 
@@ -63,6 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help=f"{CLAP_BATCH.help} ({CLAP_BATCH.describe_range()}; default %(default)s)")
     parser.add_argument("--batch", type=row_type(CLIP_BATCH), default=CLIP_BATCH.default,
                         help=f"{CLIP_BATCH.help} ({CLIP_BATCH.describe_range()}; default %(default)s)")
+    add_ray_option(parser, "the clips")
     parser.set_defaults(run=run)
 
     jobs = parser.add_subparsers(dest="eval_command", metavar="score-2afc")
@@ -94,11 +95,13 @@ def run(args: argparse.Namespace) -> int:
         source_prompt=args.source_prompt, blend_prompt=args.blend_prompt,
         sampling=Sampling(args.guidance, args.temperature, args.top_k, args.top_p),
     )
-    request = EvalRequest(protocol, args.vectors, Path(args.out), args.clap, args.template,
-                          parse_labels(args.labels), args.trial_seed, args.clap_batch, args.decode, args.batch)
+    request = EvalRequest(protocol, args.vectors, Path(args.out), args.clap, args.template, parse_labels(args.labels),
+                          args.trial_seed, args.clap_batch, args.decode, args.batch, args.ray, args.device)
+    from functools import partial
+
     from .setup import load
 
-    evaluate(request, lambda: load(args))
+    evaluate(request, partial(load, args))  # a partial, not a lambda: --ray's actors are sent it
     out = Path(args.out)
     print((out / "table.md").read_text(encoding="utf-8"))
     print(f"wrote {out}/table.md, results.json, alpha_sweep.png, manifest.json, listening_test.html and clips/")

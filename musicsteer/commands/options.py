@@ -95,3 +95,12 @@ def add_generation_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("genre meter (needs --vectors)")
     group.add_argument("--meter", action="store_true", help="score the music against every vector as it plays")
     add_params(group, "meter_every", "meter_layer", "ease_at")
+
+
+def add_ray_option(parser: argparse.ArgumentParser, work: str) -> None:
+    """--ray [ADDRESS] (musicsteer/cluster.py): `work` on a Ray cluster's GPUs; absent: this process."""
+    parser.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                        help=f"run {work} on a Ray cluster: one actor per GPU (per CPU without GPUs), results "
+                             "written here. ADDRESS: host:port of the head, 'auto', or ray://host:port; none: "
+                             "$RAY_ADDRESS, else the cluster `ray start` made here, else a new local one "
+                             "(needs musicsteer[ray])")

@@ -25,7 +25,7 @@ from musicsteer.probes.settings import (  # no torch: the probe rows
     WORKERS,
 )
 
-from .options import DEFAULT_MODEL
+from .options import DEFAULT_MODEL, add_ray_option
 from .options import flag_type as row_type
 
 
@@ -58,6 +58,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     extract.add_argument("--batch", type=row_type(BATCH), default=BATCH.default, help=_help(BATCH))
     extract.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     extract.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
+    add_ray_option(extract, "the forward passes")
     # Accepted only to be refused in words: the other model commands take --quantize.
     extract.add_argument("--quantize", help=argparse.SUPPRESS)
     extract.set_defaults(run=run_extract)
@@ -95,7 +96,7 @@ def run_extract(args: argparse.Namespace) -> int:
     from musicsteer.probes.extract import extract
 
     extract(args.data, args.model, args.out, args.segment_seconds, args.prompt, args.batch, args.device,
-            args.dtype, args.workers, args.label_column)
+            args.dtype, args.workers, args.label_column, args.ray)
     return 0
 
 

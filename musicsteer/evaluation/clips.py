@@ -15,6 +15,7 @@ under OUT/clips/:
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,34 +140,73 @@ class ClipStore:
 
 
 
-def make_clips(lm: LoadedModel, vectors: SteeringVectors, store: ClipStore, jobs: list[ClipJob],
-               protocol: Protocol, generator: type[Generator]) -> list[Clip]:
-    """The clips of `jobs`, one kind (all sources, or all continuations: equal lengths), each from the
-    store when it is there with its identity, else all generated in one batched pass (stream b is
-    jobs[b]; the sources of continuations must already be in the store) with the token loop
-    `generator` (the --decode choice, graph.GENERATORS); only the missing ones are saved.
+# One batch to render: its number in the plan's batches, its jobs, and (continuations) the source codes
+# (B, K, F) they continue. What comes back per job: codes (K, frames) on the CPU and audio (channels, samples).
+Item = tuple[int, list[ClipJob], torch.Tensor | None]
+Rendered = list[tuple[torch.Tensor, np.ndarray]]
+Render = Callable[[list[Item]], Iterator[tuple[int, Rendered]]]
+
+
+def render_clips(lm: LoadedModel, vectors: SteeringVectors, jobs: list[ClipJob], protocol: Protocol,
+                 generator: type[Generator], prompt_codes: torch.Tensor | None) -> Rendered:
+    """The clips of `jobs` (one kind: all sources, or all continuations of sources of equal length), in one
+    batched pass with the token loop `generator` (the --decode choice, graph.GENERATORS), and their audio.
 
     A batch of B is B streams in the CFG batch of 2B: each its own prompt, seed, source codes and
     steering; sampling is the protocol's, shared. Greedy, every stream's codes equal its lone run's;
     seeded, the batch's matmul rounding can move a top-k cut (docs/design.md §5), so the batch size
     is part of a clip's identity (runner._make_clips)."""
-    found = [store.lookup(job) for job in jobs]
-    if all(found):
-        return found
     if len({job.kind == "source" for job in jobs}) != 1:
-        raise ValueError("make_clips batches clips of one kind: sources, or continuations")
-    if jobs[0].kind == "source":
-        prompt_codes = None
+        raise ValueError("render_clips batches clips of one kind: sources, or continuations")
+    if prompt_codes is None:
         total = max(1, round(protocol.source_seconds * lm.frame_rate))
     else:
-        prompt_codes = torch.stack([store.codes(job.source_name) for job in jobs]).to(lm.device)  # (B, K, F)
+        prompt_codes = prompt_codes.to(lm.device)
         total = prompt_codes.shape[-1] + max(1, round(protocol.seconds * lm.frame_rate))
     steered = any(job.steered for job in jobs)
     gen = generator(lm, [job.controls for job in jobs], vectors if steered else None, steer_rule=protocol.steer_rule)
     codes = render_batch(gen, total, prompt_codes).cpu()
-    prompt_frames = 0 if prompt_codes is None else int(prompt_codes.shape[-1])
-    return [clip or store.save(job, codes[b], decode_codes(lm, codes[b]), lm.sample_rate, prompt_frames)
-            for b, (job, clip) in enumerate(zip(jobs, found, strict=True))]
+    return [(codes[b], decode_codes(lm, codes[b])) for b in range(len(jobs))]
+
+
+def local_render(lm: LoadedModel, vectors: SteeringVectors, protocol: Protocol, generator: type[Generator]) -> Render:
+    """`Render` in this process, item by item."""
+    def render(items: list[Item]) -> Iterator[tuple[int, Rendered]]:
+        for number, jobs, prompt_codes in items:
+            yield number, render_clips(lm, vectors, jobs, protocol, generator, prompt_codes)
+    return render
+
+
+def make_clips(store: ClipStore, jobs: list[ClipJob], size: int, render: Render, sample_rate: int,
+               progress: Callable[[int], object] = lambda n: None) -> list[Clip]:
+    """Every clip of the plan's `jobs`, in plan order: from the store when it is there with its identity,
+    else rendered by `render` in the plan's batches of `size` (batches()), sources before the
+    continuations that read their codes; only the missing clips of a batch are saved. `render` may give
+    batches back in any order (a Ray cluster, evaluation/clips_ray.py); each is saved as it arrives, so a
+    killed run keeps every batch it finished."""
+    clips: dict[str, Clip] = {}
+    groups = batches(jobs, size)
+    prompt_frames: dict[int, int] = {}
+    for sources in (True, False):
+        items: list[Item] = []
+        for number, group in enumerate(groups):
+            if (group[0].kind == "source") != sources:
+                continue
+            found = [store.lookup(job) for job in group]
+            if all(found):
+                clips.update((clip.job.name, clip) for clip in found)
+                progress(len(group))
+                continue
+            codes = None if sources else torch.stack([store.codes(job.source_name) for job in group])
+            items.append((number, group, codes))
+            prompt_frames[number] = 0 if codes is None else int(codes.shape[-1])
+        for number, rendered in render(items):
+            group = groups[number]
+            for job, (codes, audio) in zip(group, rendered, strict=True):
+                clips[job.name] = store.lookup(job) or store.save(job, codes, audio, sample_rate,
+                                                                  prompt_frames[number])
+            progress(len(group))
+    return [clips[job.name] for job in jobs]
 
 
 def batches(jobs: list[ClipJob], size: int) -> list[list[ClipJob]]:

@@ -12,7 +12,8 @@ model; then the clips (reused when already on disk), CLAP scores, and the output
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,13 +22,13 @@ from tqdm import tqdm
 
 from musicsteer.engine.errors import MusicsteerError, shown
 from musicsteer.engine.graph import GENERATORS, decode_step
-from musicsteer.engine.loading import LoadedModel
+from musicsteer.engine.loading import LoadedModel, ModelFacts, device_spec, resolve_device
 from musicsteer.engine.params import PARAMS
 from musicsteer.engine.vectors import SteeringVectors
 
 from . import listening, metrics, report
 from .clap import ClapScorer
-from .clips import Clip, ClipStore, batches, make_clips, plan
+from .clips import Clip, ClipStore, Render, local_render, make_clips, plan
 from .protocol import CLAP_BATCH, CLIP_BATCH, Protocol, check_clap_template, check_genres, check_labels, check_protocol
 
 
@@ -43,6 +44,8 @@ class EvalRequest:
     clap_batch: int = 8
     decode: str = "auto"  # the token step (--decode): graph.decode_step resolves it on the model's device
     batch: int = CLIP_BATCH.default  # clips generated together (--batch)
+    ray: str | None = None  # --ray: the Ray cluster's address ("" = local or found) that makes the clips
+    device: str = "auto"  # --device, as `load_model` reads it (with --ray: where the actors go, "cpu" or a GPU)
 
 
 def evaluate(request: EvalRequest, load_model: Callable[[], LoadedModel]) -> dict:
@@ -75,16 +78,15 @@ def evaluate(request: EvalRequest, load_model: Callable[[], LoadedModel]) -> dic
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise MusicsteerError(f"cannot create {shown(str(out))}: {e.strerror or e}") from None
-    lm = load_model()
-    scorer.to(lm.device)
-    vectors.check_model(lm.num_layers, lm.d_model, lm.name)
-    step = decode_step(request.decode, lm.device)
-    clips = _make_clips(lm, vectors, protocol, ClipStore(out / "clips"), step, request.batch)
-    scores = _score(scorer, clips, labels, lm.frame_rate)
+    with _renderer(request, vectors, load_model) as (model, step, render):
+        scorer.to(model.device if request.ray is None else resolve_device("auto"))
+        clips = _make_clips(model, vectors, protocol, ClipStore(out / "clips"), step, request.batch, render)
+    scores = _score(scorer, clips, labels, model.frame_rate)
 
     layer = vectors.best_layer if protocol.layer is None else protocol.layer
     results = {
-        "settings": {"model": lm.name, "model_fingerprint": lm.fingerprint, "dtype": str(lm.dtype), "decode": step,
+        "settings": {"model": model.name, "model_fingerprint": model.fingerprint, "dtype": str(model.dtype),
+                     "decode": step,
                      "vectors": str(request.vectors), "vectors_sha256": vectors.sha256, "layer": layer,
                      "site": protocol.site or vectors.site, "clap": request.clap, "template": request.template,
                      "labels": labels, "protocol": protocol.to_json()},
@@ -114,25 +116,37 @@ def evaluate(request: EvalRequest, load_model: Callable[[], LoadedModel]) -> dic
     return results
 
 
-def _make_clips(lm: LoadedModel, vectors: SteeringVectors, protocol: Protocol, store: ClipStore,
-                step: str, batch: int = 1) -> dict[str, Clip]:
+@contextmanager
+def _renderer(request: EvalRequest, vectors: SteeringVectors,
+              load_model: Callable[[], LoadedModel]) -> Iterator[tuple[ModelFacts, str, Render]]:
+    """(the model's facts, its token step, how clips are rendered): in this process, or (--ray) by a Ray
+    cluster's actors (clips_ray.py), each of which loads the model with `load_model`."""
+    if request.ray is not None:
+        from .clips_ray import ray_render
+
+        with ray_render(request.ray, load_model, vectors, request.protocol, request.decode,
+                        device_spec(request.device)) as found:
+            yield found
+        return
+    lm = load_model()
+    vectors.check_model(lm.num_layers, lm.d_model, lm.name)
+    step = decode_step(request.decode, lm.device)
+    yield lm.facts, step, local_render(lm, vectors, request.protocol, GENERATORS[step])
+
+
+def _make_clips(model: ModelFacts, vectors: SteeringVectors, protocol: Protocol, store: ClipStore,
+                step: str, batch: int, render: Render) -> dict[str, Clip]:
     # The token step is part of every clip's identity: on CUDA the two steps' logits differ in the
     # last bits (~1e-5), enough to move a sampled draw, so a clip made by the other step is not reused.
     # So is the batch size (when batched): a batch's rounding can move a seeded top-k draw too.
-    model_id = {"model": lm.fingerprint, "dtype": str(lm.dtype), "decode": step,
+    model_id = {"model": model.fingerprint, "dtype": str(model.dtype), "decode": step,
                 **({"batch": batch} if batch > 1 else {})}
     jobs = plan(protocol, model_id, vectors)
-    clips: dict[str, Clip] = {}
-    reused = 0
     with tqdm(total=len(jobs), desc="clips", unit="clip", leave=False) as bar:
-        for group in batches(jobs, batch):
-            bar.set_postfix_str(group[0].name, refresh=False)
-            for clip in make_clips(lm, vectors, store, group, protocol, GENERATORS[step]):
-                reused += clip.reused
-                clips[clip.job.name] = clip
-            bar.update(len(group))
-    print(f"clips: {len(clips) - reused} generated, {reused} reused from {store.root}")
-    return clips
+        made = make_clips(store, jobs, batch, render, model.sample_rate, bar.update)
+    reused = sum(clip.reused for clip in made)
+    print(f"clips: {len(made) - reused} generated, {reused} reused from {store.root}")
+    return {clip.job.name: clip for clip in made}
 
 
 def _score(scorer: ClapScorer, clips: dict[str, Clip], labels: list[str], frame_rate: int) -> dict[str, np.ndarray]:
