@@ -7,7 +7,8 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import MusicsteerError
@@ -100,3 +101,27 @@ def build_folder_once(final: Path, build: Callable[[Path], object], complete: Ca
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+@contextmanager
+def only_writer(folder: Path, what: str) -> Iterator[None]:
+    """Hold `folder/.lock` (an flock, released by the kernel if this process dies, even by SIGKILL) while
+    one command writes `folder`: a second command writing the same folder at once is one line, instead
+    of two runs interleaving files (two extractions into one cache once finalised rows of zeros).
+    The folder must exist. Raises MusicsteerError when another process holds it."""
+    import fcntl
+
+    try:
+        handle = (folder / ".lock").open("a+")
+    except OSError as e:
+        raise MusicsteerError(f"cannot lock {folder}: {e.strerror or e}") from None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise MusicsteerError(f"another musicsteer command is writing {what} {folder} right now; wait for it "
+                                  "to end (a rerun then resumes), or give another folder") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

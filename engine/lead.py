@@ -6,7 +6,8 @@ auto measures instead. The ring notes the lowest fill its reads reach (`RingBuff
 producer looks at it after each chunk it queues:
   - the ring ran dry: grow at once, by the shortfall and half the lead again, so one slow moment
     does not become a run of underruns;
-  - it came within `margin` of running dry: grow at once by the shortfall and one device block. A
+  - it came within `margin` of running dry: grow at once by the shortfall and half the margin (one
+    device block, or 8 ms where the margin's floor below applies). A
     near miss is not a dropout: growing by half the lead there kept the lead (and the knob's delay)
     30 ms high for seconds after every scheduling hiccup (measured: knob → heard p95 175-196 ms
     against 148 with this rule, and no more underruns; docs/benchmarks.md);

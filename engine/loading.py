@@ -145,6 +145,12 @@ def weights_digest(model: torch.nn.Module, sample: int = 64) -> str:
     differ here, at the cost of reading ~64 numbers per tensor instead of all the weights."""
     digest = hashlib.sha256()
     for name, tensor in model.state_dict().items():
+        # The checkpoint's weights only: not the engine's own modules cached on the model (the fast decoder,
+        # its int8 copy), which exist or not depending on what ran first; they derive from these weights.
+        if "_musicsteer_" in name or not isinstance(tensor, torch.Tensor):
+            continue
+        if tensor.is_quantized:
+            tensor = tensor.int_repr()
         head = tensor.detach().reshape(-1)[:sample].cpu().contiguous()
         digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
         digest.update(head.view(torch.uint8).numpy().tobytes() if head.numel() else b"")

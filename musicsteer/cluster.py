@@ -41,21 +41,28 @@ def _ray() -> Any:
 
 
 def connect(address: str = LOCAL) -> Any:
-    """Join the Ray cluster at `address` (host:port, "auto" or ray://host:port) or, for LOCAL, the one
-    ray.init finds or starts. Returns the `ray` module. One MusicsteerError line when it cannot."""
+    """Join the Ray cluster at `address` (host:port or "auto"; ray://host:port with Ray's client extra)
+    or, for LOCAL, the one ray.init finds ($RAY_ADDRESS, checked like an address) or starts. Returns
+    the `ray` module. One MusicsteerError line when it cannot."""
+    # Before Ray is imported (its core reads them then): nothing leaves the cluster unless its owner says
+    # so, and the driver's C++ core logs errors only (a head that is slow to answer printed 20 warnings).
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
     ray = _ray()
     if ray.is_initialized():
         return ray
-    _check_reachable(address)
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # nothing leaves the cluster unless its owner says so
+    named = address or os.environ.get("RAY_ADDRESS", "")
+    _check_reachable(named)
     sigterm = signal.getsignal(signal.SIGTERM)
     try:
+        # log_to_driver off: the actors report through their results, and a dying raylet's state dumps
+        # would bury the one line that says what happened
         ray.init(address=address or None, include_dashboard=False, logging_level=logging.ERROR,
-                 log_to_driver=True)
+                 log_to_driver=False)
     except Exception as e:  # ConnectionError, ValueError, RuntimeError: whatever the address did
-        where = f"at {address!r}" if address else "locally"
+        where = f"at {named!r}" if named else "on this machine"
         hint = ""
-        if address and os.environ.get("RAY_AUTH_MODE") is None:
+        if os.environ.get("RAY_AUTH_MODE") is None:
             # Ray >= 2.60's `ray start` makes heads that want a token, but Ray sends one to an explicit
             # address only in token mode (never your token to an address by default): say what to set.
             hint = ("; if the head uses token authentication (`ray start`'s default since Ray 2.60), set "
@@ -73,8 +80,8 @@ def _check_reachable(address: str) -> None:
         return
     host, _, port = address.removeprefix("ray://").rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise MusicsteerError(f"--ray {address!r} is not an address: give HOST:PORT of the Ray head (e.g. "
-                              "10.0.0.1:6379), ray://HOST:PORT, 'auto', or nothing for a local cluster")
+        raise MusicsteerError(f"Ray address {address!r} (--ray or $RAY_ADDRESS) is not an address: give HOST:PORT "
+                              "of the Ray head (e.g. 10.0.0.1:6379), 'auto', or nothing for a local cluster")
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_S).close()
     except OSError as e:
@@ -121,6 +128,8 @@ class Pool:
         resources = ray.cluster_resources()
         total_cpus = int(resources.get("CPU", 0))
         gpus = 0 if device == "cpu" else int(resources.get("GPU", 0))  # --device cpu: the GPUs are not ours
+        if device.startswith("cuda") and not gpus:
+            raise MusicsteerError(f"--device {device}, but the Ray cluster has no GPU; use --device cpu or auto")
         if gpus:
             count, options = gpus, {"num_gpus": 1, "num_cpus": min(cpus, max(1, total_cpus // gpus))}
         else:
@@ -129,6 +138,9 @@ class Pool:
         self.actors = [actor.remote(factory) for _ in range(count)]
         each = "1 GPU" if gpus else f"{options['num_cpus']} CPU(s)"
         self.description = f"{count} Ray actor(s), each {each}"
+        # said before the wait: on a busy cluster the actors wait for free GPUs/CPUs, and silence looks hung
+        print(f"starting {self.description} (each loads the model; they wait while the cluster is busy)",
+              flush=True)
 
     def each(self, fn: Callable[[Any, Any], Any], item: Any = None) -> list[Any]:
         """`fn(state, item)` on every actor (e.g. what model it loaded), in actor order."""
@@ -162,15 +174,19 @@ class Pool:
     def __enter__(self) -> Pool:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
         self.close()
+        if kind is not None and issubclass(kind, KeyboardInterrupt):
+            # The CLI ends an interrupted run with os._exit (cli.entry), which skips Ray's own atexit
+            # shutdown: a local cluster's agents were left running. Stop it here.
+            self.ray.shutdown()
 
     def _get(self, refs: list[Any]) -> list[Any]:
         try:
             results = self.ray.get(refs)
         except self.ray.exceptions.RayTaskError as e:  # a bug in an item's code (a user's error is `Failed`)
-            raise MusicsteerError(f"a Ray actor failed ({_cause(e.cause or e)}); what was written is kept: "
-                                  "run the same command again to resume") from None
+            raise MusicsteerError(f"a Ray actor failed ({_cause(e.cause or e)}); what was written is kept (this is "
+                                  "a fault of musicsteer or a library it uses, not of your input)") from None
         except self.ray.exceptions.RayError as e:  # an actor or node died, an object was lost
             raise MusicsteerError(f"the Ray cluster lost work ({_cause(e)}); what was written is kept: "
                                   "run the same command again to resume") from None

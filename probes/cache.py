@@ -160,6 +160,10 @@ class ActivationCache:
         """Gather the shards into one (N, layers, d_model) array per site.pool, then drop them."""
         shards = sorted(self.shards.glob("shard-*.npz"))
         n, layers, width = len(manifest["segments"]), manifest["num_layers"], manifest["d_model"]
+        absent = n - len(self.done() | set(manifest.get("missing", [])))
+        if absent:  # never a "complete" cache with rows of zeros: the shards are the record, and they disagree
+            raise MusicsteerError(f"{self.root} lacks {absent} of its {n} segments' shards; run the same "
+                                  "`probe extract` again to make them")
         for key in KEYS:
             def write(tmp: Path, key: str = key) -> None:
                 # written through a memory map: a big cache never has to fit in memory twice

@@ -37,6 +37,7 @@ from tqdm import tqdm
 from musicsteer.engine import decoder as decoder_fn
 from musicsteer.engine.codec import encode_audio
 from musicsteer.engine.delay import DelayPattern
+from musicsteer.engine.files import only_writer
 from musicsteer.engine.generator import fast_decoder
 from musicsteer.engine.kv_cache import KVCache
 from musicsteer.engine.loading import LoadedModel, ModelFacts, load_model
@@ -233,7 +234,14 @@ def fill(model: ModelFacts, data: str, out: str, sources: list[dataset.Source], 
     settings = settings_for(model, segment_seconds, prompt)
     cache.check_settings(settings)  # another model's folder fails before the audio is read
     plan = dataset.plan(data, sources, skipped, model.sample_rate, segment_seconds)
-    manifest = cache.open_for(manifest_for(model, plan, settings))
+    cache.open_for(manifest_for(model, plan, settings))
+    with only_writer(out_path, "the activations folder"):
+        return _fill(cache, cache.read_manifest(), plan, batch, results)
+
+
+def _fill(cache: ActivationCache, manifest: dict, plan: dataset.Plan, batch: int, results: Results) -> dict:
+    """`fill` once this process alone writes the cache (its manifest read under the lock)."""
+    out_path = cache.root
     if plan.skipped:
         print(f"musicsteer: warning: skipped {len(plan.skipped)} unreadable or missing file(s) "
               f"(listed in {cache.manifest_path}): {_names(plan.skipped)}", file=sys.stderr)

@@ -44,7 +44,6 @@ def extract_on_ray(address: str, model: str, device: str, dtype: str, data: str,
     resolve_dtype(dtype)
     with cluster.Pool(partial(_load, model, device, dtype, prompt), 1 + workers, address, device) as pool:
         facts = cluster.one_model(pool)
-        print(f"probe extract on {pool.description}")
 
         def results(batches: list[list[dataset.Segment]], plan: dataset.Plan):
             size = max(1, min(MAX_BATCHES, math.ceil(len(batches) / (ITEMS_PER_ACTOR * len(pool.actors)))))

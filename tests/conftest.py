@@ -126,39 +126,46 @@ def chromium(profile: Path, width: int = 1200, height: int = 900, prefs: dict | 
 
 
 @pytest.fixture(scope="session")
-def ray_head(tmp_path_factory) -> Iterator[str]:
-    """A real local Ray cluster for the --ray tests: `ray start --head` with 2 CPUs and no GPU (what a
-    researcher's head node runs), stopped with `ray stop` at the end of the session. Its address."""
+def ray_head() -> Iterator[str]:
+    """A real local Ray cluster for the --ray tests: `ray start --head --block` with 2 CPUs and no GPU
+    (what a researcher's head node runs), in its own process group and temp folder, so that it is
+    neither what a user's `--ray` finds on this machine nor stopped with theirs: the end of the session
+    stops exactly this cluster (SIGTERM to its group, then SIGKILL). Its address."""
     import os
     import secrets
+    import shutil
+    import signal
     import socket
     import sys
+    import tempfile
     import time
 
     with socket.socket() as s:  # a free port for the head's GCS
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    ray = str(Path(sys.executable).with_name("ray"))
     # Token authentication, as the README's recipe sets it up: the head and every driver of these tests (this
     # process, which imports ray after these lines, and the CLI's) use this session's own token.
     os.environ["RAY_AUTH_MODE"] = "token"
     os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    log = tmp_path_factory.mktemp("ray") / "head.log"
-    started = subprocess.run([ray, "start", "--head", f"--port={port}", "--num-cpus=2", "--num-gpus=0",
-                              "--include-dashboard=false", "--disable-usage-stats"], env=env,
-                             stdout=log.open("w"), stderr=subprocess.STDOUT, timeout=120)
-    assert started.returncode == 0, log.read_text()
+    temp = tempfile.mkdtemp(prefix="msr-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    log = Path(temp) / "head.log"
+    head = subprocess.Popen([str(Path(sys.executable).with_name("ray")), "start", "--head", f"--port={port}",
+                             "--num-cpus=2", "--num-gpus=0", "--include-dashboard=false", "--disable-usage-stats",
+                             f"--temp-dir={temp}", "--block"], env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
+                            stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
-                break
-            assert time.monotonic() < deadline, log.read_text()
+        deadline = time.monotonic() + 120
+        while not (Path(temp) / "ray_current_cluster").exists():  # written once the head is up
+            assert head.poll() is None and time.monotonic() < deadline, log.read_text()
             time.sleep(0.2)
         yield f"127.0.0.1:{port}"
     finally:
-        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 30)):  # the group: `ray start` and its children
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(head.pid, sig)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                head.wait(wait)
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 @pytest.fixture

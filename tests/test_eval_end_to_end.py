@@ -110,7 +110,7 @@ def test_ray_makes_the_single_process_clips(evaluated, ray_address, tmp_path, ca
     capsys.readouterr()
     assert run_cli([*evaluated["argv"][:-2], "--ray", ray_address, "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "eval clips on 2 Ray actor(s)" in printed and "clips: 10 generated, 0 reused" in printed
+    assert "starting 2 Ray actor(s), each 1 CPU(s)" in printed and "clips: 10 generated, 0 reused" in printed
     same_clips(evaluated["out"], out)
 
 

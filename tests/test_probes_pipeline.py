@@ -24,6 +24,7 @@ import soundfile as sf
 from conftest import cli_error, one_line_error
 
 from musicsteer.engine.audio_io import audio_length, decode_audio, read_audio
+from musicsteer.engine.errors import MusicsteerError
 from musicsteer.engine.synthetic import synthetic_clip
 from musicsteer.probes.cache import KEYS, ActivationCache, load_activations
 from musicsteer.probes.extract import extract
@@ -33,11 +34,6 @@ RATES = (32000, 44100, 22050)
 CLIPS = 4  # per kind
 FLAGS = ["--model", "tiny", "--device", "cpu", "--segment-seconds", "1"]
 TOTAL = len(KINDS) * CLIPS * 2 + 2  # + the NaN file's two planned segments
-
-
-def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "musicsteer", "probe", "extract", *args], capture_output=True,
-                          text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +113,7 @@ def test_ray_writes_the_same_cache_as_serial(clips, serial, ray_address, capsys)
     extract(str(clips), "tiny", str(out), 1.0, device="cpu", ray=ray_address)
     same_cache(serial, out)
     captured = capsys.readouterr()
-    assert "2 Ray actor(s), each 1 CPU(s)" in captured.out
+    assert "starting 2 Ray actor(s), each 1 CPU(s)" in captured.out
     assert "1 file(s) did not decode" in captured.err and "chord/00-bad.wav" in captured.err
 
 
@@ -153,6 +149,23 @@ def test_ray_refusals_are_one_line_before_any_work(clips, tmp_path) -> None:
     assert not (tmp_path / "x").exists()
 
 
+def test_a_second_run_into_the_same_cache_is_refused_while_the_first_writes(clips, serial, tmp_path) -> None:
+    """Two extractions into one folder at once interleaved shards and finalised rows of zeros: the folder
+    is locked while one writes (an flock: freed even when its holder is SIGKILLed), the other is one line."""
+    from musicsteer.engine.files import only_writer
+
+    out = tmp_path / "acts"
+    extract(str(clips), "tiny", str(out), 1.0, device="cpu")
+    (out / "manifest.json").write_text((out / "manifest.json").read_text().replace('"complete": true',
+                                                                                 '"complete": false'))
+    with only_writer(out, "the activations folder"):  # another writer holds it
+        assert "another musicsteer command is writing" in one_line_error(extract, str(clips), "tiny", str(out), 1.0,
+                                                                          device="cpu")
+    cache = ActivationCache(out)
+    with pytest.raises(MusicsteerError, match="lacks 24 of its 26 segments' shards"):
+        cache.finalise(cache.read_manifest())  # never a "complete" cache with rows of zeros
+
+
 def children(pid: int) -> list[int]:
     path = Path(f"/proc/{pid}/task/{pid}/children")
     return [int(p) for p in path.read_text().split()] if path.exists() else []
@@ -172,7 +185,7 @@ def wait_for_shard(proc: subprocess.Popen, out: Path, log: Path) -> None:
 
 
 @pytest.mark.parametrize("workers", ["0", "2"])
-def test_killed_extraction_resumes_to_the_serial_cache(workers, clips, serial, tmp_path) -> None:
+def test_killed_extraction_resumes_to_the_serial_cache(workers, clips, serial, tmp_path, capsys) -> None:
     out, log = tmp_path / "acts", tmp_path / "killed.log"
     proc = start(clips, out, workers, log)
     try:
@@ -192,9 +205,9 @@ def test_killed_extraction_resumes_to_the_serial_cache(workers, clips, serial, t
     assert not manifest["complete"] and manifest["missing"] == [0, 1]  # the bad file was met before the kill
     done = len(cache.done())
     assert 0 < done < TOTAL - 2
-    result = cli("--data", str(clips), "--out", str(out), *FLAGS, "--workers", workers)
-    assert result.returncode == 0, result.stderr
-    assert f"{done} segments were already done" in result.stdout
+    capsys.readouterr()
+    extract(str(clips), "tiny", str(out), 1.0, device="cpu", workers=int(workers))  # the rerun, in this process
+    assert f"{done} segments were already done" in capsys.readouterr().out
     same_cache(serial, out)
 
 
@@ -212,8 +225,7 @@ def test_a_killed_worker_is_one_line_and_the_run_resumes(clips, serial, tmp_path
     assert len(lines) == 1 and "a decoding worker failed" in lines[0] and "run the same command again" in lines[0]
     if ActivationCache(out).read_manifest()["complete"]:
         pytest.fail("the run finished before its worker was killed")
-    result = cli("--data", str(clips), "--out", str(out), *FLAGS, "--workers", "2")
-    assert result.returncode == 0, result.stderr
+    extract(str(clips), "tiny", str(out), 1.0, device="cpu", workers=2)  # the rerun, in this process
     same_cache(serial, out)
 
 

@@ -83,3 +83,13 @@ def test_refusals(tiny) -> None:
         quantize_decoder(tiny, "int4")
     with pytest.raises(MusicsteerError, match="float32 model on the CPU"):
         quantize_decoder(load_model("tiny", "cpu", "bfloat16"))
+
+
+def test_an_int8_model_states_its_facts_like_its_original(tiny) -> None:
+    """`ModelFacts` (what a --ray driver compares across actors) of an int8 model: its state dict holds
+    dtypes and packed tuples, which once made `eval --quantize int8` fail; the weights digest is the
+    checkpoint's, whatever the engine has cached on the model."""
+    before = tiny.facts
+    facts = quantize_decoder(tiny, "int8").facts
+    assert facts.weights_digest == before.weights_digest == tiny.facts.weights_digest
+    assert facts.fingerprint != before.fingerprint  # the name says int8

@@ -99,8 +99,10 @@ def run(args: argparse.Namespace) -> int:
                           args.trial_seed, args.clap_batch, args.decode, args.batch, args.ray, args.device)
     from functools import partial
 
-    from .setup import load
+    from .setup import load, set_threads
 
+    if args.ray is not None:
+        set_threads(args)  # what `load` would do here: CLAP scores in this process with the same threads
     evaluate(request, partial(load, args))  # a partial, not a lambda: --ray's actors are sent it
     out = Path(args.out)
     print((out / "table.md").read_text(encoding="utf-8"))

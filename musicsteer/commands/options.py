@@ -101,6 +101,5 @@ def add_ray_option(parser: argparse.ArgumentParser, work: str) -> None:
     """--ray [ADDRESS] (musicsteer/cluster.py): `work` on a Ray cluster's GPUs; absent: this process."""
     parser.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                         help=f"run {work} on a Ray cluster: one actor per GPU (per CPU without GPUs), results "
-                             "written here. ADDRESS: host:port of the head, 'auto', or ray://host:port; none: "
-                             "$RAY_ADDRESS, else the cluster `ray start` made here, else a new local one "
-                             "(needs musicsteer[ray])")
+                             "written here. ADDRESS: host:port of the head or 'auto'; none: $RAY_ADDRESS, else "
+                             "the cluster `ray start` made here, else a new local one (needs musicsteer[ray])")

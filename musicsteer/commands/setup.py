@@ -47,16 +47,24 @@ def load_options(args: argparse.Namespace, name: str | None = None) -> Loaded:
     name, mode = _quantize_mode(name or args.model or DEFAULT_MODEL, getattr(args, "quantize", None))
     if mode is not None:
         _check_quantizable(mode, args.device, args.dtype)
-    threads = args.threads or (1 if name.startswith("tiny") else None)
-    if threads is not None:
-        # Tiny models are all overhead: a second thread only adds contention on a small machine.
-        torch.set_num_threads(threads)
+    set_threads(args, name)
     base = load_model(name, args.device, args.dtype)
     if mode is None:
         return Loaded(base, base, None, 0.0)
     t0 = time.perf_counter()
     lm = quantize_decoder(base, mode)
     return Loaded(lm, base, mode, time.perf_counter() - t0)
+
+
+def set_threads(args: argparse.Namespace, name: str | None = None) -> None:
+    """This process's torch threads for the model the options name (--threads, else 1 for tiny models).
+    `load` calls it; so does `eval --ray`, whose driver loads no model but scores CLAP with the same
+    threads (a thread count changes CLAP's last bits, and results.json must equal the run without Ray)."""
+    name = name or args.model or DEFAULT_MODEL
+    threads = args.threads or (1 if name.startswith("tiny") else None)
+    if threads is not None:
+        # Tiny models are all overhead: a second thread only adds contention on a small machine.
+        torch.set_num_threads(threads)
 
 
 def _quantize_mode(name: str, asked: str | None) -> tuple[str, str | None]:

@@ -45,7 +45,6 @@ def ray_render(address: str, load_model: Callable[[], LoadedModel], vectors: Ste
         if len(steps) > 1:
             raise MusicsteerError(f"the Ray actors chose different token steps ({', '.join(sorted(steps))}) "
                                           "for --decode auto: give --decode eager or graph")
-        print(f"eval clips on {pool.description}")
 
         def render(items: list[Item]) -> Iterator[tuple[int, Rendered]]:
             yield from pool.map(_render, items)

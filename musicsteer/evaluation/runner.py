@@ -21,6 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from musicsteer.engine.errors import MusicsteerError, shown
+from musicsteer.engine.files import only_writer
 from musicsteer.engine.graph import GENERATORS, decode_step
 from musicsteer.engine.loading import LoadedModel, ModelFacts, device_spec, resolve_device
 from musicsteer.engine.params import PARAMS
@@ -78,6 +79,14 @@ def evaluate(request: EvalRequest, load_model: Callable[[], LoadedModel]) -> dic
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise MusicsteerError(f"cannot create {shown(str(out))}: {e.strerror or e}") from None
+    with only_writer(out, "the eval folder"):
+        return _evaluate(request, vectors, labels, scorer, load_model)
+
+
+def _evaluate(request: EvalRequest, vectors: SteeringVectors, labels: list[str], scorer: ClapScorer,
+              load_model: Callable[[], LoadedModel]) -> dict:
+    """`evaluate` once its inputs are checked and this process alone writes OUT."""
+    protocol, out = request.protocol, Path(request.out)
     with _renderer(request, vectors, load_model) as (model, step, render):
         scorer.to(model.device if request.ray is None else resolve_device("auto"))
         clips = _make_clips(model, vectors, protocol, ClipStore(out / "clips"), step, request.batch, render)
