@@ -44,10 +44,7 @@ def connect(address: str = LOCAL) -> Any:
     """Join the Ray cluster at `address` (host:port or "auto"; ray://host:port with Ray's client extra)
     or, for LOCAL, the one ray.init finds ($RAY_ADDRESS, checked like an address) or starts. Returns
     the `ray` module. One MusicsteerError line when it cannot."""
-    # Before Ray is imported (its core reads them then): nothing leaves the cluster unless its owner says
-    # so, and the driver's C++ core logs errors only (a head that is slow to answer printed 20 warnings).
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # nothing leaves the cluster unless its owner says so
     ray = _ray()
     if ray.is_initialized():
         return ray
@@ -59,6 +56,9 @@ def connect(address: str = LOCAL) -> Any:
         # would bury the one line that says what happened
         ray.init(address=address or None, include_dashboard=False, logging_level=logging.ERROR,
                  log_to_driver=False)
+    except KeyboardInterrupt:  # mid-start: a half-started local cluster must not outlive us (cli.entry's os._exit)
+        ray.shutdown()
+        raise
     except Exception as e:  # ConnectionError, ValueError, RuntimeError: whatever the address did
         where = f"at {named!r}" if named else "on this machine"
         hint = ""
@@ -135,7 +135,11 @@ class Pool:
         else:
             count, options = max(1, total_cpus // cpus), {"num_gpus": 0, "num_cpus": min(cpus, max(1, total_cpus))}
         actor = ray.remote(**options)(Worker)
-        self.actors = [actor.remote(factory) for _ in range(count)]
+        try:
+            self.actors = [actor.remote(factory) for _ in range(count)]
+        except KeyboardInterrupt:
+            ray.shutdown()
+            raise
         each = "1 GPU" if gpus else f"{options['num_cpus']} CPU(s)"
         self.description = f"{count} Ray actor(s), each {each}"
         # said before the wait: on a busy cluster the actors wait for free GPUs/CPUs, and silence looks hung
