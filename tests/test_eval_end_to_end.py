@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import chromium, random_vectors
+from conftest import chromium, cli_error, random_vectors
 from test_eval_support import run_cli
 
 torch.set_num_threads(1)
@@ -137,6 +137,15 @@ def test_a_killed_eval_resumes_to_the_same_clips(mode, evaluated, tmp_path, requ
     assert run_cli(command[3:]) == 0  # the rerun, from this process
     assert f"clips: {10 - kept} generated, {kept} reused" in capsys.readouterr().out
     same_clips(evaluated["out"], out)
+
+
+def test_a_second_eval_into_a_folder_being_written_is_one_line(evaluated, capsys) -> None:
+    """The eval folder has one writer at a time (engine/files.only_writer), as the activations cache has."""
+    from musicsteer.engine.files import only_writer
+
+    with only_writer(evaluated["out"], "the eval folder"):  # another run is writing it
+        line = cli_error(evaluated["argv"], capsys)
+    assert "another musicsteer command is writing the eval folder" in line
 
 
 def test_decode_graph_is_honoured_and_gives_the_eager_codes(evaluated, tmp_path, capsys) -> None:
