@@ -59,6 +59,20 @@ def _name_max(folder: Path) -> int:
         return 255
 
 
+TMP_MARK = ".tmp"  # in every temporary name atomic_write makes: ".{stem}.{uuid}.tmp{suffix}"
+
+
+def remove_partial(folder: Path) -> int:
+    """Delete the temporaries of `atomic_write` that a killed run left under `folder` (recursively; the
+    finished files are never touched). Returns how many were removed."""
+    removed = 0
+    for tmp in folder.rglob(f".*{TMP_MARK}*") if folder.is_dir() else ():
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
     """Call `write(tmp)` for a hidden temporary name in the same folder, then rename it to `path`.
 
@@ -67,7 +81,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
     and the exception propagates.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex}.tmp{path.suffix}")
+    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex}{TMP_MARK}{path.suffix}")
     try:
         write(tmp)
         os.replace(tmp, path)

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from musicsteer.engine.errors import MusicsteerError, one_line, shown
-from musicsteer.engine.files import atomic_write
+from musicsteer.engine.files import atomic_write, remove_partial
 from musicsteer.engine.params import SITES
 
 from .settings import POOLS
@@ -119,11 +119,9 @@ class ActivationCache:
 
     # -- shards --------------------------------------------------------------------------------
     def clean_partial(self) -> None:
-        """Remove temporary files a killed run left behind (never whole shards)."""
-        for folder in (self.root, self.shards):
-            if folder.is_dir():
-                for tmp in folder.glob(".tmp-*"):
-                    tmp.unlink(missing_ok=True)
+        """Remove temporary files a killed run left behind (never whole shards). Its glob, ".tmp-*", once
+        matched no name atomic_write makes: files.remove_partial shares atomic_write's own mark."""
+        remove_partial(self.root)
 
     def done(self) -> set[int]:
         indices: set[int] = set()

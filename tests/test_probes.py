@@ -171,7 +171,7 @@ def test_killed_extraction_resumes_to_the_same_arrays(collection, acts, tmp_path
     assert in_process("extract", "--data", str(collection), "--out", str(out), *EXTRACT) == 0  # the rerun
     passes = math.ceil((TOTAL - done) / 4)  # only the segments not done, in batches of 4
     assert f"in {passes} forward passes, {done} segments were already done" in capsys.readouterr().out
-    assert not list(out.glob(".tmp-*")) and not (out / "shards").exists()
+    assert not list(out.rglob(".*.tmp*")) and not (out / "shards").exists()
     for key in KEYS:
         assert np.array_equal(np.load(out / f"{key}.npy"), np.load(acts / f"{key}.npy")), key
     assert in_process("extract", "--data", str(collection), "--out", str(out), *EXTRACT) == 0

@@ -201,3 +201,17 @@ def test_extractor_pools_the_conditional_rows_and_padding_changes_nothing(tiny) 
     no_text = plain.run([short])
     np.testing.assert_array_equal(no_text["residual.mean"][:, 0], alone["residual.mean"][:, 0])
     assert not np.allclose(no_text["residual.mean"][:, 1], alone["residual.mean"][:, 1])
+
+
+def test_remove_partial_deletes_what_a_killed_atomic_write_left_and_nothing_else(tmp_path) -> None:
+    """A SIGKILL between atomic_write's write and its rename leaves its hidden temporary; the cache and the
+    eval clips clear them (files.remove_partial, which shares atomic_write's mark) and keep every whole file."""
+    from musicsteer.engine.files import atomic_write, remove_partial
+
+    (tmp_path / "shards").mkdir()
+    atomic_write(tmp_path / "shards" / "shard-0000000.npz", lambda p: p.write_bytes(b"whole"))
+    for left in (tmp_path / ".a.0123abcd.tmp.npy", tmp_path / "shards" / ".shard-0000004.89ab.tmp.npz",
+                 tmp_path / ".c.0123.tmp.wav"):  # the names atomic_write gives its temporaries
+        left.write_bytes(b"half")
+    assert remove_partial(tmp_path) == 3
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["shard-0000000.npz"]

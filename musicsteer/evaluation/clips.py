@@ -25,7 +25,7 @@ import torch
 from musicsteer.engine.audio_io import write_wav
 from musicsteer.engine.codec import decode_codes
 from musicsteer.engine.control import Controls
-from musicsteer.engine.files import atomic_write
+from musicsteer.engine.files import atomic_write, remove_partial
 from musicsteer.engine.generator import Generator, render_batch
 from musicsteer.engine.loading import LoadedModel
 from musicsteer.engine.vectors import SteeringVectors
@@ -184,17 +184,19 @@ def make_clips(store: ClipStore, jobs: list[ClipJob], size: int, render: Render,
     continuations that read their codes; only the missing clips of a batch are saved. `render` may give
     batches back in any order (a Ray cluster, evaluation/clips_ray.py); each is saved as it arrives, so a
     killed run keeps every batch it finished."""
+    remove_partial(store.root)  # what a killed run was writing (make_clips runs under the folder's lock)
     clips: dict[str, Clip] = {}
     groups = batches(jobs, size)
-    prompt_frames: dict[int, int] = {}
+    found: dict[int, list[Clip | None]] = {}  # per batch: the clips already on disk
+    prompt_frames: dict[int, int] = {}  # per batch to render: the frames of the sources it continues
     for sources in (True, False):
         items: list[Item] = []
         for number, group in enumerate(groups):
             if (group[0].kind == "source") != sources:
                 continue
-            found = [store.lookup(job) for job in group]
-            if all(found):
-                clips.update((clip.job.name, clip) for clip in found)
+            found[number] = [store.lookup(job) for job in group]
+            if all(found[number]):
+                clips.update((clip.job.name, clip) for clip in found[number])
                 progress(len(group))
                 continue
             codes = None if sources else torch.stack([store.codes(job.source_name) for job in group])
@@ -202,9 +204,8 @@ def make_clips(store: ClipStore, jobs: list[ClipJob], size: int, render: Render,
             prompt_frames[number] = 0 if codes is None else int(codes.shape[-1])
         for number, rendered in render(items):
             group = groups[number]
-            for job, (codes, audio) in zip(group, rendered, strict=True):
-                clips[job.name] = store.lookup(job) or store.save(job, codes, audio, sample_rate,
-                                                                  prompt_frames[number])
+            for job, clip, (codes, audio) in zip(group, found[number], rendered, strict=True):
+                clips[job.name] = clip or store.save(job, codes, audio, sample_rate, prompt_frames[number])
             progress(len(group))
     return [clips[job.name] for job in jobs]
 

@@ -44,7 +44,7 @@ def ray_render(address: str, load_model: Callable[[], LoadedModel], vectors: Ste
         steps = set(pool.each(_step))
         if len(steps) > 1:
             raise MusicsteerError(f"the Ray actors chose different token steps ({', '.join(sorted(steps))}) "
-                                          "for --decode auto: give --decode eager or graph")
+                                  "for --decode auto: give --decode eager or graph")
 
         def render(items: list[Item]) -> Iterator[tuple[int, Rendered]]:
             yield from pool.map(_render, items)
