@@ -22,6 +22,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+POLL_S = 0.0005  # a waiting producer's nap once the next read may meet its deficit
+
 
 class RingBuffer:
     """SPSC float32 ring: `write` from one producer thread, `read_into` from one consumer thread."""
@@ -55,6 +57,7 @@ class RingBuffer:
         # Frames left after a read, at the lowest since the producer last reset it to `capacity`
         # (negative: that read came up short). Written by the consumer, read and reset by the producer.
         self.low_water = self.capacity
+        self.block = 0  # frames the consumer took in its last read (0 before the first); consumer-owned
         # Set by the sink when its consumer is gone for good (a device that vanished): from then on every
         # wait returns False at once instead of waiting for reads that will never come.
         self.failure: str | None = None
@@ -135,13 +138,18 @@ class RingBuffer:
         return self._wait_until(lambda: self.available, timeout)
 
     def _wait_until(self, missing: Callable[[], int], timeout: float | None) -> bool:
-        """Poll until `missing()` frames reach 0, with naps sized to how long the consumer needs to
-        catch up, so the realtime side never has to signal anything (that would mean taking a lock)."""
+        """Poll until `missing()` frames reach 0, so the realtime side never has to signal anything (that
+        would mean taking a lock). The consumer reads a block at a time, at a phase the producer cannot
+        see: the wait sleeps through the reads that surely come before the deficit is met (all but the
+        last), then polls every POLL_S for the last one. Sleeping the whole deficit's time instead
+        overslept that read by up to a block (8 ms at 256 frames / 32 kHz): the producer then missed
+        the next read too, and `--buffer auto` paid a block more of lead for it (engine/lead.py)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while (deficit := missing()) > 0:
             if self.failure is not None:
                 return False
-            nap = min(max(deficit / self.sample_rate, 0.0005), 0.05)
+            block = self.block or 1  # before the first read: the deficit's own time
+            nap = min(max((math.ceil(deficit / block) - 1) * block / self.sample_rate, POLL_S), 0.05)
             if deadline is not None:
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -157,6 +165,7 @@ class RingBuffer:
         Copies only: no array is allocated, nothing blocks, no lock is taken.
         """
         frames = out.shape[0]
+        self.block = frames  # the consumer's read size: how the producer's waits time their naps
         avail = self._written - self._read
         if avail - frames < self.low_water and self._written and not self._ended:
             self.low_water = avail - frames  # the closest the playing ring came to running dry (engine/lead.py)

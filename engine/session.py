@@ -349,17 +349,20 @@ class StreamingSession:
         self._stop.set()
 
     def _emit(self, pcm: np.ndarray) -> None:
-        """The decode thread: PCM to the current take, then to the ring (waiting for room)."""
-        self.recordings.write(pcm)
-        self.levels.add(pcm)
+        """The decode thread: PCM to the ring (what fits now), to the current take, then the rest to the
+        ring (waiting for room). The ring first: the take and the level meter take ~0.5 ms a chunk here,
+        and under --buffer auto every ms before the write is a ms more of lead (engine/lead.py); the take
+        still gets every chunk, even one a stop leaves unplayed."""
         if (lead := self.lead) is not None:  # --buffer auto: the generation thread paces itself (_paced)
             lead.update()
             if self.ring.rebuffer_frames:
                 self.ring.rebuffer_frames = lead.refill
-        while pcm.shape[1] and not self._stop.is_set() and self.sink.error is None:
-            self.sink.wait_for_space(pcm.shape[1], timeout=0.1)
-            taken = self.sink.write(pcm)
-            pcm = pcm[:, taken:]
+        rest = pcm[:, self.sink.write(pcm) if self.sink.error is None else 0 :]
+        self.recordings.write(pcm)
+        self.levels.add(pcm)
+        while rest.shape[1] and not self._stop.is_set() and self.sink.error is None:
+            self.sink.wait_for_space(rest.shape[1], timeout=0.1)
+            rest = rest[:, self.sink.write(rest) :]
 
     def _end_audio(self) -> None:
         """The decode thread, after the decoder's last flush: the resampler's tail, then the ring's end.

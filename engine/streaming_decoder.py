@@ -25,7 +25,9 @@ stateful, context 1 / lookahead 3.75 frames: 107-120 dB (float rounding); 3.625:
 3: 13 dB; context 0: 14 dB.
 Stateless (zero LSTM state), lookahead 4: context 1: 8 dB, 10: 61 dB, 25: 115 dB -- and a trained
 LSTM may remember longer than a random one, while stateful is exact whatever the weights.
-Cost per 5-frame chunk, 2-core CPU: 43 ms on 1 thread, 27 ms on 2 (one-shot: ~15 ms per 5 frames).
+Cost per chunk on this 2-core CPU, 1 thread (2026-12-01): the real architecture is compute, 87 ms
+for 1 frame and ~100 for 5, with transformers' modules or without; the tiny model's is overhead, and
+the layers run as plain functional calls (engine/seanet.py) take it from 5.0 to 1.9 ms per 1-frame chunk.
 
 A take that continues an audio prompt is primed with the prompt's frames (prime): the LSTM runs over
 all of them in one call and nothing is upsampled, so the continuation is the one-shot decode of
@@ -37,7 +39,6 @@ longer, so every frame is used.
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from dataclasses import dataclass
@@ -47,9 +48,9 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch.nn import functional as F
-from torch.nn.utils import parametrize
 
 from .errors import MusicsteerError
+from .seanet import compile_layers
 
 if TYPE_CHECKING:
     from .loading import LoadedModel
@@ -90,11 +91,14 @@ class StreamingDecoder:
         self._stateful = cfg.stateful_lstm and isinstance(lstm, torch.nn.LSTM)
         if self._stateful:
             self._lstm = lstm
-            self._pre, self._post = _without_weight_norm(layers[0]), _without_weight_norm(*layers[2:])
+            self._pre, self._post = compile_layers(layers[:1]), compile_layers(layers[2:])
             # frames of right context the first conv reads: features nearer the window's end than
             # this see reflect padding instead of codes, so the state must not advance over them
             self._pre_reach = (int(layers[0].conv.kernel_size[0]) - 1) // 2
-            self._post_reach = math.ceil(_right_reach_frames(self._post) + cfg.crossfade_samples / self.hop)
+            self._post_reach = math.ceil(_right_reach_frames(torch.nn.Sequential(*layers[2:]))
+                                         + cfg.crossfade_samples / self.hop)
+        else:
+            self._whole = compile_layers(layers)  # an LSTM stays the module: run from a zero state
         fade = (np.arange(cfg.crossfade_samples) + 0.5) / max(cfg.crossfade_samples, 1)
         self._fade_in = (0.5 - 0.5 * np.cos(np.pi * fade)).astype(np.float32)  # sums to 1 with 1 - it
         self.reset()
@@ -227,7 +231,7 @@ class StreamingDecoder:
             audio = self._post(hidden)
             self.last_decode_frames = window_end - codes_from
         else:
-            audio = self.codec.decoder(embeddings)
+            audio = self._whole(embeddings)
             self.last_decode_frames = window_end - first
         audio = audio[:, 0].float().cpu().numpy()  # (C, samples), starting at frame `first`
         lo, hi = self._done - first * hop, end - first * hop
@@ -250,32 +254,6 @@ class StreamingDecoder:
         self.samples_out += chunk.shape[1]
         self.last_decode_ms = (time.perf_counter() - start) * 1000.0
         return chunk
-
-
-def _without_weight_norm(*modules: torch.nn.Module) -> torch.nn.Sequential:
-    """A private copy whose weight-normed convs are plain convs holding the normed weight: weight
-    norm recomputes g * v / |v| on every call (measured: 57 vs 81 ms a chunk, 1 thread).
-    Copied at construction; the codec's own modules are untouched (remove_parametrizations on a
-    deepcopy would not do: it deletes the property from the class the copy shares with the original)."""
-    frozen = copy.deepcopy(torch.nn.Sequential(*modules))
-    for parent in list(frozen.modules()):
-        for name, child in list(parent.named_children()):
-            if parametrize.is_parametrized(child, "weight"):
-                setattr(parent, name, _plain_conv(child))
-    return frozen
-
-
-@torch.no_grad()
-def _plain_conv(conv: torch.nn.Module) -> torch.nn.Module:
-    cls = parametrize.type_before_parametrizations(conv)  # nn.Conv1d or nn.ConvTranspose1d
-    extra = {"output_padding": conv.output_padding} if issubclass(cls, torch.nn.ConvTranspose1d) else {}
-    plain = cls(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
-                dilation=conv.dilation, groups=conv.groups, bias=conv.bias is not None,
-                device=conv.weight.device, dtype=conv.weight.dtype, **extra)
-    plain.weight.copy_(conv.weight)
-    if conv.bias is not None:
-        plain.bias.copy_(conv.bias)
-    return plain.eval()
 
 
 def _lstm_steps(lstm: torch.nn.LSTM, x: Tensor, state: tuple[Tensor, Tensor] | None,

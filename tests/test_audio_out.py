@@ -129,6 +129,30 @@ def test_wait_for_space_times_out_then_wakes_when_consumed() -> None:
         ring.wait_for_space(1001)
 
 
+def test_a_wait_sleeps_through_the_reads_it_needs_then_polls_for_the_last(monkeypatch) -> None:
+    """A consumer reading 256-frame blocks: a producer waiting for 600 frames to go sleeps through the
+    two reads that surely come first, then naps POLL_S until the third; it never sleeps the whole
+    deficit's time, which overslept the read that met it by up to a block (engine/lead.py's lead)."""
+    from musicsteer.engine import ring_buffer
+
+    ring = RingBuffer(channels=1, capacity=4096, sample_rate=RATE)
+    block = np.zeros((256, 1), np.float32)
+    ring.write(np.zeros((1, 2000), np.float32))
+    ring.read_into(block)  # the consumer's block size is now known: 1744 queued
+    naps: list[float] = []
+
+    def sleep(seconds: float) -> None:  # the consumer reads a block per block's time slept
+        naps.append(seconds)
+        for _ in range(round(seconds * RATE) // 256 if seconds >= 256 / RATE else len(naps) % 4 == 0):
+            ring.read_into(block)  # (a short nap: the read comes on every fourth)
+
+    monkeypatch.setattr(ring_buffer.time, "sleep", sleep)
+    assert ring.wait_until_at_most(1744 - 600)  # 600 frames to go: three reads
+    assert naps[0] == pytest.approx(2 * 256 / RATE)  # the first two reads of the three it needs
+    assert naps[1:] and all(nap == ring_buffer.POLL_S for nap in naps[1:])
+    assert ring.available == 1744 - 3 * 256
+
+
 def test_a_failed_ring_releases_every_wait_at_once() -> None:
     ring = RingBuffer(channels=1, capacity=1000, sample_rate=RATE)
     ring.write(np.zeros((1, 1000), np.float32))
