@@ -3,7 +3,7 @@
 On one thread, the token step and the streaming EnCodec decode serialize: on a GPU every chunk's
 EnCodec kernels wait behind the decode steps' (and the other way round), and on a CPU the decoder's
 time is added to each token. Here the generation thread only hands each complete frame over through
-a small bounded queue, and this thread decodes it and emits the PCM (recorder, then the ring, paced
+a small bounded queue, and this thread decodes it and emits the PCM (the ring, then the recorder, paced
 by the ring's space), so the next tokens are generated while the last chunk decodes.
 
 On CUDA this thread runs the decoder on its own stream: EnCodec's kernels then overlap with the

@@ -22,7 +22,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-POLL_S = 0.0005  # a waiting producer's nap once the next read may meet its deficit
+POLL_S = 0.0005  # a waiting producer's nap once the next read may meet its deficit (at most)
+POLLS_PER_BURST = 32  # ... and at least a 32nd of a burst's time: big blocks are not polled at 2 kHz
+BURST_S = 0.001  # reads this close together are one burst: a host asking for several blocks per cycle
 
 
 class RingBuffer:
@@ -57,7 +59,11 @@ class RingBuffer:
         # Frames left after a read, at the lowest since the producer last reset it to `capacity`
         # (negative: that read came up short). Written by the consumer, read and reset by the producer.
         self.low_water = self.capacity
-        self.block = 0  # frames the consumer took in its last read (0 before the first); consumer-owned
+        # The most the consumer has read in one burst (0 before the first read): a block, or several
+        # blocks back to back where the host's cycle is longer than one (JACK at a period above the
+        # stream's blocksize). Consumer-owned; the producer's waits time their naps by it.
+        self.burst = 0
+        self._burst_frames, self._burst_time = 0, -1.0
         # Set by the sink when its consumer is gone for good (a device that vanished): from then on every
         # wait returns False at once instead of waiting for reads that will never come.
         self.failure: str | None = None
@@ -139,17 +145,19 @@ class RingBuffer:
 
     def _wait_until(self, missing: Callable[[], int], timeout: float | None) -> bool:
         """Poll until `missing()` frames reach 0, so the realtime side never has to signal anything (that
-        would mean taking a lock). The consumer reads a block at a time, at a phase the producer cannot
-        see: the wait sleeps through the reads that surely come before the deficit is met (all but the
-        last), then polls every POLL_S for the last one. Sleeping the whole deficit's time instead
-        overslept that read by up to a block (8 ms at 256 frames / 32 kHz): the producer then missed
-        the next read too, and `--buffer auto` paid a block more of lead for it (engine/lead.py)."""
+        would mean taking a lock). The consumer reads a burst at a time (`burst`), at a phase the producer
+        cannot see: the wait sleeps through the bursts that surely come before the deficit is met (all
+        but the last), then polls for the last one, every POLL_S or a 32nd of a burst's time if longer.
+        Sleeping the whole deficit's time instead overslept that read by up to a block (8 ms at 256
+        frames / 32 kHz): the producer then missed the next read too, and `--buffer auto` paid a block
+        more of lead for it (engine/lead.py)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while (deficit := missing()) > 0:
             if self.failure is not None:
                 return False
-            block = self.block or 1  # before the first read: the deficit's own time
-            nap = min(max((math.ceil(deficit / block) - 1) * block / self.sample_rate, POLL_S), 0.05)
+            burst = self.burst or 1  # before the first read: the deficit's own time
+            poll = max(POLL_S, burst / self.sample_rate / POLLS_PER_BURST)
+            nap = min(max((math.ceil(deficit / burst) - 1) * burst / self.sample_rate, poll), 0.05)
             if deadline is not None:
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -165,7 +173,11 @@ class RingBuffer:
         Copies only: no array is allocated, nothing blocks, no lock is taken.
         """
         frames = out.shape[0]
-        self.block = frames  # the consumer's read size: how the producer's waits time their naps
+        now = time.monotonic()
+        self._burst_frames = frames + (self._burst_frames if now - self._burst_time < BURST_S else 0)
+        self._burst_time = now
+        if self._burst_frames > self.burst:
+            self.burst = self._burst_frames
         avail = self._written - self._read
         if avail - frames < self.low_water and self._written and not self._ended:
             self.low_water = avail - frames  # the closest the playing ring came to running dry (engine/lead.py)
@@ -242,13 +254,17 @@ class RingWriter:
         return block.shape[1]
 
     def wait_for_space(self, frames: int, timeout: float | None = None) -> bool:
-        """Sleep until `frames` model-rate frames can be written (True) or `timeout` passes (False)."""
+        """Sleep until `frames` model-rate frames can be written (True) or `timeout` passes (False). More
+        than the ring holds less one burst of reads is waited for only up to that: waiting for the whole
+        ring to be free would let it play dry first (a fixed --buffer under a decoder chunk dropped out
+        on every chunk); the caller writes what fits and waits again for the rest."""
         need = frames
         if self._resampler is not None:
             need = math.ceil(frames * self.ring.sample_rate / self.sample_rate) + 1
         if self._pending is not None:
             need += self._pending.shape[1]
-        return self.ring.wait_for_space(min(need, self.ring.capacity), timeout)
+        ring = self.ring  # before the first read the burst is not known: half the ring then
+        return ring.wait_for_space(min(need, max(1, ring.capacity - (ring.burst or ring.capacity // 2))), timeout)
 
     def finish(self, timeout: float | None = None) -> bool:
         """End of audio: push everything, the resampler's tail too (27 ms at 44.1 kHz), then mark the

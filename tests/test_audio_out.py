@@ -129,28 +129,93 @@ def test_wait_for_space_times_out_then_wakes_when_consumed() -> None:
         ring.wait_for_space(1001)
 
 
+class Clocked:
+    """A fake clock for ring_buffer's waits: a consumer reads `block` frames `per_cycle` times back to back
+    every `cycle` seconds of fake time; sleeping advances the clock and runs the reads now due."""
+
+    def __init__(self, ring: RingBuffer, block: int, per_cycle: int = 1, cycle: float = 256 / RATE) -> None:
+        self.ring, self.now, self.naps, self.read_times = ring, 0.0, [], []
+        self.out, self.per_cycle, self.cycle = np.zeros((block, ring.channels), np.float32), per_cycle, cycle
+        self.next_read = 0.0003  # the consumer's phase, which the producer cannot see
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.naps.append(seconds)
+        self.advance(seconds)
+
+    def advance(self, seconds: float) -> None:
+        end = self.now + seconds
+        while self.next_read <= end:
+            self.now = self.next_read
+            for _ in range(self.per_cycle):
+                self.ring.read_into(self.out)
+                self.now += 1e-6  # back to back
+            self.read_times.append(self.next_read)
+            self.next_read += self.cycle
+        self.now = end
+
+
 def test_a_wait_sleeps_through_the_reads_it_needs_then_polls_for_the_last(monkeypatch) -> None:
-    """A consumer reading 256-frame blocks: a producer waiting for 600 frames to go sleeps through the
-    two reads that surely come first, then naps POLL_S until the third; it never sleeps the whole
-    deficit's time, which overslept the read that met it by up to a block (engine/lead.py's lead)."""
+    """A consumer reading 256-frame blocks every 8 ms: a producer waiting for 600 frames to go sleeps
+    through the two reads that surely come first, then polls every POLL_S for the third, and returns
+    within POLL_S of it. Sleeping the deficit's whole time overslept that read by up to a block."""
     from musicsteer.engine import ring_buffer
 
     ring = RingBuffer(channels=1, capacity=4096, sample_rate=RATE)
-    block = np.zeros((256, 1), np.float32)
     ring.write(np.zeros((1, 2000), np.float32))
-    ring.read_into(block)  # the consumer's block size is now known: 1744 queued
-    naps: list[float] = []
-
-    def sleep(seconds: float) -> None:  # the consumer reads a block per block's time slept
-        naps.append(seconds)
-        for _ in range(round(seconds * RATE) // 256 if seconds >= 256 / RATE else len(naps) % 4 == 0):
-            ring.read_into(block)  # (a short nap: the read comes on every fourth)
-
-    monkeypatch.setattr(ring_buffer.time, "sleep", sleep)
+    clock = Clocked(ring, 256)
+    monkeypatch.setattr(ring_buffer, "time", clock)
+    clock.advance(0.001)  # the first read: the consumer's burst is known (1744 queued)
+    assert ring.burst == 256
     assert ring.wait_until_at_most(1744 - 600)  # 600 frames to go: three reads
-    assert naps[0] == pytest.approx(2 * 256 / RATE)  # the first two reads of the three it needs
-    assert naps[1:] and all(nap == ring_buffer.POLL_S for nap in naps[1:])
     assert ring.available == 1744 - 3 * 256
+    assert clock.naps[0] == pytest.approx(2 * 256 / RATE)  # the two reads that surely come first
+    assert all(nap == ring_buffer.POLL_S for nap in clock.naps[1:])
+    assert clock.now - clock.read_times[-1] <= ring_buffer.POLL_S  # back soon after the read that made room
+
+
+def test_reads_back_to_back_are_one_burst_and_big_bursts_are_not_polled_at_2khz(monkeypatch) -> None:
+    """JACK with a period above --blocksize asks for several blocks per cycle: the wait counts the
+    burst, not the block (or it would sleep past the cycle's reads); and a long burst is polled at a
+    32nd of its time, not every 0.5 ms."""
+    from musicsteer.engine import ring_buffer
+
+    ring = RingBuffer(channels=1, capacity=8192, sample_rate=RATE)
+    ring.write(np.zeros((1, 4000), np.float32))
+    clock = Clocked(ring, 16, per_cycle=16)  # 16 blocks of 16 frames every 8 ms
+    monkeypatch.setattr(ring_buffer, "time", clock)
+    clock.advance(0.001)
+    assert ring.burst == 256
+    assert ring.wait_until_at_most(ring.available - 600)
+    assert clock.now - clock.read_times[-1] <= ring_buffer.POLL_S
+
+    ring = RingBuffer(channels=1, capacity=65536, sample_rate=RATE)
+    ring.write(np.zeros((1, 40000), np.float32))
+    clock = Clocked(ring, 16384, cycle=16384 / RATE)
+    monkeypatch.setattr(ring_buffer, "time", clock)
+    clock.advance(0.001)
+    assert ring.wait_until_at_most(ring.available - 100)
+    assert len(clock.naps) <= ring_buffer.POLLS_PER_BURST + 1  # one burst's time polled: 32 naps, not 1,000
+
+
+def test_a_writer_with_more_than_the_ring_holds_writes_while_a_burst_still_plays(monkeypatch) -> None:
+    """A fixed buffer smaller than a decoder chunk: the writer waits for the ring less one burst to be
+    free, never for an empty ring (which let every chunk play the ring dry first)."""
+    from musicsteer.engine import ring_buffer
+    from musicsteer.engine.ring_buffer import RingWriter
+
+    ring = RingBuffer(channels=1, capacity=896, sample_rate=RATE)
+    writer, clock = RingWriter(ring, RATE), Clocked(ring, 256)
+    monkeypatch.setattr(ring_buffer, "time", clock)
+    chunk = np.zeros((1, 3200), np.float32)  # a 5-frame decoder chunk, 100 ms, in a 28 ms ring
+    for _ in range(3):
+        rest = chunk[:, writer.write(chunk) :]
+        while rest.shape[1]:
+            assert writer.wait_for_space(rest.shape[1], timeout=1.0)
+            rest = rest[:, writer.write(rest) :]
+    assert ring.underrun_events == 0 and ring.available > 0
 
 
 def test_a_failed_ring_releases_every_wait_at_once() -> None:

@@ -51,6 +51,9 @@ def test_plays_five_seconds_through_a_real_portaudio_stream(tmp_path) -> None:
     assert played == pytest.approx(5.0, abs=0.05)
     assert callbacks >= 5 * 32000 // 1024  # the device clock pulled every block
     assert underruns >= 0 and gap >= 0  # counted and reported (a busy CI machine may starve the stream)
+    # what was held ahead of the DAC: the default --buffer auto's final lead and the chosen decoder chunk
+    line = r"audio callbacks; lead \d+ ms \(auto\), decoder chunk [125] frames?; "
+    assert re.search(line, result.stderr), result.stderr
     audio, rate = sf.read(wav)
     assert rate == 32000 and len(audio) == 5 * 32000
 

@@ -68,6 +68,16 @@ def heard(stats: SessionStats) -> str:
             f"({stats.heard['changes']:.0f} changes)")
 
 
+def buffering(session: StreamingSession) -> str:
+    """`lead 44 ms (auto), decoder chunk 1 frame` or `buffer 1.00 s, decoder chunk 5 frames`: what was
+    held ahead of the DAC (auto: where its lead ended) and the decoder's chunk, the rest of knob → heard."""
+    chunk = session.decoder.config.chunk_frames
+    frames = f"decoder chunk {chunk} frame{'s' if chunk != 1 else ''}"
+    if session.lead is not None:
+        return f"lead {session.lead.seconds * 1000:.0f} ms (auto), {frames}"
+    return f"buffer {session.ring.capacity / session.ring.sample_rate:.2f} s, {frames}"
+
+
 def faults(stats: SessionStats) -> str:
     """`underruns 0 (0.00 s), rebuffers 0, xruns 0, callback errors 0`: every way the sound could break."""
     return (f"underruns {stats.underrun_events} ({stats.underrun_seconds:.2f} s), rebuffers {stats.rebuffers}, "
@@ -169,7 +179,8 @@ def stream(session: StreamingSession, gen: Generator, show_status: bool = True) 
             live.stop()
     print(f"played {stats.played_seconds:.2f} s; generated {stats.generated_seconds:.2f} s at rtf {stats.rtf:.2f} "
           f"(generation {stats.generation_rtf:.2f}, decode {stats.decode_rtf:.2f}); {faults(stats)}; "
-          f"{stats.callbacks} audio callbacks; control values {refusals(stats)}{heard(stats)}", file=sys.stderr)
+          f"{stats.callbacks} audio callbacks; {buffering(session)}; control values {refusals(stats)}{heard(stats)}",
+          file=sys.stderr)
     code = 1 if stats.device_error else 0  # (said when it happened, as a notice)
     for take in session.takes:
         if take.failure:  # one line: what failed, and what is safe
