@@ -23,7 +23,7 @@ from collections.abc import Callable
 import numpy as np
 
 POLL_S = 0.0005  # a waiting producer's nap once the next read may meet its deficit (at most)
-POLLS_PER_BURST = 32  # ... and at least a 32nd of a burst's time: big blocks are not polled at 2 kHz
+POLLS_PER_BLOCK = 32  # ... and at least a 32nd of a block's time: big blocks are not polled at 2 kHz
 BURST_S = 0.001  # reads this close together are one burst: a host asking for several blocks per cycle
 
 
@@ -59,11 +59,13 @@ class RingBuffer:
         # Frames left after a read, at the lowest since the producer last reset it to `capacity`
         # (negative: that read came up short). Written by the consumer, read and reset by the producer.
         self.low_water = self.capacity
-        # The most the consumer has read in one burst (0 before the first read): a block, or several
-        # blocks back to back where the host's cycle is longer than one (JACK at a period above the
-        # stream's blocksize). Consumer-owned; the producer's waits time their naps by it.
-        self.burst = 0
-        self._burst_frames, self._burst_time = 0, -1.0
+        # What the consumer reads at once (0 before the first read): a block, or several blocks back to
+        # back where the host's cycle is longer than one (JACK at a period above the stream's blocksize).
+        # The larger of this burst and the one before: a catch-up after a stall (the null sink reads the
+        # blocks it missed back to back) is forgotten two bursts later. Consumer-owned; the producer's
+        # waits time their naps by it, and poll at a 32nd of a block's time (`block`: the last read).
+        self.burst = self.block = 0
+        self._burst_frames, self._last_burst, self._burst_time = 0, 0, -1.0
         # Set by the sink when its consumer is gone for good (a device that vanished): from then on every
         # wait returns False at once instead of waiting for reads that will never come.
         self.failure: str | None = None
@@ -147,7 +149,7 @@ class RingBuffer:
         """Poll until `missing()` frames reach 0, so the realtime side never has to signal anything (that
         would mean taking a lock). The consumer reads a burst at a time (`burst`), at a phase the producer
         cannot see: the wait sleeps through the bursts that surely come before the deficit is met (all
-        but the last), then polls for the last one, every POLL_S or a 32nd of a burst's time if longer.
+        but the last), then polls for the last one, every POLL_S or a 32nd of a block's time if longer.
         Sleeping the whole deficit's time instead overslept that read by up to a block (8 ms at 256
         frames / 32 kHz): the producer then missed the next read too, and `--buffer auto` paid a block
         more of lead for it (engine/lead.py)."""
@@ -156,7 +158,7 @@ class RingBuffer:
             if self.failure is not None:
                 return False
             burst = self.burst or 1  # before the first read: the deficit's own time
-            poll = max(POLL_S, burst / self.sample_rate / POLLS_PER_BURST)
+            poll = max(POLL_S, self.block / self.sample_rate / POLLS_PER_BLOCK)
             nap = min(max((math.ceil(deficit / burst) - 1) * burst / self.sample_rate, poll), 0.05)
             if deadline is not None:
                 left = deadline - time.monotonic()
@@ -174,10 +176,13 @@ class RingBuffer:
         """
         frames = out.shape[0]
         now = time.monotonic()
-        self._burst_frames = frames + (self._burst_frames if now - self._burst_time < BURST_S else 0)
+        self.block = frames
+        if now - self._burst_time < BURST_S:
+            self._burst_frames += frames
+        else:  # a new burst: the one before is complete
+            self._last_burst, self._burst_frames = self._burst_frames, frames
         self._burst_time = now
-        if self._burst_frames > self.burst:
-            self.burst = self._burst_frames
+        self.burst = max(self._burst_frames, self._last_burst)
         avail = self._written - self._read
         if avail - frames < self.low_water and self._written and not self._ended:
             self.low_water = avail - frames  # the closest the playing ring came to running dry (engine/lead.py)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from collections.abc import Callable, Sequence
 
 import torch
@@ -71,6 +72,8 @@ def _checked(steps: list[Layer], originals: list[torch.nn.Module], frozen: list[
                     same = False
                 if not same:
                     steps[i] = frozen[i]
+                    warnings.warn(f"EnCodec decoder layer {i} ({type(original).__name__}) computes otherwise than "
+                                  "engine/seanet.py expects: it runs as its module, exact but slower", stacklevel=3)
             x = expected
     return steps
 

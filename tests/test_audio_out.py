@@ -178,8 +178,9 @@ def test_a_wait_sleeps_through_the_reads_it_needs_then_polls_for_the_last(monkey
 
 def test_reads_back_to_back_are_one_burst_and_big_bursts_are_not_polled_at_2khz(monkeypatch) -> None:
     """JACK with a period above --blocksize asks for several blocks per cycle: the wait counts the
-    burst, not the block (or it would sleep past the cycle's reads); and a long burst is polled at a
-    32nd of its time, not every 0.5 ms."""
+    burst, not the block (or it would sleep past the cycle's reads); a big block is polled at a 32nd
+    of its time, not every 0.5 ms; and a catch-up after a stall (blocks read back to back) is
+    forgotten two bursts later instead of coarsening every later wait."""
     from musicsteer.engine import ring_buffer
 
     ring = RingBuffer(channels=1, capacity=8192, sample_rate=RATE)
@@ -197,7 +198,18 @@ def test_reads_back_to_back_are_one_burst_and_big_bursts_are_not_polled_at_2khz(
     monkeypatch.setattr(ring_buffer, "time", clock)
     clock.advance(0.001)
     assert ring.wait_until_at_most(ring.available - 100)
-    assert len(clock.naps) <= ring_buffer.POLLS_PER_BURST + 1  # one burst's time polled: 32 naps, not 1,000
+    assert len(clock.naps) <= ring_buffer.POLLS_PER_BLOCK + 1  # one burst's time polled: 32 naps, not 1,000
+
+    ring = RingBuffer(channels=1, capacity=8192, sample_rate=RATE)
+    ring.write(np.zeros((1, 6000), np.float32))
+    clock = Clocked(ring, 256)
+    monkeypatch.setattr(ring_buffer, "time", clock)
+    clock.advance(0.001)
+    for _ in range(12):  # a stalled consumer catching up: twelve blocks at once
+        ring.read_into(clock.out)
+    assert ring.burst == 13 * 256
+    clock.advance(2 * 256 / RATE)  # two ordinary cycles later
+    assert ring.burst == 256
 
 
 def test_a_writer_with_more_than_the_ring_holds_writes_while_a_burst_still_plays(monkeypatch) -> None:

@@ -61,12 +61,13 @@ def test_plays_five_seconds_through_a_real_portaudio_stream(tmp_path) -> None:
 def test_null_device_gives_a_five_second_wav(tmp_path) -> None:
     wav = tmp_path / "null.wav"
     began = time.monotonic()
-    result = play("--seconds", "5", "--output-device", "null", "--record", str(wav))
+    result = play("--seconds", "5", "--output-device", "null", "--record", str(wav), "--buffer", "1.0")
     assert result.returncode == 0, result.stderr
     assert time.monotonic() - began >= 5.0  # paced by a real-time clock, not as fast as possible
     audio, _ = sf.read(wav)
     assert len(audio) == 5 * 32000
     assert summary(result.stderr)[0] == pytest.approx(5.0, abs=0.05)
+    assert "audio callbacks; buffer 1.00 s, decoder chunk 5 frames; " in result.stderr  # the buffer asked for
 
 
 def _start_endless(wav) -> subprocess.Popen:

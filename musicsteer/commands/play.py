@@ -70,12 +70,15 @@ def heard(stats: SessionStats) -> str:
 
 def buffering(session: StreamingSession) -> str:
     """`lead 44 ms (auto), decoder chunk 1 frame` or `buffer 1.00 s, decoder chunk 5 frames`: what was
-    held ahead of the DAC (auto: where its lead ended) and the decoder's chunk, the rest of knob → heard."""
+    held ahead of the DAC (auto: where its lead ended, or the fixed buffer it fell back to where decoding
+    is too slow to pace finely) and the decoder's chunk, the rest of knob → heard."""
     chunk = session.decoder.config.chunk_frames
     frames = f"decoder chunk {chunk} frame{'s' if chunk != 1 else ''}"
     if session.lead is not None:
         return f"lead {session.lead.seconds * 1000:.0f} ms (auto), {frames}"
-    return f"buffer {session.ring.capacity / session.ring.sample_rate:.2f} s, {frames}"
+    if session.slow_decode is not None:
+        return f"buffer {session.slow_decode:.2f} s (auto: decoding too slow to pace finely here), {frames}"
+    return f"buffer {float(session.options.buffer_seconds):.2f} s, {frames}"
 
 
 def faults(stats: SessionStats) -> str:
