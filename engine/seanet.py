@@ -38,14 +38,7 @@ def compile_layers(modules: Sequence[torch.nn.Module]) -> Layer:
     steps, and any that differs in a bit is run as the module instead: the layers are recognised by
     class name, and a later transformers may change what one computes."""
     frozen = list(_without_weight_norm(torch.nn.Sequential(*modules)))
-    steps = _checked([_compile(m) for m in frozen], list(modules), frozen)
-
-    def run(x: Tensor) -> Tensor:
-        for step in steps:
-            x = step(x)
-        return x
-
-    return run
+    return _chain(_checked([_compile(m) for m in frozen], list(modules), frozen))
 
 
 @torch.inference_mode()
@@ -78,8 +71,8 @@ def _checked(steps: list[Layer], originals: list[torch.nn.Module], frozen: list[
     return steps
 
 
-def _sequence(modules: Sequence[torch.nn.Module]) -> Layer:
-    steps = [_compile(m) for m in modules]
+def _chain(steps: Sequence[Layer]) -> Layer:
+    """The steps applied in order."""
 
     def run(x: Tensor) -> Tensor:
         for step in steps:
@@ -99,7 +92,7 @@ def _compile(module: torch.nn.Module) -> Layer:
     if name == "EncodecConvTranspose1d" and module.norm_type == "weight_norm" and _plain_transpose(module.conv):
         return _conv_transpose1d(module)
     if name == "EncodecResnetBlock":
-        block = _sequence(list(module.block))
+        block = _chain([_compile(m) for m in module.block])
         shortcut = module.shortcut if isinstance(module.shortcut, torch.nn.Identity) else _compile(module.shortcut)
         return lambda x: shortcut(x) + block(x)  # the module adds in this order: shortcut(residual) + block
     return module
