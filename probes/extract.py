@@ -8,13 +8,14 @@ they are the rows the engine steers. For every layer we keep the residual stream
 of a residual vectors file) and its self-attention output (row i of an attention vectors file),
 each pooled over time by the mean and by the last position.
 
-Files are decoded by probes/pipeline.py (--workers N: in N processes, in plan order) and cut into the
-planned segments. The segments still to do are cut into batches in row order before anything runs, so
-the shards are the same for every worker count and on Ray (--ray: probes/extract_ray.py runs the same
-batches on a cluster's actors; this process writes the cache). A file that does not decode, or decodes
-shorter than its header promised, is skipped when it is reached (its segments leave their batch): its
-rows are listed in the manifest's `missing` (training and analysis leave them out), it joins `skipped`,
-and the manifest is written at once, so a resumed run does not try it again. Every other file's rows are kept.
+Files are decoded by probes/pipeline.py (--workers N: in N processes, in plan order), cut into the
+planned segments and, with the model on the CPU, encoded there too. The segments still to do are cut
+into batches in row order before anything runs, so the shards are the same for every worker count and
+on Ray (--ray: probes/extract_ray.py runs the same batches on a cluster's actors; this process writes
+the cache). A file that does not decode, or decodes shorter than its header promised, is skipped when
+it is reached (its segments leave their batch): its rows are listed in the manifest's `missing`
+(training and analysis leave them out), it joins `skipped`, and the manifest is written at once, so a
+resumed run does not try it again. Every other file's rows are kept.
 
 Pooling skips position 0: it holds only the start token, identical for every segment, so it would
 pull all means towards one point. Segments of a batch with fewer frames are padded at the END,
@@ -90,6 +91,20 @@ class Extractor:
         self._caches: dict[tuple[int, int], KVCache] = {}
         self.passes = 0
 
+    @property
+    def encodes_in_workers(self) -> bool:
+        """Whether the decoding workers also run EnCodec's encode (`encode`) on each segment: when the
+        model is on the CPU, the encode is CPU work wherever it runs, and in N workers it runs beside
+        the forward (tiny model: 61 % of a batch's time was the encode). On a GPU it stays here, on
+        the device, and the workers hand over audio."""
+        return self.lm.device.type == "cpu"
+
+    @torch.inference_mode()
+    def encode(self, audio: np.ndarray) -> np.ndarray:
+        """A segment (channels, samples) float at the model's rate -> its codes (1, K, frames) int64,
+        on the host (what a decoding worker hands back to this process)."""
+        return encode_audio(self.lm, audio).cpu().numpy()
+
     def layout(self, codes: Tensor) -> Tensor:
         """codes (1, K, F) -> tokens (K, F + 1) in the delayed prefill layout."""
         lm = self.lm
@@ -98,10 +113,10 @@ class Extractor:
         return delay.prefill_tokens()[0]
 
     @torch.inference_mode()
-    def run(self, audio: list[np.ndarray]) -> dict[str, np.ndarray]:
-        """Segments (channels, samples) -> {"site.pool": (B, layers, d_model) float32}."""
+    def run(self, codes: list[np.ndarray]) -> dict[str, np.ndarray]:
+        """Segments' codes (1, K, frames) (`encode`) -> {"site.pool": (B, layers, d_model) float32}."""
         lm, dec = self.lm, self.dec
-        layouts = [self.layout(encode_audio(lm, a)) for a in audio]
+        layouts = [self.layout(torch.as_tensor(c, device=lm.device)) for c in codes]
         lengths = [t.shape[-1] for t in layouts]
         steps, batch = max(lengths), len(layouts)
         tokens = torch.full((batch, lm.num_codebooks, steps), lm.pad_token_id, dtype=torch.long, device=lm.device)
@@ -277,10 +292,10 @@ def _fill(cache: ActivationCache, manifest: dict, plan: dataset.Plan, batch: int
 
 def run_batches(extractor: Extractor, batches: list[list[dataset.Segment]], sources: dict[str, dataset.Source],
                 workers: int) -> Iterator[Shard | Missing]:
-    """Each batch's forward pass, in order, as its files are decoded (probes/pipeline.py, `workers`
-    processes). A file that does not decode, or decodes shorter than its planned segments, is one
-    `Missing` (its rows among these batches), and its segments leave their batches. Decoded audio is
-    kept only until the last batch that needs it has run."""
+    """Each batch's forward pass, in order, as its files are decoded and encoded (probes/pipeline.py,
+    `workers` processes). A file that does not decode, or decodes shorter than its planned segments, is
+    one `Missing` (its rows among these batches), and its segments leave their batches. A file's codes
+    are kept only until the last batch that needs them has run."""
     lm = extractor.lm
     rows: dict[str, list[dataset.Segment]] = {}
     last: dict[str, int] = {}
@@ -288,37 +303,28 @@ def run_batches(extractor: Extractor, batches: list[list[dataset.Segment]], sour
         for seg in group:  # a file's segments are consecutive rows, so files come in plan order
             rows.setdefault(seg.file_id, []).append(seg)
             last[seg.file_id] = number
-    decoded = pipeline.decoded([sources[f] for f in rows], lm.sample_rate, lm.audio_channels, workers)
-    audio: dict[str, np.ndarray] = {}
+    in_workers = extractor.encodes_in_workers
+    decoded = pipeline.decoded([(sources[f], segs) for f, segs in rows.items()], lm.sample_rate,
+                               lm.audio_channels, workers, extractor.encode if in_workers else None)
+    codes: dict[str, dict[int, np.ndarray]] = {}  # file -> segment row -> codes
     bad: set[str] = set()
     with pipeline.worker_failures():
         for number, group in enumerate(batches):
             for file_id in dict.fromkeys(s.file_id for s in group):
-                if file_id in audio or file_id in bad:
+                if file_id in codes or file_id in bad:
                     continue
                 item = next(decoded)  # the next file in order is this one
-                error = _short(item, rows[file_id])
-                if error is None:
-                    audio[file_id] = item.audio
-                else:
+                if item.segments is None:
                     bad.add(file_id)
-                    yield Missing(file_id, error, [s.index for s in rows[file_id]])
-            keep = [s for s in group if s.file_id in audio]
+                    yield Missing(file_id, item.error or "did not decode", [s.index for s in rows[file_id]])
+                    continue
+                made = item.segments if in_workers else [extractor.encode(a) for a in item.segments]
+                codes[file_id] = {s.index: c for s, c in zip(rows[file_id], made, strict=True)}
+            keep = [s for s in group if s.file_id in codes]
             if keep:
-                clips = [audio[s.file_id][:, s.start : s.start + s.length] for s in keep]
-                yield Shard([s.index for s in keep], extractor.run(clips))
-            for file_id in [f for f in audio if last[f] == number]:
-                del audio[file_id]
-
-
-def _short(item: pipeline.Decoded, segments: list[dataset.Segment]) -> str | None:
-    """Why a decoded file cannot give its segments (one line), or None."""
-    if item.audio is None:
-        return item.error
-    end = segments[-1].start + segments[-1].length
-    if item.audio.shape[1] < end:
-        return f"decoded {item.audio.shape[1]} samples, fewer than its header promised ({end})"
-    return None
+                yield Shard([s.index for s in keep], extractor.run([codes[s.file_id][s.index] for s in keep]))
+            for file_id in [f for f in codes if last[f] == number]:
+                del codes[file_id]
 
 
 def _names(skipped: list[dict[str, str]]) -> str:

@@ -1,16 +1,19 @@
 """Decoding the planned files for `probe extract`, in the main process or in worker processes.
 
-`decoded(sources, ...)` yields one `Decoded` per source, IN THE ORDER GIVEN, whatever --workers is:
-the rows and shards an extraction writes are the same for every worker count. With workers > 0 a
-torch DataLoader (batch_size=None: one file per item; a sequential sampler keeps the order) runs
-decode + mix + resample (engine/audio_io.decode_audio) in N forked processes while the model's
-forward stays in the main process. Memory is bounded: each worker holds at most PREFETCH decoded
-files ahead of the model, so N x PREFETCH files are in flight, never the collection.
+`decoded(jobs, ...)` yields one `Decoded` per file, IN THE ORDER GIVEN, whatever --workers is: the
+rows and shards an extraction writes are the same for every worker count. A job is a file and its
+planned segments; the file is decoded, mixed and resampled (engine/audio_io.decode_audio), cut into
+those segments and, given `prepare`, each segment is turned into what the model reads (its EnCodec
+codes, when the model is on the CPU: the encode is CPU work either way, so N processes run it beside
+the forward instead of the main process running it between forwards). With workers > 0 a torch
+DataLoader (batch_size=None: one file per item; a sequential sampler keeps the order) runs this in N
+forked processes while the model's forward stays in the main process. Memory is bounded: each worker
+holds at most PREFETCH files ahead of the model, so N x PREFETCH files are in flight, never the collection.
 
-A file that does not decode (its header read at plan time, its data does not) is not an error of
-the run: its `Decoded` carries the one-line reason and no audio, and the caller skips it. A worker
-that dies (killed, out of memory) or fails on something else ends the run as one MusicsteerError
-line; the shards already written stay, so the same command resumes.
+A file that does not decode (its header read at plan time, its data does not), or decodes shorter
+than its planned segments, is not an error of the run: its `Decoded` carries the one-line reason and
+no segments, and the caller skips it. A worker that dies (killed, out of memory) or fails on something
+else ends the run as one MusicsteerError line; the shards already written stay, so the same command resumes.
 """
 
 from __future__ import annotations
@@ -19,9 +22,10 @@ import ctypes
 import os
 import signal
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
@@ -29,34 +33,43 @@ from torch.utils.data import DataLoader, Dataset
 from musicsteer.engine.audio_io import decode_audio
 from musicsteer.engine.errors import MusicsteerError, one_line
 
-from .dataset import Source
+from .dataset import Segment, Source
 
 PREFETCH = 2  # decoded files each worker keeps ready
+Job = tuple[Source, list[Segment]]  # a file and its planned segments, in row order
+Prepare = Callable[[np.ndarray], Any]  # a segment's audio (channels, samples) -> what the model reads
 
 
 @dataclass
 class Decoded:
     file_id: str
-    audio: np.ndarray | None  # (channels, samples) float32 at the model's rate; None when it failed
-    error: str | None = None  # one line: why the file did not decode
+    # one per planned segment, in order: its audio (channels, length) float32 at the model's rate, or
+    # what `prepare` made of it; None when the file failed
+    segments: list[Any] | None
+    error: str | None = None  # one line: why the file gives no segments
 
 
 class FileDecodes(Dataset):
-    """Sources -> Decoded, one file per item (what each DataLoader worker runs)."""
+    """Jobs -> Decoded, one file per item (what each DataLoader worker runs)."""
 
-    def __init__(self, sources: Sequence[Source], sample_rate: int, channels: int) -> None:
-        self.sources, self.sample_rate, self.channels = list(sources), sample_rate, channels
+    def __init__(self, jobs: Sequence[Job], sample_rate: int, channels: int, prepare: Prepare | None = None) -> None:
+        self.jobs, self.sample_rate, self.channels, self.prepare = list(jobs), sample_rate, channels, prepare
 
     def __len__(self) -> int:
-        return len(self.sources)
+        return len(self.jobs)
 
     def __getitem__(self, i: int) -> Decoded:
-        source = self.sources[i]
+        source, segments = self.jobs[i]
         try:
             audio = decode_audio(source.encoded(), self.sample_rate, self.channels, name=source.file_id)
         except MusicsteerError as e:
             return Decoded(source.file_id, None, str(e))
-        return Decoded(source.file_id, audio)
+        end = segments[-1].start + segments[-1].length if segments else 0
+        if audio.shape[1] < end:
+            return Decoded(source.file_id, None, f"decoded {audio.shape[1]} samples, fewer than its header "
+                                                 f"promised ({end})")
+        clips = [audio[:, s.start : s.start + s.length] for s in segments]
+        return Decoded(source.file_id, [self.prepare(c) for c in clips] if self.prepare else clips)
 
 
 def _die_with_parent(worker_id: int) -> None:
@@ -73,11 +86,13 @@ def _as_is(item: Decoded) -> Decoded:  # the default collate would turn arrays i
     return item
 
 
-def decoded(sources: Sequence[Source], sample_rate: int, channels: int, workers: int = 0) -> Iterator[Decoded]:
-    """Each source decoded to (channels, samples) at `sample_rate`, in order; `workers` processes
-    (0: this one). Raises MusicsteerError (one line) when a worker dies or fails unexpectedly."""
-    files = FileDecodes(sources, sample_rate, channels)
-    if workers == 0 or not files.sources:
+def decoded(jobs: Sequence[Job], sample_rate: int, channels: int, workers: int = 0,
+            prepare: Prepare | None = None) -> Iterator[Decoded]:
+    """Each job's file decoded to (channels, samples) at `sample_rate` and cut into its segments (each
+    passed through `prepare` when given), in order; `workers` processes (0: this one). Raises
+    MusicsteerError (one line) when a worker dies or fails unexpectedly."""
+    files = FileDecodes(jobs, sample_rate, channels, prepare)
+    if workers == 0 or not files.jobs:
         yield from (files[i] for i in range(len(files)))
         return
     loader = DataLoader(files, batch_size=None, shuffle=False, num_workers=min(workers, len(files)),

@@ -27,7 +27,7 @@ from musicsteer.engine.audio_io import audio_length, decode_audio, read_audio
 from musicsteer.engine.errors import MusicsteerError
 from musicsteer.engine.synthetic import synthetic_clip
 from musicsteer.probes.cache import KEYS, ActivationCache, load_activations
-from musicsteer.probes.extract import extract
+from musicsteer.probes.extract import Extractor, extract
 
 KINDS = ("chord", "drums", "noise")
 RATES = (32000, 44100, 22050)
@@ -97,9 +97,15 @@ def test_a_file_that_fails_to_decode_is_skipped_and_its_rows_marked_missing(clip
     assert "already complete" in capsys.readouterr().out
 
 
-def test_two_workers_write_the_same_cache_as_serial(clips, serial, tmp_path, capsys) -> None:
+def test_two_workers_write_the_same_cache_as_serial(clips, serial, tmp_path, capsys, monkeypatch) -> None:
+    """The model on the CPU, the workers also run EnCodec's encode of each segment: this process encodes
+    nothing (the forked workers count their calls in their own memory), and the cache is the serial one."""
+    here = []
+    encode = Extractor.encode
+    monkeypatch.setattr(Extractor, "encode", lambda self, audio: here.append(audio.shape) or encode(self, audio))
     out = tmp_path / "workers"
     extract(str(clips), "tiny", str(out), 1.0, device="cpu", workers=2)
+    assert here == []
     same_cache(serial, out)
     err = capsys.readouterr().err
     assert "1 file(s) did not decode" in err and "chord/00-bad.wav" in err

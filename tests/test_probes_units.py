@@ -179,8 +179,8 @@ def test_extractor_pools_the_conditional_rows_and_padding_changes_nothing(tiny) 
 
     long, short = synthetic_clip("chord", 1.0, 32000, 1)[None], synthetic_clip("drums", 0.6, 32000, 2)[None]
     plain, prompted = Extractor(tiny, ""), Extractor(tiny, "rock drums")
-    alone = prompted.run([short])
-    batched = prompted.run([long, short])
+    alone = prompted.run([prompted.encode(short)])
+    batched = prompted.run([prompted.encode(long), prompted.encode(short)])
     for key in alone:  # the short segment, padded at the end inside a batch, pools to the same values
         np.testing.assert_allclose(batched[key][1], alone[key][0], rtol=1e-4, atol=1e-5)
     # by hand with the engine's own capture dict: the conditional row (0) of the CFG batch, mean
@@ -198,7 +198,7 @@ def test_extractor_pools_the_conditional_rows_and_padding_changes_nothing(tiny) 
         np.testing.assert_allclose(alone["attention.mean"][0, layer], h[1:].mean(0).numpy(), rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(alone["attention.last"][0, layer], h[-1].numpy(), rtol=1e-4, atol=1e-5)
     # the text reaches the residual stream only through layer 0's cross-attention
-    no_text = plain.run([short])
+    no_text = plain.run([plain.encode(short)])
     np.testing.assert_array_equal(no_text["residual.mean"][:, 0], alone["residual.mean"][:, 0])
     assert not np.allclose(no_text["residual.mean"][:, 1], alone["residual.mean"][:, 1])
 
