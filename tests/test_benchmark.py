@@ -168,8 +168,19 @@ def test_bench_command_honours_decode(tmp_path, capsys) -> None:
 @pytest.mark.parametrize(("argv", "message"), [
     (["--decode", "eager", "--recapture-tokens", "5"], "--recapture-tokens counts the graph step's captures"),
     (["--decode", "fast"], "argument --decode"),
+    # an option of another mode is refused, not ignored; two modes at once are argparse's refusal
+    (["--heard", "4", "--workers", "2"], "--workers applies to --extract, not to --heard"),
+    (["--heard", "4", "--steps", "5"], "--steps applies to the default run, not to --heard"),
+    (["--extract", "6", "--decode", "eager"], "--decode applies to the default run or --soak or --heard"),
+    (["--extract", "6", "--batch", "2"], "--batch applies to the default run, not to --extract"),
+    (["--soak", "2", "--repeats", "2"], "--repeats applies to the default run or --extract, not to --soak"),
+    (["--blocksize", "512"], "--blocksize applies to --heard, not to the default run"),
+    (["--ray"], "--ray applies to --extract"),
+    (["--heard", "4", "--extract", "6"], "not allowed with argument --heard"),
+    # no abbreviated flags: this was taken as --output-device and the report went nowhere
+    (["--output", "report.json"], "unrecognized arguments: --output"),
 ])
-def test_bench_refuses_what_its_decode_cannot_honour(tmp_path, capsys, argv: list[str], message: str) -> None:
+def test_bench_refuses_what_its_mode_would_ignore(tmp_path, capsys, argv: list[str], message: str) -> None:
     out = tmp_path / "never.json"
     try:
         code = main(["bench", *TINY, *argv, "--json", str(out)])

@@ -488,6 +488,18 @@ def test_hostile_text_in_errors_stays_on_one_line_and_escapes_controls(tmp_path,
             parse_config(f"defaults:\n  seed: {text}\n", source="c.yaml")
 
 
+def test_a_flag_is_its_whole_name_in_every_command(tmp_path, capsys) -> None:
+    """argparse would take a unique prefix (`--temp` for --temperature; bench's `--output report.json` became
+    --output-device and the report went nowhere): every command, sub-command included, refuses one."""
+    for argv, prefix in ((["render", "--seconds", "1", "--out", str(tmp_path / "x.wav"), "--temp", "0.5"], "--temp"),
+                         (["play", "--output", "null"], "--output"),
+                         (["probe", "extract", "--data", str(tmp_path), "--out", str(tmp_path / "a"), "--work", "2"],
+                          "--work"),
+                         (["eval", "--vec=v.safetensors"], "--vec")):
+        code, err = exit_code(argv, capsys)
+        assert code == 2 and err.count("\n") == 1 and f"unrecognized arguments: {prefix}" in err, (argv, err)
+
+
 def test_outputs_are_checked_before_the_work(tmp_path, capsys) -> None:
     nowhere = str(tmp_path / "nowhere" / "x.npy")
     for argv in (["render", "--seconds", "1", "--out", str(tmp_path / "x.wav"), "--codes-out", nowhere],

@@ -9,9 +9,18 @@ from typing import Any
 
 from musicsteer.engine.errors import MusicsteerError
 
-from .options import add_model_options, add_params, add_ray_option, bounded, resolve
+from .options import add_model_options, add_ray_option, bounded, resolve, typed
 
 RECAPTURE_TOKENS = 1000  # --recapture-tokens' default (None until then: a flag given is told from one left out)
+MODES = ("soak", "heard", "extract")  # instead of the default run (the engine's contenders against generate)
+# The options that mean something in some modes only (None: the default run), with their defaults. argparse
+# leaves them None, so a flag given to a mode that would ignore it is refused (`check_mode`), then filled.
+MODE_OPTIONS: dict[str, tuple[tuple[str | None, ...], Any]] = {
+    "steps": ((None,), 100), "repeats": ((None, "extract"), 3), "recapture_tokens": ((None,), None),
+    "knob_changes": ((None,), 50), "drift_steps": ((None,), 100), "batch": ((None,), 1),
+    "decode": ((None, "soak", "heard"), None), "output_device": (("heard",), "null"),
+    "blocksize": (("heard",), 256), "workers": (("extract",), 2), "ray": (("extract",), None),
+}
 
 EPILOG = """\
 contenders, all on the one loaded model, alternated within every repeat:
@@ -60,34 +69,36 @@ def register(sub: argparse._SubParsersAction) -> None:
                                         "and CUDA-graph, against model.generate in the same run.",
                             epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_options(parser)
-    parser.add_argument("--steps", type=bounded(int, 1, 100_000), default=100,
+    parser.add_argument("--steps", type=bounded(int, 1, 100_000),
                         help="timed tokens per session (default 100)")
-    parser.add_argument("--repeats", type=bounded(int, 1, 1000), default=3,
-                        help="timed sessions per contender (default 3)")
+    parser.add_argument("--repeats", type=bounded(int, 1, 1000),
+                        help="timed sessions per contender (default 3; also with --extract)")
     parser.add_argument("--recapture-tokens", type=bounded(int, 0, 1_000_000), metavar="N",
                         help=f"tokens of the recapture check (default {RECAPTURE_TOKENS}; 0 skips it; "
                              "not with --decode eager)")
-    parser.add_argument("--knob-changes", type=bounded(int, 0, 100_000), default=50, metavar="N",
+    parser.add_argument("--knob-changes", type=bounded(int, 0, 100_000), metavar="N",
                         help="alpha changes timed for knob -> applied latency (default 50; 0 skips it)")
-    parser.add_argument("--drift-steps", type=bounded(int, 0, 100_000), default=100, metavar="N",
+    parser.add_argument("--drift-steps", type=bounded(int, 0, 100_000), metavar="N",
                         help="with --dtype other than float32 or --quantize: teacher-forced tokens of the logit "
                              "drift against float32 (default 100; 0 skips it)")
-    parser.add_argument("--soak", type=bounded(float, 1, 86400), metavar="SECONDS",
+    modes = parser.add_mutually_exclusive_group()
+    modes.add_argument("--soak", type=bounded(float, 1, 86400), metavar="SECONDS",
                         help="instead: a live null-device session this long; time to first audio, decode cost "
                              "and memory over time")
-    parser.add_argument("--heard", type=bounded(float, 1, 3600), metavar="SECONDS",
+    modes.add_argument("--heard", type=bounded(float, 1, 3600), metavar="SECONDS",
                         help="instead: knob -> heard through a live session per buffer (1.0 s, auto) of SECONDS "
                              "each, alpha changed every 0.5 s, on --output-device (default null)")
     parser.add_argument("--output-device", help="with --heard: a PortAudio device (e.g. a JACK server's 'system') "
-                                                "or 'null'")
-    add_params(parser, "blocksize", defaults={"blocksize": 256})  # with --heard: the device block
-    parser.add_argument("--batch", type=bounded(int, 1, 64), default=1, metavar="N",
+                                                "or 'null' (default)")
+    parser.add_argument("--blocksize", type=typed("blocksize"), metavar="BLOCKSIZE",
+                        help="with --heard: the device's audio callback block, frames (default 256)")
+    parser.add_argument("--batch", type=bounded(int, 1, 64), metavar="N",
                         help="also time engine and engine+graph decoding N streams at once (seeds 0..N-1), "
                              "frames/s against one stream (default 1: not)")
-    parser.add_argument("--extract", type=bounded(int, 3, 100_000), metavar="N",
+    modes.add_argument("--extract", type=bounded(int, 3, 100_000), metavar="N",
                         help="instead: `probe extract` of N synthetic files (stereo FLAC, 44.1/48/22.05 kHz), "
                              "--workers W against serial in the same run")
-    parser.add_argument("--workers", type=bounded(int, 1, 64), default=2, metavar="W",
+    parser.add_argument("--workers", type=bounded(int, 1, 64), metavar="W",
                         help="with --extract: decoding worker processes of the contender (default 2)")
     add_ray_option(parser, "with --extract: a third contender, `probe extract --ray`; the forward passes")
     parser.add_argument("--json", help="write the report to this JSON file")
@@ -124,6 +135,21 @@ def summary(report: dict[str, Any]) -> list[str]:
     return lines + bench_drift.summary(report)
 
 
+def check_mode(args: argparse.Namespace) -> str | None:
+    """The run's mode (one of MODES, or None for the default run). Refuses, in one line, an option given
+    to a mode that would ignore it (MusicsteerError), then fills the mode options left out."""
+    mode = next((name for name in MODES if getattr(args, name) is not None), None)
+    for dest, (modes, default) in MODE_OPTIONS.items():
+        if getattr(args, dest) is None:
+            setattr(args, dest, default)
+        elif mode not in modes:
+            flag = "--" + dest.replace("_", "-")
+            where = " or ".join("the default run" if m is None else f"--{m}" for m in modes)
+            this = "the default run (engine against generate)" if mode is None else f"--{mode}"
+            raise MusicsteerError(f"{flag} applies to {where}, not to {this}: drop it")
+    return mode
+
+
 def decode_steps_of(args: argparse.Namespace) -> tuple[str, ...]:
     """The token steps whose contenders run: both for --decode auto (the bench compares them), else
     the one named. Sets --recapture-tokens' default; refuses it given with --decode eager (MusicsteerError)."""
@@ -147,6 +173,7 @@ def run(args: argparse.Namespace) -> int:
 
     from .setup import load_options
 
+    check_mode(args)
     resolve(args)
     decode_steps = decode_steps_of(args)
     if args.json:
@@ -155,8 +182,7 @@ def run(args: argparse.Namespace) -> int:
     if args.heard:
         from musicsteer.bench.heard import run_heard
 
-        report = run_heard(lm, args.heard, decode_step(args.decode, lm.device), args.output_device or "null",
-                           args.blocksize)
+        report = run_heard(lm, args.heard, decode_step(args.decode, lm.device), args.output_device, args.blocksize)
         print(json.dumps(report, indent=1))
         if args.json:
             Path(args.json).write_text(json.dumps(report, indent=2))

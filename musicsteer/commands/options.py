@@ -21,7 +21,13 @@ DEFAULT_MODEL = "facebook/musicgen-small"
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse with its errors as one line (`musicsteer: error: …`, exit 2), like every other error."""
+    """argparse with its errors as one line (`musicsteer: error: …`, exit 2), like every other error.
+    No abbreviated flags: `--output X` must not quietly become `--output-device X` (nor change meaning
+    when a flag is added), so a flag is its whole name or an error."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         print(f"musicsteer: error: {one_line(message)} (see {self.prog} --help)", file=sys.stderr)
