@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -42,6 +42,7 @@ from .lead import FAST_ENOUGH, SLOW_BUFFER_S, AutoLead, choose_chunk, margin_fra
 from .levels import LevelHistory
 from .params import AUTO_BUFFER_MAX, LIVE, PARAMS, check_settings, check_stream
 from .ring_buffer import RingBuffer
+from .session_stats import SessionStats, rate
 from .streaming_decoder import StreamingConfig, StreamingDecoder
 from .takes import Recordings, take_path
 
@@ -64,35 +65,6 @@ class StreamOptions:
     overwrite: bool = False  # a take may replace an existing WAV and log of its name
     resample: bool = True  # resample when the device refuses the model's rate (else a clear error)
     decode_chunk_frames: int | None = None  # the streaming decoder's chunk; None: 5, or chosen here with auto
-
-
-@dataclass
-class SessionStats:
-    step: int
-    generated_seconds: float
-    played_seconds: float
-    elapsed_seconds: float
-    rtf: float  # audio seconds made per second of work of the busier thread (> 1: faster than real time)
-    buffer_seconds: float
-    underrun_events: int
-    underrun_seconds: float
-    rebuffers: int
-    callbacks: int
-    recording: str | None
-    # The two stages run in parallel, so the pipeline goes at the slower one's pace (rtf, above).
-    generation_rtf: float = 0.0  # audio seconds of frames generated per second of token steps
-    decode_rtf: float = 0.0  # audio seconds decoded per second of streaming EnCodec decode
-    # Control values refused by kind, and "clamped": live values brought into range (ControlState.counts).
-    control_counts: dict[str, int] = field(default_factory=dict)
-    # The device's own reports: xruns (PortAudio output underflows), exceptions in the audio callback.
-    xruns: int = 0
-    callback_errors: int = 0
-    idle_seconds: float = 0.0  # silence the device played while nothing was queued (start-up, a stop)
-    recording_error: str | None = None  # the first failed take, and how much of it is safely on disk
-    device_error: str | None = None  # the output device failed (gone, stalled): the session ended early
-    # Knob → heard: arrival of each live change to its first sample at the DAC (engine/latency.py).
-    heard: dict[str, float] = field(default_factory=dict)  # {"median_ms", "p95_ms", "changes"}; {} before one
-    notices: int = 0  # errors and warnings told to the performer (Notice events)
 
 
 class StreamingSession:
@@ -161,6 +133,14 @@ class StreamingSession:
         return None if self._frames is None else [frame.codes[0] for frame in list(self._frames)[:decoded]]
 
     @property
+    def lead_seconds(self) -> float:
+        """Seconds queued ahead of the DAC: auto's lead now, else the fixed buffer (asked for, or auto's
+        fallback where decoding is too slow to pace). The ring's one block more is the callback's room."""
+        if self.lead is not None:
+            return self.lead.seconds
+        return self.slow_decode if self.slow_decode is not None else float(self.options.buffer_seconds)
+
+    @property
     def step(self) -> int:
         """Tokens generated so far (the engine's clock: changes apply at these boundaries)."""
         return self.gen.step_index
@@ -223,8 +203,7 @@ class StreamingSession:
             "recording_seconds": round(take.seconds, 2) if (take := self.recordings.current) is not None else 0.0,
             "device_error": stats.device_error or "",
             "heard_median_ms": stats.heard.get("median_ms", 0.0), "heard_p95_ms": stats.heard.get("p95_ms", 0.0),
-            "lead": round(self.lead.seconds, 3) if self.lead is not None else round(self.ring.capacity
-                                                                                       / self.ring.sample_rate, 3),
+            "lead": round(self.lead_seconds, 3),
             "notices": stats.notices,
             "refused": sum(counts.values()), "clamped": clamped, "refusals": counts,
             "meter": dict(self.gen.meter.latest) if self.gen.meter is not None else {},
@@ -375,8 +354,8 @@ class StreamingSession:
     def stats(self) -> SessionStats:
         now = time.monotonic()
         generated = self.decoder.samples_out / self.sample_rate
-        generation_rtf = _rate(self.generated_frames / self.gen.lm.frame_rate, self.busy_seconds)
-        decode_rtf = _rate(generated, self._decoding.busy_seconds)
+        generation_rtf = rate(self.generated_frames / self.gen.lm.frame_rate, self.busy_seconds)
+        decode_rtf = rate(generated, self._decoding.busy_seconds)
         ring, sink, take = self.ring, self.sink, self.recordings.current
         return SessionStats(
             step=self.gen.step_index,
@@ -401,7 +380,3 @@ class StreamingSession:
             heard=self.knob_latency.summary(),
             notices=self.notice_count,
         )
-
-
-def _rate(audio_seconds: float, busy_seconds: float) -> float:
-    return audio_seconds / busy_seconds if busy_seconds > 0 else 0.0

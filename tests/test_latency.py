@@ -215,6 +215,18 @@ def test_buffer_auto_finds_a_smaller_lead_and_the_knob_is_heard_sooner(tiny) -> 
     assert stats.heard["changes"] == 10 and stats.heard["median_ms"] < 450
 
 
+def test_status_and_plays_summary_give_one_lead(tiny) -> None:
+    """`/musicsteer/status`'s lead, the bench's lead_s and play's summary are one figure (session.lead_seconds):
+    a fixed buffer is the buffer asked for, not the ring's capacity (which holds one device block more)."""
+    from musicsteer.commands.play import buffering
+
+    session = StreamingSession(Generator(tiny, Controls(prompt="rock")),
+                               StreamOptions(seconds=1.0, output_device="null", buffer_seconds=0.5, blocksize=256))
+    assert session.ring.capacity == 0.5 * RATE + 256
+    assert session.status()["lead"] == session.lead_seconds == 0.5
+    assert buffering(session) == "buffer 0.50 s, decoder chunk 5 frames"
+
+
 def test_a_change_whose_stamp_is_gone_is_counted_lost_and_never_blocks_later_ones() -> None:
     clock = DacClock(RATE, size=4)
     latency = KnobLatency(clock, hop=640, model_rate=RATE, delay=3)

@@ -75,10 +75,9 @@ def buffering(session: StreamingSession) -> str:
     chunk = session.decoder.config.chunk_frames
     frames = f"decoder chunk {chunk} frame{'s' if chunk != 1 else ''}"
     if session.lead is not None:
-        return f"lead {session.lead.seconds * 1000:.0f} ms (auto), {frames}"
-    if session.slow_decode is not None:
-        return f"buffer {session.slow_decode:.2f} s (auto: decoding too slow to pace finely here), {frames}"
-    return f"buffer {float(session.options.buffer_seconds):.2f} s, {frames}"
+        return f"lead {session.lead_seconds * 1000:.0f} ms (auto), {frames}"
+    slow = " (auto: decoding too slow to pace finely here)" if session.slow_decode is not None else ""
+    return f"buffer {session.lead_seconds:.2f} s{slow}, {frames}"
 
 
 def faults(stats: SessionStats) -> str:
