@@ -20,6 +20,7 @@ import os
 import signal
 import socket
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,11 +55,9 @@ def connect(address: str = LOCAL) -> Any:
     try:
         # log_to_driver off: the actors report through their results, and a dying raylet's state dumps
         # would bury the one line that says what happened
-        ray.init(address=address or None, include_dashboard=False, logging_level=logging.ERROR,
-                 log_to_driver=False)
-    except KeyboardInterrupt:  # mid-start: a half-started local cluster must not outlive us (cli.entry's os._exit)
-        ray.shutdown()
-        raise
+        with stopped_on_interrupt(ray):  # a half-started local cluster too
+            ray.init(address=address or None, include_dashboard=False, logging_level=logging.ERROR,
+                     log_to_driver=False)
     except Exception as e:  # ConnectionError, ValueError, RuntimeError: whatever the address did
         where = f"at {named!r}" if named else "on this machine"
         hint = ""
@@ -71,6 +70,18 @@ def connect(address: str = LOCAL) -> Any:
     finally:
         signal.signal(signal.SIGTERM, sigterm)  # ray.init replaces it; the CLI's handler ends us in one line
     return ray
+
+
+@contextmanager
+def stopped_on_interrupt(ray: Any) -> Iterator[None]:
+    """Ctrl-C inside: stop Ray here, then let the interrupt go on. The CLI ends an interrupted run with
+    os._exit (cli.entry), which skips Ray's own atexit shutdown, so a local cluster's agents (or a
+    half-started one's) would outlive the command."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        ray.shutdown()
+        raise
 
 
 def _check_reachable(address: str) -> None:
@@ -119,12 +130,25 @@ class Worker:
             return Failed(type(e), str(e))
 
 
+@contextmanager
+def pool(factory: Callable[[], Any], cpus: int = 1, address: str = LOCAL, device: str = "auto") -> Iterator[Pool]:
+    """`with pool(factory, cpus) as actors:` joins or starts the cluster (`connect`), starts the actors
+    (`Pool`), and kills them when the block ends; Ctrl-C anywhere in it also stops Ray here."""
+    ray = connect(address)
+    with stopped_on_interrupt(ray):
+        actors = Pool(ray, factory, cpus, device)
+        try:
+            yield actors
+        finally:
+            actors.close()
+
+
 class Pool:
-    """The actors of one command: `Pool(factory, cpus)` starts them, `map` feeds them. `device` is the
+    """The actors of one command (`pool` starts and ends them), `map` feeds them. `device` is the
     command's --device: "cpu" places actors by CPUs even on a cluster with GPUs."""
 
-    def __init__(self, factory: Callable[[], Any], cpus: int = 1, address: str = LOCAL, device: str = "auto") -> None:
-        ray = self.ray = connect(address)
+    def __init__(self, ray: Any, factory: Callable[[], Any], cpus: int, device: str) -> None:
+        self.ray = ray
         resources = ray.cluster_resources()
         total_cpus = int(resources.get("CPU", 0))
         gpus = 0 if device == "cpu" else int(resources.get("GPU", 0))  # --device cpu: the GPUs are not ours
@@ -135,11 +159,7 @@ class Pool:
         else:
             count, options = max(1, total_cpus // cpus), {"num_gpus": 0, "num_cpus": min(cpus, max(1, total_cpus))}
         actor = ray.remote(**options)(Worker)
-        try:
-            self.actors = [actor.remote(factory) for _ in range(count)]
-        except KeyboardInterrupt:
-            ray.shutdown()
-            raise
+        self.actors = [actor.remote(factory) for _ in range(count)]
         each = "1 GPU" if gpus else f"{options['num_cpus']} CPU(s)"
         self.description = f"{count} Ray actor(s), each {each}"
         # said before the wait: on a busy cluster the actors wait for free GPUs/CPUs, and silence looks hung
@@ -174,16 +194,6 @@ class Pool:
         for actor in self.actors:
             self.ray.kill(actor)
         self.actors = []
-
-    def __enter__(self) -> Pool:
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
-        self.close()
-        if kind is not None and issubclass(kind, KeyboardInterrupt):
-            # The CLI ends an interrupted run with os._exit (cli.entry), which skips Ray's own atexit
-            # shutdown: a local cluster's agents were left running. Stop it here.
-            self.ray.shutdown()
 
     def _get(self, refs: list[Any]) -> list[Any]:
         try:

@@ -42,7 +42,7 @@ def extract_on_ray(address: str, model: str, device: str, dtype: str, data: str,
     """`extract` with the forward passes on the cluster at `address` ("" = the local or found one)."""
     device = device_spec(device)  # the actors load the model: its options are checked here first, in one line
     resolve_dtype(dtype)
-    with cluster.Pool(partial(_load, model, device, dtype, prompt), 1 + workers, address, device) as pool:
+    with cluster.pool(partial(_load, model, device, dtype, prompt), 1 + workers, address, device) as pool:
         facts = cluster.one_model(pool)
 
         def results(batches: list[list[dataset.Segment]], plan: dataset.Plan):

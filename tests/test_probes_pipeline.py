@@ -155,6 +155,45 @@ def test_ray_refusals_are_one_line_before_any_work(clips, tmp_path) -> None:
     assert not (tmp_path / "x").exists()
 
 
+class RecordingRay:
+    """A stand-in for the `ray` module that records what `cluster.pool` asks of it: the subject here is
+    the pool's control flow on Ctrl-C, not Ray (which the --ray tests above run for real)."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def cluster_resources(self) -> dict:
+        return {"CPU": 2}
+
+    def remote(self, **options):  # ray.remote(**options)(Worker).remote(factory) -> an actor handle
+        return lambda cls: type("ActorClass", (), {"remote": staticmethod(lambda factory: object())})
+
+    def kill(self, actor) -> None:
+        self.calls.append("kill")
+
+    def shutdown(self) -> None:
+        self.calls.append("shutdown")
+
+
+def test_ctrl_c_inside_a_ray_pool_kills_its_actors_and_stops_ray(monkeypatch, capsys) -> None:
+    """cli.entry ends an interrupted run with os._exit, which skips Ray's atexit shutdown: Ctrl-C while the
+    pool is open must kill the actors and stop Ray, once. A normal end or an error kills the actors only."""
+    from musicsteer import cluster
+
+    for raised, expected in ((None, ["kill", "kill"]), (MusicsteerError("x"), ["kill", "kill"]),
+                             (KeyboardInterrupt(), ["kill", "kill", "shutdown"])):
+        ray = RecordingRay()
+        monkeypatch.setattr(cluster, "connect", lambda address, ray=ray: ray)
+        try:
+            with cluster.pool(lambda: None) as actors:
+                assert len(actors.actors) == 2  # one per CPU
+                if raised is not None:
+                    raise raised
+        except (MusicsteerError, KeyboardInterrupt) as e:
+            assert e is raised
+        assert ray.calls == expected, raised
+
+
 def test_a_second_run_into_the_same_cache_is_refused_while_the_first_writes(clips, serial, tmp_path) -> None:
     """Two extractions into one folder at once interleaved shards and finalised rows of zeros: the folder
     is locked while one writes (an flock: freed even when its holder is SIGKILLed), the other is one line."""

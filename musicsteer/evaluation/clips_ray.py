@@ -39,7 +39,7 @@ def ray_render(address: str, load_model: Callable[[], LoadedModel], vectors: Ste
                decode: str, device: str = "auto") -> Iterator[tuple[ModelFacts, str, Render]]:
     """(the actors' model, their token step, a `Render` that runs items on them), while the actors live.
     `device`: the command's --device ("cpu" places the actors by CPUs on a cluster with GPUs)."""
-    with cluster.Pool(partial(_load, load_model, vectors, protocol, decode), address=address, device=device) as pool:
+    with cluster.pool(partial(_load, load_model, vectors, protocol, decode), address=address, device=device) as pool:
         facts = cluster.one_model(pool)
         steps = set(pool.each(_step))
         if len(steps) > 1:
