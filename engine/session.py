@@ -176,7 +176,8 @@ class StreamingSession:
         gen, lm = self.gen, self.gen.lm
         vectors = gen.vectors
         return {
-            "model": lm.name, "model_fingerprint": lm.fingerprint, "engine_version": __version__,
+            "model": lm.name, "model_fingerprint": lm.fingerprint, "dtype": str(lm.dtype).removeprefix("torch."),
+            "engine_version": __version__,
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "sample_rate": lm.sample_rate, "frame_rate": lm.frame_rate, "channels": lm.audio_channels,
             "seed": self.initial_controls["seed"], "prompt": self.initial_controls["prompt"],

@@ -1,6 +1,6 @@
 """The session log: `take.jsonl` beside every recording `take.wav`, enough to regenerate its codes.
 
-Line 1 is a header (model, seed, prompt, every starting control value of the session, the vectors
+Line 1 is a header (model, its dtype, seed, prompt, every starting control value of the session, the vectors
 file and its sha256, the window settings, the engine version, and `take`: where this recording
 starts in the session, `{"start_step": F0, "start_sample": S0}`). Then one line per applied change:
 `{"step": token, "sample": index, "param": ..., "value": ..., "seconds": glide}`, with positions
@@ -190,7 +190,7 @@ def _header(header: dict[str, Any]) -> dict[str, Any]:
     need(isinstance(header.get("model"), str), "model must be text")
     need(isinstance(header.get("controls"), dict) and isinstance(header.get("settings"), dict),
          "controls and settings must be mappings")
-    for key in ("vectors", "vectors_sha256"):
+    for key in ("vectors", "vectors_sha256", "dtype"):
         need(header.get(key) is None or isinstance(header[key], str), f"{key} must be text")
     prompt_frames = _count(header.get("prompt_frames", 0), "prompt_frames")
     init = header.get("init_audio")

@@ -96,6 +96,34 @@ def test_cli_examples_of_the_issue(capsys, tmp_path) -> None:
         assert code == 2 and err.count("\n") == 1 and words in err, (argv, err)
 
 
+def test_a_flag_nothing_would_read_is_refused_not_ignored(capsys, tmp_path) -> None:
+    """Each of these ran with exit 0 and changed nothing (found by trying every flag beside the others)."""
+    out, ans = ["--out", str(tmp_path / "x.wav"), "--seconds", "1"], str(tmp_path / "answers.csv")
+    live = ["play", "--output-device", "null"]
+    for argv, words in (
+        (["render", *out, "--steer-both"], "--steer-both needs --vectors FILE"),
+        (["render", *out, "--alpha", "0.9", "--layer", "1"], "--alpha needs --vectors FILE"),
+        (["render", *out, "--site", "attention"], "--site needs --vectors FILE"),
+        ([*live, "--steer-rule", "add"], "--steer-rule needs --vectors FILE"),
+        ([*live, "--slew", "2"], "--slew needs --vectors FILE"),
+        (["render", *out, "--meter-every", "5"], "--meter-every needs --meter or --ease-at"),
+        ([*live, "--meter-layer", "99"], "--meter-layer needs --meter or --ease-at"),
+        (["render", *out, "--init-seconds", "3"], "--init-seconds needs --init-audio FILE"),
+        ([*live, "--no-osc", "--osc-port", "9123"], "--osc-port needs OSC (drop --no-osc)"),
+        ([*live, "--no-osc", "--osc-host", "0.0.0.0"], "--osc-host needs OSC (drop --no-osc)"),
+        ([*live, "--no-osc", "--osc-allow", "10.0.0.1"], "--osc-allow needs OSC (drop --no-osc)"),
+        ([*live, "--no-osc", "--oscquery", "0"], "--oscquery needs OSC (drop --no-osc)"),
+        (["bench", "--steps", "5", "--drift-steps", "10"], "--drift-steps measures a --dtype bfloat16|float16"),
+        (["bench", "--extract", "5", "--quantize", "int8"], "--quantize applies to the default run or --soak"),
+        (["bench", "--extract", "5", "--threads", "2"], "--threads applies to the default run or --soak"),
+        (["eval", "--out", str(tmp_path / "e"), "score-2afc", ans], "--out is an option of the evaluation run"),
+        (["eval", "--n", "5", "score-2afc", ans], "--n is an option of the evaluation run"),
+    ):
+        code, err = exit_code([*argv, "--model", "tiny", "--device", "cpu"] if argv[0] != "eval" else argv, capsys)
+        assert code == 2 and err.count("\n") == 1 and words in err, (argv, err)
+    assert not (tmp_path / "x.wav").exists() and not (tmp_path / "e").exists()
+
+
 YAML_ROWS = [row for row in PARAMS.values() if row.keys]
 
 
@@ -647,3 +675,15 @@ def test_replayed_logs_are_bounded_in_size_and_in_changes_per_token(tmp_path, mo
     monkeypatch.setattr(session_log, "MAX_LOG_BYTES", 1000)  # (the real bound is 256 MiB: not written here)
     with pytest.raises(MusicsteerError, match=r"the most replay reads is 1,000"):
         read_log(path)
+
+
+def test_config_defaults_nothing_would_read_are_told_once(tmp_path, capsys) -> None:
+    """A config serves many sessions, so its steering defaults without --vectors are a warning, not a refusal."""
+    config = tmp_path / "c.yaml"
+    config.write_text("defaults:\n  alpha: 0.7\n  site: attention\n  seed: 4\n")
+    capsys.readouterr()
+    assert main(["play", "--model", "tiny", "--device", "cpu", "--output-device", "null", "--no-osc", "--no-status",
+                 "--seconds", "0.3", "--config", str(config)]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert warnings == ["musicsteer: warning: the config's defaults do nothing in this session: alpha, site need "
+                        "--vectors FILE (nothing steers without one)"]

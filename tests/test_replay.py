@@ -97,3 +97,26 @@ def test_replay_of_another_versions_log_warns_and_runs(tiny, tmp_path, vectors_f
     assert main(["render", "--replay", str(log), "--device", "cpu", "--out", str(tmp_path / "other.wav")]) == 0
     warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
     assert len(warnings) == 1 and "made with model tiny:000000000000" in warnings[0]
+    assert warnings[0].endswith("the weights differ, so the codes will differ")
+
+
+def test_replay_refuses_what_it_would_ignore_and_warns_of_another_dtype(tiny, tmp_path, vectors_file, capsys) -> None:
+    """A plain session's log (no vectors, an end record): --vectors, --seconds and --meter would change
+    nothing, so each is one line; another --dtype than the logged one replays with a warning."""
+    session = StreamingSession(Generator(tiny, Controls(prompt="rock", seed=3)),
+                               StreamOptions(seconds=0.5, output_device="null", record=tmp_path / "plain.wav"))
+    session.run()
+    log = str(tmp_path / "plain.jsonl")
+    assert read_log(log).header["dtype"] == "float32"
+    out = ["--device", "cpu", "--out", str(tmp_path / "again.wav")]
+    for extra, message in ((["--vectors", vectors_file], "used no steering vectors: drop --vectors"),
+                           (["--seconds", "5"], "has an end record (25 frames): drop --seconds"),
+                           (["--meter"], "--meter cannot be given with --replay")):
+        capsys.readouterr()
+        assert main(["render", "--replay", log, *out, *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, err
+    assert main(["render", "--replay", log, *out, "--dtype", "bfloat16"]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert warnings == [f"musicsteer: warning: {log} was recorded in float32; this replay runs bfloat16, so the "
+                        "codes may differ (give --dtype float32)"]

@@ -20,6 +20,8 @@ MODE_OPTIONS: dict[str, tuple[tuple[str | None, ...], Any]] = {
     "knob_changes": ((None,), 50), "drift_steps": ((None,), 100), "batch": ((None,), 1),
     "decode": ((None, "soak", "heard"), None), "output_device": (("heard",), "null"),
     "blocksize": (("heard",), 256), "workers": (("extract",), 2), "ray": (("extract",), None),
+    # probe extract runs float32 or --dtype, never int8, with its own threads (1 for tiny models: cpu_threads)
+    "quantize": ((None, "soak", "heard"), None), "threads": ((None, "soak", "heard"), None),
 }
 
 EPILOG = """\
@@ -173,7 +175,11 @@ def run(args: argparse.Namespace) -> int:
 
     from .setup import load_options
 
+    drift_asked = args.drift_steps is not None
     check_mode(args)
+    if drift_asked and not args.quantize and "+" not in (args.model or "") and args.dtype in ("float32", "fp32"):
+        raise MusicsteerError("--drift-steps measures a --dtype bfloat16|float16 or --quantize model against "
+                              "float32: give one of them, or drop it")
     resolve(args)
     decode_steps = decode_steps_of(args)
     if args.json:

@@ -10,6 +10,7 @@ of the CLI starts as fast as before.
 from __future__ import annotations
 
 import argparse
+from functools import partial
 from pathlib import Path
 
 from musicsteer.engine.errors import MusicsteerError
@@ -65,6 +66,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help=f"{CLIP_BATCH.help} ({CLIP_BATCH.describe_range()}; default %(default)s)")
     add_ray_option(parser, "the clips")
     parser.set_defaults(run=run)
+    # eval's own flags and defaults: given before `score-2afc`, they would land in eval's namespace unread
+    own = {action.dest: (action.option_strings[0], action.default) for action in parser._actions
+           if action.option_strings and action.dest not in ("help", "eval_command")}
 
     jobs = parser.add_subparsers(dest="eval_command", metavar="score-2afc")
     score = jobs.add_parser("score-2afc", help="score 2AFC answers CSVs (paper Table II)",
@@ -73,7 +77,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     score.add_argument("--out", dest="score_out", help="folder for 2afc.md and 2afc.json")
     score.add_argument("--alternative", choices=("two-sided", "greater"), default="two-sided",
                        help="binomial test against chance: two-sided (default) or greater (steered preferred)")
-    score.set_defaults(run=run_score)
+    score.set_defaults(run=partial(run_score, own=own))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -97,8 +101,6 @@ def run(args: argparse.Namespace) -> int:
     )
     request = EvalRequest(protocol, args.vectors, Path(args.out), args.clap, args.template, parse_labels(args.labels),
                           args.trial_seed, args.clap_batch, args.decode, args.batch, args.ray, args.device)
-    from functools import partial
-
     from .setup import load, set_threads
 
     if args.ray is not None:
@@ -110,9 +112,14 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_score(args: argparse.Namespace) -> int:
+def run_score(args: argparse.Namespace, own: dict[str, tuple[str, object]] | None = None) -> int:
     from musicsteer.evaluation import twoafc
     from musicsteer.evaluation.report import write_json
+
+    given = [flag for dest, (flag, default) in (own or {}).items() if getattr(args, dest, default) != default]
+    if given:  # e.g. `eval --out DIR score-2afc …`: the folder would never be written
+        raise MusicsteerError(f"{given[0]} is an option of the evaluation run, not of score-2afc (its own are "
+                              "--out and --alternative, given after it)")
 
     result = twoafc.score(twoafc.read_answers(args.answers), args.alternative)
     table = twoafc.markdown(result)

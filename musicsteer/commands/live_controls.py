@@ -130,9 +130,7 @@ def _osc(stack: ExitStack, session: StreamingSession, args: argparse.Namespace, 
     from musicsteer.controllers.addresses import host_port, is_loopback
     from musicsteer.controllers.osc import OscServer
 
-    if args.no_osc:
-        if args.osc_feedback or args.oscquery is not None:
-            raise MusicsteerError("--osc-feedback and --oscquery need OSC (drop --no-osc)")
+    if args.no_osc:  # (its flags were refused with it: options.refuse_idle)
         return []
     osc_config = config.osc if config is not None and config.osc is not None else None
     host = args.osc_host or (osc_config.host if osc_config else "127.0.0.1")

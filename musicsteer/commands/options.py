@@ -81,6 +81,44 @@ def resolve(args: argparse.Namespace, defaults: dict[str, Any] | None = None) ->
     return args
 
 
+# Flags that act only beside another: dest -> (the dests any one of which must be given, how to say it).
+# Without it nothing reads the flag, so it is refused rather than silently ignored (`refuse_idle`).
+STEERING = ("vectors",), "--vectors FILE (nothing steers without one)"
+NEEDS: dict[str, tuple[tuple[str, ...], str]] = {
+    **dict.fromkeys(("alpha", "layer", "site", "steer_rule", "steer_both", "slew"), STEERING),
+    **dict.fromkeys(("meter_every", "meter_layer"), (("meter", "ease_at"), "--meter or --ease-at")),
+    "init_seconds": (("init_audio",), "--init-audio FILE"),
+}
+# Flags that another one switches off: dest -> (the dest that does, how to say it).
+OFF_WITH = dict.fromkeys(("osc_port", "osc_host", "osc_allow", "osc_feedback", "oscquery"),
+                         ("no_osc", "OSC (drop --no-osc)"))
+
+
+def refuse_idle(args: argparse.Namespace, defaults: dict[str, Any] | None = None) -> None:
+    """One line (MusicsteerError) for a flag given where nothing would read it: without the flag it needs
+    (NEEDS), or beside one that switches it off (OFF_WITH). Call it before `resolve` fills the defaults.
+    A config's `defaults:` (by table name) in the same case get a warning: a config serves many sessions."""
+    def given(dest: str) -> bool:
+        return getattr(args, dest, None) not in (None, False)
+
+    def flag(dest: str) -> str:
+        return "--" + dest.replace("_", "-")
+
+    for dest, (needs, wording) in NEEDS.items():
+        if given(dest) and not any(given(need) for need in needs):
+            raise MusicsteerError(f"{flag(dest)} needs {wording}")
+    for dest, (off, wording) in OFF_WITH.items():
+        if given(dest) and given(off):
+            raise MusicsteerError(f"{flag(dest)} needs {wording}")
+    idle: dict[str, list[str]] = {}  # what is missing -> the config's defaults that need it
+    for name in defaults or {}:
+        if name in NEEDS and not any(given(need) for need in NEEDS[name][0]):
+            idle.setdefault(NEEDS[name][1], []).append(name)
+    if idle:
+        told = "; ".join(f"{', '.join(names)} need{'s' * (len(names) == 1)} {what}" for what, names in idle.items())
+        print(f"musicsteer: warning: the config's defaults do nothing in this session: {told}", file=sys.stderr)
+
+
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
     group.add_argument("--model", default=None,

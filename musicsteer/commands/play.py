@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from musicsteer.engine.errors import MusicsteerError, printable
 
 from .live_controls import add_control_options, check_control_flags, load_session_config, open_controllers
-from .options import add_generation_options, add_model_options, add_params, resolve
+from .options import add_generation_options, add_model_options, add_params, refuse_idle, resolve
 
 if TYPE_CHECKING:
     from musicsteer.engine.generator import Generator
@@ -98,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
     from .setup import attach_meter, generator_class, session_spec
 
     config, defaults = load_session_config(args)
+    refuse_idle(args, defaults)
     resolve(args, defaults)
     check_control_flags(args)
     if args.codes_out:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from musicsteer.engine.errors import MusicsteerError, one_line, printable
 
-from .options import add_generation_options, add_model_options, add_params, bounded, resolve
+from .options import add_generation_options, add_model_options, add_params, bounded, refuse_idle, resolve
 
 if TYPE_CHECKING:
     import torch
@@ -75,6 +75,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.replay:
         refuse_overrides(args)
+    else:
+        refuse_idle(args)
     resolve(args)
     for out in take_paths(args.out, args.variations):
         writable_file(out, "--out", make_folder=True)  # write_wav makes the missing folders
@@ -129,10 +131,11 @@ def refuse_overrides(args: argparse.Namespace) -> None:
     given = [row.cli for row in PARAMS.values() if row.cli and row.name not in REPLAY_TAKES
              and getattr(args, row.dest, None) is not None]
     given += ["--steer-both"] * bool(getattr(args, "steer_both", False)) + ["--automation"] * bool(args.automation)
-    given += ["--variations"] * (args.variations > 1)
+    given += ["--variations"] * (args.variations > 1) + ["--meter"] * bool(args.meter)
     if given:
         raise MusicsteerError(f"{given[0]} cannot be given with --replay: the log decides the music (only --out, "
-                              "--codes-out, --model, --device, --dtype, --vectors, --init-audio and --seconds apply)")
+                              "--codes-out, --model, --device, --dtype, --quantize, --threads, --decode, --vectors, "
+                              "--init-audio and, for a log without an end record, --seconds apply)")
 
 
 def replay(args: argparse.Namespace) -> int:
@@ -149,6 +152,11 @@ def replay(args: argparse.Namespace) -> int:
 
     logged = read_log(args.replay)
     header = logged.header
+    if args.vectors and not header.get("vectors_sha256"):
+        raise MusicsteerError(f"{args.replay} used no steering vectors: drop --vectors")
+    if args.seconds is not None and logged.end is not None:
+        raise MusicsteerError(f"{args.replay} has an end record ({logged.end['frames']} frames): drop --seconds "
+                              "(it is for a log whose session was killed)")
     vectors_path = args.vectors or header.get("vectors")
     try:
         vectors = SteeringVectors.load(vectors_path) if vectors_path else None
@@ -177,7 +185,12 @@ def replay(args: argparse.Namespace) -> int:
     logged_model = header.get("model_fingerprint")
     if isinstance(logged_model, str) and logged_model != lm.fingerprint:
         print(one_line(f"musicsteer: warning: {args.replay} was made with model {one_line(logged_model, 60)}; this is "
-                       f"{lm.fingerprint}: the weights differ, so the codes will", 1000), file=sys.stderr)
+                       f"{lm.fingerprint}: the weights differ, so the codes will differ", 1000), file=sys.stderr)
+    dtype, logged_dtype = str(lm.dtype).removeprefix("torch."), header.get("dtype")  # (older logs do not say)
+    if logged_dtype is not None and logged_dtype != dtype:
+        print(one_line(f"musicsteer: warning: {args.replay} was recorded in {one_line(logged_dtype, 20)}; this "
+                       f"replay runs {dtype}, so the codes may differ (give --dtype {logged_dtype})", 1000),
+              file=sys.stderr)
     for key in ("sample_rate", "frame_rate"):  # another codec: its frames are other sounds
         if header.get(key) is not None and header[key] != getattr(lm, key):
             raise MusicsteerError(f"{args.replay} was made at {key} {header[key]}; model {lm.name} has "
