@@ -101,9 +101,13 @@ def test_a_flag_nothing_would_read_is_refused_not_ignored(capsys, tmp_path) -> N
     out, ans = ["--out", str(tmp_path / "x.wav"), "--seconds", "1"], str(tmp_path / "answers.csv")
     live = ["play", "--output-device", "null"]
     for argv, words in (
-        (["render", *out, "--steer-both"], "--steer-both needs --vectors FILE"),
-        (["render", *out, "--alpha", "0.9", "--layer", "1"], "--alpha needs --vectors FILE"),
-        (["render", *out, "--site", "attention"], "--site needs --vectors FILE"),
+        # a render has no live control: steering flags need a mix (or an automation file that sets one)
+        (["render", *out, "--steer-both"], "--steer-both needs --steer or --automation"),
+        (["render", *out, "--vectors", "v.safetensors", "--alpha", "0.9"], "--alpha needs --steer or --automation"),
+        (["render", *out, "--site", "attention"], "--site needs --steer or --automation"),
+        ([*live, "--alpha", "0"], "--alpha needs --vectors FILE"),  # 0 is a value given
+        ([*live, "--no-osc", "--osc-port", "0"], "--osc-port needs OSC (drop --no-osc)"),
+        ([*live, "--steer", "rock"], "--steer needs --vectors FILE"),
         ([*live, "--steer-rule", "add"], "--steer-rule needs --vectors FILE"),
         ([*live, "--slew", "2"], "--slew needs --vectors FILE"),
         (["render", *out, "--meter-every", "5"], "--meter-every needs --meter or --ease-at"),
@@ -114,10 +118,12 @@ def test_a_flag_nothing_would_read_is_refused_not_ignored(capsys, tmp_path) -> N
         ([*live, "--no-osc", "--osc-allow", "10.0.0.1"], "--osc-allow needs OSC (drop --no-osc)"),
         ([*live, "--no-osc", "--oscquery", "0"], "--oscquery needs OSC (drop --no-osc)"),
         (["bench", "--steps", "5", "--drift-steps", "10"], "--drift-steps measures a --dtype bfloat16|float16"),
+        (["bench", "--drift-steps", "5", "--dtype", "FP32"], "--drift-steps measures a --dtype bfloat16|float16"),
         (["bench", "--extract", "5", "--quantize", "int8"], "--quantize applies to the default run or --soak"),
         (["bench", "--extract", "5", "--threads", "2"], "--threads applies to the default run or --soak"),
         (["eval", "--out", str(tmp_path / "e"), "score-2afc", ans], "--out is an option of the evaluation run"),
         (["eval", "--n", "5", "score-2afc", ans], "--n is an option of the evaluation run"),
+        (["eval", "--dtype", "float32", "score-2afc", ans], "--dtype is an option of the evaluation run"),
     ):
         code, err = exit_code([*argv, "--model", "tiny", "--device", "cpu"] if argv[0] != "eval" else argv, capsys)
         assert code == 2 and err.count("\n") == 1 and words in err, (argv, err)
@@ -680,10 +686,21 @@ def test_replayed_logs_are_bounded_in_size_and_in_changes_per_token(tmp_path, mo
 def test_config_defaults_nothing_would_read_are_told_once(tmp_path, capsys) -> None:
     """A config serves many sessions, so its steering defaults without --vectors are a warning, not a refusal."""
     config = tmp_path / "c.yaml"
-    config.write_text("defaults:\n  alpha: 0.7\n  site: attention\n  seed: 4\n")
+    config.write_text("defaults:\n  steer: rock\n  alpha: 0.7\n  site: attention\n  seed: 4\n")
     capsys.readouterr()
     assert main(["play", "--model", "tiny", "--device", "cpu", "--output-device", "null", "--no-osc", "--no-status",
                  "--seconds", "0.3", "--config", str(config)]) == 0
     warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
-    assert warnings == ["musicsteer: warning: the config's defaults do nothing in this session: alpha, site need "
-                        "--vectors FILE (nothing steers without one)"]
+    assert warnings == ["musicsteer: warning: the config's defaults do nothing in this session: mix, alpha, site need "
+                        "--vectors FILE (nothing steers without one)"]  # and are dropped: `steer` was then refused
+
+
+def test_a_zero_is_a_value_given() -> None:
+    """`--ease-at 0` (cosine 0 is a threshold) makes --meter-every act: refuse_idle tests presence, not truth."""
+    from argparse import Namespace
+
+    from musicsteer.commands.options import refuse_idle
+
+    assert refuse_idle(Namespace(ease_at=0.0, meter_every=10, vectors="v.safetensors")) == {}
+    with pytest.raises(MusicsteerError, match="--slew needs --vectors FILE"):
+        refuse_idle(Namespace(slew=0.0))

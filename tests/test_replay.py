@@ -120,3 +120,12 @@ def test_replay_refuses_what_it_would_ignore_and_warns_of_another_dtype(tiny, tm
     warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
     assert warnings == [f"musicsteer: warning: {log} was recorded in float32; this replay runs bfloat16, so the "
                         "codes may differ (give --dtype float32)"]
+    # without --dtype a replay runs in the session's dtype, as on its model
+    lines = (tmp_path / "plain.jsonl").read_text().splitlines()
+    header = json.loads(lines[0])
+    header["dtype"] = "bfloat16"
+    (tmp_path / "plain.jsonl").write_text("\n".join([json.dumps(header), *lines[1:]]) + "\n")
+    assert main(["render", "--replay", log, *out, "--dtype", "float32"]) == 0
+    assert "was recorded in bfloat16; this replay runs float32" in capsys.readouterr().err
+    assert main(["render", "--replay", log, *out]) == 0
+    assert "warning" not in capsys.readouterr().err

@@ -167,17 +167,21 @@ def decode_steps_of(args: argparse.Namespace) -> tuple[str, ...]:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from musicsteer.bench import drift as bench_drift
     from musicsteer.bench.benchmark import run_benchmark
     from musicsteer.bench.soak import run_soak
     from musicsteer.engine.files import writable_file
     from musicsteer.engine.graph import decode_step
+    from musicsteer.engine.loading import resolve_dtype
 
     from .setup import load_options
 
-    drift_asked = args.drift_steps is not None
+    drift_asked = bool(args.drift_steps)  # (0 skips it)
     check_mode(args)
-    if drift_asked and not args.quantize and "+" not in (args.model or "") and args.dtype in ("float32", "fp32"):
+    if drift_asked and not args.quantize and "+" not in (args.model or "") and (
+            resolve_dtype(args.dtype or "float32") == torch.float32):
         raise MusicsteerError("--drift-steps measures a --dtype bfloat16|float16 or --quantize model against "
                               "float32: give one of them, or drop it")
     resolve(args)

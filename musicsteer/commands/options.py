@@ -29,6 +29,13 @@ class Parser(argparse.ArgumentParser):
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
 
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> tuple[argparse.Namespace, list[str]]:
+        # Refused by the (sub-)command that met them, so the line points at its --help, not the top one's.
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed, extras
+
     def error(self, message: str) -> NoReturn:
         print(f"musicsteer: error: {one_line(message)} (see {self.prog} --help)", file=sys.stderr)
         raise SystemExit(2)
@@ -82,10 +89,14 @@ def resolve(args: argparse.Namespace, defaults: dict[str, Any] | None = None) ->
 
 
 # Flags that act only beside another: dest -> (the dests any one of which must be given, how to say it).
-# Without it nothing reads the flag, so it is refused rather than silently ignored (`refuse_idle`).
-STEERING = ("vectors",), "--vectors FILE (nothing steers without one)"
+# Without it nothing reads the flag, so it is refused rather than silently ignored (`refuse_idle`). The
+# steering flags need a vectors file in a live session (OSC, MIDI or the page may set a mix later) and,
+# in a render, which has no live control, a mix or an automation file that sets one.
+STEERING_FLAGS = ("alpha", "layer", "site", "steer_rule", "steer_both", "slew")
+LIVE_STEERING = ("vectors",), "--vectors FILE (nothing steers without one)"
+RENDER_STEERING = ("steer", "automation"), "--steer or --automation (nothing steers a render without one)"
 NEEDS: dict[str, tuple[tuple[str, ...], str]] = {
-    **dict.fromkeys(("alpha", "layer", "site", "steer_rule", "steer_both", "slew"), STEERING),
+    "steer": LIVE_STEERING,
     **dict.fromkeys(("meter_every", "meter_layer"), (("meter", "ease_at"), "--meter or --ease-at")),
     "init_seconds": (("init_audio",), "--init-audio FILE"),
 }
@@ -94,29 +105,36 @@ OFF_WITH = dict.fromkeys(("osc_port", "osc_host", "osc_allow", "osc_feedback", "
                          ("no_osc", "OSC (drop --no-osc)"))
 
 
-def refuse_idle(args: argparse.Namespace, defaults: dict[str, Any] | None = None) -> None:
+def refuse_idle(args: argparse.Namespace, defaults: dict[str, Any] | None = None, live: bool = True) -> dict[str, Any]:
     """One line (MusicsteerError) for a flag given where nothing would read it: without the flag it needs
-    (NEEDS), or beside one that switches it off (OFF_WITH). Call it before `resolve` fills the defaults.
-    A config's `defaults:` (by table name) in the same case get a warning: a config serves many sessions."""
+    (NEEDS; the steering flags: LIVE_STEERING, or RENDER_STEERING when not `live`), or beside one that
+    switches it off (OFF_WITH). Call it before `resolve` fills the defaults. A config's `defaults:` (table
+    names) in the same case are dropped with a warning, not refused: a config serves many sessions.
+    Returns the defaults left."""
     def given(dest: str) -> bool:
-        return getattr(args, dest, None) not in (None, False)
+        value = getattr(args, dest, None)
+        return value is not None and value is not False  # (0 is a value given: `--ease-at 0`)
 
     def flag(dest: str) -> str:
         return "--" + dest.replace("_", "-")
 
-    for dest, (needs, wording) in NEEDS.items():
-        if given(dest) and not any(given(need) for need in needs):
+    needs = {**NEEDS, **dict.fromkeys(STEERING_FLAGS, LIVE_STEERING if live else RENDER_STEERING)}
+    for dest, (need, wording) in needs.items():
+        if given(dest) and not any(given(n) for n in need):
             raise MusicsteerError(f"{flag(dest)} needs {wording}")
     for dest, (off, wording) in OFF_WITH.items():
         if given(dest) and given(off):
             raise MusicsteerError(f"{flag(dest)} needs {wording}")
     idle: dict[str, list[str]] = {}  # what is missing -> the config's defaults that need it
     for name in defaults or {}:
-        if name in NEEDS and not any(given(need) for need in NEEDS[name][0]):
-            idle.setdefault(NEEDS[name][1], []).append(name)
+        dest = PARAMS[name].dest if name in PARAMS else name
+        if dest in needs and not any(given(n) for n in needs[dest][0]):
+            idle.setdefault(needs[dest][1], []).append(name)
     if idle:
         told = "; ".join(f"{', '.join(names)} need{'s' * (len(names) == 1)} {what}" for what, names in idle.items())
         print(f"musicsteer: warning: the config's defaults do nothing in this session: {told}", file=sys.stderr)
+    dropped = {name for names in idle.values() for name in names}
+    return {name: value for name, value in (defaults or {}).items() if name not in dropped}
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -125,7 +143,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
                        help=f"hub id, local folder, 'tiny' (offline test model) or 'random:small|medium|large' "
                             f"(default {DEFAULT_MODEL})")
     group.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    group.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
+    group.add_argument("--dtype", help="float32 (default; a replay: the session's), bfloat16 or float16")
     add_params(group, "quantize", "threads", "decode")
 
 

@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     from .setup import attach_meter, generator_class, session_spec
 
     config, defaults = load_session_config(args)
-    refuse_idle(args, defaults)
+    defaults = refuse_idle(args, defaults)
     resolve(args, defaults)
     check_control_flags(args)
     if args.codes_out:

@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     if args.replay:
         refuse_overrides(args)
     else:
-        refuse_idle(args)
+        refuse_idle(args, live=False)
     resolve(args)
     for out in take_paths(args.out, args.variations):
         writable_file(out, "--out", make_folder=True)  # write_wav makes the missing folders
@@ -181,6 +181,8 @@ def replay(args: argparse.Namespace) -> int:
         raise MusicsteerError(f"{args.replay} continues no audio prompt: drop --init-audio")
     if init and sha256_of(existing_file(init["path"], f"{args.replay}: the session's init audio")) != init["sha256"]:
         raise MusicsteerError(f"init audio {init['path']} is not the file the session used (sha256 differs)")
+    if args.dtype is None and header.get("dtype") is not None:  # the session's, as its model is
+        args.dtype = header["dtype"]
     lm = load(args, args.model or header["model"])
     logged_model = header.get("model_fingerprint")
     if isinstance(logged_model, str) and logged_model != lm.fingerprint:

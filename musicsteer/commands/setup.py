@@ -45,10 +45,11 @@ def load(args: argparse.Namespace, name: str | None = None) -> LoadedModel:
 def load_options(args: argparse.Namespace, name: str | None = None) -> Loaded:
     """`load`, keeping the unquantised model too. Every refusal happens before the weights load."""
     name, mode = _quantize_mode(name or args.model or DEFAULT_MODEL, getattr(args, "quantize", None))
+    dtype = args.dtype or "float32"
     if mode is not None:
-        _check_quantizable(mode, args.device, args.dtype)
+        _check_quantizable(mode, args.device, dtype)
     set_threads(args, name)
-    base = load_model(name, args.device, args.dtype)
+    base = load_model(name, args.device, dtype)
     if mode is None:
         return Loaded(base, base, None, 0.0)
     t0 = time.perf_counter()
