@@ -108,6 +108,10 @@ def test_a_flag_nothing_would_read_is_refused_not_ignored(capsys, tmp_path) -> N
         ([*live, "--alpha", "0"], "--alpha needs --vectors FILE"),  # 0 is a value given
         ([*live, "--no-osc", "--osc-port", "0"], "--osc-port needs OSC (drop --no-osc)"),
         ([*live, "--steer", "rock"], "--steer needs --vectors FILE"),
+        # no live surface (no OSC, MIDI in or page): nothing can set a mix later, and no take can start
+        ([*live, "--no-osc", "--vectors", "v.safetensors", "--alpha", "0.5"], "--alpha needs --steer, or OSC, --midi"),
+        ([*live, "--no-osc", "--record-dir", str(tmp_path)], "--record-dir needs OSC or --web"),
+        ([*live, "--no-osc", "--overwrite"], "--overwrite needs --record, or OSC or --web"),
         ([*live, "--steer-rule", "add"], "--steer-rule needs --vectors FILE"),
         ([*live, "--slew", "2"], "--slew needs --vectors FILE"),
         (["render", *out, "--meter-every", "5"], "--meter-every needs --meter or --ease-at"),
@@ -683,16 +687,21 @@ def test_replayed_logs_are_bounded_in_size_and_in_changes_per_token(tmp_path, mo
         read_log(path)
 
 
-def test_config_defaults_nothing_would_read_are_told_once(tmp_path, capsys) -> None:
-    """A config serves many sessions, so its steering defaults without --vectors are a warning, not a refusal."""
+def test_config_defaults_nothing_would_read_are_told_once(tmp_path, capsys, vectors_file) -> None:
+    """A config serves many sessions, so its steering defaults without --vectors are a warning, not a refusal;
+    with --vectors its `steer:` is the mix the other steering values act on, even with no live surface."""
     config = tmp_path / "c.yaml"
     config.write_text("defaults:\n  steer: rock\n  alpha: 0.7\n  site: attention\n  seed: 4\n")
     capsys.readouterr()
     assert main(["play", "--model", "tiny", "--device", "cpu", "--output-device", "null", "--no-osc", "--no-status",
                  "--seconds", "0.3", "--config", str(config)]) == 0
     warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
-    assert warnings == ["musicsteer: warning: the config's defaults do nothing in this session: mix, alpha, site need "
-                        "--vectors FILE (nothing steers without one)"]  # and are dropped: `steer` was then refused
+    assert warnings == ["musicsteer: warning: the config's defaults do nothing in this session: mix needs --vectors "
+                        "FILE (nothing steers without one); alpha, site need --steer, or OSC, --midi or --web to set "
+                        "a mix live (nothing steers otherwise)"]  # and are dropped: `steer` was then refused
+    assert main(["play", "--model", "tiny", "--device", "cpu", "--output-device", "null", "--no-osc", "--no-status",
+                 "--seconds", "0.3", "--config", str(config), "--vectors", vectors_file, "--layer", "1"]) == 0
+    assert "warning" not in capsys.readouterr().err
 
 
 def test_a_zero_is_a_value_given() -> None:

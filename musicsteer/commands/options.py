@@ -89,9 +89,10 @@ def resolve(args: argparse.Namespace, defaults: dict[str, Any] | None = None) ->
 
 
 # Flags that act only beside another: dest -> (the dests any one of which must be given, how to say it).
-# Without it nothing reads the flag, so it is refused rather than silently ignored (`refuse_idle`). The
-# steering flags need a vectors file in a live session (OSC, MIDI or the page may set a mix later) and,
-# in a render, which has no live control, a mix or an automation file that sets one.
+# Without it nothing reads the flag, so it is refused rather than silently ignored (`refuse_idle`). A mix
+# needs a vectors file; the other steering flags need one in a session with a live surface (OSC, MIDI or
+# the page may set a mix later: LIVE_STEERING), a mix in one without (play.surfaces_needs), and a mix or
+# an automation file that sets one in a render (RENDER_STEERING).
 STEERING_FLAGS = ("alpha", "layer", "site", "steer_rule", "steer_both", "slew")
 LIVE_STEERING = ("vectors",), "--vectors FILE (nothing steers without one)"
 RENDER_STEERING = ("steer", "automation"), "--steer or --automation (nothing steers a render without one)"
@@ -105,36 +106,41 @@ OFF_WITH = dict.fromkeys(("osc_port", "osc_host", "osc_allow", "osc_feedback", "
                          ("no_osc", "OSC (drop --no-osc)"))
 
 
-def refuse_idle(args: argparse.Namespace, defaults: dict[str, Any] | None = None, live: bool = True) -> dict[str, Any]:
+def refuse_idle(args: argparse.Namespace, defaults: dict[str, Any] | None = None,
+                steering: tuple[tuple[str, ...], str] = LIVE_STEERING,
+                more: dict[str, tuple[tuple[str, ...], str]] | None = None) -> dict[str, Any]:
     """One line (MusicsteerError) for a flag given where nothing would read it: without the flag it needs
-    (NEEDS; the steering flags: LIVE_STEERING, or RENDER_STEERING when not `live`), or beside one that
-    switches it off (OFF_WITH). Call it before `resolve` fills the defaults. A config's `defaults:` (table
-    names) in the same case are dropped with a warning, not refused: a config serves many sessions.
-    Returns the defaults left."""
-    def given(dest: str) -> bool:
+    (NEEDS, `more`; the steering flags: `steering`), or beside one that switches it off (OFF_WITH). Call
+    it before `resolve` fills the defaults. A config's `defaults:` (table names) in the same case are
+    dropped with a warning, not refused: a config serves many sessions. Returns the defaults left."""
+    def given(dest: str) -> bool:  # on the command line
         value = getattr(args, dest, None)
         return value is not None and value is not False  # (0 is a value given: `--ease-at 0`)
 
     def flag(dest: str) -> str:
         return "--" + dest.replace("_", "-")
 
-    needs = {**NEEDS, **dict.fromkeys(STEERING_FLAGS, LIVE_STEERING if live else RENDER_STEERING)}
+    needs = {**NEEDS, **dict.fromkeys(STEERING_FLAGS, steering), **(more or {})}
+    kept = {PARAMS[name].dest if name in PARAMS else name: name for name in defaults or {}}  # dest -> name
+
+    def have(dest: str) -> bool:  # on the command line, or from the config (its `steer:` is a mix)
+        return given(dest) or dest in kept
+
     for dest, (need, wording) in needs.items():
-        if given(dest) and not any(given(n) for n in need):
+        if given(dest) and not any(have(n) for n in need):
             raise MusicsteerError(f"{flag(dest)} needs {wording}")
-    for dest, (off, wording) in OFF_WITH.items():
+    for dest, (off, wording) in OFF_WITH.items():  # (the flag wins over a config: `--no-osc` over its osc:)
         if given(dest) and given(off):
             raise MusicsteerError(f"{flag(dest)} needs {wording}")
     idle: dict[str, list[str]] = {}  # what is missing -> the config's defaults that need it
-    for name in defaults or {}:
-        dest = PARAMS[name].dest if name in PARAMS else name
-        if dest in needs and not any(given(n) for n in needs[dest][0]):
-            idle.setdefault(needs[dest][1], []).append(name)
+    while idle_now := [dest for dest in kept if dest in needs and not given(dest)
+                       and not any(have(n) for n in needs[dest][0])]:  # until none is left idle by a dropped one
+        for dest in idle_now:
+            idle.setdefault(needs[dest][1], []).append(kept.pop(dest))
     if idle:
         told = "; ".join(f"{', '.join(names)} need{'s' * (len(names) == 1)} {what}" for what, names in idle.items())
         print(f"musicsteer: warning: the config's defaults do nothing in this session: {told}", file=sys.stderr)
-    dropped = {name for names in idle.values() for name in names}
-    return {name: value for name, value in (defaults or {}).items() if name not in dropped}
+    return {name: value for name, value in (defaults or {}).items() if name in kept.values()}
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:

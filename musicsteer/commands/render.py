@@ -17,7 +17,15 @@ from typing import TYPE_CHECKING
 
 from musicsteer.engine.errors import MusicsteerError, one_line, printable
 
-from .options import add_generation_options, add_model_options, add_params, bounded, refuse_idle, resolve
+from .options import (
+    RENDER_STEERING,
+    add_generation_options,
+    add_model_options,
+    add_params,
+    bounded,
+    refuse_idle,
+    resolve,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -76,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     if args.replay:
         refuse_overrides(args)
     else:
-        refuse_idle(args, live=False)
+        refuse_idle(args, steering=RENDER_STEERING)
     resolve(args)
     for out in take_paths(args.out, args.variations):
         writable_file(out, "--out", make_folder=True)  # write_wav makes the missing folders
