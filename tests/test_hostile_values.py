@@ -102,9 +102,11 @@ def test_a_flag_nothing_would_read_is_refused_not_ignored(capsys, tmp_path) -> N
     live = ["play", "--output-device", "null"]
     for argv, words in (
         # a render has no live control: steering flags need a mix (or an automation file that sets one)
-        (["render", *out, "--steer-both"], "--steer-both needs --steer or --automation"),
+        (["render", *out, "--steer-both"], "--steer-both needs --vectors FILE"),
         (["render", *out, "--vectors", "v.safetensors", "--alpha", "0.9"], "--alpha needs --steer or --automation"),
-        (["render", *out, "--site", "attention"], "--site needs --steer or --automation"),
+        (["render", *out, "--site", "attention"], "--site needs --vectors FILE"),
+        (["render", *out, "--automation", "a.yaml", "--alpha", "0.9"], "--alpha needs --vectors FILE"),
+        (["render", *out, "--vectors", "v.safetensors", "--ease-at", "0.5"], "--ease-at needs --steer or --auto"),
         ([*live, "--alpha", "0"], "--alpha needs --vectors FILE"),  # 0 is a value given
         ([*live, "--no-osc", "--osc-port", "0"], "--osc-port needs OSC (drop --no-osc)"),
         ([*live, "--steer", "rock"], "--steer needs --vectors FILE"),
@@ -112,6 +114,7 @@ def test_a_flag_nothing_would_read_is_refused_not_ignored(capsys, tmp_path) -> N
         ([*live, "--no-osc", "--vectors", "v.safetensors", "--alpha", "0.5"], "--alpha needs --steer, or OSC, --midi"),
         ([*live, "--no-osc", "--record-dir", str(tmp_path)], "--record-dir needs OSC or --web"),
         ([*live, "--no-osc", "--overwrite"], "--overwrite needs --record, or OSC or --web"),
+        ([*live, "--no-osc", "--vectors", "v.safetensors", "--presets", "p.yaml"], "--presets needs OSC, MIDI in"),
         ([*live, "--steer-rule", "add"], "--steer-rule needs --vectors FILE"),
         ([*live, "--slew", "2"], "--slew needs --vectors FILE"),
         (["render", *out, "--meter-every", "5"], "--meter-every needs --meter or --ease-at"),
@@ -696,9 +699,13 @@ def test_config_defaults_nothing_would_read_are_told_once(tmp_path, capsys, vect
     assert main(["play", "--model", "tiny", "--device", "cpu", "--output-device", "null", "--no-osc", "--no-status",
                  "--seconds", "0.3", "--config", str(config)]) == 0
     warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
-    assert warnings == ["musicsteer: warning: the config's defaults do nothing in this session: mix needs --vectors "
-                        "FILE (nothing steers without one); alpha, site need --steer, or OSC, --midi or --web to set "
-                        "a mix live (nothing steers otherwise)"]  # and are dropped: `steer` was then refused
+    assert warnings == ["musicsteer: warning: the config's defaults do nothing in this session: mix, alpha, site need "
+                        "--vectors FILE (nothing steers without one)"]  # and are dropped: `steer` was then refused
+    # a flag is judged by what the config has left: its dropped mix no longer lets --alpha through
+    code, err = exit_code(["play", "--model", "tiny", "--device", "cpu", "--no-osc", "--config", str(config),
+                           "--alpha", "0.4"], capsys)
+    assert code == 2 and err.splitlines()[-1] == "musicsteer: error: --alpha needs --vectors FILE (nothing steers "\
+        "without one)", err
     assert main(["play", "--model", "tiny", "--device", "cpu", "--output-device", "null", "--no-osc", "--no-status",
                  "--seconds", "0.3", "--config", str(config), "--vectors", vectors_file, "--layer", "1"]) == 0
     assert "warning" not in capsys.readouterr().err
@@ -713,3 +720,13 @@ def test_a_zero_is_a_value_given() -> None:
     assert refuse_idle(Namespace(ease_at=0.0, meter_every=10, vectors="v.safetensors")) == {}
     with pytest.raises(MusicsteerError, match="--slew needs --vectors FILE"):
         refuse_idle(Namespace(slew=0.0))
+
+
+def test_no_osc_says_the_configs_osc_section_is_not_used(tmp_path, capsys) -> None:
+    config = tmp_path / "osc.yaml"
+    config.write_text("osc:\n  port: 9123\n")
+    capsys.readouterr()
+    assert main(["play", "--model", "tiny", "--device", "cpu", "--output-device", "null", "--no-osc", "--no-status",
+                 "--seconds", "0.3", "--config", str(config)]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert warnings == [f"musicsteer: warning: --no-osc: the osc: section of {config} is not used"]

@@ -8,7 +8,7 @@ import sys
 from contextlib import ExitStack
 from typing import TYPE_CHECKING
 
-from musicsteer.engine.errors import MusicsteerError, one_line
+from musicsteer.engine.errors import MusicsteerError, one_line, printable
 from musicsteer.engine.params import PARAMS
 
 from .options import add_params
@@ -131,6 +131,9 @@ def _osc(stack: ExitStack, session: StreamingSession, args: argparse.Namespace, 
     from musicsteer.controllers.osc import OscServer
 
     if args.no_osc:  # (its flags were refused with it: options.refuse_idle)
+        if config is not None and config.osc is not None:
+            print(f"musicsteer: warning: --no-osc: the osc: section of {printable(config.source)} is not used",
+                  file=sys.stderr)
         return []
     osc_config = config.osc if config is not None and config.osc is not None else None
     host = args.osc_host or (osc_config.host if osc_config else "127.0.0.1")

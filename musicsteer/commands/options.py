@@ -88,18 +88,19 @@ def resolve(args: argparse.Namespace, defaults: dict[str, Any] | None = None) ->
     return args
 
 
-# Flags that act only beside another: dest -> (the dests any one of which must be given, how to say it).
-# Without it nothing reads the flag, so it is refused rather than silently ignored (`refuse_idle`). A mix
-# needs a vectors file; the other steering flags need one in a session with a live surface (OSC, MIDI or
-# the page may set a mix later: LIVE_STEERING), a mix in one without (play.surfaces_needs), and a mix or
-# an automation file that sets one in a render (RENDER_STEERING).
-STEERING_FLAGS = ("alpha", "layer", "site", "steer_rule", "steer_both", "slew")
-LIVE_STEERING = ("vectors",), "--vectors FILE (nothing steers without one)"
-RENDER_STEERING = ("steer", "automation"), "--steer or --automation (nothing steers a render without one)"
-NEEDS: dict[str, tuple[tuple[str, ...], str]] = {
-    "steer": LIVE_STEERING,
-    **dict.fromkeys(("meter_every", "meter_layer"), (("meter", "ease_at"), "--meter or --ease-at")),
-    "init_seconds": (("init_audio",), "--init-audio FILE"),
+# Flags that act only beside others: dest -> its requirements, each (the dests any one of which must be
+# given, how to say it), all to be met. Without them nothing reads the flag, so it is refused rather than
+# silently ignored (`refuse_idle`). A mix needs a vectors file; the other steering flags (the genre
+# meter's easing too) need a vectors file and, where no live surface (OSC, MIDI in, the page) may set a
+# mix later, a mix (play.surfaces_needs) or, in a render, a mix or an automation file (RENDER_STEERING).
+Need = tuple[tuple[str, ...], str]
+STEERING_FLAGS = ("alpha", "layer", "site", "steer_rule", "steer_both", "slew", "ease_at")
+LIVE_STEERING: Need = ("vectors",), "--vectors FILE (nothing steers without one)"
+RENDER_STEERING: Need = ("steer", "automation"), "--steer or --automation (nothing steers a render without one)"
+NEEDS: dict[str, list[Need]] = {
+    "steer": [LIVE_STEERING],
+    **dict.fromkeys(("meter_every", "meter_layer"), [(("meter", "ease_at"), "--meter or --ease-at")]),
+    "init_seconds": [(("init_audio",), "--init-audio FILE")],
 }
 # Flags that another one switches off: dest -> (the dest that does, how to say it).
 OFF_WITH = dict.fromkeys(("osc_port", "osc_host", "osc_allow", "osc_feedback", "oscquery"),
@@ -107,36 +108,34 @@ OFF_WITH = dict.fromkeys(("osc_port", "osc_host", "osc_allow", "osc_feedback", "
 
 
 def refuse_idle(args: argparse.Namespace, defaults: dict[str, Any] | None = None,
-                steering: tuple[tuple[str, ...], str] = LIVE_STEERING,
-                more: dict[str, tuple[tuple[str, ...], str]] | None = None) -> dict[str, Any]:
-    """One line (MusicsteerError) for a flag given where nothing would read it: without the flag it needs
+                steering: tuple[Need, ...] = (LIVE_STEERING,),
+                more: dict[str, list[Need]] | None = None) -> dict[str, Any]:
+    """One line (MusicsteerError) for a flag given where nothing would read it: without the flags it needs
     (NEEDS, `more`; the steering flags: `steering`), or beside one that switches it off (OFF_WITH). Call
     it before `resolve` fills the defaults. A config's `defaults:` (table names) in the same case are
-    dropped with a warning, not refused: a config serves many sessions. Returns the defaults left."""
+    dropped first, with one warning, not refused (a config serves many sessions); the flags are then
+    judged by what is left. Returns the defaults left."""
     def given(dest: str) -> bool:  # on the command line
         value = getattr(args, dest, None)
         return value is not None and value is not False  # (0 is a value given: `--ease-at 0`)
 
-    def flag(dest: str) -> str:
-        return "--" + dest.replace("_", "-")
-
-    needs = {**NEEDS, **dict.fromkeys(STEERING_FLAGS, steering), **(more or {})}
+    needs = {**NEEDS, **dict.fromkeys(STEERING_FLAGS, list(steering)), **(more or {})}
     kept = {PARAMS[name].dest if name in PARAMS else name: name for name in defaults or {}}  # dest -> name
 
-    def have(dest: str) -> bool:  # on the command line, or from the config (its `steer:` is a mix)
-        return given(dest) or dest in kept
+    def unmet(dest: str) -> str | None:  # the first requirement of `dest` nothing meets, worded
+        have = [n for n in needs.get(dest, []) if not any(given(d) or d in kept for d in n[0])]
+        return have[0][1] if have else None
 
-    for dest, (need, wording) in needs.items():
-        if given(dest) and not any(have(n) for n in need):
-            raise MusicsteerError(f"{flag(dest)} needs {wording}")
+    idle: dict[str, list[str]] = {}  # what is missing -> the config's defaults that need it
+    while idle_now := [(dest, why) for dest in kept if not given(dest) and (why := unmet(dest))]:
+        for dest, why in idle_now:  # until none is left idle by one dropped (a mix takes its alpha along)
+            idle.setdefault(why, []).append(kept.pop(dest))
+    for dest in needs:
+        if given(dest) and (why := unmet(dest)):
+            raise MusicsteerError(f"--{dest.replace('_', '-')} needs {why}")
     for dest, (off, wording) in OFF_WITH.items():  # (the flag wins over a config: `--no-osc` over its osc:)
         if given(dest) and given(off):
-            raise MusicsteerError(f"{flag(dest)} needs {wording}")
-    idle: dict[str, list[str]] = {}  # what is missing -> the config's defaults that need it
-    while idle_now := [dest for dest in kept if dest in needs and not given(dest)
-                       and not any(have(n) for n in needs[dest][0])]:  # until none is left idle by a dropped one
-        for dest in idle_now:
-            idle.setdefault(needs[dest][1], []).append(kept.pop(dest))
+            raise MusicsteerError(f"--{dest.replace('_', '-')} needs {wording}")
     if idle:
         told = "; ".join(f"{', '.join(names)} need{'s' * (len(names) == 1)} {what}" for what, names in idle.items())
         print(f"musicsteer: warning: the config's defaults do nothing in this session: {told}", file=sys.stderr)

@@ -11,7 +11,15 @@ from typing import TYPE_CHECKING
 from musicsteer.engine.errors import MusicsteerError, printable
 
 from .live_controls import add_control_options, check_control_flags, load_session_config, open_controllers
-from .options import LIVE_STEERING, add_generation_options, add_model_options, add_params, refuse_idle, resolve
+from .options import (
+    LIVE_STEERING,
+    Need,
+    add_generation_options,
+    add_model_options,
+    add_params,
+    refuse_idle,
+    resolve,
+)
 
 if TYPE_CHECKING:
     from musicsteer.controllers.config import SessionConfig
@@ -87,20 +95,22 @@ def faults(stats: SessionStats) -> str:
             f"xruns {stats.xruns}, callback errors {stats.callback_errors}")
 
 
-def surfaces_needs(args: argparse.Namespace, config: SessionConfig | None) -> tuple[tuple[tuple[str, ...], str], dict]:
-    """What steering and take flags need in this session (options.refuse_idle's `steering` and `more`):
-    with a live surface (OSC, MIDI in from --midi or the config, --web) a vectors file, since a mix may
-    come later; without one, --steer itself. Takes start live only from OSC or the page: without both,
-    --record-dir names nothing and --overwrite needs --record."""
+def surfaces_needs(args: argparse.Namespace, config: SessionConfig | None) -> tuple[tuple[Need, ...], dict]:
+    """What steering, preset and take flags need in this session (options.refuse_idle's `steering` and
+    `more`). With a live surface (OSC, MIDI in from --midi or the config, --web) the steering flags need
+    a vectors file, since a mix may come later; without one they need --steer too, and --presets (recalled
+    and saved live) names nothing. Takes start live only from OSC or the page: without both, --record-dir
+    names nothing and --overwrite needs --record."""
     midi_in = args.midi is not None or (config is not None and config.midi is not None and config.midi.port is not None)
     if not args.no_osc or midi_in or args.web is not None:
-        steering = LIVE_STEERING
+        steering, more = (LIVE_STEERING,), {}
     else:
-        steering = ("steer",), "--steer, or OSC, --midi or --web to set a mix live (nothing steers otherwise)"
+        steering = LIVE_STEERING, (("steer",), "--steer, or OSC, --midi or --web to set a mix live")
+        more = {"presets": [((), "OSC, MIDI in or --web: presets are recalled and saved live")]}
     if not args.no_osc or args.web is not None:
-        return steering, {}
-    return steering, {"record_dir": ((), "OSC or --web: it is where takes started live go"),
-                      "overwrite": (("record",), "--record, or OSC or --web to start takes")}
+        return steering, more
+    return steering, {**more, "record_dir": [((), "OSC or --web: it is where takes started live go")],
+                      "overwrite": [(("record",), "--record, or OSC or --web to start takes")]}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -114,10 +124,10 @@ def run(args: argparse.Namespace) -> int:
     from .render import prompt_codes_from, sha256_of
     from .setup import attach_meter, generator_class, session_spec
 
+    check_control_flags(args)
     config, defaults = load_session_config(args)
     defaults = refuse_idle(args, defaults, *surfaces_needs(args, config))
     resolve(args, defaults)
-    check_control_flags(args)
     if args.codes_out:
         writable_file(args.codes_out, "--codes-out")
     check_stream(args.buffer, args.prebuffer, args.blocksize)  # again with the model's rate, once it is loaded

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from musicsteer.engine.errors import MusicsteerError, one_line, printable
 
 from .options import (
+    LIVE_STEERING,
     RENDER_STEERING,
     add_generation_options,
     add_model_options,
@@ -84,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     if args.replay:
         refuse_overrides(args)
     else:
-        refuse_idle(args, steering=RENDER_STEERING)
+        refuse_idle(args, steering=(LIVE_STEERING, RENDER_STEERING))
     resolve(args)
     for out in take_paths(args.out, args.variations):
         writable_file(out, "--out", make_folder=True)  # write_wav makes the missing folders
