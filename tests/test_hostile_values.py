@@ -690,25 +690,28 @@ def test_replayed_logs_are_bounded_in_size_and_in_changes_per_token(tmp_path, mo
         read_log(path)
 
 
+def played_warnings(capsys, config, *extra: str) -> list[str]:
+    """The warning lines of a short `play --no-osc --config CONFIG` on the null device (it must exit 0)."""
+    capsys.readouterr()
+    assert main(["play", "--model", "tiny", "--device", "cpu", "--output-device", "null", "--no-osc", "--no-status",
+                 "--seconds", "0.3", "--config", str(config), *extra]) == 0
+    return [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+
+
 def test_config_defaults_nothing_would_read_are_told_once(tmp_path, capsys, vectors_file) -> None:
     """A config serves many sessions, so its steering defaults without --vectors are a warning, not a refusal;
     with --vectors its `steer:` is the mix the other steering values act on, even with no live surface."""
     config = tmp_path / "c.yaml"
     config.write_text("defaults:\n  steer: rock\n  alpha: 0.7\n  site: attention\n  seed: 4\n")
-    capsys.readouterr()
-    assert main(["play", "--model", "tiny", "--device", "cpu", "--output-device", "null", "--no-osc", "--no-status",
-                 "--seconds", "0.3", "--config", str(config)]) == 0
-    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
-    assert warnings == ["musicsteer: warning: the config's defaults do nothing in this session: mix, alpha, site need "
-                        "--vectors FILE (nothing steers without one)"]  # and are dropped: `steer` was then refused
+    assert played_warnings(capsys, config) == [
+        "musicsteer: warning: the config's defaults do nothing in this session: mix, alpha, site need --vectors FILE "
+        "(nothing steers without one)"]  # and are dropped: `steer` was then refused
     # a flag is judged by what the config has left: its dropped mix no longer lets --alpha through
     code, err = exit_code(["play", "--model", "tiny", "--device", "cpu", "--no-osc", "--config", str(config),
                            "--alpha", "0.4"], capsys)
     assert code == 2 and err.splitlines()[-1] == "musicsteer: error: --alpha needs --vectors FILE (nothing steers "\
         "without one)", err
-    assert main(["play", "--model", "tiny", "--device", "cpu", "--output-device", "null", "--no-osc", "--no-status",
-                 "--seconds", "0.3", "--config", str(config), "--vectors", vectors_file, "--layer", "1"]) == 0
-    assert "warning" not in capsys.readouterr().err
+    assert played_warnings(capsys, config, "--vectors", vectors_file, "--layer", "1") == []
 
 
 def test_a_zero_is_a_value_given() -> None:
@@ -725,8 +728,5 @@ def test_a_zero_is_a_value_given() -> None:
 def test_no_osc_says_the_configs_osc_section_is_not_used(tmp_path, capsys) -> None:
     config = tmp_path / "osc.yaml"
     config.write_text("osc:\n  port: 9123\n")
-    capsys.readouterr()
-    assert main(["play", "--model", "tiny", "--device", "cpu", "--output-device", "null", "--no-osc", "--no-status",
-                 "--seconds", "0.3", "--config", str(config)]) == 0
-    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
-    assert warnings == [f"musicsteer: warning: --no-osc: the osc: section of {config} is not used"]
+    warning = f"musicsteer: warning: --no-osc: the osc: section of {config} is not used"
+    assert played_warnings(capsys, config) == [warning]
