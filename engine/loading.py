@@ -192,6 +192,11 @@ def resolve_dtype(dtype: str) -> torch.dtype:
     return _DTYPES[key]
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """torch.bfloat16 -> "bfloat16": the name `resolve_dtype` reads, as logs, manifests and reports write it."""
+    return str(dtype).removeprefix("torch.")
+
+
 def load_model(name_or_path: str, device: str = "auto", dtype: str = "float32") -> LoadedModel:
     """Load "tiny" | "tiny-stereo" | "random:SIZE[-stereo]" | a local folder | a hub id."""
     torch_device, torch_dtype = resolve_device(device), resolve_dtype(dtype)

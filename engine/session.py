@@ -40,6 +40,7 @@ from .events import Applied, Change, Event, MeterReading, Notice, plain
 from .latency import KnobLatency
 from .lead import FAST_ENOUGH, SLOW_BUFFER_S, AutoLead, choose_chunk, margin_frames
 from .levels import LevelHistory
+from .loading import dtype_name
 from .params import AUTO_BUFFER_MAX, LIVE, PARAMS, check_settings, check_stream
 from .ring_buffer import RingBuffer
 from .session_stats import SessionStats, rate
@@ -176,7 +177,7 @@ class StreamingSession:
         gen, lm = self.gen, self.gen.lm
         vectors = gen.vectors
         return {
-            "model": lm.name, "model_fingerprint": lm.fingerprint, "dtype": str(lm.dtype).removeprefix("torch."),
+            "model": lm.name, "model_fingerprint": lm.fingerprint, "dtype": dtype_name(lm.dtype),
             "engine_version": __version__,
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "sample_rate": lm.sample_rate, "frame_rate": lm.frame_rate, "channels": lm.audio_channels,

@@ -41,7 +41,7 @@ from musicsteer.engine.delay import DelayPattern
 from musicsteer.engine.files import only_writer
 from musicsteer.engine.generator import fast_decoder
 from musicsteer.engine.kv_cache import KVCache
-from musicsteer.engine.loading import LoadedModel, ModelFacts, load_model
+from musicsteer.engine.loading import LoadedModel, ModelFacts, dtype_name, load_model
 from musicsteer.engine.prompts import encode_text
 from musicsteer.engine.steering import SteeringTensors
 
@@ -163,7 +163,7 @@ def cpu_threads(lm: LoadedModel) -> Iterator[None]:
 
 def settings_for(model: ModelFacts, segment_seconds: float, prompt: str) -> dict:
     return {"model": model.fingerprint, "segment_seconds": float(segment_seconds), "prompt": prompt,
-            "dtype": str(model.dtype).removeprefix("torch."), "sample_rate": model.sample_rate,
+            "dtype": dtype_name(model.dtype), "sample_rate": model.sample_rate,
             "frame_rate": model.frame_rate, "pooling": "mean over positions 1..T-1; last = position T-1"}
 
 

@@ -42,6 +42,7 @@ from musicsteer.engine.control import Controls
 from musicsteer.engine.events import Applied
 from musicsteer.engine.generator import fast_decoder
 from musicsteer.engine.graph import GENERATORS, GraphGenerator
+from musicsteer.engine.loading import dtype_name
 from musicsteer.engine.vectors import SteeringVectors
 
 from .knobs import LateReader, automate_steering, knob_latencies, recapture_check
@@ -328,7 +329,7 @@ def run_benchmark(lm: LoadedModel, steps: int = 100, repeats: int = 3, warmup: i
     return {
         "model": lm.name,
         "device": device_description(lm.device),
-        "dtype": str(lm.dtype).removeprefix("torch."),
+        "dtype": dtype_name(lm.dtype),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "steps": steps,

@@ -18,7 +18,7 @@ import torch
 
 from musicsteer.engine.decoder import FastDecoder
 from musicsteer.engine.errors import MusicsteerError
-from musicsteer.engine.loading import LoadedModel, load_model
+from musicsteer.engine.loading import LoadedModel, dtype_name, load_model
 from musicsteer.engine.quantize import DRIFT_PROMPT, logit_drift
 
 REFERENCE_DTYPE = torch.float32
@@ -28,18 +28,14 @@ def option_name(lm: LoadedModel, quantize: str | None) -> str | None:
     """The speed option in use ("int8", "bfloat16", ...), or None for a plain float32 model."""
     if quantize is not None:
         return quantize
-    return None if lm.dtype == REFERENCE_DTYPE else _dtype_name(lm.dtype)
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
+    return None if lm.dtype == REFERENCE_DTYPE else dtype_name(lm.dtype)
 
 
 def float32_reference(lm: LoadedModel, base: LoadedModel) -> LoadedModel:
     """The float32 model with `lm`'s weights: `base` when `lm` is its int8 copy, else a fresh float32 load."""
     if base is not lm:
         return base
-    reference = load_model(lm.name, str(lm.device), _dtype_name(REFERENCE_DTYPE))
+    reference = load_model(lm.name, str(lm.device), dtype_name(REFERENCE_DTYPE))
     check_same_weights(lm, reference)
     return reference
 
@@ -49,7 +45,7 @@ def check_same_weights(lm: LoadedModel, reference: LoadedModel) -> None:
     """Refuse a reference whose weights do not round to `lm`'s: the drift would measure other weights,
     not the option (a random:* build that stopped being reproducible, a checkpoint changed on disk)."""
     mine, theirs = _transformers_weights(lm), _transformers_weights(reference)
-    dtype = _dtype_name(lm.dtype)
+    dtype = dtype_name(lm.dtype)
     if mine.keys() != theirs.keys():
         raise MusicsteerError(f"float32 reference of {lm.name} has other parameters than the {dtype} model")
     for name, param in mine.items():
@@ -73,7 +69,7 @@ def drift_section(lm: LoadedModel, base: LoadedModel, option: str, steps: int) -
         drift = logit_drift(reference, lm, steps=steps)
     return {
         "option": option,
-        "reference_dtype": _dtype_name(REFERENCE_DTYPE),
+        "reference_dtype": dtype_name(REFERENCE_DTYPE),
         "reference": "the model the int8 copy was made from" if base is not lm
         else "the same model loaded again in float32, weights checked to round to the optimised ones",
         "steps": steps,

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from musicsteer.engine.loading import LoadedModel
+from musicsteer.engine.loading import LoadedModel, dtype_name
 from musicsteer.engine.synthetic import synthetic_clip
 from musicsteer.probes import dataset, pipeline
 from musicsteer.probes.cache import KEYS
@@ -61,7 +61,7 @@ def run_extract_bench(lm: LoadedModel, files: int, workers: int, repeats: int = 
 
         cluster.connect(ray)
         runs["ray"] = lambda out, sources, skipped: extract_on_ray(
-            ray, lm.name, str(lm.device), str(lm.dtype).removeprefix("torch."), clips, out, sources, skipped,
+            ray, lm.name, str(lm.device), dtype_name(lm.dtype), clips, out, sources, skipped,
             SEGMENT_SECONDS, "", 4, 0)
     times: dict[str, list[float]] = {name: [] for name in runs}
     with tempfile.TemporaryDirectory(prefix="musicsteer-bench-extract-") as tmp:

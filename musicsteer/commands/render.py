@@ -154,6 +154,7 @@ def replay(args: argparse.Namespace) -> int:
     from musicsteer import __version__
     from musicsteer.engine.control import Controls
     from musicsteer.engine.files import existing_file
+    from musicsteer.engine.loading import dtype_name
     from musicsteer.engine.session_log import read_log
     from musicsteer.engine.vectors import SteeringVectors
 
@@ -197,7 +198,7 @@ def replay(args: argparse.Namespace) -> int:
     if isinstance(logged_model, str) and logged_model != lm.fingerprint:
         print(one_line(f"musicsteer: warning: {args.replay} was made with model {one_line(logged_model, 60)}; this is "
                        f"{lm.fingerprint}: the weights differ, so the codes will differ", 1000), file=sys.stderr)
-    dtype, logged_dtype = str(lm.dtype).removeprefix("torch."), header.get("dtype")  # (older logs do not say)
+    dtype, logged_dtype = dtype_name(lm.dtype), header.get("dtype")  # (older logs do not say)
     if logged_dtype is not None and logged_dtype != dtype:
         print(one_line(f"musicsteer: warning: {args.replay} was recorded in {one_line(logged_dtype, 20)}; this "
                        f"replay runs {dtype}, so the codes may differ (give --dtype {logged_dtype})", 1000),
