@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,6 +131,14 @@ def segment_bounds(samples: int, segment: int) -> list[tuple[int, int]]:
     """(start, length) of each segment; a last piece shorter than half a segment is dropped."""
     bounds = [(start, min(segment, samples - start)) for start in range(0, samples, segment)]
     return [(start, length) for start, length in bounds if 2 * length >= segment]
+
+
+def by_file(segments: Iterable[Segment]) -> dict[str, list[Segment]]:
+    """Segments grouped by their file, files in first-met order (a file's segments are consecutive rows)."""
+    files: dict[str, list[Segment]] = {}
+    for seg in segments:
+        files.setdefault(seg.file_id, []).append(seg)
+    return files
 
 
 def check_labels(labels: set[str] | list[str], where: str | Path) -> None:

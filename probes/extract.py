@@ -297,12 +297,8 @@ def run_batches(extractor: Extractor, batches: list[list[dataset.Segment]], sour
     one `Missing` (its rows among these batches), and its segments leave their batches. A file's codes
     are kept only until the last batch that needs them has run."""
     lm = extractor.lm
-    rows: dict[str, list[dataset.Segment]] = {}
-    last: dict[str, int] = {}
-    for number, group in enumerate(batches):
-        for seg in group:  # a file's segments are consecutive rows, so files come in plan order
-            rows.setdefault(seg.file_id, []).append(seg)
-            last[seg.file_id] = number
+    rows = dataset.by_file(seg for group in batches for seg in group)  # files in plan order
+    last = {seg.file_id: number for number, group in enumerate(batches) for seg in group}  # its last batch
     in_workers = extractor.encodes_in_workers
     decoded = pipeline.decoded([(sources[f], segs) for f, segs in rows.items()], lm.sample_rate,
                                lm.audio_channels, workers, extractor.encode if in_workers else None)

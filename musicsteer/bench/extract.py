@@ -102,7 +102,7 @@ def _worker_share(lm: LoadedModel, clips: str, sources: list[dataset.Source], sk
     cut and (the model on the CPU) encoded, exactly as `run_batches` hands it to the pipeline."""
     plan = dataset.plan(clips, sources, skipped, lm.sample_rate, SEGMENT_SECONDS)
     extractor = Extractor(lm, "")
-    jobs = [(plan.sources[f], [s for s in plan.segments if s.file_id == f]) for f in plan.sources]
+    jobs = [(plan.sources[f], segments) for f, segments in dataset.by_file(plan.segments).items()]
     began = time.perf_counter()
     with cpu_threads(lm):
         for _ in pipeline.decoded(jobs, lm.sample_rate, lm.audio_channels, 0,
