@@ -270,7 +270,10 @@ def _fill(cache: ActivationCache, manifest: dict, plan: dataset.Plan, batch: int
     todo = [s for s in plan.segments if s.index not in done]
     batches = [todo[i : i + batch] for i in range(0, len(todo), batch)]
     passes = 0
-    with tqdm(total=len(plan.segments), initial=len(plan.segments) - len(todo), unit="seg", desc="extract") as bar:
+    # (worker_failures here too: a worker's death is reported wherever the main thread is, and while
+    # `results` is suspended at a yield, that is this loop's shard write, outside run_batches' frame)
+    with tqdm(total=len(plan.segments), initial=len(plan.segments) - len(todo), unit="seg", desc="extract") as bar, \
+            pipeline.worker_failures():
         for result in results(batches, plan):
             if isinstance(result, Shard):
                 cache.write_shard(result.index, result.arrays)

@@ -111,9 +111,11 @@ def decoded(jobs: Sequence[Job], sample_rate: int, channels: int, workers: int =
 
 @contextmanager
 def worker_failures() -> Iterator[None]:
-    """Around the loop that consumes `decoded`: torch reports a worker's death from its SIGCHLD handler,
-    in the main thread, wherever it is (in the model's forward as often as in the loader). That report
-    (a RuntimeError naming a "DataLoader worker") becomes the same one line as a failure in the loader."""
+    """Around the loop that consumes `decoded`, and around whatever consumes that loop's results (a
+    generator's `with` does not cover its consumer's code between yields): torch reports a worker's death
+    from its SIGCHLD handler, in the main thread, wherever it is (in the model's forward as often as in
+    the loader or a shard's write). That report (a RuntimeError naming a "DataLoader worker") becomes the
+    same one line as a failure in the loader."""
     try:
         yield
     except RuntimeError as e:

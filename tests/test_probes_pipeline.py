@@ -274,6 +274,27 @@ def test_a_killed_worker_is_one_line_and_the_run_resumes(clips, serial, tmp_path
     same_cache(serial, out)
 
 
+def test_a_worker_death_reported_during_a_shard_write_is_the_same_one_line(clips, tiny, tmp_path, monkeypatch) -> None:
+    """torch reports a dead worker from its SIGCHLD handler wherever the main thread is; while run_batches is
+    suspended at a yield that is the shard write, outside run_batches' `with`. Here the report is raised
+    from the write (where the signal lands is the one thing simulated): it must be the same one line."""
+    from musicsteer.probes import dataset
+    from musicsteer.probes.extract import Shard, fill
+
+    def results(batches, plan):
+        yield Shard([s.index for s in batches[0]], {})
+
+    def write_shard(self, index, arrays):
+        raise RuntimeError("DataLoader worker (pid 12345) is killed by signal: Killed. ")
+
+    monkeypatch.setattr(ActivationCache, "write_shard", write_shard)
+    sources, skipped = dataset.discover(clips)
+    message = one_line_error(fill, tiny.facts, str(clips), str(tmp_path / "acts"), sources, skipped, 1.0, "", 4,
+                             results)
+    assert message.startswith("a decoding worker failed (DataLoader worker (pid 12345) is killed") and \
+        "run the same command again to resume" in message
+
+
 def save_dataset(clips: Path, folder: Path, label_feature: str) -> None:
     """The clips, in the folder's discovery order, as a DatasetDict saved to disk: audio as encoded bytes
     (Audio(decode=False): no torchcodec needed to build it), labels as ClassLabel or plain strings."""
