@@ -9,7 +9,7 @@ from typing import Any
 
 from musicsteer.engine.errors import MusicsteerError
 
-from .options import add_model_options, add_ray_option, bounded, resolve, typed
+from .options import DEFAULT_MODEL, add_model_options, add_ray_option, bounded, resolve, typed
 
 RECAPTURE_TOKENS = 1000  # --recapture-tokens' default (None until then: a flag given is told from one left out)
 MODES = ("soak", "heard", "extract")  # instead of the default run (the engine's contenders against generate)
@@ -176,11 +176,11 @@ def run(args: argparse.Namespace) -> int:
     from musicsteer.engine.graph import decode_step
     from musicsteer.engine.loading import resolve_dtype
 
-    from .setup import load_options
+    from .setup import load_options, quantize_mode
 
     drift_asked = bool(args.drift_steps)  # (0 skips it)
     check_mode(args)
-    if drift_asked and not args.quantize and "+" not in (args.model or "") and (
+    if drift_asked and quantize_mode(args.model or DEFAULT_MODEL, args.quantize)[1] is None and (
             resolve_dtype(args.dtype or "float32") == torch.float32):
         raise MusicsteerError("--drift-steps measures a --dtype bfloat16|float16 or --quantize model against "
                               "float32: give one of them, or drop it")

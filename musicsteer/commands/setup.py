@@ -44,7 +44,7 @@ def load(args: argparse.Namespace, name: str | None = None) -> LoadedModel:
 
 def load_options(args: argparse.Namespace, name: str | None = None) -> Loaded:
     """`load`, keeping the unquantised model too. Every refusal happens before the weights load."""
-    name, mode = _quantize_mode(name or args.model or DEFAULT_MODEL, getattr(args, "quantize", None))
+    name, mode = quantize_mode(name or args.model or DEFAULT_MODEL, getattr(args, "quantize", None))
     dtype = args.dtype or "float32"
     if mode is not None:
         _check_quantizable(mode, args.device, dtype)
@@ -68,7 +68,7 @@ def set_threads(args: argparse.Namespace, name: str | None = None) -> None:
         torch.set_num_threads(threads)
 
 
-def _quantize_mode(name: str, asked: str | None) -> tuple[str, str | None]:
+def quantize_mode(name: str, asked: str | None) -> tuple[str, str | None]:
     """(model name to load, int8 mode or None). A quantised model is named "NAME+MODE" (quantize_decoder),
     and session logs record that name, so `render --replay` of an int8 session quantises again."""
     base, plus, suffix = name.rpartition("+")
