@@ -162,9 +162,17 @@ def _g(x: float) -> str:
 
 
 def check_text(what: str, value: Any, limit: int, empty: bool = True) -> str:
-    """Text of at most `limit` characters with no control characters but tab and newline."""
+    """Text of at most `limit` characters, valid Unicode (UTF-8 encodable: no lone surrogate, which JSON's
+    `\\ud800` and a byte that is not UTF-8 in argv (decoded with surrogateescape) both give), with no
+    control characters but tab and newline. The one rule for text wherever it enters; raises
+    `BadType`/`TooLarge` (MusicsteerError)."""
     if not isinstance(value, str):
         raise BadType(f"{what} needs text, got {type(value).__name__} {shown(value)}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise BadType(f"{what} is not valid Unicode text (character {error.start + 1} is a lone surrogate, "
+                      f"e.g. a byte that is not UTF-8): {shown(value)}") from None
     if len(value) > limit:
         raise TooLarge(f"{what} is {len(value)} characters long; the most is {limit}")
     if not empty and not value:
