@@ -15,7 +15,7 @@ from functools import partial
 from pathlib import Path
 
 from musicsteer import cluster
-from musicsteer.engine.errors import MusicsteerError
+from musicsteer.engine.errors import MusicsteerError, one_line
 from musicsteer.engine.loading import device_spec, load_model, resolve_dtype
 
 from . import dataset
@@ -34,6 +34,18 @@ class Shipped:
 
     def encoded(self) -> bytes:
         return self.data
+
+
+@dataclass(frozen=True)
+class Unshipped:
+    """A source this process could not read, sent as the one-line reason: the actor's decode reports it as
+    that file's failure (marked missing, as in a single-process run), needing no access to the data."""
+
+    file_id: str
+    error: str
+
+    def encoded(self) -> bytes:
+        raise MusicsteerError(self.error)
 
 
 def extract_on_ray(address: str, model: str, device: str, dtype: str, data: str, out: str,
@@ -67,14 +79,16 @@ def _run(extractor: Extractor, item: tuple) -> list[Shard | Missing]:
 
 
 def _ship(batches: list[list[dataset.Segment]], sources: dict[str, dataset.Source]) -> dict:
-    """The item's files as bytes; one this process cannot read goes as it is, for the actor's decode to
-    report (it is then marked missing, as in a single-process run)."""
-    shipped: dict[str, Shipped | dataset.Source] = {}
+    """The item's files as bytes; one this process cannot read goes as its reason (`Unshipped`). Only the
+    file's own failures count: reading it (OSError) or a dataset row without audio (hf_data.row_audio's
+    one error); anything else is a bug and ends the run."""
+    shipped: dict[str, Shipped | Unshipped] = {}
     for file_id in dict.fromkeys(s.file_id for group in batches for s in group):
-        source = sources[file_id]
         try:
-            encoded = source.encoded()
+            encoded = sources[file_id].encoded()
             shipped[file_id] = Shipped(file_id, encoded if isinstance(encoded, bytes) else Path(encoded).read_bytes())
-        except (OSError, MusicsteerError):
-            shipped[file_id] = source
+        except OSError as e:
+            shipped[file_id] = Unshipped(file_id, f"cannot read audio file {file_id}: {one_line(e.strerror or e)}")
+        except MusicsteerError as e:
+            shipped[file_id] = Unshipped(file_id, str(e))
     return shipped

@@ -1,16 +1,25 @@
 """Hugging Face `datasets` audio collections as probe input: `--data hf:PATH[:SPLIT]`.
 
-PATH is a dataset saved with `save_to_disk` (a Dataset, or a DatasetDict whose split SPLIT is used;
-SPLIT may be left out when there is one split). The audio column is the dataset's one `Audio`
-column; the label column is --label-column, else `label`, else the dataset's one `ClassLabel`
-column; a ClassLabel's names are the labels, any other column's values are used as text.
-The audio is never decoded by `datasets` (that needs torchcodec/ffmpeg): the column is read with
-`Audio(decode=False)`, which gives each row's encoded file (`bytes`) or its `path`, and soundfile
-decodes that like any other file (engine/audio_io.decode_audio).
+PATH is what `save_to_disk` wrote: a DatasetDict, whose split SPLIT is used (SPLIT may be left out when
+there is one split), or a single Dataset (what `Dataset.from_dict/from_list/from_pandas` make), which
+takes no SPLIT unless it was loaded as one (`load_dataset(..., split="train")` remembers "train").
+The audio column (`audio_column`) is the dataset's one `Audio` column, cast with decode or not; else
+the one column holding encoded files by type (an uncast {bytes, path} column, or bytes); else the
+column `audio` or `path` holding file paths (a CSV manifest's layout). The label column is
+--label-column, else `label`, else the dataset's one `ClassLabel` column; a ClassLabel's names are
+the labels, any other column's values are used as text.
+The audio is never decoded by `datasets` (that needs torchcodec/ffmpeg): each row gives its encoded
+file (`bytes`) or the file its `path` names, and soundfile decodes that like any other file
+(engine/audio_io.decode_audio). A relative path is taken from the dataset's folder, else from the
+working directory.
 
-A row's file id is `SPLIT/ROW` (its index in the split), with `/NAME` added when the row names its
-file: stable while the saved dataset is unchanged, which is what the cache's resume needs; a
-dataset rewritten in another order gives other ids, and the cache refuses it as other data.
+A row's file id is `NAME/ROW` (its index in the split), with `/FILE` added when the row names its
+file; NAME is the split's name, or the Dataset's own (`data` when it has none): stable while the
+saved dataset is unchanged, which is what the cache's resume needs; a dataset rewritten in another
+order gives other ids, and the cache refuses it as other data.
+Every refusal is about the whole dataset and is raised by `rows`, before any audio is read; the only
+error `row_audio` raises is its row's own (no bytes, and no file where its path points), which the
+extraction counts as that row's unreadable file.
 `datasets` is an optional extra (`pip install musicsteer[datasets]`): missing, `hf:` is one line.
 """
 
@@ -23,6 +32,8 @@ from typing import Any
 from musicsteer.engine.errors import MusicsteerError, one_line, shown
 
 PREFIX = "hf:"
+PATH_COLUMNS = ("audio", "path")  # without an Audio or bytes column: the column of file paths, by name
+_BYTES, _TEXT = ("binary", "large_binary"), ("string", "large_string")
 
 
 def _datasets() -> Any:
@@ -45,9 +56,11 @@ def parse(spec: str) -> tuple[Path, str | None]:
 
 
 @lru_cache(maxsize=4)
-def open_split(folder: Path, split: str | None) -> tuple[Any, str]:
-    """The split as a Dataset whose audio column is left encoded, and the split's name. Cached per
-    process (a decoding worker opens it once; the arrow files are memory-mapped, not read)."""
+def open_split(folder: Path, split: str | None) -> tuple[Any, str | None, str]:
+    """(the split as a Dataset whose audio column is left encoded, the key that opens it again (the
+    DatasetDict's split name; None for a single Dataset), its name in file ids). `split` is the user's
+    SPLIT or a key this returned. Cached per process (a decoding worker opens it once; the arrow files
+    are memory-mapped, not read)."""
     datasets = _datasets()
     try:
         loaded = datasets.load_from_disk(str(folder))
@@ -57,25 +70,47 @@ def open_split(folder: Path, split: str | None) -> tuple[Any, str]:
         names = list(loaded)
         if split is None and len(names) != 1:
             raise MusicsteerError(f"{folder} has the splits {', '.join(names)}; name one: --data hf:{folder}:SPLIT")
-        split = names[0] if split is None else split
-        if split not in loaded:
-            raise MusicsteerError(f"{folder} has no split {shown(split)} (splits: {', '.join(names)})")
-        loaded = loaded[split]
-    elif split is not None and split != (str(loaded.split) if loaded.split else None):
-        raise MusicsteerError(f"{folder} is a single dataset, not split; drop :{split}")
-    for name, feature in loaded.features.items():  # leave the audio encoded: soundfile decodes it
+        key = names[0] if split is None else split
+        if key not in loaded:
+            raise MusicsteerError(f"{folder} has no split {shown(key)} (splits: {', '.join(names)})")
+        loaded, name = loaded[key], key
+    else:
+        key, name = None, str(loaded.split) if loaded.split else "data"
+        if split is not None and (loaded.split is None or split != name):
+            raise MusicsteerError(f"{folder} is a single dataset, not split into {shown(split)}: "
+                                  f"give --data hf:{folder}")
+    for column, feature in loaded.features.items():  # leave the audio encoded: soundfile decodes it
         if isinstance(feature, datasets.Audio) and feature.decode:
-            loaded = loaded.cast_column(name, datasets.Audio(decode=False))
-    return loaded, split or str(loaded.split or "data")
+            loaded = loaded.cast_column(column, datasets.Audio(decode=False))
+    return loaded, key, name
 
 
 def audio_column(ds: Any) -> str:
+    """The column that holds each row's encoded audio (the module's docstring says which)."""
     datasets = _datasets()
-    found = [name for name, feature in ds.features.items() if isinstance(feature, datasets.Audio)]
-    if len(found) != 1:
-        raise MusicsteerError(f"the dataset needs exactly one Audio column, found {found or 'none'} "
-                              f"among {list(ds.features)}")
-    return found[0]
+    features = ds.features
+    for found in ([c for c, f in features.items() if isinstance(f, datasets.Audio)],
+                  [c for c, f in features.items() if _kind(f) in ("struct", "bytes")]):
+        if len(found) == 1:
+            return found[0]
+        if found:
+            raise MusicsteerError(f"the dataset has several audio columns, {', '.join(found)}: keep one")
+    for column in PATH_COLUMNS:
+        if _kind(features.get(column)) == "path":
+            return column
+    raise MusicsteerError(f"cannot tell the audio column among {list(features)}: cast it to datasets.Audio, "
+                          f"or name a column of file paths {' or '.join(PATH_COLUMNS)}")
+
+
+def _kind(feature: Any) -> str | None:
+    """How a column holds audio: "struct" ({bytes, path}: an Audio column, cast or not), "bytes", "path"."""
+    datasets = _datasets()
+    if isinstance(feature, datasets.Audio) or (isinstance(feature, dict) and feature
+                                               and set(feature) <= {"bytes", "path"}):
+        return "struct"
+    if isinstance(feature, datasets.Value):
+        return "bytes" if feature.dtype in _BYTES else "path" if feature.dtype in _TEXT else None
+    return None
 
 
 def label_column(ds: Any, chosen: str | None) -> str:
@@ -93,39 +128,66 @@ def label_column(ds: Any, chosen: str | None) -> str:
     return found[0]
 
 
-def rows(folder: Path, split: str | None, label: str | None = None) -> tuple[str, list[tuple[str, int, str]]]:
-    """The split's name and (file id, row index, label) of its rows, in row order; rows without a label
-    or audio are left out. Only the label column and the audio's `path` field are read, never the audio."""
-    ds, split_name = open_split(folder, split)
+def rows(folder: Path, split: str | None, label: str | None = None) -> tuple[str | None, list[tuple[str, int, str]]]:
+    """The key that opens the split again (row_audio's `split`) and (file id, row index, label) of its rows,
+    in row order; rows without a label or audio are left out. Only the label column and the audio's
+    `path` field are read, never the audio. Every refusal of the dataset is raised here."""
+    ds, key, name = open_split(folder, split)
+    ds, key, name = open_split(folder, key)  # the entry row_audio uses, filled (and checked) now
     audio, labels = audio_column(ds), label_column(ds, label)
+    if audio == labels:
+        raise MusicsteerError(f"the column {shown(audio)} cannot be both the audio and the label")
     feature = ds.features[labels]
     names = feature.names if isinstance(feature, _datasets().ClassLabel) else None
     table = ds.with_format("arrow").select_columns([audio, labels])[:]  # a pyarrow Table: no decoding
-    paths = table.column(audio).combine_chunks().field("path").to_pylist()
-    found = table.column(audio).combine_chunks().is_valid().to_pylist()
+    cells = table.column(audio).combine_chunks()
+    kind = _kind(ds.features[audio])
+    if kind == "struct":
+        fields = {field.name for field in cells.type}
+        paths = cells.field("path").to_pylist() if "path" in fields else [None] * len(cells)
+        data = cells.field("bytes").is_valid().to_pylist() if "bytes" in fields else [False] * len(cells)
+        found = [valid and (has or bool(path)) for valid, has, path in zip(cells.is_valid().to_pylist(), data, paths,
+                                                                           strict=True)]
+    elif kind == "bytes":
+        paths, found = [None] * len(cells), cells.is_valid().to_pylist()
+    else:
+        paths = cells.to_pylist()
+        found = [bool(path and path.strip()) for path in paths]
     out = []
-    for index, (value, name, present) in enumerate(zip(table.column(labels).to_pylist(), paths, found, strict=True)):
+    for index, (value, path, present) in enumerate(zip(table.column(labels).to_pylist(), paths, found, strict=True)):
         if value is None or not present or (names is not None and not 0 <= value < len(names)):
             continue
         text = names[value] if names is not None else str(value).strip()
         if text:
-            out.append((f"{split_name}/{index}" + (f"/{name}" if name else ""), index, text))
+            out.append((f"{name}/{index}" + (f"/{path}" if path else ""), index, text))
     if not out:
-        raise MusicsteerError(f"{folder} has no labelled audio rows in split {split_name}")
-    return split_name, out
+        raise MusicsteerError(f"{folder} has no labelled audio rows in {name}")
+    return key, out
 
 
-def row_audio(folder: Path, split: str, index: int) -> Path | bytes:
-    """The encoded audio of row `index` of the split: its bytes, or the file its path names (a
-    relative path is taken from the dataset's folder). A row with neither is a MusicsteerError."""
-    ds, _ = open_split(folder, split)
-    column = audio_column(ds)
-    value = ds[index][column]
-    if value.get("bytes"):
-        return value["bytes"]
-    path = Path(value.get("path") or "")
-    path = path if path.is_absolute() else folder / path
-    if not value.get("path") or not path.is_file():
+def row_audio(folder: Path, split: str | None, index: int) -> Path | bytes:
+    """The encoded audio of row `index` of the split `rows` gave the key of: its bytes, or the file its path
+    names. A row with neither is a MusicsteerError: the row's own fault, the only one raised here."""
+    ds, _, _ = open_split(folder, split)
+    value = ds[index][audio_column(ds)]
+    data, named = (value.get("bytes"), value.get("path")) if isinstance(value, dict) else \
+        (value, None) if isinstance(value, bytes) else (None, value)
+    if data:
+        return data
+    path = _resolve(folder, named)
+    if path is None:
         raise MusicsteerError(f"row {index} of {folder} holds no audio bytes and its file "
-                              f"{shown(value.get('path'))} is not found")
+                              f"{shown(named)} is not found")
     return path
+
+
+def _resolve(folder: Path, named: str | None) -> Path | None:
+    """The file a row's path names: as given when absolute, else from the dataset's folder, else from the
+    working directory; None when there is none."""
+    if not named or not named.strip():
+        return None
+    path = Path(named).expanduser()
+    for candidate in ([path] if path.is_absolute() else [folder / path, path]):
+        if candidate.is_file():
+            return candidate
+    return None

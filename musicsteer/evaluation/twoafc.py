@@ -1,7 +1,9 @@
 """Scoring a 2AFC listening test (Table II): per transition, how often listeners chose the steered clip.
 
 Input: one or more answers CSVs exported by listening_test.html (columns trial_id, pair, choice, …;
-choice is "steered" or "prompted"). Each row is one trial of one listener; files are pooled.
+choice is "steered" or "prompted"). Each row is one trial of one listener; files are pooled, each
+listener's answer to a trial counted once (`unique`: a browser's second download of the same answers,
+`answers-alice (1).csv`, which a glob picks up beside the first, would otherwise shrink the p-values).
 Per pair: accuracy = k/n (k = steered choices), and an exact binomial test of k against chance
 (p = 0.5) with scipy.stats.binomtest. Default two-sided: H1 "listeners prefer one of the two".
 The paper does not say which it used; no (k, n) reproduces all its p-values, but for 7 musicians x
@@ -12,11 +14,12 @@ the one-sided 0.0014 and 0.0001. `alternative="greater"` (H1 "steered preferred"
 from __future__ import annotations
 
 import csv
+import sys
 from pathlib import Path
 
 from scipy.stats import binomtest
 
-from musicsteer.engine.errors import MusicsteerError, one_line
+from musicsteer.engine.errors import MusicsteerError, one_line, printable, shown
 
 REQUIRED = ("trial_id", "pair", "choice")
 CHOICES = ("steered", "prompted")
@@ -24,7 +27,8 @@ ALTERNATIVES = ("two-sided", "greater")
 
 
 def read_answers(paths: list[str | Path]) -> list[dict]:
-    """Every answer row of every file, checked; MusicsteerError names the file and line of a bad one."""
+    """Every answer row of every file, checked, each listener's answer to a trial once (`unique`);
+    MusicsteerError names the file and line of a bad one."""
     if not paths:
         raise MusicsteerError("score-2afc needs at least one answers CSV")
     rows: list[dict] = []
@@ -42,15 +46,82 @@ def read_answers(paths: list[str | Path]) -> list[dict]:
                     if choice not in CHOICES:
                         raise MusicsteerError(f"{path} line {line}: choice must be steered or prompted, "
                                               f"got {row.get('choice')!r}")
-                    pair = (row.get("pair") or "").strip()
-                    if not pair:
-                        raise MusicsteerError(f"{path} line {line}: empty pair")
-                    rows.append({**row, "pair": pair, "choice": choice, "file": str(path)})
+                    pair, trial = (row.get("pair") or "").strip(), (row.get("trial_id") or "").strip()
+                    if not pair or not trial:
+                        raise MusicsteerError(f"{path} line {line}: empty {'pair' if not pair else 'trial_id'}")
+                    rows.append({**row, "pair": pair, "trial_id": trial, "choice": choice, "clip": _text(row, "clip"),
+                                 "participant": _text(row, "participant"), "file": str(path), "line": line})
         except (OSError, UnicodeDecodeError, csv.Error) as e:
             raise MusicsteerError(f"cannot read answers file {path}: {one_line(e)}") from None
     if not rows:
         raise MusicsteerError(f"no answers in {', '.join(map(str, paths))}")
-    return rows
+    return unique(rows)
+
+
+def _text(row: dict, column: str) -> str:
+    return (row.get(column) or "").strip()
+
+
+def unique(rows: list[dict]) -> list[dict]:
+    """Each listener's answer to each trial once. A listener is the `participant` code; rows without one
+    are their file's own listener, and a file of such rows equal to an earlier one's (every column) is
+    that listener's download saved twice. The same answer again (same listener and trial, same pair, clip
+    and choice: a second download, a file given twice, a repeated line) is counted once, with one warning
+    per file naming the file it repeats; the same trial answered otherwise, or the same clips judged
+    again under another trial number (another listening page), is refused in one line."""
+    files: dict[str, list[dict]] = {}
+    for row in rows:
+        files.setdefault(row["file"], []).append(row)
+    anonymous: dict[tuple, str] = {}  # an anonymous file's rows (every column but file and line) -> the file
+    kept: list[dict] = []
+    by_trial: dict[tuple[str, str], dict] = {}
+    by_clips: dict[tuple[str, str, str], dict] = {}
+    repeats: dict[str, dict[str, int]] = {}  # file -> the files it repeats -> answers counted once
+    for file, found in files.items():
+        if not any(row["participant"] for row in found):
+            content = tuple(tuple(sorted((k, v) for k, v in row.items() if k not in ("file", "line")))
+                            for row in found)
+            if (earlier := anonymous.setdefault(content, file)) != file:
+                repeats[file] = {earlier: len(found)}
+                continue
+        for row in found:
+            who = row["participant"] or f"(no participant code) {file}"
+            first = by_trial.setdefault((who, row["trial_id"]), row)
+            if first is not row:
+                if _answer(first) != _answer(row):
+                    raise MusicsteerError(f"{_who(row)} answered trial {row['trial_id']} twice, differently: "
+                                          f"{_shown(first)} and {_shown(row)}; keep only the file with the final "
+                                          "answers")
+                counts = repeats.setdefault(file, {})
+                counts[first["file"]] = counts.get(first["file"], 0) + 1
+                continue
+            if row["clip"] and (same := by_clips.setdefault((who, row["pair"], row["clip"]), row)) is not row:
+                raise MusicsteerError(f"{_who(row)} judged {row['pair']} clip {row['clip']} twice, as trial "
+                                      f"{same['trial_id']} and trial {row['trial_id']} ({_where(same)}, "
+                                      f"{_where(row)}): answers of two listening pages cannot be pooled")
+            kept.append(row)
+    for file, counts in repeats.items():
+        of = ", ".join("itself" if earlier == file else printable(earlier) for earlier in counts)
+        print(f"musicsteer: warning: {printable(file)} repeats {sum(counts.values())} answer(s) of {of} (the same "
+              "listener, trial and choice): counted once", file=sys.stderr)
+    return kept
+
+
+def _answer(row: dict) -> tuple[str, str, str]:
+    return row["pair"], row["clip"], row["choice"]
+
+
+def _who(row: dict) -> str:
+    return f"participant {shown(row['participant'])}" if row["participant"] else f"the listener of {row['file']}"
+
+
+def _where(row: dict) -> str:
+    return f"{row['file']} line {row['line']}"
+
+
+def _shown(row: dict) -> str:
+    clip = f" clip {row['clip']}" if row["clip"] else ""
+    return f"{row['pair']}{clip} {row['choice']} ({_where(row)})"
 
 
 def score(rows: list[dict], alternative: str = "two-sided") -> dict:
