@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from musicsteer.commands.options import Parser
 
-COMMANDS = ("render", "play", "devices", "midi_learn", "probe", "eval", "bench")
+COMMANDS = ("render", "play", "devices", "midi_learn", "probe", "eval", "bench", "toy")
 
 
 def build_parser() -> Parser:

@@ -3,4 +3,6 @@
 corpus: the labelled clips (four genres, captions) rendered with FluidSynth and pedalboard; the training stages
 (codec, text encoder + decoder, judge) build on it. Only building the corpus needs the renderers (the `toy` extra);
 running the shipped model needs nothing beyond musicsteer's own dependencies.
+Corpus modules: music (clip spec, notes, theory), genres (electronic, jazz, rock arrangements), classical (music21
+score excerpts), render (FluidSynth -> pedalboard -> 10 s clip), corpus (plan, split, captions, writing); docs/toy.md.
 """
