@@ -17,12 +17,18 @@ Soft takeover ("pickup", the default; Mixxx's name): a knob's physical position 
 the engine's value after the knob is first mapped or after something else (OSC, a preset, another
 knob, automation) moved that value. Until the knob comes within one CC step of the value, or crosses
 it between two messages, its messages are ignored; then it follows. `takeover: jump` follows at once.
+
+A controller unplugged mid-set is noticed within controllers/midi_ports.POLL_SECONDS (its port leaves
+the port list; rtmidi itself reports nothing), told to the performer on every surface (a notice:
+status line, OSC /musicsteer/error, the page), and reconnected when a port of the same name returns,
+told again; its knobs then pick their values up again (they may have moved meanwhile).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,17 +36,24 @@ from typing import Any, Protocol
 
 import mido
 
-from musicsteer.engine.errors import MusicsteerError, one_line
+from musicsteer.engine.errors import MusicsteerError
 from musicsteer.engine.events import Change
 from musicsteer.engine.params import LIVE, PARAMS
 
 from .mappings import KnobMapping, Preset, TriggerMapping
+from .midi_ports import (
+    PortWatch,
+    list_midi_inputs,
+    list_midi_outputs,
+    open_midi_input,
+    open_midi_output,
+    resolve_midi_port,
+)
 
 PRESS = 64  # a button CC at or above this value is a press (nanoKONTROL2 and most others send 127/0)
 # After a pad or preset sets a value, the status shows the old one until the next token (20 ms in real
 # time, longer on slow machines): for this long a knob must not pick up that old value again.
 HOLD_SECONDS = 0.5
-_RTMIDI_APIS = {"alsa": "LINUX_ALSA", "jack": "UNIX_JACK"}
 
 
 def knob_value(mapping: KnobMapping, cc: int) -> float:
@@ -182,6 +195,12 @@ class MidiMapper:
                 position = self._position(m) if hold else None
                 state.hold = None if position is None else (position, time.monotonic() + HOLD_SECONDS)
 
+    def disengage(self) -> None:
+        """Every knob picks its value up again before it moves it (a controller that was away: its knobs
+        may stand anywhere now)."""
+        for state in self._knobs.values():
+            state.engaged, state.last_cc, state.hold = False, None, None
+
     # -- notes and buttons ------------------------------------------------------------------------
     def _trigger(self, m: TriggerMapping) -> list[Change]:
         if m.action == "preset":
@@ -217,26 +236,68 @@ class MidiInput:
 
     mido calls `on_message` on its own thread for every message. Nothing raised there may reach mido
     (it would end the port's callback thread), so failures are counted and the last one is kept.
+    notify(level, text): tells the performer (the session's `notify`) when the port goes away ("error")
+    and when it is reconnected ("warning"); `connected` says which holds now, `reconnects` counts returns.
     """
 
-    def __init__(self, surface: ControlSurface, port: str | int, mapper: MidiMapper, api: str | None = None) -> None:
+    def __init__(self, surface: ControlSurface, port: str | int, mapper: MidiMapper, api: str | None = None,
+                 notify: Callable[[str, str], None] | None = None) -> None:
         self.surface, self.spec, self.mapper, self.api = surface, port, mapper, api
+        self.notify = notify or (lambda level, text: None)
         self.port_name: str | None = None
-        self.received = self.applied = self.ignored = self.errors = 0
+        self.received = self.applied = self.ignored = self.errors = self.reconnects = 0
+        self.connected = False
         self.last_error = ""
         self._port: Any = None
+        self._watch: Any = None
+        self._lock = threading.Lock()  # the port: opened and closed by start/stop and the watch thread
 
     def start(self) -> str:
-        """Open the port (MusicsteerError, one line, if it is unknown or cannot be opened); its full name."""
+        """Open the port (MusicsteerError, one line, if it is unknown or cannot be opened) and watch it;
+        returns its full name."""
         name = resolve_midi_port(self.spec, self.api)
         self._port = open_midi_input(name, self.on_message, self.api)
-        self.port_name = name
+        self.port_name, self.connected = name, True
+        self._watch = PortWatch(name, "input", self.api, self._lost, self._back)
+        self._watch.start()
         return name
 
     def stop(self) -> None:
-        port, self._port = self._port, None
+        watch, self._watch = self._watch, None
+        if watch is not None:
+            watch.stop()
+        with self._lock:
+            port, self._port = self._port, None
+            self.connected = False
         if port is not None:
             port.close()
+
+    def _lost(self) -> None:  # the watch thread: the controller left the port list
+        with self._lock:
+            port, self._port = self._port, None
+            self.connected = False
+        if port is not None:
+            with contextlib.suppress(Exception):  # a port whose peer is gone may fail to close: it is gone anyway
+                port.close()
+        self.notify("error", f"MIDI input {self.port_name!r} went away: its controls move nothing until it "
+                             "returns (it reconnects by itself)")
+
+    def _back(self, name: str) -> None:  # the watch thread: a port of the same name is there again
+        self.mapper.disengage()  # (before the port opens: the mapper is only ever used by one thread at a time)
+        try:
+            port = open_midi_input(name, self.on_message, self.api)
+        except MusicsteerError as exc:
+            self.last_error = str(exc)
+            assert self._watch is not None
+            self._watch.present = False  # tried again at the next look
+            return
+        with self._lock:
+            if self._watch is None:  # stopped meanwhile
+                port.close()
+                return
+            self._port, self.port_name, self.connected = port, name, True
+            self.reconnects += 1
+        self.notify("warning", f"MIDI input {name!r} is back: reconnected")
 
     def __enter__(self) -> MidiInput:
         self.start()
@@ -272,84 +333,6 @@ class MidiInput:
         return list_midi_inputs(api)
 
 
-def _backend(api: str | None) -> mido.Backend:
-    """mido's rtmidi backend, loaded; a python-rtmidi that cannot load (its system library, libasound.so.2
-    on Linux, missing: ImportError or OSError from the import inside mido) is a one-line MusicsteerError."""
-    if api is not None and api not in _RTMIDI_APIS:
-        raise MusicsteerError(f"unknown MIDI API {api!r} (known: {', '.join(_RTMIDI_APIS)})")
-    try:
-        return mido.Backend("mido.backends.rtmidi" + (f"/{_RTMIDI_APIS[api]}" if api else ""), load=True)
-    except (ImportError, OSError) as exc:
-        if isinstance(exc, ModuleNotFoundError) and exc.name == "rtmidi":
-            fix = "pip install python-rtmidi"
-        else:
-            fix = "install libasound2 (Debian/Ubuntu: apt-get install libasound2), or reinstall python-rtmidi"
-        raise MusicsteerError(f"cannot load the MIDI backend (python-rtmidi): {one_line(exc)}; {fix}") from None
-
-
-def list_midi_inputs(api: str | None = None) -> list[str]:
-    """Names of the MIDI inputs rtmidi sees (api: None for its default, "alsa" or "jack")."""
-    return _list_ports("input", api)
-
-
-def list_midi_outputs(api: str | None = None) -> list[str]:
-    """Names of the MIDI outputs rtmidi sees (where feedback can go: LED rings, motor faders)."""
-    return _list_ports("output", api)
-
-
-def _list_ports(direction: str, api: str | None) -> list[str]:
-    backend = _backend(api)  # a backend that cannot load says so itself
-    try:
-        names = backend.get_input_names() if direction == "input" else backend.get_output_names()
-        return list(dict.fromkeys(names))
-    except (OSError, SystemError, RuntimeError) as exc:
-        hint = ""
-        if api in (None, "alsa") and not os.path.exists("/dev/snd/seq"):
-            hint = " (no /dev/snd/seq: this system has no ALSA sequencer; try api jack with a JACK server)"
-        raise MusicsteerError(f"cannot list MIDI {direction}s: {one_line(exc)}{hint}") from None
-
-
-def open_midi_input(name: str, callback: Callable[[mido.Message], None], api: str | None = None) -> Any:
-    """Open input `name` (a full name, see resolve_midi_port) with `callback` on mido's thread."""
-    backend = _backend(api)
-    try:
-        return backend.open_input(name, callback=callback)
-    except (OSError, SystemError, RuntimeError, ValueError) as exc:
-        raise MusicsteerError(f"cannot open MIDI input {name!r}: {one_line(exc)}") from None
-
-
-def open_midi_output(name: str, api: str | None = None) -> Any:
-    """Open output `name` (a full name, see resolve_midi_port with direction="output"); a mido port."""
-    backend = _backend(api)
-    try:
-        return backend.open_output(name)
-    except (OSError, SystemError, RuntimeError, ValueError) as exc:
-        raise MusicsteerError(f"cannot open MIDI output {name!r}: {one_line(exc)}") from None
-
-
-def resolve_midi_port(spec: str | int, api: str | None = None, inputs: list[str] | None = None,
-                      direction: str = "input") -> str:
-    """The full name of the port `spec` names: an index, an exact name, or part of exactly one name.
-
-    direction: "input" (a controller's knobs) or "output" (its lights); `inputs`: the names to choose
-    among (of that direction, despite the name), listed from rtmidi when None. Errors are one line."""
-    if inputs is None:
-        names = list_midi_inputs(api) if direction == "input" else list_midi_outputs(api)
-    else:
-        names = list(inputs)
-    what = f"MIDI {direction}"
-    available = "; available: " + ", ".join(f"{i} {n!r}" for i, n in enumerate(names)) if names else f": no {what}s"
-    if isinstance(spec, int) or str(spec).strip().isdigit():
-        index = int(spec)
-        if 0 <= index < len(names):
-            return names[index]
-        raise MusicsteerError(f"no {what} with index {index}{available}")
-    if spec in names:
-        return spec
-    matches = [n for n in names if spec.lower() in n.lower()]
-    if len(matches) == 1:
-        return matches[0]
-    if matches:
-        raise MusicsteerError(f"{what} {spec!r} matches {len(matches)} {direction}s ({', '.join(map(repr, matches))}); "
-                              "give more of the name or an index")
-    raise MusicsteerError(f"unknown {what} {spec!r}{available}")
+__all__ = ["ControlSurface", "KnobMapping", "MidiInput", "MidiMapper", "Preset", "TriggerMapping", "knob_position",
+           "knob_target", "knob_value", "list_midi_inputs", "list_midi_outputs", "open_midi_input", "open_midi_output",
+           "resolve_midi_port", "values_reader"]

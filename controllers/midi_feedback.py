@@ -20,10 +20,16 @@ Soft takeover needs nothing from here: a motor fader that moves to the engine's 
 pickup point, so the knob follows at once when it is next touched.
 
 Threads: `on_event` runs on the generation thread and only enqueues; one sender thread owns the port.
+
+An output that goes away (the controller unplugged) is noticed by controllers/midi_ports.PortWatch,
+told to the performer (`notify`, "error"), and nothing is sent meanwhile; when a port of the same name
+returns it is reopened, told ("warning"), and the full state is sent again: the lights show the engine's
+values at once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 from collections.abc import Callable, Iterable
@@ -36,7 +42,8 @@ from musicsteer.engine.events import Applied, Event
 
 from .feedback import applied_values
 from .mappings import KnobMapping, Preset, TriggerMapping
-from .midi import knob_target, open_midi_output, resolve_midi_port
+from .midi import knob_target
+from .midi_ports import PortWatch, open_midi_output, resolve_midi_port
 
 ON, OFF = 127, 0
 TOLERANCE = 1e-6  # mixes and alphas closer than this are the same (a mix read back through a glide's end)
@@ -112,19 +119,24 @@ class MidiFeedback:
     values: returns the present {param: plain value}, e.g.
         `lambda: current_values(session.control.values)` (controllers/feedback.py); read at start and
         after updates were dropped, on the sender thread.
+    notify(level, text): tells the performer when the output goes away ("error") and is reopened ("warning").
     Counters: sent (messages), dropped (updates lost to a full queue), errors (sends or reads that
-    failed; the last one is kept in `last_error`). Nothing here raises into the engine.
+    failed; the last one is kept in `last_error`), reconnects. Nothing here raises into the engine.
     """
 
     def __init__(self, mappings: Iterable[KnobMapping | TriggerMapping], presets: dict[str, Preset] | None,
                  port: str | int, api: str | None, values: Callable[[], dict[str, Any]],
-                 queue_size: int = QUEUE) -> None:
+                 queue_size: int = QUEUE, notify: Callable[[str, str], None] | None = None) -> None:
         self.mappings = tuple(mappings)
         self.presets = dict(presets or {})
         self.spec, self.api, self.values = port, api, values
         self.port_name: str | None = None
-        self.sent = self.dropped = self.errors = 0
+        self.sent = self.dropped = self.errors = self.reconnects = 0
         self.last_error = ""
+        self.notify = notify or (lambda level, text: None)
+        self.connected = False
+        self._returned: str | None = None  # the name a returned port has now: the sender thread reopens it
+        self._watch: Any = None
         # Only these parameters change what is shown: other changes (prompt, seed…) are not queued.
         self._params = {"mix", "alpha"} | {"mix" if m.param == "crossfade" else m.param
                                            for m in self.mappings if isinstance(m, KnobMapping)}
@@ -144,7 +156,9 @@ class MidiFeedback:
             raise MusicsteerError("MIDI feedback is already started")
         name = resolve_midi_port(self.spec, self.api, direction="output")
         self._port = open_midi_output(name, self.api)
-        self.port_name = name
+        self.port_name, self.connected = name, True
+        self._watch = PortWatch(name, "output", self.api, self._lost, self._back)
+        self._watch.start()  # (before anything is sent: see PortWatch.start)
         self._stopping.clear()
         self._thread = threading.Thread(target=self._run, name="midi-feedback", daemon=True)
         self._thread.start()
@@ -153,6 +167,9 @@ class MidiFeedback:
     def stop(self, timeout: float = 2.0) -> None:
         """End the sender thread (what is still queued is not sent) and close the port. Idempotent."""
         self._stopping.set()
+        watch, self._watch = self._watch, None
+        if watch is not None:
+            watch.stop()
         thread, self._thread = self._thread, None
         if thread is not None:
             thread.join(timeout)
@@ -183,7 +200,15 @@ class MidiFeedback:
             self._fail(exc)
 
     def counters(self) -> dict[str, int]:
-        return {"sent": self.sent, "dropped": self.dropped, "errors": self.errors}
+        return {"sent": self.sent, "dropped": self.dropped, "errors": self.errors, "reconnects": self.reconnects}
+
+    def _lost(self) -> None:  # the watch thread: the sender stops sending until the port returns
+        self.connected = False
+        self.notify("error", f"MIDI output {self.port_name!r} went away: its lights and motor faders show "
+                             "nothing until it returns (it reconnects by itself)")
+
+    def _back(self, name: str) -> None:  # the watch thread: the sender thread, which owns the port, reopens it
+        self._returned = name
 
     # -- the sender thread ---------------------------------------------------------------------------
     def plan(self, update: dict[str, Any], full: bool = False) -> list[mido.Message]:
@@ -201,9 +226,13 @@ class MidiFeedback:
     def _run(self) -> None:
         self._send(self.plan(self._read(), full=True))  # the lights start in sync with the engine
         while not self._stopping.is_set():
+            if self._returned is not None:
+                self._reopen(self._returned)
             try:
-                update = self._queue.get(timeout=0.1)  # (the timeout only bounds how long stop waits)
+                update = self._queue.get(timeout=0.1)  # (the timeout bounds how long stop and a reopen wait)
             except queue.Empty:
+                continue
+            if not self.connected:  # away: what it would show is read again when it returns
                 continue
             if self._resync:
                 self._resync = False
@@ -214,6 +243,26 @@ class MidiFeedback:
                         break
                 update.update(self._read())  # (mid-glide this is the point on the way, not the target)
             self._send(self.plan(update))
+
+    def _reopen(self, name: str) -> None:
+        """The sender thread: close the dead port, open the returned one, send the full state again."""
+        self._returned = None
+        old, self._port = self._port, None
+        if old is not None:
+            with contextlib.suppress(Exception):  # its peer is gone: closing may fail, and it is gone anyway
+                old.close()
+        try:
+            self._port = open_midi_output(name, self.api)
+        except MusicsteerError as exc:
+            self._fail(exc)
+            if self._watch is not None:
+                self._watch.present = False  # tried again at the watch's next look
+            return
+        self.port_name, self.connected = name, True
+        self.reconnects += 1
+        self._last.clear()
+        self._send(self.plan(self._read(), full=True))  # the surface may show anything after its absence
+        self.notify("warning", f"MIDI output {name!r} is back: reconnected")
 
     def _read(self) -> dict[str, Any]:
         try:

@@ -14,6 +14,10 @@ first, which takes its whole value) with the value it was set to, to subscribers
 targets (`--osc-feedback`), from a socket of its own that reads nothing; a new subscriber or target
 gets every value at once. Another engine's output arriving here (OUTPUT_ONLY) is ignored unanswered.
 
+Subscriptions expire (controllers/osc_subscribers.py): one lasts SUBSCRIPTION_SECONDS from the last
+datagram its address sent, renewed by /musicsteer/subscribe, ping or any control; past MAX_SUBSCRIBERS
+a new one takes the place of the one heard from longest ago. `--osc-feedback` targets never expire.
+
 Threads: a BlockingOSCUDPServer in one thread (the threading server lost 5–22 % at 1 kHz under
 torch load) that never touches torch; a sender thread for subscribers, fed by a queue the engine
 listener only appends to. Packets are read strictly (controllers/osc_packet.py); osc_args.py turns
@@ -47,6 +51,7 @@ from . import osc_args
 from .addresses import BAD_ADDRESS, bind_error, udp_target
 from .feedback import applied_values, current_values
 from .osc_packet import Message, parse_packet
+from .osc_subscribers import SUBSCRIPTION_SECONDS, Subscribers
 from .presets import bank_of
 
 if TYPE_CHECKING:
@@ -55,7 +60,6 @@ if TYPE_CHECKING:
     from .presets import PresetBank
 
 PREFIX = "/musicsteer"
-MAX_SUBSCRIBERS = 32  # a bound: UDP senders are cheap to fake
 MAX_CLAMP_REPLIES = 8  # per datagram
 # Messages per second the server handles (a token bucket holding one second's worth); past it datagrams
 # are dropped unread, counted as `busy`, unanswered (no reply flood): a flood of valid changes on a
@@ -93,9 +97,11 @@ class _Server(BlockingOSCUDPServer):
 class OscServer:
     def __init__(self, surface: StreamingSession, host: str = "127.0.0.1", port: int = 9000,
                  allow: list[str] | None = None, status_interval: float = 1.0, rcvbuf: int = 4 << 20,
-                 feedback: list[tuple[str, int]] | None = None, presets: PresetBank | None = None) -> None:
+                 feedback: list[tuple[str, int]] | None = None, presets: PresetBank | None = None,
+                 subscription_seconds: float = SUBSCRIPTION_SECONDS) -> None:
         """`feedback`: (host, port) targets told every applied value, like permanent subscribers (a
-        surface's own OSC port: `--osc-feedback`); `presets`: the bank /musicsteer/preset recalls from."""
+        surface's own OSC port: `--osc-feedback`); `presets`: the bank /musicsteer/preset recalls from;
+        `subscription_seconds`: how long a subscriber lasts after the last datagram it sent."""
         port = PARAMS["osc_port"].check(port)[0]
         self.status_interval = PARAMS["status_interval"].check(status_interval)[0]
         self._surface, self._control = surface, surface.control
@@ -105,7 +111,7 @@ class OscServer:
             raise MusicsteerError(f"OSC allow list: {one_line(exc, 120)}") from None
         self._lock, self._counters = threading.Lock(), collections.Counter[str]()
         self.arrivals: collections.deque[tuple[int, Change]] = collections.deque(maxlen=16384)
-        self._subscribers: dict[Any, None] = {}  # an insertion-ordered set of sender addresses
+        self._subscribers = Subscribers(self._counters, self._lock, subscription_seconds)
         self._presets = presets
         self._outbox, self._threads = queue.SimpleQueue[Any](), list[threading.Thread]()
         self._running = self._closed = False
@@ -139,7 +145,8 @@ class OscServer:
         """A snapshot (unseen keys read 0) of this server's traffic: received (datagrams), messages,
         applied, errors (its refusals) and the same by kind (bad_type, non_finite, out_of_range,
         too_large, unknown_name (an address, a vector), malformed, busy, invalid, refused_sender: dropped with
-        no reply), clamped, replies_sent, send_errors, internal."""
+        no reply), clamped, replies_sent, send_errors, internal, subscribers_dropped (made room for a new
+        one) and subscribers_expired (not heard from for subscription_seconds)."""
         with self._lock:
             return collections.Counter(self._counters)
 
@@ -201,6 +208,7 @@ class OscServer:
             self._count("errors", "busy")
             self._control.report("busy")
             return
+        self._subscribers.heard(client, now)
         replies = _Replies()
         try:
             messages = parse_packet(data)
@@ -318,16 +326,26 @@ class OscServer:
             self._outbox.put(_Out(client, address, args))
         self._surface.recordings.later(action, done)
 
+    @property
+    def subscription_seconds(self) -> float:
+        """How long a subscriber lasts after the last datagram it sent (osc_subscribers.py)."""
+        return self._subscribers.seconds
+
+    @subscription_seconds.setter
+    def subscription_seconds(self, seconds: float) -> None:
+        self._subscribers.seconds = float(seconds)
+
+    @property
+    def subscribers(self) -> list[Any]:
+        """The (host, port) of every subscriber held now, least recently heard first."""
+        return list(self._subscribers)
+
     def _subscribe(self, on: bool, client: Any) -> None:
-        with self._lock:
-            if on and client not in self._subscribers and len(self._subscribers) >= MAX_SUBSCRIBERS:
-                raise MusicsteerError(f"too many subscribers ({MAX_SUBSCRIBERS})")
-            if on:
-                self._subscribers[client] = None
-            else:
-                self._subscribers.pop(client, None)
-                return
-        self._outbox.put(client)  # a status at once, so the subscriber's widgets start in sync
+        if not on:
+            self._subscribers.remove(client)
+            return
+        if self._subscribers.add(client):
+            self._outbox.put(client)  # a status at once, so the subscriber's widgets start in sync
 
     def _status_args(self) -> list[Any]:
         return osc_args.status(self._surface.status())
@@ -356,8 +374,7 @@ class OscServer:
             if item is _STOP:
                 return
             try:
-                with self._lock:
-                    subscribers = [*self.feedback, *(s for s in self._subscribers if s not in self.feedback)]
+                subscribers = [*self.feedback, *(s for s in self._subscribers.live() if s not in self.feedback)]
                 out = self._broadcast
                 if isinstance(item, MeterReading):  # /musicsteer/meter label score ...
                     self._send(subscribers, f"{PREFIX}/meter", *(x for pair in item.scores.items() for x in pair),

@@ -34,12 +34,14 @@ makes the OSC host: whoever can reach it can already steer over OSC. It tells on
 from __future__ import annotations
 
 import contextlib
+import errno
 import ipaddress
 import json
 import logging
 import re
 import socket
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -57,6 +59,7 @@ from musicsteer.engine.params import GLIDE, OSC_ADDRESSES, PARAMS, Param, check_
 
 from .addresses import BAD_ADDRESS, bind_error
 from .osc import ADDRESSES, PREFIX, SESSION_COMMANDS
+from .osc_subscribers import SUBSCRIPTION_SECONDS
 
 # The session's own commands (controllers/osc.py): the arguments each takes, written as the parameter
 # table writes them ([…] optional, a word such as morph_s: seconds), and what it does.
@@ -65,13 +68,17 @@ COMMANDS = {
     "record/stop": ("", "stop the take; replies record/stopped s (the file)"),
     "preset": ("s", "recall a preset by name"),
     "preset/save": ("s [morph_s]", "save the values applied now as a preset; replies preset/saved s"),
-    "subscribe": ("", "send this sender status, every applied value, meter, error and warning messages"),
+    "subscribe": ("", "send this sender status, every applied value, meter, error and warning messages, for "
+                      f"{SUBSCRIPTION_SECONDS:g} s after the last message it sent (renew: subscribe or ping)"),
     "unsubscribe": ("", "stop sending this sender status and changes"),
     "ping": ("[any …]", "replies pong with the same arguments"),
     "status": ("", "replies /musicsteer/status: key/value pairs, mix last"),
 }
-MAX_CLIENTS = 16  # HTTP requests served at once (a thread each); more are closed unanswered
+MAX_CLIENTS = 16  # connections served at once (a thread each); past it the oldest idle one makes room
 REQUEST_SECONDS = 10.0  # the longest one request may take, however slowly its client sends
+ROOM_SECONDS = 1.0  # how long a new connection waits for the idle one it displaced to end
+ACCEPT_BACKOFF = 0.5  # s without accepting after accept() ran out of descriptors (it would spin, not block)
+_OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 _TAGS = {"i": int, "h": int, "f": float, "d": float, "s": str}  # what the OSC server accepts, as Python types
 _UNSPECIFIED = ("", "0.0.0.0", "::")
 _EXTENSIONS = {"ACCESS": True, "VALUE": True, "RANGE": True, "DESCRIPTION": True, "CLIPMODE": True,
@@ -152,6 +159,10 @@ class _Handler(OSCQueryHTTPHandler):
         self._deadline.daemon = True
         self._deadline.start()
 
+    def parse_request(self) -> bool:  # the request line arrived: this connection is no longer idle
+        self.server.begun(self.connection)
+        return super().parse_request()
+
     def finish(self) -> None:
         self._deadline.cancel()
         with contextlib.suppress(OSError):
@@ -191,17 +202,35 @@ class _HTTPServer(OSCQueryHTTPServer):
     def __init__(self, owner: OscQueryService, address: tuple[str, int]) -> None:
         self.owner, self.address_family = owner, socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self._clients = threading.BoundedSemaphore(MAX_CLIENTS)  # a thread and a deadline timer each: bounded
-        self._open: set[socket.socket] = set()
+        self._open: dict[socket.socket, bool] = {}  # connection -> its request line arrived; oldest first
         self._open_lock = threading.Lock()
         super().__init__(owner._space, owner._host_info, address, _Handler, True)
 
-    def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._clients.acquire(blocking=False):  # MAX_CLIENTS at work already: closed unanswered
+    def get_request(self) -> tuple[socket.socket, Any]:
+        try:
+            return super().get_request()
+        except OSError as exc:  # (socketserver ignores it, and select() says "readable" again at once: a spin)
             self.owner.errors += 1
-            self.shutdown_request(request)
-            return
+            if exc.errno in _OUT_OF_RESOURCES:
+                time.sleep(ACCEPT_BACKOFF)  # this is the serving thread's own wait: nothing else stalls
+            raise
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Serve on a thread of its own; with MAX_CLIENTS at work, the oldest connection that has sent no
+        request line yet is cut to make room (idle peers never lock a surface out); with none, closed."""
+        if not self._clients.acquire(blocking=False):
+            with self._open_lock:
+                idle = next((c for c, begun in self._open.items() if not begun), None)
+                if idle is not None:
+                    self._open.pop(idle)  # (its thread ends at once; it is not picked twice)
+            if idle is not None:
+                self.cut(idle)
+            if idle is None or not self._clients.acquire(timeout=ROOM_SECONDS):
+                self.owner.errors += 1
+                self.shutdown_request(request)
+                return
         with self._open_lock:
-            self._open.add(request)
+            self._open[request] = False
         super().process_request(request, client_address)
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
@@ -209,8 +238,13 @@ class _HTTPServer(OSCQueryHTTPServer):
             super().process_request_thread(request, client_address)
         finally:
             with self._open_lock:
-                self._open.discard(request)
+                self._open.pop(request, None)
             self._clients.release()
+
+    def begun(self, connection: socket.socket) -> None:
+        with self._open_lock:
+            if connection in self._open:
+                self._open[connection] = True
 
     def cut(self, connection: socket.socket) -> None:
         """End a connection now (its request thread returns): a deadline passed, or the server stops."""

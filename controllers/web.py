@@ -24,6 +24,10 @@ foreign Origin, so a page open in the performer's browser cannot drive the sessi
 started here go through the session's confined recordings folder, as OSC's do. Every refusal
 (malformed JSON, a bad value, a flood past RATE messages a second) is counted by kind in the
 control state and answered at most once per message; nothing is logged per message.
+
+Bounds (what a peer can make the session hold): controllers/web_connections.py accepts on the port,
+MAX_CONNECTIONS open at once, one holding no request closed after REQUEST_SECONDS, the oldest idle one
+making room for a new one; MAX_PAGES open pages, each with a bounded outbox and a RATE of messages.
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ from musicsteer.engine.events import Applied, Event, MeterReading, Notice
 from .addresses import BAD_ADDRESS, bind_error, is_loopback
 from .feedback import applied_values
 from .presets import bank_of
+from .web_connections import Doorman
 from .web_messages import PageMessage, hello, json_safe, parse_message
 
 if TYPE_CHECKING:
@@ -85,10 +90,11 @@ class WebSurface:
         self._events: collections.deque[Event] = collections.deque(maxlen=4096)
         self._pages: set[_Page] = set()
         self.counters: collections.Counter[str] = collections.Counter()
-        config = uvicorn.Config(self._app(), log_level="error", access_log=False, log_config=None,
+        config = uvicorn.Config(self._app(), log_level="error", access_log=False, log_config=None, http="h11",
                                 ws_max_size=MAX_MESSAGE, ws_ping_interval=10, ws_ping_timeout=10,
                                 lifespan="on", timeout_graceful_shutdown=1)
         self._server = uvicorn.Server(config)
+        self._doorman = Doorman(self._socket, self._server, self._count)  # the accept loop: bounded
         self._thread: threading.Thread | None = None
 
     @property
@@ -104,7 +110,7 @@ class WebSurface:
 
     def start(self) -> None:
         self._session.listeners.add(self._on_event)
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._socket]},
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": []},  # the doorman accepts
                                         name="musicsteer-web", daemon=True)
         self._thread.start()
         end = time.monotonic() + 10
@@ -133,7 +139,9 @@ class WebSurface:
         @contextlib.asynccontextmanager
         async def lifespan(app: Starlette) -> Any:
             task = asyncio.create_task(self._broadcast())
+            self._doorman.open()
             yield
+            self._doorman.close()
             task.cancel()
 
         app = Starlette(routes=[Route("/", self._index), WebSocketRoute("/ws", self._websocket),

@@ -6,6 +6,8 @@
 
 It pings the engine first (and exits with a clear message if nothing answers), subscribes to its
 feedback, then plays a short score of timed OSC messages. The labels must exist in the vectors file.
+Every message it sends renews the subscription (the engine drops a subscriber it has not heard from for
+60 s): a score with longer silences would send /musicsteer/subscribe (or ping) again within them.
 """
 
 from __future__ import annotations

@@ -122,7 +122,7 @@ def test_on_event_only_enqueues_and_counts_what_it_drops() -> None:
     assert fb._queue.qsize() == 0  # nothing there changes what the surface shows
     for step in range(5):
         fb.on_event(Applied(step, (Change("alpha", step / 10), Change("prompt", "p"))))
-    assert fb._queue.qsize() == 2 and fb.counters() == {"sent": 0, "dropped": 3, "errors": 0}
+    assert fb._queue.qsize() == 2 and fb.counters() == {"sent": 0, "dropped": 3, "errors": 0, "reconnects": 0}
     assert fb._queue.get_nowait() == {"alpha": 0.0}
     fb.on_event("not an event")  # type: ignore[arg-type]  # ignored, never raised
     assert fb.errors == 0
@@ -171,7 +171,7 @@ def test_feedback_reaches_a_jack_port(jack_midi: str) -> None:
             assert _wait(lambda: len(received) >= 5)
             time.sleep(0.2)  # anything else in flight would have arrived by now
         assert received[3:] == [note(36, 127), cc(0, 0)]
-        assert fb.counters() == {"sent": 5, "dropped": 0, "errors": 0} and listeners.errors == 0
+        assert fb.counters() == {"sent": 5, "dropped": 0, "errors": 0, "reconnects": 0} and listeners.errors == 0
         fb.stop()  # idempotent
     finally:
         sink.close()

@@ -18,6 +18,7 @@ from pythonosc.osc_message_builder import build_msg
 from pythonosc.udp_client import SimpleUDPClient
 
 from musicsteer.controllers.osc import RATE, OscServer
+from musicsteer.controllers.osc_subscribers import MAX_SUBSCRIBERS
 from musicsteer.engine.control import Controls
 from musicsteer.engine.errors import MusicsteerError
 from musicsteer.engine.events import Applied, Change
@@ -247,6 +248,75 @@ def test_subscribers_get_every_change_and_a_status_each_interval(live: Live, cli
     assert len(subscriber.replies("/musicsteer/status")) == count
     assert client.replies("/musicsteer/status") == []  # only subscribers get them
     subscriber.close()
+
+
+def test_subscribers_that_went_away_never_lock_a_later_surface_out(live: Live) -> None:
+    """Issue 28: 32 scripts subscribed and ended; the 33rd surface was refused (`too many subscribers (32)`)."""
+    gone = [Client(live.server.address) for _ in range(MAX_SUBSCRIBERS)]
+    for dead in gone:
+        dead.send("/musicsteer/subscribe")
+    for dead in gone:
+        dead.wait("/musicsteer/status")  # subscribed (or, in a full server, refused: then this times out)
+        dead.close()  # their ports are closed now: nobody reads what is sent there
+    before = live.server.counters["subscribers_dropped"]
+    surface = Client(live.server.address)
+    surface.send("/musicsteer/subscribe")
+    until(lambda: surface.replies("/musicsteer/status") or surface.replies("/musicsteer/error"), what="an answer")
+    assert surface.replies("/musicsteer/error") == [] and surface.sock.getsockname() in live.server.subscribers
+    assert len(live.server.subscribers) == MAX_SUBSCRIBERS
+    assert live.server.counters["subscribers_dropped"] - before >= 1  # the one heard from longest ago made room
+    surface.send("/musicsteer/unsubscribe")
+    surface.close()
+
+
+def test_a_subscriber_not_heard_from_expires_and_one_that_renews_stays(live: Live) -> None:
+    """A subscription lasts subscription_seconds from the last datagram its address sent: a dead port stops
+    being sent status; a surface that renews (subscribe, ping or any control) keeps it."""
+    saved, live.server.subscription_seconds = live.server.subscription_seconds, 1.0
+    quiet, renewing, stop = Client(live.server.address), Client(live.server.address), threading.Event()
+
+    def renew() -> None:  # a live surface: a ping every 0.2 s (any datagram renews)
+        while not stop.wait(0.2):
+            renewing.send("/musicsteer/ping")
+
+    pinger = threading.Thread(target=renew, daemon=True)
+    try:
+        expired = live.server.counters["subscribers_expired"]
+        for subscriber in (quiet, renewing):
+            subscriber.send("/musicsteer/subscribe")
+            subscriber.wait("/musicsteer/status")
+        pinger.start()
+        until(lambda: quiet.sock.getsockname() not in live.server.subscribers, timeout=10,
+              what="the quiet subscriber to expire")
+        count = len(quiet.replies("/musicsteer/status"))
+        live.steps(100)  # 2 s: twice the subscription
+        assert len(quiet.replies("/musicsteer/status")) == count  # nothing more went to the dead port
+        assert renewing.sock.getsockname() in live.server.subscribers
+        assert live.server.counters["subscribers_expired"] > expired
+        renewing.wait("/musicsteer/status", len(renewing.replies("/musicsteer/status")) + 2)
+    finally:
+        stop.set()
+        if pinger.is_alive():
+            pinger.join()
+        live.server.subscription_seconds = saved
+        renewing.send("/musicsteer/unsubscribe")
+        quiet.close()
+        renewing.close()
+
+
+def test_a_flood_of_subscribes_is_not_a_flood_of_state_dumps(live: Live) -> None:
+    """Each subscribe sent the whole state (a status and every value): 200 of them, 200 dumps to the sender
+    (or to whoever it forged as the sender). Now a subscribe within a second of the last dump only renews."""
+    flooder = Client(live.server.address)
+    try:
+        for _ in range(200):
+            flooder.send("/musicsteer/subscribe")
+        flooder.wait("/musicsteer/status")
+        live.steps(25)  # 0.5 s: every reply that would come has come (the status interval here is 0.2 s)
+        assert len(flooder.replies("/musicsteer/temperature")) <= 2  # the value dump: once (twice at a second's edge)
+    finally:
+        flooder.send("/musicsteer/unsubscribe")
+        flooder.close()
 
 
 def test_record_start_and_stop_make_a_wav(live: Live, client: Client) -> None:

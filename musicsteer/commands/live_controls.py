@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from contextlib import ExitStack
 from typing import TYPE_CHECKING
@@ -89,6 +90,7 @@ def open_controllers(stack: ExitStack, session: StreamingSession, args: argparse
 
     if config is not None and session.gen.vectors is not None:
         check_vector_names(config, session.gen.vectors.labels)
+    _descriptors()
     bank = _presets(stack, session, args, config)
     told = _osc(stack, session, args, config, bank)
     if args.web is not None:
@@ -100,6 +102,20 @@ def open_controllers(stack: ExitStack, session: StreamingSession, args: argparse
         web.start()
         told.append(f"control surface: {web.url}")
     return told + _midi(stack, session, args, config, bank)
+
+
+def _descriptors() -> None:
+    """Raise the soft limit on open descriptors to the hard one (often 1,024 of 524,288): what peers may
+    hold is capped far below either (web_connections.MAX_CONNECTIONS, oscquery.MAX_CLIENTS, web.MAX_PAGES),
+    and the rest is the session's own: a take's WAV and log, a MIDI port reopened, the page's files."""
+    try:
+        import resource
+    except ImportError:  # (not on Windows: its limit is another)
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        with contextlib.suppress(ValueError, OSError):  # a limit we may not raise: the caps still hold
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def _presets(stack: ExitStack, session: StreamingSession, args: argparse.Namespace,
@@ -191,7 +207,7 @@ def _midi(stack: ExitStack, session: StreamingSession, args: argparse.Namespace,
     told = []
     if port is not None:
         mapper = MidiMapper(mappings, bank.presets, values_reader(session.control))
-        midi = MidiInput(session.control, int(port) if str(port).isdigit() else port, mapper, api)
+        midi = MidiInput(session.control, int(port) if str(port).isdigit() else port, mapper, api, session.notify)
         midi.start()
         stack.callback(midi.stop)
     if out is not None:  # values back to the controller's LEDs and motor faders, from the same mappings
@@ -199,7 +215,7 @@ def _midi(stack: ExitStack, session: StreamingSession, args: argparse.Namespace,
         from musicsteer.controllers.midi_feedback import MidiFeedback
 
         feedback = MidiFeedback(mappings, bank.presets, int(out) if str(out).isdigit() else out, api,
-                                lambda: current_values(session.control.values))
+                                lambda: current_values(session.control.values), notify=session.notify)
         session.listeners.add(feedback.on_event)  # before start(): no change is missed
         stack.callback(session.listeners.remove, feedback.on_event)
         feedback.start()
