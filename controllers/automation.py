@@ -105,14 +105,14 @@ def _key(node: yaml.Node) -> str:
 def _parse_item(tree: YamlTree, node: yaml.Node) -> list[TimedChange]:
     if not isinstance(node, yaml.MappingNode):
         raise tree.fail(node, "each event must be a mapping like {at: 4.0, alpha: 0.6}")
-    fields: dict[str, tuple[Any, yaml.Node]] = {}  # key -> (value, key node), in file order
+    fields: dict[str, tuple[Any, yaml.Node, yaml.Node]] = {}  # key -> (value, key node, value node), in file order
     for key_node, value_node in node.value:
         key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
         if key not in KNOWN_KEYS:
             raise tree.fail(key_node, f"unknown key {_key(key_node)} (known: {', '.join(KNOWN_KEYS)})")
         if key in fields:
             raise tree.fail(key_node, f"key {key!r} given twice in one event")
-        fields[key] = (tree.value(value_node), key_node)
+        fields[key] = (tree.value(value_node), key_node, value_node)
 
     def value(key: str, row: Param) -> Any:  # messages name the key as written (ramp, steer)
         return tree.checked(row.named(key), *fields[key])
@@ -136,7 +136,7 @@ def _parse_item(tree: YamlTree, node: yaml.Node) -> list[TimedChange]:
         raise tree.fail(node, "event changes nothing (add a parameter such as alpha: or steer:)")
 
     out: list[TimedChange] = []
-    for key, (_, key_node) in fields.items():
+    for key, (_, key_node, _) in fields.items():
         if key not in KEY_ROWS:
             continue
         row = KEY_ROWS[key]

@@ -91,14 +91,24 @@ def check_vector_names(config: SessionConfig, labels: list[str] | tuple[str, ...
                                   f"{', '.join(labels)}")
 
 
+def _text_ok(value: Any, limit: int) -> bool:
+    """Whether `value` passes the one text rule (params.check_text: valid Unicode, no control character)."""
+    try:
+        check_text("text", value, limit)
+    except MusicsteerError:
+        return False
+    return True
+
+
 class _Reader:
     """Walks the bounded YAML tree; every check knows the line of the key it is about."""
 
     def __init__(self, tree: YamlTree) -> None:
         self.tree, self.source = tree, tree.source
 
-    def fields(self, node: yaml.Node, known: tuple[str, ...], what: str) -> dict[str, tuple[Any, yaml.Node]]:
-        """key -> (constructed value, key node), refusing unknown and repeated keys."""
+    def fields(self, node: yaml.Node, known: tuple[str, ...], what: str
+               ) -> dict[str, tuple[Any, yaml.Node, yaml.Node]]:
+        """key -> (constructed value, key node, value node), refusing unknown and repeated keys."""
         if not isinstance(node, yaml.MappingNode):
             raise self.tree.fail(node, f"{what} must be a mapping of keys to values")
         out: dict[str, tuple[Any, yaml.Node]] = {}
@@ -108,7 +118,7 @@ class _Reader:
                 raise self.tree.fail(key_node, f"unknown key {shown(key, 40)} in {what} (known: {', '.join(known)})")
             if key in out:
                 raise self.tree.fail(key_node, f"key {key!r} given twice in {what}")
-            out[key] = (self.tree.value(value_node), key_node)
+            out[key] = (self.tree.value(value_node), key_node, value_node)
         return out
 
     def value(self, fields: dict, key: str, row: Param) -> Any:
@@ -152,7 +162,7 @@ class _Reader:
                 raise self.tree.fail(f["allow"][1], f"'allow' needs IP addresses or networks such as 192.168.1.0/24, "
                                                     f"got {shown(entry, 40)}") from None
         host = f.get("host", (OscConfig.host, node))[0]
-        if not isinstance(host, str) or not host or len(host) > 255 or any(c.isspace() or ord(c) < 32 for c in host):
+        if not _text_ok(host, 255) or not host or any(c.isspace() for c in host):
             raise self.tree.fail(f["host"][1], f"'host' needs an address or host name such as 0.0.0.0, got "
                                                f"{shown(host, 40)}")
         return OscConfig(host=host,
@@ -177,7 +187,7 @@ class _Reader:
         """f[key] as a MIDI port spec (a name, part of one, or an index), or None when absent."""
         port = f[key][0] if key in f else None
         if port is not None and (isinstance(port, bool) or not isinstance(port, str | int) or port == ""
-                                 or isinstance(port, str) and len(port) > 200 or isinstance(port, int) and
+                                 or isinstance(port, str) and not _text_ok(port, 200) or isinstance(port, int) and
                                  not 0 <= port <= 1000):
             raise self.tree.fail(f[key][1], f"'{key}' needs a MIDI {direction} name (or part of one) or an index, "
                                             f"got {shown(port, 40)}")
@@ -237,7 +247,7 @@ class _Reader:
         return KnobMapping(number, channel, param, low, high, curve, takeover, vectors, line)
 
     def _only(self, f: dict, allowed: tuple[str, ...], what: str) -> None:
-        for key, (_, key_node) in f.items():
+        for key, (_, key_node, _) in f.items():
             if key not in allowed:
                 raise self.tree.fail(key_node, f"key {key!r} does not apply to {what} (it takes: {', '.join(allowed)})")
 

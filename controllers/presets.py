@@ -17,8 +17,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from musicsteer.engine.errors import BadType, MusicsteerError, TooLarge, UnknownName, shown
 from musicsteer.engine.events import Change
 from musicsteer.engine.files import atomic_write
@@ -26,7 +24,7 @@ from musicsteer.engine.params import GLIDE, NAME_CHARS, check_text
 
 from .config import MAX_ITEMS, parse_config
 from .mappings import Preset
-from .yaml_file import read_text
+from .yaml_file import dump, read_text
 
 WRITE_EVERY = 0.25  # s: the most often the presets file is rewritten
 
@@ -141,8 +139,8 @@ def _yaml(presets: dict[str, Preset]) -> str:
         if p.seconds:
             entry["seconds"] = p.seconds
         out[p.name] = entry
-    return "# presets saved by musicsteer play (loads as --presets or --config)\n" + \
-        yaml.safe_dump({"presets": out}, sort_keys=False, allow_unicode=True)
+    # (yaml_file.dump: whatever text passed check_name reads back as itself, `016`, `yes`, U+2028 included)
+    return "# presets saved by musicsteer play (loads as --presets or --config)\n" + dump({"presets": out})
 
 
 def load_presets(path: str | Path) -> dict[str, Preset]:

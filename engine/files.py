@@ -11,7 +11,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import MusicsteerError
+from .errors import MusicsteerError, printable
+
+TMP_MARK = ".tmp"  # in every temporary name atomic_write and the write trials make: ".{stem}.{uuid}.tmp{suffix}"
 
 
 def existing_file(path: str | Path, what: str) -> Path:
@@ -42,8 +44,7 @@ def writable_file(path: str | Path, what: str, make_folder: bool = False) -> Pat
         if not folder.is_dir():
             missing = "is not a folder" if folder.exists() else "does not exist"
             raise MusicsteerError(f"cannot write {what} {path}: {folder} {missing}")
-        if not os.access(folder, os.W_OK):
-            raise MusicsteerError(f"cannot write {what} {path}: folder {folder} is not writable")
+        _try_writing(folder, f"{what} {path}")
         limit = _name_max(folder)
     except OSError as exc:
         raise MusicsteerError(f"cannot write {what} {path}: {exc.strerror or exc}") from None
@@ -52,14 +53,53 @@ def writable_file(path: str | Path, what: str, make_folder: bool = False) -> Pat
     return path
 
 
+def writable_folder(path: str | Path, what: str, make: bool = False) -> Path:
+    """`path` as a Path if it is a folder that exists (make: or can be made, under the nearest folder that
+    exists) and a file can be made in it now (tried: see `_try_writing`); else one line. For a folder
+    written later (takes started live, a report, an activations cache): checked at start, so the performer
+    does not learn of a read-only disk at the first record press, nor a researcher after the work."""
+    path = Path(path).expanduser()
+    named = f"{what} {_path_text(path)}"
+    try:
+        folder = path
+        while make and not folder.exists() and folder != folder.parent:
+            folder = folder.parent  # the folders below it are made when the work writes
+        if not folder.is_dir():
+            raise MusicsteerError(f"cannot write {named}: {_path_text(folder)} "
+                                  f"{'is not a folder' if folder.exists() else 'does not exist'}")
+        _try_writing(folder, named)
+    except OSError as exc:  # a name too long for the file system, a folder we may not enter
+        raise MusicsteerError(f"cannot use {named}: {exc.strerror or exc}") from None
+    return path
+
+
+def _path_text(path: Path, limit: int = 160) -> str:
+    """A path for a message: whole as a performer typed it (control characters escaped), cut in the middle
+    past `limit` characters, so both its start and its name show."""
+    text = printable(path)
+    return text if len(text) <= limit else f"{text[: limit // 2]}…{text[-(limit // 2 - 1):]}"
+
+
+def _try_writing(folder: Path, what: str) -> None:
+    """Make and remove a hidden file in `folder`, as the later write will: the only test that holds for
+    root (who passes every permission bit), a read-only mount, a full inode table, ACLs and network file
+    systems alike (os.access answers for some of these and not others). One line if it fails."""
+    trial = folder / f".musicsteer-write-test-{uuid.uuid4().hex}{TMP_MARK}"
+    try:
+        fd = os.open(trial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as exc:
+        raise MusicsteerError(f"cannot write {what}: folder {_path_text(folder)} is not writable "
+                              f"({exc.strerror or exc})") from None
+    os.close(fd)
+    trial.unlink(missing_ok=True)
+
+
 def _name_max(folder: Path) -> int:
     try:
         return os.pathconf(folder, "PC_NAME_MAX")
     except (OSError, ValueError, AttributeError):  # no pathconf (Windows): the common limit
         return 255
 
-
-TMP_MARK = ".tmp"  # in every temporary name atomic_write makes: ".{stem}.{uuid}.tmp{suffix}"
 
 
 def remove_partial(folder: Path) -> int:

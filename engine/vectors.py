@@ -21,8 +21,8 @@ import numpy as np
 import safetensors.torch
 import torch
 
-from .errors import MusicsteerError, one_line
-from .params import SITES
+from .errors import BadType, MusicsteerError, one_line, shown
+from .params import NAME_CHARS, SITES, check_text
 
 FORMAT = "musicsteer.vectors/1"
 _META_KEYS = ("format", "model", "d_model", "num_layers", "site", "method", "best_layer", "labels",
@@ -30,8 +30,22 @@ _META_KEYS = ("format", "model", "d_model", "num_layers", "site", "method", "bes
 # Rows are normalised in float64 then stored as float32, so 1e-3 only trips on files that were
 # edited or written by something other than `create`.
 _UNIT_TOL = 1e-3
+MIX_SYNTAX = ",="  # `--steer A=0.5,B=0.5` (and a YAML mix written as text) splits a name at these
 
 
+def check_label(label: object, what: str = "a vector label") -> str:
+    """A vector's label, by the rule every surface selects one by, or one line (BadType/TooLarge): the text
+    rule of every input (params.check_text: valid Unicode, at most NAME_CHARS characters, not empty),
+    printable on one line, without spaces at either end or `,` `=` (the CLI's mix syntax strips and splits
+    there, so such a vector could be written but never selected), and not safetensors' `__metadata__`.
+    Checked where a label is made (a probe's class, `create`) and where one is read (`load`)."""
+    label = check_text(what, label, NAME_CHARS, empty=False)
+    if not label.isprintable():
+        raise BadType(f"{what} must be printable on one line, got {shown(label)}")
+    if label != label.strip() or any(ch in label for ch in MIX_SYNTAX) or label == "__metadata__":
+        raise BadType(f"{what} may not start or end with a space, hold {' or '.join(MIX_SYNTAX)}, or be "
+                      f"__metadata__ (no surface could select it), got {shown(label)}")
+    return label
 
 
 def _normalise_rows(label: str, value: torch.Tensor | np.ndarray) -> torch.Tensor:
@@ -110,11 +124,8 @@ class SteeringVectors:
             raise MusicsteerError("method must be a non-empty string")
         out: dict[str, torch.Tensor] = {}
         for label, value in directions.items():
-            # Labels become tensor names and CLI/OSC arguments: they must print on one line, and
-            # safetensors reserves `__metadata__`.
-            if not isinstance(label, str) or not label.isprintable() or label in ("", "__metadata__"):
-                raise MusicsteerError(f"invalid vector label {label!r}; use a non-empty printable string")
-            out[label] = _normalise_rows(label, value)
+            # Labels become tensor names and CLI/OSC/page/YAML arguments: every surface must select them.
+            out[check_label(label)] = _normalise_rows(label, value)
         shapes = {tuple(t.shape) for t in out.values()}
         if len(shapes) > 1:
             raise MusicsteerError(f"vectors disagree in shape: {', '.join(str(s) for s in sorted(shapes))}")
@@ -186,8 +197,13 @@ class SteeringVectors:
             raise bad(f"unreadable metadata: {one_line(e)}") from None
         if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels) or not labels:
             raise bad("`labels` must be a non-empty JSON list of strings")
+        for label in labels:  # (a file written by hand, or before the rule: `\ud800` is valid JSON)
+            try:
+                check_label(label)
+            except MusicsteerError as e:
+                raise bad(str(e)) from None
         if len(set(labels)) != len(labels) or set(labels) != set(tensors):
-            raise bad(f"labels {labels} do not match the tensors {sorted(tensors)}")
+            raise bad(f"labels {shown(labels)} do not match the tensors {shown(sorted(tensors))}")
         if not isinstance(accuracy, list):
             raise bad("`accuracy` must be a JSON list")
         if meta["site"] not in SITES:

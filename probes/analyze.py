@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from musicsteer.engine.errors import MusicsteerError, shown
+from musicsteer.engine.files import writable_folder
 
 from . import plots
 from .cache import Activations, load_activations
@@ -69,6 +70,7 @@ def analyze(acts_dir: str, out: str, site: str = "residual", pool: str = "mean",
         raise MusicsteerError(f"unknown method {shown(method)}; expected one of {', '.join(METHODS)}")
     SEED.check(seed)
     TEST_FRACTION.check(test_fraction)
+    writable_folder(out, "--out", make=True)  # before the clustering: a report that cannot be written is said now
     acts = load_activations(acts_dir, site, pool)
     report_dir = Path(out).expanduser()
     try:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from musicsteer.engine.audio_io import audio_length
 from musicsteer.engine.errors import MusicsteerError, one_line, shown
+from musicsteer.engine.vectors import check_label
 
 from . import hf_data
 
@@ -68,7 +69,7 @@ def discover(data: str | Path, label_column: str | None = None) -> tuple[list[So
     if str(data).startswith(hf_data.PREFIX):
         folder, split = hf_data.parse(str(data))
         split, found = hf_data.rows(folder, split, label_column)
-        return [Source(file_id, folder, label, index, split) for file_id, index, label in found], []
+        return _named([Source(file_id, folder, label, index, split) for file_id, index, label in found]), []
     if label_column is not None:
         raise MusicsteerError("--label-column chooses a dataset's column; it needs --data hf:PATH")
     root = Path(data).expanduser()
@@ -79,11 +80,28 @@ def discover(data: str | Path, label_column: str | None = None) -> tuple[list[So
     except OSError as e:  # a name too long for the file system, a folder we may not enter
         raise MusicsteerError(f"cannot use --data {shown(str(root))}: {e.strerror or e}") from None
     if folder:
-        return _from_folder(root), []
+        return _named(_from_folder(root)), []
     if root.suffix.lower() == ".csv":
-        return _from_csv(root)
+        sources, skipped = _from_csv(root)
+        return _named(sources), skipped
     raise MusicsteerError(f"--data must be a folder (one sub-folder per label) or a .csv manifest, got "
                           f"{shown(str(root))}")
+
+
+def _named(sources: list[Source]) -> list[Source]:
+    """`sources`, once every label is one a vector may be named (engine/vectors.check_label: at most
+    NAME_CHARS characters, valid Unicode, selectable from every surface); else one line naming the first
+    file of the first bad label, before any audio is read: a label is a vector's name in the file written."""
+    seen: set[str] = set()
+    for source in sources:
+        if source.label not in seen:
+            seen.add(source.label)
+            try:
+                check_label(source.label, "a label")
+            except MusicsteerError as e:
+                raise type(e)(f"{e} (the label of {shown(source.file_id)}); rename it: it becomes a vector's "
+                              "name") from None
+    return sources
 
 
 def _from_folder(root: Path) -> list[Source]:

@@ -23,7 +23,7 @@ import numpy as np
 
 from musicsteer.engine.errors import MusicsteerError, shown
 from musicsteer.engine.files import writable_file
-from musicsteer.engine.vectors import SteeringVectors
+from musicsteer.engine.vectors import SteeringVectors, check_label
 
 from .cache import Activations, load_activations
 from .settings import LAYER, METHODS, SEED, TEST_FRACTION, check_layer, layer_value
@@ -183,6 +183,11 @@ def train(acts_dir: str, out: str, method: str = "mse", layer: int | str = LAYER
     TEST_FRACTION.check(test_fraction)
     writable_file(out, "vectors file")
     acts = load_activations(acts_dir, site, pool)
+    for label in acts.labels:  # (a cache extracted before the rule): a vector every surface can select
+        try:
+            check_label(label, "a label")
+        except MusicsteerError as e:
+            raise type(e)(f"{acts_dir}: {e}; it would be a vector's name: extract again from renamed data") from None
     check_layer(layer, acts.num_layers)
     result = train_all(acts, method, seed, test_fraction)
     path = export(result, acts, out, site, None if layer == "best" else layer)

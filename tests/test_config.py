@@ -166,7 +166,7 @@ BLOCK = "midi:\n  mappings:\n    - cc: 1\n      channel: 1\n      param: alpha\n
     (M + "{cc: 4, param: crossfade, from: jazz}\n", "set.yaml line 3: 'from' and 'to'"),
     (M + "{cc: 4, param: alpha, to: jazz}\n", "set.yaml line 3: 'from' and 'to'"),
     ("midi:\n  port: [1]\n", "set.yaml line 2: 'port' needs a MIDI input name"),
-    ("midi:\n  port: x\n  output: yes\n", "set.yaml line 3: 'output' needs a MIDI output name"),
+    ("midi:\n  port: x\n  output: true\n", "set.yaml line 3: 'output' needs a MIDI output name"),
     ("midi:\n  output: ''\n", "set.yaml line 2: 'output' needs a MIDI output name"),
     ("midi:\n  api: coreaudio\n", "set.yaml line 2: api must be one of alsa, jack, got 'coreaudio'"),
     ("midi:\n  mappings: {cc: 1}\n", "set.yaml line 2: 'mappings' needs a list"),

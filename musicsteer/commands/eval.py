@@ -81,6 +81,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from musicsteer.engine.files import writable_folder
     from musicsteer.evaluation.protocol import Protocol, Sampling, parse_alphas, parse_labels, parse_pairs
     from musicsteer.evaluation.runner import EvalRequest, evaluate
 
@@ -88,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
         raise MusicsteerError("eval needs --vectors FILE (a steering-vectors file with one vector per genre)")
     if not args.out:
         raise MusicsteerError("eval needs --out DIR")
+    writable_folder(args.out, "--out", make=True)  # before the model loads: clips are written as they are made
     resolve(args)
     if args.layer is not None and len(args.layer) > 1:
         raise MusicsteerError(f"eval steers one layer: give --layer L, got {','.join(map(str, args.layer))}")
@@ -113,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_score(args: argparse.Namespace, own: dict[str, tuple[str, object]] | None = None) -> int:
+    from musicsteer.engine.files import writable_folder
     from musicsteer.evaluation import twoafc
     from musicsteer.evaluation.report import write_json
 
@@ -120,6 +123,8 @@ def run_score(args: argparse.Namespace, own: dict[str, tuple[str, object]] | Non
     if given:  # e.g. `eval --out DIR score-2afc …`: the folder would never be written
         raise MusicsteerError(f"{given[0]} is an option of the evaluation run, not of score-2afc (its own are "
                               "--out and --alternative, given after it)")
+    if args.score_out:
+        writable_folder(args.score_out, "--out", make=True)
 
     result = twoafc.score(twoafc.read_answers(args.answers), args.alternative)
     table = twoafc.markdown(result)

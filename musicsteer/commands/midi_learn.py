@@ -7,11 +7,10 @@ import argparse
 import queue
 import re
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from musicsteer.engine.errors import MusicsteerError
-from musicsteer.engine.params import NAME_CHARS, check_text
+from musicsteer.engine.params import check_text
 
 from .options import bounded
 
@@ -37,6 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from musicsteer.controllers.midi import list_midi_inputs, open_midi_input, resolve_midi_port
     from musicsteer.controllers.midi_learn import MidiLearn, parse_knob_targets
+    from musicsteer.engine.files import writable_file
+    from musicsteer.engine.vectors import check_label
 
     if args.list:
         names = list_midi_inputs(args.api)
@@ -46,16 +47,14 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.port or not args.out:
         raise MusicsteerError("midi-learn needs --port and --out (use --list to see the MIDI inputs)")
-    names = [check_text("a vector name in --notes", name.strip(), NAME_CHARS, empty=False)
-             for name in args.notes.split(",") if name.strip()]
+    check_text("--port", args.port, 200)  # (a name that is not UTF-8 must not reach the file written)
+    names = [check_label(name.strip(), "a vector name in --notes") for name in args.notes.split(",") if name.strip()]
     if len(set(names)) != len(names):
         raise MusicsteerError("--notes lists a vector twice")
     learn = MidiLearn(parse_knob_targets(args.params), names)
     if learn.done:
         raise MusicsteerError("nothing to learn: give --params (knobs) and/or --notes (vector names)")
-    out = Path(args.out)
-    if not out.parent.is_dir():  # fail before the performer has turned every knob
-        raise MusicsteerError(f"cannot write {out}: folder {out.parent} does not exist")
+    out = writable_file(args.out, "--out")  # fail before the performer has turned every knob
     name = resolve_midi_port(args.port, args.api)
     messages: queue.SimpleQueue = queue.SimpleQueue()
     port = open_midi_input(name, messages.put, args.api)

@@ -93,8 +93,10 @@ def run_extract(args: argparse.Namespace) -> int:
     if args.quantize is not None:
         raise MusicsteerError("probe extract takes no --quantize: vectors trained on the full-precision "
                               "activations apply unchanged to an int8 model (render, play, bench, eval --quantize)")
+    from musicsteer.engine.files import writable_folder
     from musicsteer.probes.extract import extract
 
+    writable_folder(args.out, "--out", make=True)  # before the model loads: the cache is written batch by batch
     extract(args.data, args.model, args.out, args.segment_seconds, args.prompt, args.batch, args.device,
             args.dtype, args.workers, args.label_column, args.ray)
     return 0
