@@ -15,10 +15,10 @@ import json
 from dataclasses import dataclass
 
 import mido
-import yaml
 
 from musicsteer.engine.errors import BadType, MusicsteerError, shown
 
+from . import yaml_file
 from .mappings import CURVES, KNOB_PARAMS, knob_end
 from .midi import PRESS
 
@@ -139,6 +139,6 @@ class MidiLearn:
             lines.append(f"  port: {json.dumps(port)}")
         lines.append("  mappings:")
         for mapping in self.mappings:
-            flow = yaml.safe_dump(mapping, default_flow_style=True, sort_keys=False, width=10**6).strip()
+            flow = yaml_file.dump(mapping, flow=True).strip()  # quotes a name YAML would read as a number
             lines.append(f"    - {flow}")
         return "\n".join(lines) + "\n"
