@@ -17,7 +17,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from .errors import MusicsteerError, one_line
+from .errors import MusicsteerError, Unreadable, one_line
 from .files import atomic_write, existing_file
 
 
@@ -48,18 +48,19 @@ def decode_audio(file: Path | bytes, sample_rate: int, channels: int, max_second
                  name: str | None = None) -> np.ndarray:
     """`read_audio` on an existing file or on a file's bytes (an audio dataset's encoded column):
     float32 (channels, samples) at `sample_rate`. `name` names the audio in errors (default: the
-    path). A file that does not decode, is empty or holds NaN/inf is a one-line MusicsteerError."""
+    path). A file that does not decode, is empty or holds NaN/inf is a one-line `Unreadable`."""
     _check(sample_rate, channels, max_seconds)
     name = str(file) if name is None else name
+    opened = _opened(file)  # outside the try: a caller's wrong argument is no fault of the file
     try:
         # always_2d gives (frames, file_channels) for mono and multichannel files alike.
-        data, file_rate = sf.read(_opened(file), dtype="float32", always_2d=True)
+        data, file_rate = sf.read(opened, dtype="float32", always_2d=True)
     except (sf.SoundFileError, RuntimeError, OSError, ValueError, TypeError) as exc:
-        raise MusicsteerError(f"cannot read audio file {name}: {one_line(exc)}") from None
+        raise Unreadable(f"cannot read audio file {name}: {one_line(exc)}") from None
     if data.shape[0] == 0 or data.shape[1] == 0:
-        raise MusicsteerError(f"audio file {name} is empty (0 samples)")
+        raise Unreadable(f"audio file {name} is empty (0 samples)")
     if not np.isfinite(data).all():
-        raise MusicsteerError(f"audio file {name} contains NaN or infinite samples")
+        raise Unreadable(f"audio file {name} contains NaN or infinite samples")
 
     if channels == 1:
         data = data.mean(axis=1, keepdims=True)
@@ -82,7 +83,14 @@ def decode_audio(file: Path | bytes, sample_rate: int, channels: int, max_second
 
 
 def _opened(file: Path | bytes) -> Path | BinaryIO:
-    return io.BytesIO(file) if isinstance(file, bytes) else file
+    """What soundfile reads: a path, or a file's bytes. Anything else is a caller's bug, a TypeError raised
+    before soundfile runs (soundfile's own TypeError, caught as the file's, means a file it cannot open,
+    e.g. headerless .raw audio)."""
+    if isinstance(file, bytes):
+        return io.BytesIO(file)
+    if not isinstance(file, (str, Path)):
+        raise TypeError(f"an audio file is a path or its bytes, got {type(file).__name__}")
+    return file
 
 
 def resampled_length(frames: int, file_rate: int, sample_rate: int) -> int:
@@ -94,15 +102,16 @@ def resampled_length(frames: int, file_rate: int, sample_rate: int) -> int:
 def audio_length(file: Path | bytes, sample_rate: int, name: str | None = None) -> int:
     """How many samples `decode_audio(file, sample_rate, ...)` will return, from the file's header alone
     (soundfile's info: no decode), for any channel count. A header that does not read, or says the file
-    is empty, is a one-line MusicsteerError. Formats whose header only estimates its length (some MP3s)
+    is empty, is a one-line `Unreadable`. Formats whose header only estimates its length (some MP3s)
     may decode to another length: callers check the decoded length (probes/extract.py does)."""
     name = str(file) if name is None else name
+    opened = _opened(file)  # outside the try: a caller's wrong argument is no fault of the file
     try:
-        info = sf.info(_opened(file))
+        info = sf.info(opened)
     except (sf.SoundFileError, RuntimeError, OSError, ValueError, TypeError) as exc:
-        raise MusicsteerError(f"cannot read audio file {name}: {one_line(exc)}") from None
+        raise Unreadable(f"cannot read audio file {name}: {one_line(exc)}") from None
     if info.frames <= 0 or info.channels <= 0:
-        raise MusicsteerError(f"audio file {name} is empty (0 samples)")
+        raise Unreadable(f"audio file {name} is empty (0 samples)")
     return resampled_length(info.frames, info.samplerate, sample_rate)
 
 

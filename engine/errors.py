@@ -55,6 +55,14 @@ class Busy(MusicsteerError):
     kind = "busy"
 
 
+class Unreadable(MusicsteerError):
+    """An input file (or dataset row) that gives no audio: missing, not audio, undecodable, empty, NaN. The
+    file's own fault: a collection skips and lists it (probes/dataset.py, probes/pipeline.py); any other
+    error met on the way is not the file's, and is not counted as its."""
+
+    kind = "unreadable"
+
+
 class Malformed(MusicsteerError):
     """A packet or file that does not parse (an OSC datagram, a session-log line)."""
 

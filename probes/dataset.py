@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from musicsteer.engine.audio_io import audio_length
-from musicsteer.engine.errors import MusicsteerError, one_line, shown
+from musicsteer.engine.errors import MusicsteerError, Unreadable, one_line, shown
 from musicsteer.engine.vectors import check_label
 
 from . import hf_data
@@ -127,7 +127,7 @@ def _from_csv(manifest: Path) -> tuple[list[Source], list[dict[str, str]]]:
             rows = [{k.strip(): (v or "").strip() for k, v in row.items() if k} for row in reader]
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise MusicsteerError(f"cannot read {manifest}: {one_line(e)}") from None
-    sources, skipped, seen = [], [], set()
+    sources, skipped, seen = [], [], {}  # seen: each file (resolved: `a/x.wav`, `./a/x.wav` are one) -> its line
     for line, row in enumerate(rows, start=2):
         file_id, label = row.get("path", ""), row.get("label", "")
         path = (manifest.parent / file_id).expanduser()
@@ -135,10 +135,9 @@ def _from_csv(manifest: Path) -> tuple[list[Source], list[dict[str, str]]]:
             skipped.append({"file": file_id or f"line {line}", "reason": f"line {line}: empty path or label"})
         elif not path.is_file():
             skipped.append({"file": file_id, "reason": f"line {line}: file not found"})
-        elif file_id in seen:
-            skipped.append({"file": file_id, "reason": f"line {line}: listed twice"})
+        elif (first := seen.setdefault(path.resolve(), line)) != line:
+            skipped.append({"file": file_id, "reason": f"line {line}: listed twice (the file of line {first})"})
         else:
-            seen.add(file_id)
             sources.append(Source(file_id, path, label))
     if not sources:
         raise MusicsteerError(f"{manifest} lists no existing audio files")
@@ -177,7 +176,7 @@ def plan(data: str | Path, sources: list[Source], skipped: list[dict[str, str]],
     for source in sources:
         try:
             samples = audio_length(source.encoded(), sample_rate, source.file_id)
-        except MusicsteerError as e:
+        except Unreadable as e:  # the file's own fault only: any other error is ours, or the whole input's
             skipped.append({"file": source.file_id, "reason": str(e)})
             continue
         bounds = segment_bounds(samples, seg)
@@ -188,7 +187,8 @@ def plan(data: str | Path, sources: list[Source], skipped: list[dict[str, str]],
         for start, length in bounds:
             segments.append(Segment(len(segments), source.file_id, source.label, start, length))
     if not segments:
-        raise MusicsteerError(f"no readable audio in {data} ({len(skipped)} file(s) skipped)")
+        first = f"; the first: {skipped[0]['reason']}" if skipped else ""
+        raise MusicsteerError(f"no readable audio in {data} ({len(skipped)} file(s) skipped{first})")
     result = Plan(segments, used, skipped)
     check_labels(result.labels, data)
     return result

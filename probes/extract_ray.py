@@ -15,7 +15,7 @@ from functools import partial
 from pathlib import Path
 
 from musicsteer import cluster
-from musicsteer.engine.errors import MusicsteerError, one_line
+from musicsteer.engine.errors import Unreadable, one_line
 from musicsteer.engine.loading import device_spec, load_model, resolve_dtype
 
 from . import dataset
@@ -45,7 +45,7 @@ class Unshipped:
     error: str
 
     def encoded(self) -> bytes:
-        raise MusicsteerError(self.error)
+        raise Unreadable(self.error)
 
 
 def extract_on_ray(address: str, model: str, device: str, dtype: str, data: str, out: str,
@@ -89,6 +89,6 @@ def _ship(batches: list[list[dataset.Segment]], sources: dict[str, dataset.Sourc
             shipped[file_id] = Shipped(file_id, encoded if isinstance(encoded, bytes) else Path(encoded).read_bytes())
         except OSError as e:
             shipped[file_id] = Unshipped(file_id, f"cannot read audio file {file_id}: {one_line(e.strerror or e)}")
-        except MusicsteerError as e:
+        except Unreadable as e:
             shipped[file_id] = Unshipped(file_id, str(e))
     return shipped

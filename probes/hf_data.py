@@ -18,8 +18,8 @@ file; NAME is the split's name, or the Dataset's own (`data` when it has none): 
 saved dataset is unchanged, which is what the cache's resume needs; a dataset rewritten in another
 order gives other ids, and the cache refuses it as other data.
 Every refusal is about the whole dataset and is raised by `rows`, before any audio is read; the only
-error `row_audio` raises is its row's own (no bytes, and no file where its path points), which the
-extraction counts as that row's unreadable file.
+error `row_audio` raises is its row's own (no bytes, and no file where its path points), `Unreadable`,
+which the extraction counts as that row's unreadable file.
 `datasets` is an optional extra (`pip install musicsteer[datasets]`): missing, `hf:` is one line.
 """
 
@@ -29,7 +29,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from musicsteer.engine.errors import MusicsteerError, one_line, shown
+from musicsteer.engine.errors import MusicsteerError, Unreadable, one_line, shown
 
 PREFIX = "hf:"
 PATH_COLUMNS = ("audio", "path")  # without an Audio or bytes column: the column of file paths, by name
@@ -167,7 +167,7 @@ def rows(folder: Path, split: str | None, label: str | None = None) -> tuple[str
 
 def row_audio(folder: Path, split: str | None, index: int) -> Path | bytes:
     """The encoded audio of row `index` of the split `rows` gave the key of: its bytes, or the file its path
-    names. A row with neither is a MusicsteerError: the row's own fault, the only one raised here."""
+    names. A row with neither is `Unreadable`: the row's own fault, the only one raised here."""
     ds, _, _ = open_split(folder, split)
     value = ds[index][audio_column(ds)]
     data, named = (value.get("bytes"), value.get("path")) if isinstance(value, dict) else \
@@ -176,7 +176,7 @@ def row_audio(folder: Path, split: str | None, index: int) -> Path | bytes:
         return data
     path = _resolve(folder, named)
     if path is None:
-        raise MusicsteerError(f"row {index} of {folder} holds no audio bytes and its file "
+        raise Unreadable(f"row {index} of {folder} holds no audio bytes and its file "
                               f"{shown(named)} is not found")
     return path
 

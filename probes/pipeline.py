@@ -31,7 +31,7 @@ import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
 from musicsteer.engine.audio_io import decode_audio
-from musicsteer.engine.errors import MusicsteerError, one_line
+from musicsteer.engine.errors import MusicsteerError, Unreadable, one_line
 
 from .dataset import Segment, Source
 
@@ -62,7 +62,7 @@ class FileDecodes(Dataset):
         source, segments = self.jobs[i]
         try:
             audio = decode_audio(source.encoded(), self.sample_rate, self.channels, name=source.file_id)
-        except MusicsteerError as e:
+        except Unreadable as e:  # the file's own fault only: anything else is a bug, and ends the run
             return Decoded(source.file_id, None, str(e))
         end = segments[-1].start + segments[-1].length if segments else 0
         if audio.shape[1] < end:
