@@ -79,7 +79,7 @@ class DelayPattern:
         for k, delay in enumerate(self.delays):
             frame = position - 1 - delay
             if frame < 0 or (self.end_frame is not None and frame >= self.end_frame):
-                tokens[:, k] = self.pad_id
+                tokens[:, k].fill_(self.pad_id)  # not `= pad_id`: that makes a CPU scalar tensor per call
             elif frame < self.known[k]:
                 tokens[:, k] = self.codes[:, k, frame]
             else:

@@ -22,13 +22,16 @@ The genre meter reads inside the graph: the step copies the activation it taps (
 after the replay. Only `Generator.capture` (every activation, for probes and tests) needs the eager
 step.
 
+A capture the runtime refuses (an op that cannot be captured, an out-of-memory, the driver) falls back to
+the same static step run uncaptured, with one warning (`fallback`, `on_fallback`): never the end of a session.
+
 `--decode` picks the token loop through `decode_step` and `GENERATORS`, for every command alike.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -37,7 +40,7 @@ from torch import Tensor
 from . import decoder as decoder_fn
 from . import sampling
 from .decoder import FastDecoder
-from .errors import MusicsteerError
+from .errors import MusicsteerError, one_line
 from .generator import SHARED, Generator
 from .kv_cache import KVCache
 from .params import DECODE, PARAMS
@@ -95,6 +98,9 @@ class GraphDecoder:
         self.builds = 0  # captures on CUDA; on the CPU, what would have been captured
         self.steps = 0
         self._graph: torch.cuda.CUDAGraph | None = None
+        self.fallback: str | None = None  # why the capture failed, once it has (the step then runs uncaptured)
+        # Told that one line when a capture fails (GraphGenerator: the session's warning, as a Notice).
+        self.on_fallback: Callable[[str], None] = lambda text: warnings.warn(text, RuntimeWarning, stacklevel=2)
         self._bound: tuple | None = None
         self._knobs: tuple | None = None
         self.set_sampling(*(PARAMS[name].default for name in SHARED))  # the sampler's knobs, the table's defaults
@@ -185,6 +191,21 @@ class GraphDecoder:
         # Warm-up and capture must not move the sampling stream: a seed gives the same music
         # whether or not this token happened to trigger a (re)capture.
         states = [rng.get_state() for rng in self.rngs]
+        try:
+            self._graph = self._capture()
+        except Exception as exc:  # noqa: BLE001 - whatever refused the capture, the performance goes on
+            # An op that cannot be captured, an out-of-memory, a driver that refuses: the same static
+            # step runs uncaptured from now on (the same codes, more launches per token), never a crash.
+            self._graph, self.capture = None, False
+            self.fallback = (f"CUDA graph capture failed ({type(exc).__name__}: {one_line(exc, 200)}); "
+                             "decoding on without a graph (same music, slower steps)")
+            self.on_fallback(self.fallback)
+        finally:
+            for rng, state in zip(self.rngs, states, strict=True):
+                rng.set_state(state)
+
+    def _capture(self) -> torch.cuda.CUDAGraph:
+        """Warm up on a side stream, then capture `_run` into a new graph (the caller restores the generators)."""
         current = torch.cuda.current_stream(self.device)
         side = torch.cuda.Stream(self.device)
         side.wait_stream(current)
@@ -206,9 +227,7 @@ class GraphDecoder:
         # mid-session rebuild captures; the default "global" mode would fail the capture on that.
         with torch.cuda.graph(graph, stream=torch.cuda.Stream(self.device), capture_error_mode="thread_local"):
             self._run()
-        for rng, state in zip(self.rngs, states, strict=True):
-            rng.set_state(state)
-        self._graph = graph
+        return graph
 
 
 class GraphGenerator(Generator):
@@ -226,6 +245,7 @@ class GraphGenerator(Generator):
                  *, capture: bool | None = None, **kwargs: object) -> None:
         super().__init__(lm, controls, vectors, **kwargs)
         self.graph = GraphDecoder(self.dec, self.cache, self.steering, self.rngs, capture=capture)
+        self.graph.on_fallback = self._warn  # a failed capture is one warning to the performer; the session goes on
 
     def _decode(self, tokens: Tensor, positions: Tensor) -> Tensor:
         if self.capture is not None or positions.numel() > 1:

@@ -158,21 +158,27 @@ def weights_digest(model: torch.nn.Module, sample: int = 64) -> str:
 
 
 def device_spec(device: str) -> str:
-    """--device's text, checked and normalised ("auto", "cpu", "cuda" or "cuda:N") without asking what
-    this machine has: a Ray driver checks it for actors on other machines."""
+    """--device's text, checked and normalised ("auto", "cpu", "cuda", "cuda:N" or "mps") without asking
+    what this machine has: a Ray driver checks it for actors on other machines."""
     spec = str(device).strip().lower()
-    if spec not in ("auto", "cpu") and re.fullmatch(r"cuda(:\d+)?", spec) is None:
-        raise MusicsteerError(f"unknown device {device!r}; expected auto, cpu, cuda or cuda:N")
+    if spec not in ("auto", "cpu", "mps") and re.fullmatch(r"cuda(:\d+)?", spec) is None:
+        raise MusicsteerError(f"unknown device {device!r}; expected auto, cpu, cuda, cuda:N or mps")
     return spec
 
 
 def resolve_device(device: str) -> torch.device:
-    """"auto" (CUDA when available), "cpu", "cuda" or "cuda:N"."""
+    """"auto" (CUDA when available), "cpu", "cuda", "cuda:N" or "mps" (an Apple GPU: the eager step, as
+    `--decode auto` picks there; tests/test_fake_device.py checks it keeps every tensor on the device)."""
     spec = device_spec(device)
     if spec == "auto":
         spec = "cuda" if torch.cuda.is_available() else "cpu"
     if spec == "cpu":
         return torch.device("cpu")
+    if spec == "mps":
+        if not torch.backends.mps.is_available():
+            raise MusicsteerError(f"device {device!r} requested but MPS (an Apple GPU, macOS 12.3+) is not available "
+                                  f"(torch {torch.__version__}); use --device cpu")
+        return torch.device("mps", 0)  # explicit index, so it compares equal to tensor.device
     match = re.fullmatch(r"cuda(?::(\d+))?", spec)
     if not torch.cuda.is_available():
         raise MusicsteerError(

@@ -50,7 +50,7 @@ def candidates(scores: Tensor, k: int, top_p_floor: float | Tensor | None) -> tu
     if top_p_floor is not None:
         ascending = values.flip(-1)
         drop = ascending.softmax(dim=-1).cumsum(dim=-1) <= top_p_floor
-        drop[..., -1] = False  # always keep the most likely token
+        drop[..., -1].fill_(False)  # always keep the most likely (`= False` would make a CPU scalar tensor)
         values = values.masked_fill(drop.flip(-1), float("-inf"))
     # In token-id order: the race pairs each candidate with one noise draw by position, and topk's order
     # follows the last bits of the scores (the eager and the captured step differ by ~1e-7): by id, both

@@ -203,6 +203,12 @@ class StreamingDecoder:
         groups = codes[None] if self.channels == 1 else torch.stack([codes[0::2], codes[1::2]])
         return self.codec.quantizer.decode(groups.transpose(0, 1)).to(self.dtype)
 
+    @staticmethod
+    def _to_host(audio: Tensor) -> np.ndarray:
+        """A chunk's audio (C, 1, samples) on the device -> float32 (C, samples) numpy: the chunk's one read
+        back to the host (tests/test_fake_device.py checks nothing else in a chunk leaves the device)."""
+        return audio[:, 0].float().cpu().numpy()
+
     # ------------------------------------------------------------------ one chunk
 
     @torch.inference_mode()
@@ -233,7 +239,7 @@ class StreamingDecoder:
         else:
             audio = self._whole(embeddings)
             self.last_decode_frames = window_end - first
-        audio = audio[:, 0].float().cpu().numpy()  # (C, samples), starting at frame `first`
+        audio = self._to_host(audio)  # (C, samples), starting at frame `first`
         lo, hi = self._done - first * hop, end - first * hop
         chunk = audio[:, lo:hi].copy()
         fade = min(len(self._fade_in), chunk.shape[1])

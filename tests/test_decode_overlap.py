@@ -182,3 +182,30 @@ def test_an_error_before_the_threads_start_surfaces_as_itself(tiny, tmp_path) ->
     with pytest.raises(ValueError, match="cannot start"):  # not "cannot join thread before it is started"
         session.run()
     assert sf.info(str(tmp_path / "s.wav")).frames == 0  # a valid, empty take
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_decode_runs_on_its_own_stream_beside_the_graph_and_loses_nothing(tmp_path) -> None:
+    """On a GPU: every decoder chunk runs on the decode thread's own stream (not the generation thread's),
+    the token loop on the captured graph, and every frame's audio reaches the take."""
+    from musicsteer.engine.graph import GraphGenerator
+    from musicsteer.engine.loading import load_model
+
+    lm = load_model("tiny", "cuda", "float32")
+    session = StreamingSession(GraphGenerator(lm, Controls(prompt="rock", seed=5)),
+                               StreamOptions(output_device="null", seconds=2.0, record=tmp_path / "o.wav"))
+    streams, push = [], session.decoder.push
+
+    def watched(codes):
+        streams.append(torch.cuda.current_stream())
+        return push(codes)
+
+    session.decoder.push = watched
+    stats = session.run()
+    worker = session._decoding.stream
+    assert worker is not None and worker != torch.cuda.default_stream(lm.device)
+    assert streams and all(s == worker for s in streams)
+    assert session.gen.graph.capture and session.gen.graph.builds == 1
+    audio, rate = sf.read(tmp_path / "o.wav")
+    assert rate == 32000 and len(audio) == 100 * HOP
+    assert stats.underrun_events == 0

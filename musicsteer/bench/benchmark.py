@@ -98,9 +98,11 @@ class _Run:
 
 
 def _sync(device: torch.device) -> None:
-    # CUDA work is asynchronous: read the clock only once the queued kernels have finished.
+    # CUDA and MPS work is asynchronous: read the clock only once the queued kernels have finished.
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
 
 
 def device_description(device: torch.device) -> str:
