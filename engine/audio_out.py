@@ -15,6 +15,16 @@ turns inactive at once; Pa_AbortStream (and Pa_StopStream) then blocks for 600 s
 Pa_CloseStream aborts the process on an assert (pa_jack.c CleanUpStream), as Pa_Terminate does at
 once (pa_jack.c Terminate). So a lost stream is abandoned, never stopped or closed, and this process
 never terminates PortAudio again (sounddevice's exit handler included).
+
+The device block (`--blocksize auto`, the default of play and bench alike) is chosen as `--buffer auto`
+chooses its lead: the least that plays whole. A JACK server fixes its period for every client, and
+PortAudio's JACK host API calls back once a period when asked for no block size (0): auto opens the
+stream so and takes the period from the stream's latency (measured, dummy backend: 256- and
+1024-frame periods give 8 and 32 ms at 32 kHz, one period each). Other host APIs report no period:
+auto takes the block of PortAudio's low output latency for the device (its estimate of the least
+that plays whole), as a power of two from 64 frames. The null sink, a clock thread, plays 256-frame
+blocks (8 ms at 32 kHz) whole here. `blocksize` is then the number chosen: the lead's margin and
+the ring's room are counted in it.
 """
 
 from __future__ import annotations
@@ -39,6 +49,8 @@ from .ring_buffer import RingBuffer, RingWriter
 
 _COMMON_RATES = (8000, 11025, 16000, 22050, 32000, 44100, 48000, 88200, 96000, 192000)
 _WATCH_PERIOD = 0.1  # seconds between the watchdog's looks at a playing stream
+NULL_AUTO_BLOCK = 256  # the null sink's block under --blocksize auto: its clock thread plays it whole here
+AUTO_LEAST_BLOCK = 64  # auto's least block where the host reports no period (a callback's own cost bounds it)
 
 
 class AudioSink(Protocol):
@@ -144,9 +156,10 @@ class PortAudioSink(_SinkBase):
     `stall_s`: seconds without a callback after which a started stream counts as failed.
     """
 
-    def __init__(self, device: int, ring: RingBuffer, sample_rate: int, channels: int, blocksize: int = 1024,
+    def __init__(self, device: int, ring: RingBuffer, sample_rate: int, channels: int, blocksize: int | str = "auto",
                  latency: float | str | None = None, resample: bool = True, stall_s: float = 1.0) -> None:
-        super().__init__(ring, sample_rate, channels, blocksize)
+        auto = blocksize == "auto"
+        super().__init__(ring, sample_rate, channels, 1 if auto else int(blocksize))
         self.stall_s = float(stall_s)
         self._callback_exc: BaseException | None = None  # the first one; formatted by the watchdog
         self._lost = False  # the device is gone: the stream must be abandoned, not stopped
@@ -166,11 +179,20 @@ class PortAudioSink(_SinkBase):
                 raise MusicsteerError(f"output device {self.device_name!r} refuses {sample_rate} Hz (supports {shown})")
             default = int(info["default_samplerate"])  # the device's own rate, else the nearest above ours
             rate = default if default in rates else min(rates, key=lambda r: (r < sample_rate, r))
+        jack = auto and str(sd.query_hostapis(info["hostapi"])["name"]).startswith("JACK")
+        if auto and not jack:  # no period reported: the block of the device's low latency, a power of two
+            low = max(AUTO_LEAST_BLOCK, round(float(info["default_low_output_latency"]) * rate))
+            self.blocksize = min(1 << (low - 1).bit_length(), 16384)
+        if auto and latency is None:
+            latency = "low"
         try:
-            self._stream = sd.OutputStream(samplerate=rate, blocksize=blocksize, device=device, channels=channels,
-                                           dtype="float32", latency=latency, callback=self._callback)
+            self._stream = sd.OutputStream(samplerate=rate, blocksize=0 if jack else self.blocksize, device=device,
+                                           channels=channels, dtype="float32", latency=latency,
+                                           callback=self._callback)
         except (sd.PortAudioError, ValueError) as exc:
             raise MusicsteerError(f"cannot open output device {self.device_name!r}: {one_line(exc)}") from None
+        if jack:  # called back once a JACK period: the stream's latency is that period
+            self.blocksize = max(16, round(float(self._stream.latency) * rate))
         if rate != self.sample_rate:
             self._resample_to(rate)  # only now: a failed open must leave the caller's ring as it was
         stream_opened()
@@ -264,8 +286,9 @@ class NullSink(_SinkBase):
     as a real device would drop out rather than play faster.
     """
 
-    def __init__(self, ring: RingBuffer, sample_rate: int, channels: int, blocksize: int = 1024,
+    def __init__(self, ring: RingBuffer, sample_rate: int, channels: int, blocksize: int | str = "auto",
                  max_lag: float = 0.5) -> None:
+        blocksize = NULL_AUTO_BLOCK if blocksize == "auto" else int(blocksize)
         super().__init__(ring, sample_rate, channels, blocksize)
         self.max_lag = max_lag
         self.latency = blocksize / sample_rate
@@ -306,9 +329,11 @@ class NullSink(_SinkBase):
             self._thread.join()
 
 
-def open_sink(spec: str | int | None, ring: RingBuffer, sample_rate: int, channels: int, blocksize: int = 1024,
-              resample: bool = True, latency: float | str | None = None) -> PortAudioSink | NullSink:
-    """Resolve `spec` and open its sink (not started). Device errors surface here, before generation."""
+def open_sink(spec: str | int | None, ring: RingBuffer, sample_rate: int, channels: int,
+              blocksize: int | str = "auto", resample: bool = True,
+              latency: float | str | None = None) -> PortAudioSink | NullSink:
+    """Resolve `spec` and open its sink (not started). Device errors surface here, before generation.
+    blocksize: frames per callback, or "auto" (the module's docstring); the sink's `blocksize` is the one used."""
     device = resolve_output_device(spec)
     if device == NULL_DEVICE:
         return NullSink(ring, sample_rate, channels, blocksize)

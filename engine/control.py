@@ -231,6 +231,19 @@ class ControlState:
             boundary.seed = value
         # guidance, temperature, top_k, top_p: the sampler reads them every step
 
+    def snapshot(self) -> tuple[dict[str, Any], dict[str, tuple[int, int, Any, Any]]]:
+        """The generation thread: the values now (a copy) and the glides under way, {param: (start_step,
+        steps, start, end)}: what a window slide's checkpoint holds (engine/checkpoint.py)."""
+        values = {f.name: (dict(v) if isinstance(v := getattr(self.values, f.name), dict) else v)
+                  for f in dataclasses.fields(self.values)}
+        glides = {p: (g.start_step, g.steps, g.start, g.end) for p, g in self._glides.items()}
+        return values, glides
+
+    def restore(self, values: dict[str, Any], glides: dict[str, tuple[int, int, Any, Any]]) -> None:
+        """Before the first token: take a snapshot's values and glides (a take resumed from a checkpoint)."""
+        self.values = dataclasses.replace(self.values, **values)
+        self._glides = {p: _Glide(*g) for p, g in glides.items()}
+
     def terms(self) -> list[Term]:
         """The steering terms the current values describe (none without vectors, mix or alpha)."""
         v = self.values

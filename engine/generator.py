@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from . import checkpoint
 from . import decoder as decoder_fn
 from .control import Boundary, Controls, ControlState
 from .decoder import FastDecoder
@@ -41,6 +42,7 @@ from .steering import SteeringTensors
 from .vectors import SteeringVectors
 
 if TYPE_CHECKING:
+    from .checkpoint import Checkpoint
     from .loading import LoadedModel
     from .meter import GenreMeter
 
@@ -158,6 +160,9 @@ class Generator:
         self.step_index = 0  # tokens generated in this session
         self.frame_offset = 0  # session index of the current window's frame 0
         self.end_frame: int | None = None
+        # Told the state each window slide leaves (engine/checkpoint.py), on this thread: a live
+        # session's takes resume from it, so that nothing older need be kept (engine/takes.py).
+        self.on_slide: Callable[[Checkpoint], None] | None = None
         self.capture: dict[str, Tensor] | None = None  # set to a dict to read activations (tests, probes)
         self.meter: GenreMeter | None = None  # a live genre meter reading the same activations
         self.last_logits: Tensor | None = None  # raw (2B, K, V) logits of the last step
@@ -327,6 +332,8 @@ class Generator:
         tail = [self.delay.codes[:, k, start:n].clone() for k, n in enumerate(generated)]
         self.frame_offset += start
         self._begin_window(tail)
+        if self.on_slide is not None:
+            self.on_slide(checkpoint.capture(self, tail))
 
 
 def render_batch(gen: Generator, total_frames: int, prompt_codes: Tensor | None = None,

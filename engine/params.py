@@ -276,7 +276,9 @@ SETTINGS = (
            default="auto", cli="--buffer", keys=("buffer",), words=("auto",)),
     Param("prebuffer", "number", "audio queued before playback starts (≤ --buffer; auto: the lead, if less)",
            "s", 0.02, 60, default=0.5, cli="--prebuffer", keys=("prebuffer",)),
-    Param("blocksize", "whole", "audio callback block", "frames", 16, 16384, default=1024, cli="--blocksize"),
+    Param("blocksize", "whole", "audio callback block: auto = the device's own period where PortAudio reports one "
+          "(a JACK server's), else the smallest that plays whole (engine/audio_out.py)", "frames", 16, 16384,
+          default="auto", cli="--blocksize", words=("auto",)),
     Param("slew", "number", "an alpha jump glides over this time (no clicks)", "s", 0, 10, default=0.05,
            cli="--slew"),
     Param("init_seconds", "number", "seconds of --init-audio to continue from (its end)", "s", 0, 30,
@@ -322,7 +324,7 @@ def check_settings(**values: Any) -> None:
             PARAMS[name].check(value)
 
 
-def check_stream(buffer: float | str, prebuffer: float, blocksize: int, sample_rate: int = 32000) -> None:
+def check_stream(buffer: float | str, prebuffer: float, blocksize: int | str, sample_rate: int = 32000) -> None:
     """The stream settings together: the prebuffer fits in the buffer and holds at least one audio
     block (else the first callback underruns whatever the speed). Rates: MusicGen's 32 kHz by default.
     A buffer of "auto" holds at most AUTO_BUFFER_MAX seconds, and starts (and refills) at its lead
@@ -332,7 +334,8 @@ def check_stream(buffer: float | str, prebuffer: float, blocksize: int, sample_r
         what = f"the most --buffer auto queues ({most:g} s)" if buffer == "auto" else f"the buffer ({most:g} s)"
         raise OutOfRange(f"the prebuffer ({prebuffer:g} s) cannot be longer than {what}: see "
                          "--prebuffer, --buffer and a config's defaults")
-    if buffer != "auto" and prebuffer * sample_rate < blocksize:  # auto refills to its lead: two blocks at least
+    # auto refills to its lead: two blocks at least; a block of "auto" is checked once the device gives it
+    if buffer != "auto" and blocksize != "auto" and prebuffer * sample_rate < blocksize:
         raise OutOfRange(f"the prebuffer ({prebuffer:g} s) must hold at least one audio block ({blocksize} "
                          f"frames = {blocksize / sample_rate:g} s at {sample_rate} Hz): raise --prebuffer or lower "
                          "--blocksize")

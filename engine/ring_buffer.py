@@ -79,6 +79,14 @@ class RingBuffer:
         self.sample_rate = int(sample_rate)
         self._buf = np.zeros((self.capacity, self.channels), dtype=np.float32)
 
+    def add_room(self, frames: int) -> None:
+        """Hold `frames` more (the device's block, known once its sink is open). Only before any write."""
+        if self._written:
+            raise RuntimeError("a ring's room is set before it holds audio")
+        self.capacity += int(frames)
+        self.low_water = self.capacity
+        self._buf = np.zeros((self.capacity, self.channels), dtype=np.float32)
+
     # ---- shared views -------------------------------------------------------------------------
     @property
     def available(self) -> int:

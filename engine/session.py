@@ -21,6 +21,7 @@ arrives: zero-filled, counted underruns).
 
 from __future__ import annotations
 
+import collections
 import math
 import threading
 import time
@@ -59,7 +60,7 @@ class StreamOptions:
     output_device: str | int | None = None  # None: the system default; "null": no sound card
     buffer_seconds: float | str = PARAMS["buffer"].default  # queued ahead of playback; "auto": engine/lead.py
     prebuffer_seconds: float = 0.5  # queued before playback starts (and after a rebuffer)
-    blocksize: int = 1024
+    blocksize: int | str = PARAMS["blocksize"].default  # frames per device callback; "auto": engine/audio_out.py
     when_slow: str = "rebuffer"
     record: str | Path | None = None
     record_dir: str | Path | None = None  # where takes started live go (None: the working folder)
@@ -70,7 +71,7 @@ class StreamOptions:
 
 class StreamingSession:
     def __init__(self, gen: Generator, options: StreamOptions, prompt_codes: Tensor | None = None,
-                 init_audio: dict | None = None, keep_codes: bool = False) -> None:
+                 init_audio: dict | None = None, keep_codes: bool | int = False) -> None:
         # The same rows and bounds as the CLI's flags (params.SETTINGS): a library caller is held to them too.
         check_settings(when_slow=options.when_slow, seconds=options.seconds, buffer=options.buffer_seconds,
                        prebuffer=options.prebuffer_seconds, blocksize=options.blocksize)
@@ -86,14 +87,21 @@ class StreamingSession:
             self.slow_decode = buffer
         if auto:
             buffer = AUTO_BUFFER_MAX
-        self.ring = RingBuffer(self.channels, math.ceil(buffer * lm.sample_rate) + options.blocksize, lm.sample_rate)
+        self.ring = RingBuffer(self.channels, math.ceil(buffer * lm.sample_rate), lm.sample_rate)
         self.sink = open_sink(options.output_device, self.ring, lm.sample_rate, self.channels, options.blocksize,
                               resample=options.resample)
+        self.blocksize = self.sink.blocksize  # the block the device plays (auto: chosen by the sink)
+        self.ring.add_room(self.blocksize)  # the callback's room beside what is queued
+        try:  # a block known only now (auto) against the prebuffer
+            check_stream(options.buffer_seconds, options.prebuffer_seconds, self.blocksize, self.ring.sample_rate)
+        except BaseException:
+            self.sink.stop()
+            raise
         self.lead: AutoLead | None = None  # --buffer auto: the lead adjusted while playing
         if auto:
             write = math.ceil(self.decoder.config.chunk_frames * self.decoder.hop * self.ring.sample_rate
                               / lm.sample_rate)
-            self.lead = AutoLead(self.ring, margin_frames(options.blocksize, self.ring.sample_rate), write)
+            self.lead = AutoLead(self.ring, margin_frames(self.blocksize, self.ring.sample_rate), write)
         if options.when_slow == "rebuffer":
             self.ring.rebuffer_frames = round(options.prebuffer_seconds * self.ring.sample_rate)
             if self.lead is not None:
@@ -103,12 +111,16 @@ class StreamingSession:
         self.initial_controls = asdict(gen.control.values)
         self.control = gen.control  # controllers submit here (thread-safe): the one way in
         self.listeners = gen.listeners  # and learn here what was applied: the one way out
-        self._frames: list[Frame] | None = [] if keep_codes else None
+        # keep_codes: every frame (tests), or the last N (a long soak: its memory must stay flat)
+        self._frames: collections.deque[Frame] | None = None if keep_codes is False else collections.deque(
+            maxlen=None if keep_codes is True else int(keep_codes))
         self.listeners.add(self._record_event)
         self.notices: list[Notice] = []  # the last few, newest last
         self.notice_count = 0
         self.recordings = Recordings(self.sample_rate, self.channels, self.decoder.hop, self.log_header,
-                                     lambda: self.gen.step_index, self.notify, options.record_dir, options.overwrite)
+                                     lambda: self.gen.step_index, self.notify, options.record_dir, options.overwrite,
+                                     prompt_frames=self.prompt_frames)
+        gen.on_slide = self.recordings.slid  # a take resumes from the last slide before it, not the session's start
         # Checked now (one line before anything is generated), opened when the session runs: a start
         # that fails later (an OSC port in use) leaves no empty take behind to block the next try.
         self._first_take = take_path(options.record, None, options.overwrite) if options.record is not None else None
@@ -128,10 +140,16 @@ class StreamingSession:
 
     @property
     def codes(self) -> list[Tensor] | None:
-        """With keep_codes: the codes of every frame decoded so far, (K,) each, in order: what was played
-        and recorded (generation runs ahead; frames it made past a stop were never heard)."""
-        decoded = self.recordings.emitted // self.decoder.hop
-        return None if self._frames is None else [frame.codes[0] for frame in list(self._frames)[:decoded]]
+        """With keep_codes: the codes of every frame kept and decoded so far, (K,) each, in order: what was
+        played and recorded (generation runs ahead; frames it made past a stop were never heard).
+        The first is new frame `codes_start` (0 unless keep_codes bounded them)."""
+        decoded = self.recordings.emitted // self.decoder.hop + self.prompt_frames
+        return None if self._frames is None else [f.codes[0] for f in list(self._frames) if f.index < decoded]
+
+    @property
+    def codes_start(self) -> int:
+        """The new frame (counted as takes count, after an audio prompt) that `codes` starts at."""
+        return self._frames[0].index - self.prompt_frames if self._frames else 0
 
     @property
     def lead_seconds(self) -> float:
@@ -148,7 +166,8 @@ class StreamingSession:
 
     @property
     def applied(self) -> list[tuple[int, Change]]:
-        """Every change applied so far, at its step."""
+        """The changes applied since the oldest window slide a take could still resume from (every
+        change, before the first slide), at their steps: engine/takes.py bounds what is kept."""
         return self.recordings.history
 
     @property

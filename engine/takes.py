@@ -10,8 +10,12 @@ holds up the thread that serves the controls.
 
 A take starts at a frame boundary of the decoded stream: the decode thread hands PCM to the current
 take under one lock, and a new take starts with the first sample not yet handed out. Its log counts
-positions from there (engine/session_log.py), and carries every change made before it, so that
-`render --replay` of a second take regenerates the session up to it and keeps the take's frames.
+positions from there (engine/session_log.py). Its music depends on the session before it, but only
+back to the last window slide before its first frame (engine/checkpoint.py): the log carries that
+slide's checkpoint (or nothing, before the first slide: the header's starting state) and the changes
+made since, so `render --replay` resumes there and keeps the take's frames. The session keeps only
+the checkpoints a take could still need and the changes since the oldest (`Recordings.slid`): a
+window's worth, whatever the session's length.
 """
 
 from __future__ import annotations
@@ -21,12 +25,14 @@ import stat
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .checkpoint import Checkpoint
 from .errors import MusicsteerError, printable
 from .events import Change
 from .files import writable_file
@@ -118,7 +124,8 @@ class Take:
         self.space_warned = False
 
     def begin(self, header: dict[str, Any], start_sample: int, history: list[tuple[int, Change]]) -> None:
-        """Start at session sample `start_sample` (a frame boundary), with the changes made so far."""
+        """Start at session sample `start_sample` (a frame boundary), with the changes its music depends on
+        (those since the checkpoint in header["resume"], if any, else since the session's start)."""
         self.start_step = start_sample // self.hop
         self.log.header({**header, "take": {"start_step": self.start_step, "start_sample": start_sample}})
         for step, change in history:
@@ -164,6 +171,16 @@ class Take:
         return f"{self.error.rstrip('. ')}; {self.seconds:.2f} s safely on disk in {printable(self.path)}"
 
 
+@dataclass
+class _Since:
+    """A window slide's checkpoint (None: the session's start), the first take frame it can start
+    (counted as takes count: new frames, after any audio prompt), and the changes applied since."""
+
+    checkpoint: Checkpoint | None
+    first_frame: int
+    changes: list[tuple[int, Change]] = field(default_factory=list)
+
+
 class Recordings:
     """A session's takes: at most one at a time, started and stopped from any thread.
 
@@ -172,7 +189,7 @@ class Recordings:
 
     def __init__(self, sample_rate: int, channels: int, hop: int, header: Callable[[], dict[str, Any]],
                  clock: Callable[[], int], notify: Callable[[str, str], None], folder: str | Path | None = None,
-                 overwrite: bool = False) -> None:
+                 overwrite: bool = False, prompt_frames: int = 0) -> None:
         self.sample_rate, self.channels, self.hop = sample_rate, channels, hop
         self._header, self._clock, self._notify = header, clock, notify
         self.folder = Path(folder if folder is not None else Path.cwd())
@@ -180,7 +197,9 @@ class Recordings:
             raise MusicsteerError(f"recordings folder {printable(self.folder)} is not a folder that exists")
         self.folder = self.folder.resolve()  # live names are taken in it, whatever the working folder
         self.overwrite = overwrite
-        self.history: list[tuple[int, Change]] = []  # every applied change of the session, at its step
+        self.prompt_frames = prompt_frames  # session frames before the first new one (an audio prompt's)
+        # What a take started now could depend on: checkpoints, oldest first, each with the changes since.
+        self._since: list[_Since] = [_Since(None, 0)]
         self.done: list[Take] = []
         self.current: Take | None = None
         self.emitted = 0  # samples handed to takes, whole frames (the next take starts here)
@@ -205,7 +224,13 @@ class Recordings:
         take = Take(path, self.sample_rate, self.channels, self.hop, self.overwrite)
         take.recorder.on_error = take.log.on_error = lambda text: self._notify("error", text)
         with self._lock:
-            take.begin(self._header(), self.emitted, list(self.history))
+            # The newest slide before the take's first frame: its checkpoint and the changes since (bounded).
+            first = self.emitted // self.hop
+            depends = max(i for i, since in enumerate(self._since) if since.first_frame <= first)
+            header = self._header()
+            if (point := self._since[depends].checkpoint) is not None:
+                header["resume"] = point  # serialised by the log's writer thread, not under this lock
+            take.begin(header, self.emitted, [c for since in self._since[depends:] for c in since.changes])
             previous, self.current = self.current, take
         if previous is not None:
             self.done.append(previous.finish(self._clock(), padded=False))
@@ -254,12 +279,27 @@ class Recordings:
             if whole and self.current is not None:
                 self.current.write(pcm[:, :whole])
             self.emitted += whole
+            # A checkpoint whose successor can serve every take still to come is never needed again.
+            while len(self._since) > 1 and self._since[1].first_frame <= self.emitted // self.hop:
+                del self._since[0]
 
     def applied(self, step: int, change: Change) -> None:
         with self._lock:
-            self.history.append((step, change))
+            self._since[-1].changes.append((step, change))
             if self.current is not None:
                 self.current.record(step, change)
+
+    def slid(self, point: Checkpoint) -> None:
+        """The generation thread, at a window slide: later takes may resume from `point`."""
+        with self._lock:
+            self._since.append(_Since(point, point.first_frame - self.prompt_frames))
+
+    @property
+    def history(self) -> list[tuple[int, Change]]:
+        """The applied changes a take started now could need, at their steps: those since the oldest
+        checkpoint kept (every change of a session that has not slid its window yet)."""
+        with self._lock:
+            return [c for since in self._since for c in since.changes]
 
     def describe(self, step: int, kind: str, *payload: Any) -> None:
         """A meter reading (`meter`, scores) or a notice (`notice`, level, text) into the current log."""

@@ -483,3 +483,25 @@ def test_a_device_lost_mid_playback_is_reported_and_releases_the_producer(signal
     assert set(out["counters"]) == {"output_underflows", "callback_errors", "underrun_events", "underrun_frames",
                                     "idle_frames", "rebuffer_events"}
     assert out["counters"]["callback_errors"] == 0
+
+
+@pytest.mark.parametrize("period", [256, 1024])
+def test_an_auto_block_is_the_jack_servers_own_period(period: int) -> None:
+    """--blocksize auto (play's and bench's one default) plays the JACK server's period: the callbacks
+    come one a period and the sink's `blocksize` (the lead's margin, the ring's room) says so."""
+    from musicsteer.commands.bench import MODE_OPTIONS
+    from musicsteer.engine.params import PARAMS
+    from musicsteer.engine.session import StreamOptions
+
+    assert PARAMS["blocksize"].default == StreamOptions().blocksize == MODE_OPTIONS["blocksize"][1] == "auto"
+    with jack_server(RATE, period=period):
+        ring = RingBuffer(2, RATE // 2, RATE)
+        sink = open_sink("system", ring, RATE, 2, resample=False)
+        sizes: list[int] = []
+        read_into = ring.read_into
+        ring.read_into = lambda out: (sizes.append(len(out)), read_into(out))[1]
+        sink.start()
+        time.sleep(0.5)
+        sink.stop()
+    assert sink.blocksize == period and set(sizes) == {period}, (sink.blocksize, set(sizes))
+    assert NullSink(RingBuffer(2, RATE, RATE), RATE, 2).blocksize == 256  # the null clock's auto block

@@ -224,7 +224,7 @@ def test_status_and_plays_summary_give_one_lead(tiny) -> None:
                                StreamOptions(seconds=1.0, output_device="null", buffer_seconds=0.5, blocksize=256))
     assert session.ring.capacity == 0.5 * RATE + 256
     assert session.status()["lead"] == session.lead_seconds == 0.5
-    assert buffering(session) == "buffer 0.50 s, decoder chunk 5 frames"
+    assert buffering(session) == "buffer 0.50 s, decoder chunk 5 frames, device block 256"
 
 
 def test_a_change_whose_stamp_is_gone_is_counted_lost_and_never_blocks_later_ones() -> None:

@@ -51,8 +51,9 @@ def test_plays_five_seconds_through_a_real_portaudio_stream(tmp_path) -> None:
     assert played == pytest.approx(5.0, abs=0.05)
     assert callbacks >= 5 * 32000 // 1024  # the device clock pulled every block
     assert underruns >= 0 and gap >= 0  # counted and reported (a busy CI machine may starve the stream)
-    # what was held ahead of the DAC: the default --buffer auto's final lead and the chosen decoder chunk
-    line = r"audio callbacks; lead \d+ ms \(auto\), decoder chunk [125] frames?; "
+    # what was held ahead of the DAC: the default --buffer auto's final lead and the chosen decoder chunk;
+    # the default --blocksize auto plays the JACK server's own period (1024 frames here), never a guess
+    line = r"audio callbacks; lead \d+ ms \(auto\), decoder chunk [125] frames?, device block 1024; "
     assert re.search(line, result.stderr), result.stderr
     audio, rate = sf.read(wav)
     assert rate == 32000 and len(audio) == 5 * 32000
@@ -67,7 +68,8 @@ def test_null_device_gives_a_five_second_wav(tmp_path) -> None:
     audio, _ = sf.read(wav)
     assert len(audio) == 5 * 32000
     assert summary(result.stderr)[0] == pytest.approx(5.0, abs=0.05)
-    assert "audio callbacks; buffer 1.00 s, decoder chunk 5 frames; " in result.stderr  # the buffer asked for
+    # the buffer asked for; the null clock's auto block
+    assert "audio callbacks; buffer 1.00 s, decoder chunk 5 frames, device block 256; " in result.stderr
 
 
 def _start_endless(wav) -> subprocess.Popen:

@@ -129,3 +129,32 @@ def test_replay_refuses_what_it_would_ignore_and_warns_of_another_dtype(tiny, tm
     assert "was recorded in bfloat16; this replay runs float32" in capsys.readouterr().err
     assert main(["render", "--replay", log, *out]) == 0
     assert "warning" not in capsys.readouterr().err
+
+
+def test_every_text_of_a_log_that_is_not_valid_unicode_is_one_line_and_exit_2(tiny, tmp_path, capsys) -> None:
+    """A log is a start-up path: each of its texts (header fields, keys, a change's value, a notice, a
+    meter label) is judged by params.check_text. A lone surrogate (JSON's \\ud800) anywhere, or a text
+    too long, is one line and exit 2, never a traceback nor a replay that runs."""
+    StreamingSession(Generator(tiny, Controls(prompt="rock", seed=3)),
+                     StreamOptions(seconds=0.3, output_device="null", record=tmp_path / "plain.wav")).run()
+    lines = (tmp_path / "plain.jsonl").read_text().splitlines()
+    header = json.loads(lines[0])
+    bad = "\ud800"
+    headers = [{**header, key: bad} for key in ("engine_version", "model_fingerprint", "vectors_sha256", "created")]
+    headers += [{**header, "engine_version": "x" * 5000}, {**header, bad: 1},
+                {**header, "controls": {**header["controls"], "prompt": bad}, "prompt": bad},
+                {**header, "settings": {**header["settings"], bad: 1}}]
+    records = [{"step": 1, "sample": 640, "notice": "warning", "text": bad},
+               {"step": 1, "sample": 640, "meter": {bad: 0.5}},
+               {"step": 1, "sample": 640, "param": "prompt", "value": bad, "seconds": 0.0},
+               {"step": 1, "sample": 640, "param": "alpha", "value": 0.1, "seconds": 0.0, bad: 0}]
+    logs = [[json.dumps(h), *lines[1:]] for h in headers]
+    logs += [[lines[0], json.dumps(record), *lines[1:]] for record in records]
+    for number, body in enumerate(logs):
+        log = tmp_path / f"bad-{number}.jsonl"
+        log.write_text("\n".join(body) + "\n")
+        capsys.readouterr()
+        code = main(["render", "--replay", str(log), "--device", "cpu", "--out", str(tmp_path / "x.wav")])
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, (number, err)
+        assert "not valid Unicode" in err or "characters long" in err, err

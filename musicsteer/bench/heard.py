@@ -5,7 +5,8 @@ device's own clock (`--output-device`: a PortAudio device such as a JACK server'
 `null`, paced by a monotonic clock) — with α changed every `every` seconds from another thread, as an
 OSC client would. The engine times each change from its submission to the moment the first frame made
 after it reaches the DAC (engine/latency.py). Contenders: the fixed one-second buffer (the baseline)
-and `--buffer auto`, in the same run on the same model.
+and `--buffer auto`, in the same run on the same model; the device block is play's own default
+(`--blocksize auto`: engine/audio_out.py), so what is measured is what a performer gets.
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ from musicsteer.engine.control import Controls
 from musicsteer.engine.events import Change
 from musicsteer.engine.graph import GENERATORS
 from musicsteer.engine.loading import LoadedModel
+from musicsteer.engine.params import PARAMS
 from musicsteer.engine.session import StreamingSession, StreamOptions
 
 BUFFERS: tuple[float | str, ...] = (1.0, "auto")  # the baseline first
 
 
 def run_heard(lm: LoadedModel, seconds: float, step: str, output_device: str | None = "null",
-              blocksize: int = 256, every: float = 0.5) -> dict:
+              blocksize: int | str = PARAMS["blocksize"].default, every: float = 0.5) -> dict:
     """One live session per buffer setting; JSON-ready {"contenders": [...]} with each one's knob → heard
     median/p95 (ms), changes timed, underruns, rebuffers, xruns, the decoder chunk and the final lead."""
     contenders = []
@@ -47,6 +49,7 @@ def run_heard(lm: LoadedModel, seconds: float, step: str, output_device: str | N
         status = session.status()
         contenders.append({
             "buffer": buffer, "decode": step, "output_device": output_device or "default", "blocksize": blocksize,
+            "device_block": session.blocksize,
             "chunk_frames": session.decoder.config.chunk_frames, "lead_s": status["lead"],
             "heard_median_ms": stats.heard.get("median_ms"), "heard_p95_ms": stats.heard.get("p95_ms"),
             "changes": stats.heard.get("changes", 0), "underruns": stats.underrun_events,

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from musicsteer.engine.errors import MusicsteerError
+from musicsteer.engine.params import PARAMS
 
 from .options import DEFAULT_MODEL, add_model_options, add_ray_option, bounded, resolve, typed
 
@@ -19,7 +20,8 @@ MODE_OPTIONS: dict[str, tuple[tuple[str | None, ...], Any]] = {
     "steps": ((None,), 100), "repeats": ((None, "extract"), 3), "recapture_tokens": ((None,), None),
     "knob_changes": ((None,), 50), "drift_steps": ((None,), 100), "batch": ((None,), 1),
     "decode": ((None, "soak", "heard"), None), "output_device": (("heard",), "null"),
-    "blocksize": (("heard",), 256), "workers": (("extract",), 2), "ray": (("extract",), None),
+    "knob_rate": (("soak",), 0.0), "blocksize": (("heard",), PARAMS["blocksize"].default),  # play's default
+    "workers": (("extract",), 2), "ray": (("extract",), None),
     # probe extract runs float32 or --dtype, never int8, with its own threads (1 for tiny models: cpu_threads)
     "quantize": ((None, "soak", "heard"), None), "threads": ((None, "soak", "heard"), None),
 }
@@ -87,13 +89,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     modes.add_argument("--soak", type=bounded(float, 1, 86400), metavar="SECONDS",
                         help="instead: a live null-device session this long; time to first audio, decode cost "
                              "and memory over time")
+    parser.add_argument("--knob-rate", type=bounded(float, 0.1, 1000), metavar="HZ",
+                        help="with --soak: move alpha HZ times a second over OSC, start a take a minute before the "
+                             "end and replay it (memory, the take's log, replay exactness)")
     modes.add_argument("--heard", type=bounded(float, 1, 3600), metavar="SECONDS",
                         help="instead: knob -> heard through a live session per buffer (1.0 s, auto) of SECONDS "
                              "each, alpha changed every 0.5 s, on --output-device (default null)")
     parser.add_argument("--output-device", help="with --heard: a PortAudio device (e.g. a JACK server's 'system') "
                                                 "or 'null' (default)")
     parser.add_argument("--blocksize", type=typed("blocksize"), metavar="BLOCKSIZE",
-                        help="with --heard: the device's audio callback block, frames (default 256)")
+                        help="with --heard: the device's audio callback block, frames (default auto: play's, "
+                             "the device's own period where PortAudio reports one)")
     parser.add_argument("--batch", type=bounded(int, 1, 64), metavar="N",
                         help="also time engine and engine+graph decoding N streams at once (seeds 0..N-1), "
                              "frames/s against one stream (default 1: not)")
@@ -206,7 +212,7 @@ def run(args: argparse.Namespace) -> int:
             Path(args.json).write_text(json.dumps(report, indent=2))
         return 0
     if args.soak:
-        report = run_soak(lm, args.soak, decode_step(args.decode, lm.device))
+        report = run_soak(lm, args.soak, decode_step(args.decode, lm.device), knob_rate=args.knob_rate)
         print(json.dumps({k: v for k, v in report.items() if k != "rss_samples"}, indent=1))
         if args.json:
             Path(args.json).write_text(json.dumps(report, indent=2))

@@ -78,11 +78,12 @@ def heard(stats: SessionStats) -> str:
 
 
 def buffering(session: StreamingSession) -> str:
-    """`lead 44 ms (auto), decoder chunk 1 frame` or `buffer 1.00 s, decoder chunk 5 frames`: what was
-    held ahead of the DAC (auto: where its lead ended, or the fixed buffer it fell back to where decoding
-    is too slow to pace finely) and the decoder's chunk, the rest of knob → heard."""
+    """`lead 44 ms (auto), decoder chunk 1 frame, device block 256` or `buffer 1.00 s, decoder chunk 5
+    frames, device block 1024`: what was held ahead of the DAC (auto: where its lead ended, or the fixed
+    buffer it fell back to where decoding is too slow to pace finely), the decoder's chunk and the
+    device's block (--blocksize auto: the one the sink chose), the rest of knob → heard."""
     chunk = session.decoder.config.chunk_frames
-    frames = f"decoder chunk {chunk} frame{'s' if chunk != 1 else ''}"
+    frames = f"decoder chunk {chunk} frame{'s' if chunk != 1 else ''}, device block {session.blocksize}"
     if session.lead is not None:
         return f"lead {session.lead_seconds * 1000:.0f} ms (auto), {frames}"
     slow = " (auto: decoding too slow to pace finely here)" if session.slow_decode is not None else ""

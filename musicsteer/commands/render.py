@@ -31,6 +31,7 @@ from .options import (
 if TYPE_CHECKING:
     import torch
 
+    from musicsteer.engine.checkpoint import Checkpoint
     from musicsteer.engine.generator import Generator
     from musicsteer.engine.loading import LoadedModel
 
@@ -189,7 +190,9 @@ def replay(args: argparse.Namespace) -> int:
         init["path"] = args.init_audio
     elif args.init_audio:
         raise MusicsteerError(f"{args.replay} continues no audio prompt: drop --init-audio")
-    if init and sha256_of(existing_file(init["path"], f"{args.replay}: the session's init audio")) != init["sha256"]:
+    point = logged.resume  # a take after a window slide: resumed there, no older state (nor audio prompt) needed
+    if init and point is None and sha256_of(existing_file(init["path"], f"{args.replay}: the session's init "
+                                                          "audio")) != init["sha256"]:
         raise MusicsteerError(f"init audio {init['path']} is not the file the session used (sha256 differs)")
     if args.dtype is None and header.get("dtype") is not None:  # the session's, as its model is
         args.dtype = header["dtype"]
@@ -212,8 +215,9 @@ def replay(args: argparse.Namespace) -> int:
         gen = generator_class(args, lm)(lm, Controls(**controls), vectors, **header["settings"])
     except MusicsteerError as err:
         raise type(err)(f"{args.replay}: {err}") from None
-    prompt_codes = prompt_codes_from(lm, init.get("path"), init.get("seconds", 10.0))
-    prompt_frames = 0 if prompt_codes is None else int(prompt_codes.shape[-1])
+    prompt_codes = prompt_codes_from(lm, init.get("path"), init.get("seconds", 10.0)) if point is None else None
+    prompt_frames = header.get("prompt_frames", 0) if point is not None or prompt_codes is None \
+        else int(prompt_codes.shape[-1])
     if prompt_frames != header.get("prompt_frames", 0):
         raise MusicsteerError(f"{args.replay}: the header says the audio prompt held {header.get('prompt_frames', 0)} "
                               f"frames; its file gives {prompt_frames}")
@@ -242,7 +246,10 @@ def replay(args: argparse.Namespace) -> int:
     except MusicsteerError as err:
         raise type(err)(f"{args.replay}: {err}") from None
     first = prompt_frames + start if start else 0  # a take from the session's start holds the prompt too
-    return finish(args, gen, prompt_frames + new_frames, prompt_codes, pad_end=pad_end, first=first)
+    if point is not None and point.first_frame > first:
+        raise MusicsteerError(f"{args.replay}: the take starts at frame {first}, before the window slide it "
+                              f"resumes from made frame {point.first_frame}")
+    return finish(args, gen, prompt_frames + new_frames, prompt_codes, pad_end=pad_end, first=first, resume=point)
 
 
 # What a session log's header may set besides the controls (Generator's keyword arguments).
@@ -250,20 +257,30 @@ SETTINGS_KEYS = {"window_seconds", "keep_seconds", "steer_rule", "steer_both", "
 
 
 def finish(args: argparse.Namespace, gen: Generator, total: int, prompt_codes: torch.Tensor | None,
-           pad_end: bool, first: int = 0) -> int:
+           pad_end: bool, first: int = 0, resume: Checkpoint | None = None) -> int:
     """Generate `total` frames (prompt included), decode them at once, write the WAV and --codes-out
-    from frame `first` on (a replayed take that started mid-session)."""
+    from frame `first` on (a replayed take that started mid-session). resume: start from that window
+    slide's state instead of the session's start (the codes then begin at its window's first frame)."""
     import numpy as np
     from tqdm import tqdm
 
+    from musicsteer.engine import checkpoint
     from musicsteer.engine.audio_io import write_wav
     from musicsteer.engine.codec import decode_codes
     from musicsteer.engine.generator import render_batch
 
     lm = gen.lm
     prompt_frames = 0 if prompt_codes is None else prompt_codes.shape[-1]
-    with tqdm(total=total, initial=prompt_frames, unit="frame", desc="render", leave=False) as bar:
-        batch = render_batch(gen, total, prompt_codes, on_frame=lambda _: bar.update(1), pad_end=pad_end)
+    origin = resume.first_frame if resume is not None else prompt_frames
+    with tqdm(total=total, initial=origin, unit="frame", desc="render", leave=False) as bar:
+        if resume is None:
+            batch = render_batch(gen, total, prompt_codes, on_frame=lambda _: bar.update(1), pad_end=pad_end)
+        else:
+            if not checkpoint.resume(gen, resume):
+                print(f"musicsteer: warning: {printable(args.replay)} was sampled on another kind of device; its "
+                      "random state does not carry over, so sampled codes will differ", file=sys.stderr)
+            batch = checkpoint.continue_from(gen, resume, total, pad_end, lambda _: bar.update(1))[None]
+            first -= resume.frame_offset  # the codes start at the resumed window's first frame
     hop = lm.sample_rate // lm.frame_rate
     outs = take_paths(args.out, gen.batch)
     codes_outs = take_paths(args.codes_out, gen.batch) if args.codes_out else [None] * gen.batch
