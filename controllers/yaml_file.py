@@ -6,7 +6,7 @@ the file's size, how deep it nests, and how many nodes it expands to through ali
 "billion laughs" file (nested aliases) is refused in one line instead of growing to gigabytes, and
 no message ever renders a value in full (errors.shown).
 
-Numbers and booleans are read as written, by the rule the CLI reads a flag with (params._number_text):
+Numbers and booleans are read as written, by the rule the CLI reads a flag with (params.number_text):
 YAML 1.1's other forms are not numbers here. `016` is sixteen (as in YAML 1.2 and on the command line,
 not octal 14); `1_0`, `0x10`, `0o17`, `0b1` and `1:30` (1.1's base 60) stay the text they are, which a
 number's row refuses in one line naming the line and a text row keeps as written; `1e3` is a number,
@@ -27,7 +27,7 @@ import yaml
 
 from musicsteer.engine.errors import BadType, MusicsteerError, TooLarge, one_line, shown
 from musicsteer.engine.files import existing_file
-from musicsteer.engine.params import Param, _number_text
+from musicsteer.engine.params import Param, number_text
 
 MAX_BYTES = 1 << 20  # a config or automation file is text a person edits: a megabyte is plenty
 MAX_NODES = 100_000  # nodes after alias expansion (an automation file of 10,000 events fits)
@@ -60,7 +60,7 @@ def _number(loader: yaml.BaseLoader, node: yaml.ScalarNode) -> Any:
     if NON_FINITE_FORM.match(text):
         return float(text.replace(".", "").lower())  # inf, -inf, nan: every number's row says "must be finite"
     try:
-        number = _number_text("a number", text, node.tag == INT)
+        number = number_text("a number", text, node.tag == INT)
     except MusicsteerError as exc:
         if NUMBER_FORM.match(text):
             return text

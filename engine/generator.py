@@ -223,7 +223,7 @@ class Generator:
     def _decode(self, tokens: Tensor, positions: Tensor) -> Tensor:
         """Run the decoder on the pending input, set last_logits, return the sampled tokens (B, K).
         GraphGenerator overrides this to send single-token steps through a captured graph."""
-        attend = int(positions[-1]) + 1 if positions.numel() > 1 else self._position
+        attend = self._position  # cache positions valid after this input: no read back from the device
         capture = self.capture if self.capture is not None else ({} if self.meter is not None else None)
         logits = decoder_fn.forward(self.dec, tokens, positions, self.cache, self.steering, attend, capture)
         if self.meter is not None:

@@ -129,13 +129,13 @@ class Param:
 
     def _read(self, text: Any) -> Any:
         if self.kind == "mix" and isinstance(text, dict):  # YAML 1.1 reads a weight `1e-1` as text
-            return {name: _number_text(f"the weight of {one_line(name, 40)}", w) if isinstance(w, str) else w
+            return {name: number_text(f"the weight of {one_line(name, 40)}", w) if isinstance(w, str) else w
                     for name, w in text.items()}
         if not isinstance(text, str) or text in self.words:
             return text
         if self.kind in ("number", "whole"):
             try:
-                return _number_text(self.name, text, self.kind == "whole")
+                return number_text(self.name, text, self.kind == "whole")
             except BadType as err:
                 if not self.words:
                     raise
@@ -202,7 +202,7 @@ def _bounded(what: str, value: Any, low: float, high: float, whole: bool, live: 
     return out, not inside
 
 
-def _number_text(what: str, text: str, whole: bool = False) -> float | int:
+def number_text(what: str, text: str, whole: bool = False) -> float | int:
     try:  # float() also reads 1_0 and other scripts' digits (٣): a typo must not become a number
         if not text.isascii() or "_" in text:
             raise ValueError(text)
@@ -228,7 +228,7 @@ def _mix_text(text: str, size: int) -> dict[str, Any]:
         name, eq, weight = part.partition("=")
         if name.strip() in mix:
             raise BadType(f"a mix names {one_line(name.strip(), 40)} twice")
-        mix[name.strip()] = _number_text(f"the weight of {one_line(name.strip(), 40)}", weight) if eq else 1.0
+        mix[name.strip()] = number_text(f"the weight of {one_line(name.strip(), 40)}", weight) if eq else 1.0
     return mix
 
 

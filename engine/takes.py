@@ -35,11 +35,12 @@ import numpy as np
 from .checkpoint import Checkpoint
 from .errors import MusicsteerError, printable
 from .events import Change
-from .files import writable_file
+from .files import writable_file, writable_folder
 from .recorder import LOW_SPACE_SECONDS, Recorder
 from .session_log import SessionLog, log_path_for
 
 SUFFIX = ".wav"
+MAX_PENDING = 4  # live take requests waiting for the takes thread; more are refused as busy
 
 
 def take_path(path: str | Path, folder: str | Path | None = None, overwrite: bool = False) -> Path:
@@ -193,7 +194,9 @@ class Recordings:
         self.sample_rate, self.channels, self.hop = sample_rate, channels, hop
         self._header, self._clock, self._notify = header, clock, notify
         self.folder = Path(folder if folder is not None else Path.cwd())
-        if not self.folder.is_dir():
+        if folder is not None:  # tried now, as a take will use it: a read-only disk is said at start, not mid-set
+            writable_folder(self.folder, "recordings folder")
+        elif not self.folder.is_dir():
             raise MusicsteerError(f"recordings folder {printable(self.folder)} is not a folder that exists")
         self.folder = self.folder.resolve()  # live names are taken in it, whatever the working folder
         self.overwrite = overwrite
@@ -209,6 +212,7 @@ class Recordings:
         self._partial = np.zeros((channels, 0), np.float32)
         self._lock = threading.Lock()
         self._worker: ThreadPoolExecutor | None = None
+        self._pending, self._pending_lock = 0, threading.Lock()
 
     # -- starting and stopping (any thread) ---------------------------------------------------
     def start(self, path: str | Path | None, live: bool = False) -> Path:
@@ -256,6 +260,17 @@ class Recordings:
                 done(None, str(err))
             else:
                 done(result, None)
+            finally:
+                with self._pending_lock:
+                    self._pending -= 1
+        with self._pending_lock:  # a flood of record requests (2,000 OSC messages a second) is refused, never
+            if self._pending >= MAX_PENDING:  # queued without bound ahead of the performer's own stop
+                busy = self._pending
+            else:
+                busy, self._pending = 0, self._pending + 1
+        if busy:
+            done(None, f"busy: {busy} take requests are already waiting")
+            return
         if self._worker is None:
             self._worker = ThreadPoolExecutor(1, thread_name_prefix="musicsteer-takes")
         self._worker.submit(job)

@@ -406,3 +406,24 @@ def test_sigterm_during_start_up_is_one_line_not_a_silent_kill() -> None:
     proc.terminate()
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode in (130, 0) and "Traceback" not in stderr, (proc.returncode, stderr)
+
+
+def test_a_flood_of_take_requests_is_refused_as_busy_not_queued(tmp_path):
+    """Live record/start and stop requests wait for the takes thread; a flood of them (OSC allows 2,000
+    messages a second) is answered busy past a few, so the performer's own stop never waits behind it."""
+    import threading
+
+    from musicsteer.engine.takes import MAX_PENDING, Recordings
+
+    recordings = Recordings(32000, 1, 640, dict, lambda: 0, lambda level, text: None, folder=tmp_path)
+    release, answers = threading.Event(), []
+    for _ in range(MAX_PENDING + 6):
+        recordings.later(lambda: release.wait(10) and None, lambda path, error: answers.append(error))
+    busy = [a for a in answers if a is not None]
+    assert len(busy) == 6 and all(a.startswith("busy: ") for a in busy)
+    release.set()
+    recordings.close(padded=False)
+    assert len(answers) == MAX_PENDING + 6 and answers.count(None) == MAX_PENDING
+    recordings.later(lambda: None, lambda path, error: answers.append(error))  # the queue is free again
+    recordings.close(padded=False)
+    assert answers[-1] is None
