@@ -284,21 +284,25 @@ BF16_REL_MAX = 0.03
 BF16_MIN_AGREE = 0.85
 
 
+def teacher(gen: Generator, steps: int) -> tuple[list, torch.Tensor]:
+    """Run `gen` free for `steps`; return the input of every step (to teacher-force another generator) and
+    its raw logits (steps, 2, K, V)."""
+    inputs, logits = [], []
+    gen.start()
+    for _ in range(steps):
+        inputs.append((gen._inputs[0].clone(), gen._inputs[1]))  # the token buffer is reused
+        gen.step()
+        logits.append(gen.last_logits.clone())
+    return inputs, torch.stack(logits)
+
+
 def bf16_drift(device: str, capture: bool | None) -> tuple[float, float]:
     """Teacher-forced, 120 steps: the bf16 static step (captured on CUDA when `capture`) against fp32 eager on
     the same weights and inputs. Returns (max |Δlogit| / max |logit|, raw-logit argmax agreement)."""
     steps = 120
     fp32 = load_model("tiny", device, "float32")
     bf16 = load_model("tiny", device, "bfloat16")
-    eager = Generator(fp32, Controls(prompt=PROMPT, seed=1))
-    inputs = []
-    eager.start()
-    want = []
-    for _ in range(steps):
-        inputs.append((eager._inputs[0].clone(), eager._inputs[1]))  # the token buffer is reused
-        eager.step()
-        want.append(eager.last_logits.clone())
-    want_logits = torch.stack(want)
+    inputs, want_logits = teacher(Generator(fp32, Controls(prompt=PROMPT, seed=1)), steps)
     static = GraphGenerator(bf16, Controls(prompt=PROMPT, seed=1), capture=capture)
     _, got_logits = run(static, steps, inputs)
     assert got_logits.dtype == torch.bfloat16
@@ -314,19 +318,25 @@ def test_bf16_static_vs_fp32_eager() -> None:
     rel, agree = bf16_drift("cpu", capture=False)
     assert rel < BF16_REL_MAX, f"bf16 logits off by {rel:.4f} of the logit scale"
     assert agree >= BF16_MIN_AGREE
-    fp32, bf16 = load_model("tiny", "cpu", "float32"), load_model("tiny", "cpu", "bfloat16")
+    bf16 = load_model("tiny", "cpu", "bfloat16")
 
-    # Free-running greedy: bf16 and fp32 part at the first near-tie (tiny's logits are nearly flat:
-    # measured at frame 4 of 116), eager bf16 just the same, while static and eager bf16 agree on
-    # every frame — the divergence is the dtype's, not the static path's.
+    # Static and eager bf16 are not bit-identical: the static step attends the whole window under a mask,
+    # eager only the filled part, so a logit differs by a bf16 ulp now and then, and free-running greedy
+    # codes part at the first near-tie (tiny's logits are nearly flat: after transformers 5.25 rebuilt tiny,
+    # at frame 49 of 116). Teacher-forced on eager bf16's own inputs the two differ by rounding alone:
+    # a few ulps of the logit scale, and every raw argmax that differs is a tie within that rounding.
     greedy = Controls(prompt=PROMPT, top_k=1)
-    want_codes, _ = run(Generator(fp32, greedy), steps)
-    got_codes, _ = run(GraphGenerator(bf16, greedy, capture=False), steps)
-    eager_bf16, _ = run(Generator(bf16, greedy), steps)
-    same = (want_codes == got_codes).all(dim=0)
-    first_diff = int((~same).nonzero()[0]) if not same.all() else same.numel()
-    print(f"greedy bf16 codes equal fp32's for the first {first_diff} of {same.numel()} frames")
-    assert torch.equal(got_codes, eager_bf16)
+    inputs, want = teacher(Generator(bf16, greedy), steps)
+    _, got = run(GraphGenerator(bf16, greedy, capture=False), steps, inputs)
+    want, got = want.float(), got.float()
+    delta = (got - want).abs()
+    assert delta.max() <= 4 * 2**-8 * want.abs().max(), f"static bf16 off eager bf16 by {delta.max():.4f}"
+    top2 = want.topk(2, dim=-1).values
+    differ = got.argmax(-1) != want.argmax(-1)
+    margin, rounding = (top2[..., 0] - top2[..., 1])[differ], 2 * delta.amax(-1)[differ]
+    print(f"static vs eager bf16: max |Δlogit| {delta.max():.4f}, {int(differ.sum())} of {differ.numel()} "
+          f"argmaxes differ, each at a tie within rounding")
+    assert (margin <= rounding).all(), f"an argmax differs at a margin {margin.max():.4f} beyond rounding"
 
 
 # -- on a GPU: the captured graph itself (skipped on CPU-only machines) ------------------------
