@@ -66,6 +66,9 @@ def open_split(folder: Path, split: str | None) -> tuple[Any, str | None, str]:
         loaded = datasets.load_from_disk(str(folder))
     except (FileNotFoundError, ValueError, OSError) as e:
         raise MusicsteerError(f"cannot load dataset {shown(str(folder))}: {one_line(e)}") from None
+    except IndexError:  # datasets' load_from_disk of a dataset saved with no rows (no data file): 4.x, 5.x
+        raise MusicsteerError(f"dataset {shown(str(folder))} holds no rows (or a split of it none): "
+                              "no audio to read") from None
     if isinstance(loaded, datasets.DatasetDict):
         names = list(loaded)
         if split is None and len(names) != 1:

@@ -180,3 +180,34 @@ def test_the_listening_pages_own_downloads(tmp_path, capsys) -> None:
     line = cli_error(["eval", "score-2afc", *glob.glob(str(downloads / "answers-*.csv"))], capsys)
     assert f"participant 'alice' answered trial {trials[1]['trial_id']} twice, differently" in line
     assert "keep only the file with the final answers" in line
+
+
+def test_an_anonymous_listeners_partial_or_replayed_download_is_counted_once(tmp_path, capsys) -> None:
+    # Found by the hostile review: the page offers a download after the first answer, and both downloads
+    # are answers.csv / answers (1).csv without a participant code; a partial one, or one after a replay
+    # (only plays_a differs), was pooled as a second listener.
+    full = answers("", "ssppss")
+    (tmp_path / "partial.csv").write_text("".join(full.splitlines(keepends=True)[:4]))
+    (tmp_path / "full.csv").write_text(full)
+    (tmp_path / "replayed.csv").write_text(full.replace(",1,1,\n", ",2,1,\n", 1))
+    assert (tmp_path / "replayed.csv").read_text() != full
+    for files in (("partial.csv", "full.csv"), ("full.csv", "replayed.csv")):
+        result, err = score(capsys, *(tmp_path / f for f in files))
+        assert result["pairs"]["jazz:rock"]["n"] == 6, files
+        assert "counted once" in err and files[0] in err
+    (tmp_path / "other.csv").write_text(answers("", "pppsss"))
+    result, err = score(capsys, tmp_path / "full.csv", tmp_path / "other.csv")
+    assert result["pairs"]["jazz:rock"]["n"] == 12 and "counted once" not in err  # another listener
+
+
+def test_spelling_variants_of_a_participant_code_are_one_listener(tmp_path, capsys) -> None:
+    names = ("alice", "Alice", "alice\u200b", " ALICE")
+    for i, name in enumerate(names):
+        (tmp_path / f"a{i}.csv").write_text(answers(name, "sspsps"))
+    result, err = score(capsys, *sorted(tmp_path.glob("a*.csv")))
+    assert result["pairs"]["jazz:rock"]["n"] == 6
+    assert "are one listener" in err
+    (tmp_path / "jose1.csv").write_text(answers("Jos\u00e9", "ssssss"))
+    (tmp_path / "jose2.csv").write_text(answers("Jose\u0301", "ssssss"))
+    result, _ = score(capsys, tmp_path / "jose1.csv", tmp_path / "jose2.csv")
+    assert result["pairs"]["jazz:rock"]["n"] == 6

@@ -185,6 +185,8 @@ def test_a_row_without_audio_is_that_rows_unreadable_file_everywhere(clips, tmp_
     ("no-audio", "cannot tell the audio column among ['label', 'note']: cast it to datasets.Audio, or name a "
                  "column of file paths audio or path"),
     ("two-audio", "the dataset has several audio columns, a, b: keep one"),
+    ("empty", "holds no rows (or a split of it none): no audio to read"),  # datasets' IndexError: a traceback
+    ("empty-select", "holds no rows (or a split of it none): no audio to read"),
 ])
 def test_dataset_refusals_are_one_line_before_any_audio(make, expected, clips, tmp_path, capsys) -> None:
     from datasets import Audio, Dataset
@@ -201,6 +203,10 @@ def test_dataset_refusals_are_one_line_before_any_audio(make, expected, clips, t
         spec += ":test"
     elif make == "no-audio":
         Dataset.from_dict(rows).save_to_disk(str(folder))
+    elif make == "empty":
+        Dataset.from_dict({"audio": [], "label": []}).save_to_disk(str(folder))
+    elif make == "empty-select":
+        Dataset.from_dict({**rows, "audio": encoded}).select([]).save_to_disk(str(folder))
     else:
         ds = Dataset.from_dict({**rows, "a": encoded, "b": encoded})
         ds.cast_column("a", Audio(decode=False)).cast_column("b", Audio(decode=False)).save_to_disk(str(folder))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import sys
+import unicodedata
 from pathlib import Path
 
 from scipy.stats import binomtest
@@ -50,7 +51,8 @@ def read_answers(paths: list[str | Path]) -> list[dict]:
                     if not pair or not trial:
                         raise MusicsteerError(f"{path} line {line}: empty {'pair' if not pair else 'trial_id'}")
                     rows.append({**row, "pair": pair, "trial_id": trial, "choice": choice, "clip": _text(row, "clip"),
-                                 "participant": _text(row, "participant"), "file": str(path), "line": line})
+                                 "participant": listener_code(_text(row, "participant")), "file": str(path),
+                                 "line": line, "code": _text(row, "participant")})
         except (OSError, UnicodeDecodeError, csv.Error) as e:
             raise MusicsteerError(f"cannot read answers file {path}: {one_line(e)}") from None
     if not rows:
@@ -62,30 +64,40 @@ def _text(row: dict, column: str) -> str:
     return (row.get(column) or "").strip()
 
 
+def listener_code(code: str) -> str:
+    """A participant code as one listener: NFKC, case-folded, without invisible format characters (a
+    zero-width space) or spaces at the ends, so "Alice", "alice\u200b" and a decomposed "José" are one."""
+    text = unicodedata.normalize("NFKC", code)
+    return "".join(ch for ch in text if unicodedata.category(ch) != "Cf").strip().casefold()
+
+
 def unique(rows: list[dict]) -> list[dict]:
-    """Each listener's answer to each trial once. A listener is the `participant` code; rows without one
-    are their file's own listener, and a file of such rows equal to an earlier one's (every column) is
-    that listener's download saved twice. The same answer again (same listener and trial, same pair, clip
+    """Each listener's answer to each trial once. A listener is the `participant` code (`listener_code`:
+    spelling variants are one listener, said in a warning); rows without one are their file's own
+    listener, and a file of such rows whose answers (trial, pair, clip, choice; play counts aside) hold or
+    are held by an earlier such file's is that listener's download saved again (partial, or after a
+    replay). The same answer again (same listener and trial, same pair, clip
     and choice: a second download, a file given twice, a repeated line) is counted once, with one warning
     per file naming the file it repeats; the same trial answered otherwise, or the same clips judged
     again under another trial number (another listening page), is refused in one line."""
     files: dict[str, list[dict]] = {}
     for row in rows:
         files.setdefault(row["file"], []).append(row)
-    anonymous: dict[tuple, str] = {}  # an anonymous file's rows (every column but file and line) -> the file
+    anonymous: list[tuple[str, frozenset]] = []  # an anonymous listener's first file, and its answers
+    listener: dict[str, str] = {}  # an anonymous file -> the first file of its listener
     kept: list[dict] = []
     by_trial: dict[tuple[str, str], dict] = {}
     by_clips: dict[tuple[str, str, str], dict] = {}
     repeats: dict[str, dict[str, int]] = {}  # file -> the files it repeats -> answers counted once
     for file, found in files.items():
         if not any(row["participant"] for row in found):
-            content = tuple(tuple(sorted((k, v) for k, v in row.items() if k not in ("file", "line")))
-                            for row in found)
-            if (earlier := anonymous.setdefault(content, file)) != file:
-                repeats[file] = {earlier: len(found)}
-                continue
+            mine = frozenset((row["trial_id"], *_answer(row)) for row in found)
+            same = next((first for first, theirs in anonymous if mine <= theirs or theirs <= mine), None)
+            if same is None:
+                anonymous.append((file, mine))
+            listener[file] = same or file
         for row in found:
-            who = row["participant"] or f"(no participant code) {file}"
+            who = row["participant"] or f"(no participant code) {listener.get(file, file)}"
             first = by_trial.setdefault((who, row["trial_id"]), row)
             if first is not row:
                 if _answer(first) != _answer(row):
@@ -100,6 +112,13 @@ def unique(rows: list[dict]) -> list[dict]:
                                       f"{same['trial_id']} and trial {row['trial_id']} ({_where(same)}, "
                                       f"{_where(row)}): answers of two listening pages cannot be pooled")
             kept.append(row)
+    spellings: dict[str, set[str]] = {}
+    for row in rows:
+        if row["participant"]:
+            spellings.setdefault(row["participant"], set()).add(row["code"])
+    for variants in (v for v in spellings.values() if len(v) > 1):
+        print(f"musicsteer: warning: participant codes {', '.join(map(shown, sorted(variants)))} are one listener "
+              "(case, width and invisible characters aside)", file=sys.stderr)
     for file, counts in repeats.items():
         of = ", ".join("itself" if earlier == file else printable(earlier) for earlier in counts)
         print(f"musicsteer: warning: {printable(file)} repeats {sum(counts.values())} answer(s) of {of} (the same "
