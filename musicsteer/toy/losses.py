@@ -74,8 +74,9 @@ def si_snr(reference: Tensor, estimate: Tensor, eps: float = 1e-8) -> Tensor:
 
 
 def plot_spectrograms(pairs: list[tuple[str, Tensor, Tensor]], mel: MultiScaleMel, png: str | os.PathLike,
-                      title: str = "", n_fft: int = 1024) -> Path:
-    """One row per (name, original (S,), round-trip (S,)): their log-mel spectrograms side by side, same scale."""
+                      title: str = "", n_fft: int = 1024, labels: tuple[str, str] = ("original", "round-trip")) -> Path:
+    """One row per (name, original (S,), round-trip (S,)): their log-mel spectrograms side by side, same scale
+    (the first's); `labels` name the two columns (a held-out clip beside a render, for the decoder)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -85,7 +86,7 @@ def plot_spectrograms(pairs: list[tuple[str, Tensor, Tensor]], mel: MultiScaleMe
     for row, (name, original, decoded) in zip(axes, pairs, strict=True):
         specs = [mel.log_mel(x.reshape(1, -1).float(), n_fft)[0].numpy() for x in (original, decoded)]
         low, high = max(specs[0].max() - 12.0, math.log(mel.floor)), specs[0].max()  # ~100 dB of range
-        for ax, spec, label in zip(row, specs, ("original", "round-trip"), strict=True):
+        for ax, spec, label in zip(row, specs, labels, strict=True):
             ax.imshow(spec, origin="lower", aspect="auto", vmin=low, vmax=high, cmap="magma")
             ax.set_title(f"{name}: {label}", fontsize=8)
             ax.set_xticks([])
