@@ -16,7 +16,9 @@ gets every value at once. Another engine's output arriving here (OUTPUT_ONLY) is
 
 Subscriptions expire (controllers/osc_subscribers.py): one lasts SUBSCRIPTION_SECONDS from the last
 datagram its address sent, renewed by /musicsteer/subscribe, ping or any control; past MAX_SUBSCRIBERS
-a new one takes the place of the one heard from longest ago. `--osc-feedback` targets never expire.
+a new one takes the place of the one heard from longest ago, which its next datagram (a ping) subscribes
+again. The full state a subscribe brings is budgeted per address and in total (DUMPS_PER_SECOND): past
+it, a later status tick sends it. `--osc-feedback` targets never expire.
 
 Threads: a BlockingOSCUDPServer in one thread (the threading server lost 5–22 % at 1 kHz under
 torch load) that never touches torch; a sender thread for subscribers, fed by a queue the engine
@@ -51,7 +53,7 @@ from . import osc_args
 from .addresses import BAD_ADDRESS, bind_error, udp_target
 from .feedback import applied_values, current_values
 from .osc_packet import Message, parse_packet
-from .osc_subscribers import SUBSCRIPTION_SECONDS, Subscribers
+from .osc_subscribers import STATUS_REPLIES_PER_SECOND, SUBSCRIPTION_SECONDS, Budget, Subscribers
 from .presets import bank_of
 
 if TYPE_CHECKING:
@@ -116,6 +118,7 @@ class OscServer:
         self._outbox, self._threads = queue.SimpleQueue[Any](), list[threading.Thread]()
         self._running = self._closed = False
         self._budget, self._refilled = float(RATE), time.monotonic()
+        self._status_replies = Budget(STATUS_REPLIES_PER_SECOND, STATUS_REPLIES_PER_SECOND)  # the server thread's
         self._routes = self._route_table()
         try:
             self._server = _Server((str(host), port), Dispatcher())  # (routing is ours: _route_table)
@@ -146,7 +149,8 @@ class OscServer:
         applied, errors (its refusals) and the same by kind (bad_type, non_finite, out_of_range,
         too_large, unknown_name (an address, a vector), malformed, busy, invalid, refused_sender: dropped with
         no reply), clamped, replies_sent, send_errors, internal, subscribers_dropped (made room for a new
-        one) and subscribers_expired (not heard from for subscription_seconds)."""
+        one), subscribers_expired (not heard from for subscription_seconds), subscribers_restored (a dropped
+        one heard from again) and dumps_deferred (a full state put off to a later tick: the budget was spent)."""
         with self._lock:
             return collections.Counter(self._counters)
 
@@ -208,7 +212,8 @@ class OscServer:
             self._count("errors", "busy")
             self._control.report("busy")
             return
-        self._subscribers.heard(client, now)
+        if self._subscribers.heard(client, now):  # a subscriber pushed out by newer ones, back
+            self._outbox.put(client)
         replies = _Replies()
         try:
             messages = parse_packet(data)
@@ -263,7 +268,7 @@ class OscServer:
             "subscribe": lambda client, msg, replies: self._subscribe(True, client),
             "unsubscribe": lambda client, msg, replies: self._subscribe(False, client),
             "ping": lambda client, msg, replies: replies.out.append((f"{PREFIX}/pong", list(msg.args))),
-            "status": lambda client, msg, replies: replies.out.append((f"{PREFIX}/status", self._status_args())),
+            "status": self._status_request,
         }
         table = {f"{PREFIX}/{path}": handler for path, handler in routes.items()}
         assert tuple(table) == ADDRESSES  # one address space, one definition
@@ -361,6 +366,20 @@ class OscServer:
                 self._echoed[param] = value
                 self._send(clients, f"{PREFIX}/{LIVE[param].osc[0]}", *args, sock=self._broadcast)
 
+    def _status_request(self, client: Any, message: Message, replies: _Replies) -> None:
+        """/musicsteer/status -> /musicsteer/status key value …, within a budget shared by all senders: the reply
+        is ~30 times the request, to whatever sender the datagram claims (forged: an amplifier)."""
+        if not self._status_replies.take():
+            self._count("errors", "busy")  # unanswered: an error reply would amplify too
+            self._control.report("busy")
+            return
+        replies.out.append((f"{PREFIX}/status", self._status_args()))
+
+    def _sync(self, client: Any) -> None:
+        """The full state to one subscriber (a status, then every value), so its widgets start in sync."""
+        self._send(client, f"{PREFIX}/status", *self._status_args(), sock=self._broadcast)
+        self._echo(client, current_values(self._control.values), again=True)
+
     def _on_event(self, event: Event) -> None:
         if self._running and (self._subscribers or self.feedback):  # only an enqueue: this runs between tokens
             self._outbox.put(event)
@@ -380,8 +399,7 @@ class OscServer:
                     self._send(subscribers, f"{PREFIX}/meter", *(x for pair in item.scores.items() for x in pair),
                                sock=out)
                 elif isinstance(item, tuple):  # a new subscriber's address: the state now, to start in sync
-                    self._send(item, f"{PREFIX}/status", *self._status_args(), sock=out)
-                    self._echo(item, current_values(self._control.values), again=True)
+                    self._sync(item)
                 elif isinstance(item, _Out):  # a deferred reply
                     self._send(item.client, item.address, *item.args)
                 elif isinstance(item, Notice):
@@ -395,6 +413,8 @@ class OscServer:
                     due = max(due + self.status_interval, time.monotonic())  # no burst after a stall
                     self._send(subscribers, f"{PREFIX}/status", *(self._status_args() if subscribers else ()),
                                sock=out)
+                    for owed in self._subscribers.owed():  # subscribers whose state the budget put off
+                        self._sync(owed)
             except Exception:  # noqa: BLE001 - one bad status must not end subscriber traffic
                 self._count("internal")
 

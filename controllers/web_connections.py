@@ -7,15 +7,21 @@ accept loop (CPython 3.11) then scheduled a retry per failed accept, a hundred p
 a traceback. So the accept loop is ours (`Doorman`), and uvicorn serves the connections it hands on:
 
 - MAX_CONNECTIONS are open at most, open pages (WebSockets) included. A new one past it takes the
-  place of the oldest connection that holds no request (idle); when none is idle it is closed at once.
-- A connection that holds no request for REQUEST_SECONDS (one that never sends, or trickles its
-  headers a byte at a time) is closed. An open page is not: the WebSocket pings (`ws_ping_interval`,
-  `ws_ping_timeout`) end one whose peer went away, and web.MAX_PAGES bounds them.
+  place of the oldest connection that holds no request (idle), or when none is idle of the oldest
+  connection that is not an open page, whatever it is doing: the performer reloading always gets in
+  (web.MAX_PAGES, far below MAX_CONNECTIONS, bounds the pages, so there always is one).
+- A connection must make progress to keep its place. One that holds no request for REQUEST_SECONDS
+  (one that never sends, or trickles its headers a byte at a time) is closed, and so is one whose
+  response has waited REQUEST_SECONDS for the peer to read (writes paused: a client that pipelines
+  requests and never reads its answers). An open page is not: the WebSocket pings (`ws_ping_interval`,
+  `ws_ping_timeout`) end one whose peer went away, and web.MAX_PAGES bounds them. The kernel's send
+  buffer is SEND_BUFFER (not autotuned up to 4 MiB a connection), so a response a peer does not read
+  stalls soon, and the server does not make MiBs of answers for it first.
 - accept() failing for want of descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM) stops accepting
   for ACCEPT_BACKOFF seconds; counted (`accept_failed`), never logged per failure.
 
 Everything here runs on the web thread's event loop. Counters (through `count`): refused_connection,
-evicted, idle_closed, accept_failed.
+evicted, idle_closed, stalled_closed, accept_failed.
 """
 
 from __future__ import annotations
@@ -30,7 +36,9 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 MAX_CONNECTIONS = 64  # open at once (pages included): far below any descriptor limit, so the session keeps its own
-REQUEST_SECONDS = 5.0  # the longest a connection may hold no request in progress
+REQUEST_SECONDS = 5.0  # the longest a connection may hold no request, or wait for its peer to read a response
+SEND_BUFFER = 128 << 10  # bytes of a connection's kernel send buffer (Linux doubles it): no autotuning to 4 MiB,
+# so a peer that reads nothing stalls its response after ~300 kB (and is closed), not after the server made MiBs
 ACCEPT_BACKOFF = 0.5  # s without accepting after accept() ran out of descriptors
 ACCEPT_BATCH = 32  # accepts per readiness event (then the loop serves the connections it has)
 OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
@@ -82,6 +90,7 @@ class Doorman:
                 conn.close()
                 continue
             conn.setblocking(False)
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
             self._pending += 1
             task = loop.create_task(loop.connect_accepted_socket(self._protocol, conn))
             task.add_done_callback(self._handed)
@@ -97,12 +106,13 @@ class Doorman:
             self._loop.add_reader(self._sock.fileno(), self._accept)
 
     def _room(self) -> bool:
-        """Whether one more connection may open, closing the oldest idle one to make room if need be."""
+        """Whether one more connection may open, closing the oldest idle one to make room if need be, else
+        the oldest that is not a page (busy: its request or response may be stuck behind a peer that never reads)."""
         open_ = sum(1 for c in self._server.server_state.connections if not _closing(c))
         if open_ + self._pending < self.max_connections:
             return True
-        victim = next((c for c in self.held if c.idle), None)
-        if victim is None:
+        victim = next((c for c in self.held if c.idle), None) or next(iter(self.held), None)
+        if victim is None:  # only pages and connections not yet handed on hold places
             return False
         self._count("evicted")
         victim.drop()
@@ -119,13 +129,15 @@ def _closing(protocol: Any) -> bool:
 
 
 class _Connection(H11Protocol):
-    """uvicorn's HTTP/1.1 protocol, closed when it holds no request for REQUEST_SECONDS."""
+    """uvicorn's HTTP/1.1 protocol, closed when it holds no request for REQUEST_SECONDS, or when its writes
+    have been paused (the peer reads nothing) for REQUEST_SECONDS."""
 
     def __init__(self, *args: Any, doorman: Doorman, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._doorman = doorman
         self._seen: Any = None  # the request cycle at the last check (None: no request yet)
         self._timer: asyncio.TimerHandle | None = None
+        self._paused_at: float | None = None  # loop time writes were paused (the transport's buffer full), or None
 
     @property
     def idle(self) -> bool:
@@ -140,6 +152,15 @@ class _Connection(H11Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._forget()
         super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._paused_at is None:
+            self._paused_at = self.loop.time()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._paused_at = None
 
     def handle_websocket_upgrade(self, event: Any) -> None:  # a page: the WebSocket protocol owns it now
         self._forget()
@@ -156,7 +177,12 @@ class _Connection(H11Protocol):
             self._timer = None
 
     def _check(self) -> None:
-        """Every REQUEST_SECONDS: closed if no request began since the last check and none is in progress."""
+        """Every REQUEST_SECONDS: closed if no request began since the last check and none is in progress, or
+        if its writes have been paused for REQUEST_SECONDS (its response stuck: the peer reads nothing)."""
+        if self._paused_at is not None and self.loop.time() - self._paused_at >= REQUEST_SECONDS:
+            self._doorman._count("stalled_closed")
+            self.drop()
+            return
         if self.idle and self.cycle is self._seen:
             self._doorman._count("idle_closed")
             self.drop()

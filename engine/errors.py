@@ -85,13 +85,19 @@ def shown(value: object, limit: int = 60) -> str:
 def printable(text: object) -> str:
     """Text for the terminal as it is, but with every control character (a newline, an ANSI escape in
     a hostile file name) shown as an escape: for lines that name a path, where spaces must survive."""
-    return str(text).translate(_ALL_CONTROLS)
+    return _escape_surrogates(str(text).translate(_ALL_CONTROLS))
+
+
+def _escape_surrogates(text: str) -> str:
+    """A lone surrogate (a non-UTF-8 byte of a file name, surrogate-escaped) as `\\udce9`: a message
+    naming it must print on any stream, a strict UTF-8 one too."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def one_line(text: object, limit: int = 300) -> str:
     """Any message or exception as one line of at most `limit` characters: whitespace collapsed, and any
     other control character (an ANSI escape in a hostile file name) shown as an escape, not sent raw."""
-    line = " ".join(str(text).split()).translate(_CONTROLS)
+    line = _escape_surrogates(" ".join(str(text).split()).translate(_CONTROLS))
     if not line and isinstance(text, BaseException):
         line = type(text).__name__  # e.g. a bare KeyError()
     return line if len(line) <= limit else line[: limit - 1] + "…"

@@ -34,7 +34,7 @@ def writable_file(path: str | Path, what: str, make_folder: bool = False) -> Pat
     """`path` as a Path if a file can be written there: not a folder, and its folder exists and is
     writable (make_folder: or can be made, under the nearest folder that exists). Checked before the
     work, so a typo never costs a finished session's output."""
-    path = Path(path)
+    path = _utf8_name(Path(path), what)
     try:
         if path.is_dir():
             raise MusicsteerError(f"{what} {path} is a folder, not a file")
@@ -58,7 +58,7 @@ def writable_folder(path: str | Path, what: str, make: bool = False) -> Path:
     exists) and a file can be made in it now (tried: see `_try_writing`); else one line. For a folder
     written later (takes started live, a report, an activations cache): checked at start, so the performer
     does not learn of a read-only disk at the first record press, nor a researcher after the work."""
-    path = Path(path).expanduser()
+    path = _utf8_name(Path(path).expanduser(), what)
     named = f"{what} {_path_text(path)}"
     try:
         folder = path
@@ -70,6 +70,17 @@ def writable_folder(path: str | Path, what: str, make: bool = False) -> Path:
         _try_writing(folder, named)
     except OSError as exc:  # a name too long for the file system, a folder we may not enter
         raise MusicsteerError(f"cannot use {named}: {exc.strerror or exc}") from None
+    return path
+
+
+def _utf8_name(path: Path, what: str) -> Path:
+    """`path` if its name is UTF-8: a byte that is not (a Latin-1 shell's é, surrogate-escaped by Python)
+    passes os.open but not libsndfile's open nor a log's JSON, so it is refused here, before the work."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        raise MusicsteerError(f"cannot write {what} {_path_text(path)}: the name is not UTF-8 (a byte of another "
+                              "encoding, as a Latin-1 shell types é): rename it") from None
     return path
 
 

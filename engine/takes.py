@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from .checkpoint import Checkpoint
-from .errors import MusicsteerError, printable
+from .errors import MusicsteerError, one_line, printable
 from .events import Change
 from .files import writable_file, writable_folder
 from .recorder import LOW_SPACE_SECONDS, Recorder
@@ -258,6 +258,8 @@ class Recordings:
                 result = action()
             except MusicsteerError as err:
                 done(None, str(err))
+            except Exception as err:  # noqa: BLE001 - a request must always be answered, whatever failed
+                done(None, f"{type(err).__name__}: {one_line(err)}")
             else:
                 done(result, None)
             finally:

@@ -427,3 +427,20 @@ def test_a_flood_of_take_requests_is_refused_as_busy_not_queued(tmp_path):
     recordings.later(lambda: None, lambda path, error: answers.append(error))  # the queue is free again
     recordings.close(padded=False)
     assert answers[-1] is None
+
+
+def test_a_take_request_that_fails_unexpectedly_is_still_answered(tmp_path):
+    """A surface always hears back: an error that is not ours to name (found as a UnicodeEncodeError from
+    libsndfile) reaches `done` as one line, and the takes thread goes on."""
+    from musicsteer.engine.takes import Recordings
+
+    recordings = Recordings(32000, 1, 640, dict, lambda: 0, lambda level, text: None, folder=tmp_path)
+    answers = []
+
+    def fails():
+        raise UnicodeEncodeError("utf-8", "caf\udce9", 3, 4, "surrogates not allowed")
+
+    recordings.later(fails, lambda path, error: answers.append(error))
+    recordings.later(lambda: None, lambda path, error: answers.append(error))
+    recordings.close(padded=False)
+    assert answers[0].startswith("UnicodeEncodeError: ") and answers[1] is None

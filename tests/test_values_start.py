@@ -172,3 +172,19 @@ def test_the_cli_and_yaml_agree_on_every_number_form(tmp_path, capsys) -> None:
         except MusicsteerError:
             yaml_value = None
         assert cli == yaml_value, (text, cli, yaml_value)
+
+
+def test_an_output_name_that_is_not_utf8_is_refused_at_start(tmp_path, capsys) -> None:
+    # Found by the hostile review: `render --out "$(printf 'caf\351').wav"` rendered, then libsndfile's open
+    # raised UnicodeEncodeError (a traceback after the work); a --record-dir so named was accepted and every
+    # take started in it failed (OSC got no answer at all). os.open takes such a name, so it is refused by name.
+    latin1 = str(tmp_path / "caf\udce9")  # what Python makes of a Latin-1 shell's byte 0xe9 in argv
+    line = cli_error(["render", "--model", "tiny", "--seconds", "0.2", "--out", latin1 + ".wav"], capsys)
+    assert "the name is not UTF-8" in line
+    Path(latin1).mkdir()
+    line = cli_error(["play", "--model", "tiny", "--output-device", "null", "--seconds", "1", "--web", "0",
+                      "--record-dir", latin1], capsys)
+    assert "recordings folder" in line and "the name is not UTF-8" in line
+    for path in (latin1 + ".wav", Path(latin1) / "take.wav"):
+        with pytest.raises(MusicsteerError, match="not UTF-8"):
+            writable_file(path, "--codes-out")
