@@ -22,8 +22,11 @@ The genre meter reads inside the graph: the step copies the activation it taps (
 after the replay. Only `Generator.capture` (every activation, for probes and tests) needs the eager
 step.
 
-A capture the runtime refuses (an op that cannot be captured, an out-of-memory, the driver) falls back to
-the same static step run uncaptured, with one warning (`fallback`, `on_fallback`): never the end of a session.
+A capture the runtime refuses (an op that cannot be captured, an out-of-memory, the driver), or a replay that
+fails (an out-of-memory at the first replay, a fault later), falls back to the same static step run uncaptured,
+with one warning (`fallback`, `on_fallback`): never the end of a session. Where CUDA's error is sticky (an
+illegal memory access poisons the process's context) the uncaptured step fails too: that is one
+MusicsteerError line, not a traceback.
 
 `--decode` picks the token loop through `decode_step` and `GENERATORS`, for every command alike.
 """
@@ -142,11 +145,39 @@ class GraphDecoder:
         if self._bound != self._binding():
             self._build()  # first step, or a prompt in a new text-length bucket rebound the cross k/v
         if self._graph is not None:
-            self._graph.replay()
-        else:
-            self._run()
+            # A replay advances each registered generator's Philox offset before it launches: a replay that
+            # fails has moved the random stream, which the uncaptured rerun must find where it was.
+            marks = [rng.get_offset() if rng.device.type == "cuda" else rng.get_state() for rng in self.rngs]
+            try:
+                self._graph.replay()
+            except Exception as exc:  # noqa: BLE001 - whatever failed the replay, the performance goes on
+                for rng, mark in zip(self.rngs, marks, strict=True):
+                    rng.set_offset(mark) if isinstance(mark, int) else rng.set_state(mark)
+                self._fall_back("replay", exc)
+        if self._graph is None:
+            self._run_uncaptured()  # also this step's rerun after a failed replay (its KV writes are idempotent)
         self.steps += 1
         return self.sampled
+
+    def _fall_back(self, what: str, exc: BaseException) -> None:
+        """A capture or replay failed: drop the graph (and its memory pool), run uncaptured from now on, say so once."""
+        self._graph, self.capture = None, False
+        self.fallback = (f"CUDA graph {what} failed ({type(exc).__name__}: {one_line(exc, 200)}); "
+                         "decoding on without a graph (same music, slower steps)")
+        self.on_fallback(self.fallback)
+
+    def _run_uncaptured(self) -> None:
+        """`_run`; after a fallback, an error here is the device's own (CUDA's sticky errors: an illegal memory
+        access poisons every later launch in this process): one line, MusicsteerError, not a traceback."""
+        if self.fallback is None:
+            self._run()
+            return
+        try:
+            self._run()
+        except Exception as exc:  # noqa: BLE001 - turned into the one line the command prints
+            raise MusicsteerError(f"the GPU failed after the CUDA graph was dropped ({type(exc).__name__}: "
+                                  f"{one_line(exc, 200)}); the device cannot go on in this process: start the "
+                                  "session again") from exc
 
     # -- the static function ----------------------------------------------------------------
     def _run(self) -> None:
@@ -196,10 +227,7 @@ class GraphDecoder:
         except Exception as exc:  # noqa: BLE001 - whatever refused the capture, the performance goes on
             # An op that cannot be captured, an out-of-memory, a driver that refuses: the same static
             # step runs uncaptured from now on (the same codes, more launches per token), never a crash.
-            self._graph, self.capture = None, False
-            self.fallback = (f"CUDA graph capture failed ({type(exc).__name__}: {one_line(exc, 200)}); "
-                             "decoding on without a graph (same music, slower steps)")
-            self.on_fallback(self.fallback)
+            self._fall_back("capture", exc)
         finally:
             for rng, state in zip(self.rngs, states, strict=True):
                 rng.set_state(state)

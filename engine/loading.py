@@ -158,11 +158,14 @@ def weights_digest(model: torch.nn.Module, sample: int = 64) -> str:
 
 
 def device_spec(device: str) -> str:
-    """--device's text, checked and normalised ("auto", "cpu", "cuda", "cuda:N" or "mps") without asking
-    what this machine has: a Ray driver checks it for actors on other machines."""
+    """--device's text, checked and normalised ("auto", "cpu", "cuda", "cuda:N" or "mps"; "mps:0", torch's name
+    of the one Apple GPU, is "mps") without asking what this machine has: a Ray driver checks it for actors on
+    other machines."""
     spec = str(device).strip().lower()
+    if spec == "mps:0":
+        return "mps"
     if spec not in ("auto", "cpu", "mps") and re.fullmatch(r"cuda(:\d+)?", spec) is None:
-        raise MusicsteerError(f"unknown device {device!r}; expected auto, cpu, cuda, cuda:N or mps")
+        raise MusicsteerError(f"unknown device {device!r}; expected auto, cpu, cuda, cuda:N, mps or mps:0")
     return spec
 
 

@@ -4,8 +4,8 @@ torch's `FakeTensorMode` gives tensors with a device, a shape and a dtype but no
 its shape and device rules (an op that mixes devices raises `FakeTensorDeviceMismatchError`, `.item()`
 raises `DataDependentOutputException`, an op whose output shape depends on values raises) and nothing
 is computed. `Watch`, a dispatch mode under it, sees each op with its inputs and outputs and records
-what a GPU step must never do: make a CPU tensor, read a device value back to the host, or (in the
-steering table's update) copy to the device blocking.
+what a GPU step must never do: make a CPU tensor, copy from the host to the device (a per-token upload), read
+a device value back to the host, or (in the steering table's update) copy to the device blocking.
 
 What is mocked, because it cannot exist on a CPU-only build of torch (and only that):
   - the device guards of CUDA and MPS: torch's Python bindings of indexing, `copy_` and `to` open a
@@ -149,7 +149,9 @@ class Watch(TorchDispatchMode):
     """Records what the code inside a `region` does that a GPU step must not.
 
     Rules: "device" (a decode step, a prefill, the sampler, a decoder chunk): no op may take or make a
-    CPU tensor, none may read a value to the host. "update" (the steering table's update, which edits a
+    CPU tensor, none may read a value to the host. "step" (a whole token step, around the parts marked
+    otherwise): no op may make a CPU tensor, copy from the host to the device (`_to_copy`, `copy_`: a
+    per-token upload) or read a device value back. "update" (the steering table's update, which edits a
     host mirror by design): nothing is read back from the device, and every copy to it is non-blocking.
     "transfer" (the one designed copy of a frame or a chunk to the host): not checked. Outside any region
     nothing is checked. A host read also raises (fake mode cannot answer it), so the caller fails either way.
@@ -180,7 +182,7 @@ class Watch(TorchDispatchMode):
             self.draws += 1  # (the generator's device is checked by `check_draws`, where it is still a Python object)
             return args[0]
         if (rule is not None and rule != "transfer" and func is torch.ops.aten._local_scalar_dense.default
-                and (rule == "device" or any(_on_device(t) for t in inputs))):  # host math may read host values
+                and (rule in ("device", "step") or any(_on_device(t) for t in inputs))):  # host math reads host values
             self._flag(f"{func} (a value read back to the host)")
         out = func(*args, **kwargs)
         outputs = [t for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
@@ -193,6 +195,12 @@ class Watch(TorchDispatchMode):
                 if _is_cpu(t):
                     self._flag(f"{func} makes a CPU tensor {tuple(t.shape)}")
                     break
+        elif rule == "step":
+            made = next((t for t in outputs if _is_cpu(t)), None)
+            if made is not None:
+                self._flag(f"{func} makes a CPU tensor {tuple(made.shape)}")
+            elif any(_on_device(t) for t in outputs) and any(_is_cpu(t) for t in inputs):
+                self._flag(f"{func} copies from the host to the device")
         elif rule == "update":
             if any(_on_device(t) for t in inputs) and any(_is_cpu(t) for t in outputs):
                 self._flag(f"{func} copies from the device to the host")

@@ -116,10 +116,11 @@ def fake_prompt(gen: Generator, lm) -> None:  # noqa: ANN001
 
 
 def steps(watch: Watch, gen: Generator, count: int) -> None:
-    """`count` token steps, each watched as a whole: nothing read back from the device (the parts marked
-    "device" keep the stricter rule)."""
+    """`count` token steps, each watched as a whole ("step": no CPU tensor made, nothing copied from the host
+    to the device or read back, anywhere in `Generator.step`; the parts marked "device" keep the stricter rule,
+    the steering table's update its own)."""
     for _ in range(count):
-        with watch.region("update"):
+        with watch.region("step"):
             gen.step()
 
 
@@ -147,6 +148,30 @@ def test_token_step_and_sampler_stay_on_the_device(fake, models, watch, path: st
     if cls is GraphGenerator:
         assert gen.graph.steps == 2 and gen.graph.builds == 1  # the static (captured) function ran both steps
     assert (watch.draws > 0) == (sampler != "greedy")
+
+
+@pytest.mark.parametrize("plant", ["upload", "host tensor"])
+def test_the_watch_sees_the_whole_step_not_only_the_decode(fake, models, watch, monkeypatch, plant: str) -> None:
+    """Not vacuous: a per-token upload, or a CPU tensor made, in `Generator.step` outside `_decode` (planted
+    here, around the real step, as the reviewer planted it inside) is flagged."""
+    step = Generator.step
+
+    def planted(self):  # noqa: ANN001, ANN202
+        position = torch.full((1,), self._position)  # a host tensor, every token
+        if plant == "upload":
+            position.to(self.lm.device)  # ... and its copy to the device
+        return step(self)
+
+    monkeypatch.setattr(Generator, "step", planted)
+    lm = models["cuda"]
+    with fake, watch:
+        gen = make(GraphGenerator, lm, Controls(prompt="x", seed=3))
+        fake_prompt(gen, lm)
+        gen.start()
+        steps(watch, gen, 2)
+    flagged = [str(v) for v in watch.violations]
+    assert any("aten.full.default makes a CPU tensor (1,)" in v for v in flagged), flagged
+    assert any("_to_copy.default copies from the host to the device" in v for v in flagged) == (plant == "upload")
 
 
 @pytest.mark.parametrize("path", list(PATHS))
@@ -224,6 +249,7 @@ def test_device_mps_is_a_device_and_refused_in_one_line_where_there_is_none() ->
     from musicsteer.engine.loading import device_spec, resolve_device
 
     assert device_spec(" MPS ") == "mps"
+    assert device_spec("mps:0") == "mps" == device_spec("MPS:0")  # torch's name of it, as cuda:0 is CUDA's
     if torch.backends.mps.is_available():
         assert resolve_device("mps") == torch.zeros(1, device="mps").device
     else:
