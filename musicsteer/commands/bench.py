@@ -38,6 +38,7 @@ contenders, all on the one loaded model, alternated within every repeat:
 reported (JSON with --json: results[], ratios, cold_start, recapture_check, knob_latency):
   steps/s, rtf (steps/s / 50), ms/step        per contender, median of --repeats sessions
   ttfa_s (warm)       first frame of codes, median of the timed sessions (a graph session captures anew)
+  ttfa_audio_s (warm) first PCM chunk out of the streaming EnCodec decoder, as a session makes it
   ttfa_cold_s         the contender's first session in this process; engine+graph runs first on the
                       freshly loaded model (FastDecoder build, first kernel calls, capture), then engine
   graph_builds        captures per graph session (1 = no recapture while steering moves)
@@ -124,6 +125,8 @@ def summary(report: dict[str, Any]) -> list[str]:
                 f"ttfa {result['ttfa_s'] * 1000:7.1f} ms")
         if cold is not None:
             line += f"  cold {cold * 1000:7.1f} ms"
+        if result.get("ttfa_audio_s") is not None:
+            line += f"  first audio {result['ttfa_audio_s'] * 1000:7.1f} ms"
         if "frames_per_s" in result["extra"]:
             line += f"  frames/s {result['extra']['frames_per_s']:8.1f} (B={result['extra']['batch']})"
         if "graph_builds" in result["extra"]:
