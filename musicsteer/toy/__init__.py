@@ -5,4 +5,6 @@ corpus: the labelled clips (four genres, captions) rendered with FluidSynth and 
 running the shipped model needs nothing beyond musicsteer's own dependencies.
 Corpus modules: music (clip spec, notes, theory), genres (electronic, jazz, rock arrangements), classical (music21
 score excerpts), render (FluidSynth -> pedalboard -> 10 s clip), corpus (plan, split, captions, writing); docs/toy.md.
+Training modules: training (the one loop), codec, quantizer, losses, decoder, and plan (`toy train`: PLAN, the
+one table of the stages' steps and budget shares, and running them in order in one run folder).
 """
