@@ -28,6 +28,7 @@ from transformers import EncodecConfig, EncodecModel
 
 from ..engine.errors import MusicsteerError
 from ..engine.loading import check_model_folder
+from ..engine.tiny import no_progress_bars
 from . import quantizer
 from .losses import MultiScaleMel, plot_spectrograms, si_snr
 from .training import Stage, TrainConfig, TrainResult, batch_indices, plot_log, step_rng, train
@@ -304,4 +305,5 @@ def save_codec(model: EncodecModel, folder: str | os.PathLike, facts: dict[str, 
 def load_codec(folder: str | os.PathLike) -> EncodecModel:
     """EncodecModel.from_pretrained(folder), in eval mode; a folder that is not an EnCodec refused in one line."""
     check_model_folder(str(folder), Path(folder), "encodec", "EnCodec")
-    return EncodecModel.from_pretrained(folder).eval()
+    with no_progress_bars():  # transformers' "Loading weights" bar would cut into the stages' own bars
+        return EncodecModel.from_pretrained(folder).eval()
