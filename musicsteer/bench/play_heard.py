@@ -3,7 +3,8 @@
 `python3 -m musicsteer.bench.play_heard --period 256 --json out.json` starts a JACK dummy server
 (`jackd -d dummy`, 32 kHz, PERIOD-frame periods; tests/jack.py's recipe), runs `musicsteer play --model
 tiny --output-device system` with no latency flags (so `--buffer auto`, `--blocksize auto`) and an OSC
-port, moves alpha every 0.5 s from a real UDP OSC client for SECONDS, and reads play's own summary
+port, moves alpha every 0.5 s (each send moved by up to 40 ms at random) from a real UDP OSC client for
+SECONDS, and reads play's own summary
 line: knob → heard median and p95, underruns, the device block and lead it chose. Needs jackd
 (`apt-get install -y --no-install-recommends libportaudio2 jackd2`).
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -50,6 +52,7 @@ def measure(period: int, seconds: float = 30.0, every: float = 0.5, rate: int = 
                                  "system", "--seconds", str(seconds + 5), "--osc-port", str(port)],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         client = SimpleUDPClient("127.0.0.1", port)
+        jitter = random.Random(period)
         began = None
         while play.poll() is None:  # α every `every` s from 3 s in (the model is loaded and playing), for `seconds`
             if began is None:
@@ -59,7 +62,9 @@ def measure(period: int, seconds: float = 30.0, every: float = 0.5, rate: int = 
                 break
             client.send_message("/musicsteer/alpha", 0.1 + 0.1 * (sent % 5))
             sent += 1
-            time.sleep(max(0.0, began + sent * every - time.monotonic()))
+            # Each send moved by up to two tokens at random (seeded): 0.5 s is exactly 25 tokens and 62.5
+            # JACK periods, so a sender locked to the clock meets the token at one phase and shows one latency.
+            time.sleep(max(0.0, began + sent * every + jitter.uniform(0.0, 0.04) - time.monotonic()))
         out, err = play.communicate(timeout=120)
     finally:
         server.send_signal(signal.SIGTERM)
