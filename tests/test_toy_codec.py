@@ -5,7 +5,6 @@ and streams through the engine's StreamingDecoder as its one-shot decode does.""
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from pathlib import Path
@@ -13,8 +12,8 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import soundfile as sf
 import torch
+from toy_corpus import one_thread, write_corpus
 from transformers import EncodecModel
 
 from musicsteer.engine.codec import decode_codes
@@ -35,28 +34,7 @@ STEPS = 12
 CONFIG = TrainConfig(steps=STEPS, checkpoint_every=4, eval_every=6, progress=False)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small tensors: one thread is as fast, and the CPU is shared
-    yield
-    torch.set_num_threads(threads)
-
-
-def write_corpus(folder: Path, rate: int = 32000, seconds: float = 1.5) -> Path:
-    """OUT/<genre>/*.wav and manifest.csv (path, genre, split) as `musicsteer toy corpus` lays them out."""
-    rows = []
-    for genre, kind in (("tones", "chord"), ("drums", "drums")):
-        (folder / genre).mkdir(parents=True)
-        for i in range(3):
-            path = f"{genre}/{genre}-{i:05d}.wav"
-            sf.write(folder / path, synthetic_clip(kind, seconds, rate, seed=i), rate)
-            rows.append({"path": path, "genre": genre, "split": "train" if i < 2 else "held-out"})
-    with open(folder / "manifest.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, ["path", "genre", "split"])
-        writer.writeheader()
-        writer.writerows(rows)
-    return folder
+one_thread = pytest.fixture(scope="module", autouse=True)(one_thread)
 
 
 @pytest.fixture(scope="module")

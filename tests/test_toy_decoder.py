@@ -5,7 +5,6 @@ project's loader and renders audio with `musicsteer render --model FOLDER`."""
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
@@ -13,12 +12,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from toy_corpus import one_thread, write_corpus
 from transformers import EncodecModel
 
 from musicsteer.cli import main
 from musicsteer.engine.errors import MusicsteerError
 from musicsteer.engine.loading import load_model
-from musicsteer.engine.synthetic import synthetic_clip
 from musicsteer.toy.codec import CodecRecipe, codec_config, load_clips, train_codec
 from musicsteer.toy.decoder import (
     DecoderRecipe,
@@ -40,33 +39,6 @@ STEPS = 10
 CONFIG = TrainConfig(steps=STEPS, checkpoint_every=4, eval_every=5, progress=False)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small tensors: one thread is as fast, and the CPU is shared
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """OUT/<genre>/*.wav and manifest.csv with captions, as `musicsteer toy corpus` lays them out."""
-    folder = tmp_path_factory.mktemp("corpus")
-    rows = []
-    for genre, kind in (("jazz", "chord"), ("rock", "drums")):
-        (folder / genre).mkdir()
-        for i in range(3):
-            path = f"{genre}/{genre}-{i:05d}.wav"
-            sf.write(folder / path, synthetic_clip(kind, 1.5, 32000, seed=i), 32000)
-            rows.append({"path": path, "label": genre, "genre": genre, "instrument": "piano", "mood": "Calm",
-                         "caption": f"Calm {genre} music led by piano.", "split": "train" if i < 2 else "heldout"})
-    with open(folder / "manifest.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return folder
-
-
 @pytest.fixture(scope="module")
 def codec_dir(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = tmp_path_factory.mktemp("codec")
@@ -80,6 +52,14 @@ def trained(corpus: Path, codec_dir: Path, tmp_path_factory: pytest.TempPathFact
     result = train_decoder(corpus, run, CONFIG, RECIPE, codec_dir)
     assert result.stopped == "done" and result.step == STEPS
     return run
+
+
+one_thread = pytest.fixture(scope="module", autouse=True)(one_thread)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_corpus(tmp_path_factory.mktemp("corpus"))
 
 
 def stage(corpus: Path, codec_dir: Path, run: Path) -> DecoderStage:

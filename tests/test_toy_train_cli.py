@@ -5,22 +5,19 @@ continues with the decoder and a third does nothing more, a budget stop, the mod
 
 from __future__ import annotations
 
-import csv
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import soundfile as sf
 import torch
+from toy_corpus import write_corpus
 
 from musicsteer.cli import main
 from musicsteer.engine.loading import load_model
-from musicsteer.engine.synthetic import synthetic_clip
 from musicsteer.toy import plan
 from musicsteer.toy.codec import CodecRecipe
-from musicsteer.toy.corpus import COLUMNS
 from musicsteer.toy.decoder import DecoderRecipe
 from musicsteer.toy.training import read_log
 
@@ -69,23 +66,7 @@ def tiny_plan(monkeypatch: pytest.MonkeyPatch):
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """OUT/<genre>/*.wav, manifest.csv (every column) and corpus.json, as `musicsteer toy corpus` lays them out."""
-    folder = tmp_path_factory.mktemp("corpus")
-    rows = []
-    for genre, kind in (("jazz", "chord"), ("rock", "drums")):
-        (folder / genre).mkdir()
-        for i in range(3):
-            path = f"{genre}/{genre}-{i:05d}.wav"
-            sf.write(folder / path, synthetic_clip(kind, 1.5, 32000, seed=i), 32000)
-            rows.append({"path": path, "label": genre, "genre": genre, "instrument": "piano", "tempo": "100",
-                         "key": "C major", "mood": "Calm", "caption": f"Calm {genre} music led by piano.",
-                         "split": "train" if i < 2 else "heldout"})
-    with open(folder / "manifest.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    (folder / "corpus.json").write_text(json.dumps({"seed": 0, "version": 1}))
-    return folder
+    return write_corpus(tmp_path_factory.mktemp("corpus"))
 
 
 def train_steps(folder: Path) -> list[int]:
