@@ -66,6 +66,18 @@ def run(gen: Generator, steps: int, inputs: list | None = None) -> tuple[torch.T
     return gen.delay.codes[0, :, :frames].clone(), torch.stack(logits)
 
 
+def run_captured(lm, controls: Controls, steps: int = 60) -> tuple[torch.Tensor, torch.Tensor, GraphGenerator, list]:
+    """The static step made to capture at its first step, as on CUDA (its capture mocked by the caller), against
+    eager: (its codes, eager's codes, the generator, the Notices it raised)."""
+    want, _ = run(Generator(lm, controls), steps)
+    gen = GraphGenerator(lm, controls, capture=False)
+    gen.graph.capture = True
+    notices = []
+    gen.listeners.add(lambda event: notices.append(event) if isinstance(event, Notice) else None)
+    got, _ = run(gen, steps)
+    return got, want, gen, notices
+
+
 def test_static_path_equals_eager_greedy_with_steering_moving_every_token(tiny) -> None:
     vectors, steps = random_vectors(tiny), 240
     controls = Controls(prompt=PROMPT, top_k=1, mix={"rock": 1.0}, alpha=0.3)
@@ -405,13 +417,7 @@ def test_a_capture_that_fails_falls_back_to_the_uncaptured_step_with_one_warning
         raise RuntimeError("CUDA error: out of memory\nCUDA kernel errors might be asynchronously reported")
 
     monkeypatch.setattr(GraphDecoder, "_capture", refused)
-    controls = Controls(prompt=PROMPT, seed=4, temperature=0.9)
-    want, _ = run(Generator(tiny, controls), 60)
-    gen = GraphGenerator(tiny, controls, capture=False)
-    gen.graph.capture = True  # as on CUDA: the first step captures
-    notices = []
-    gen.listeners.add(lambda event: notices.append(event) if isinstance(event, Notice) else None)
-    got, _ = run(gen, 60)
+    got, want, gen, notices = run_captured(tiny, Controls(prompt=PROMPT, seed=4, temperature=0.9))
     assert torch.equal(got, want)  # the random stream was restored: the same music as if nothing had happened
     assert [n.level for n in notices] == ["warning"] and "\n" not in notices[0].text
     assert notices[0].text.startswith("CUDA graph capture failed (RuntimeError: CUDA error: out of memory CUDA")

@@ -6,11 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import one_line_error
-from test_graph import PROMPT, run
+from test_graph import PROMPT, run_captured
 
 from musicsteer.engine.control import Controls
-from musicsteer.engine.events import Notice
-from musicsteer.engine.generator import Generator
 from musicsteer.engine.graph import GraphDecoder, GraphGenerator
 
 
@@ -40,13 +38,7 @@ def test_a_replay_that_fails_falls_back_like_a_failed_capture(tiny, monkeypatch,
     graphs = []
     monkeypatch.setattr(GraphDecoder, "_capture",
                         lambda self: graphs.append(FailingReplay(self, fails_at, error)) or graphs[-1])
-    controls = Controls(prompt=PROMPT, seed=4, temperature=0.9)
-    want, _ = run(Generator(tiny, controls), 60)
-    gen = GraphGenerator(tiny, controls, capture=False)
-    gen.graph.capture = True  # as on CUDA: the first step captures
-    notices = []
-    gen.listeners.add(lambda event: notices.append(event) if isinstance(event, Notice) else None)
-    got, _ = run(gen, 60)
+    got, want, gen, notices = run_captured(tiny, Controls(prompt=PROMPT, seed=4, temperature=0.9))
     assert torch.equal(got, want)
     assert [n.level for n in notices] == ["warning"] and "\n" not in notices[0].text
     assert notices[0].text.startswith(f"CUDA graph replay failed ({type(error).__name__}: CUDA ")
