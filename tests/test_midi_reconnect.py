@@ -179,9 +179,11 @@ def test_a_session_tells_every_surface_and_reconnects(jack_midi: str, tmp_path) 
 
         async def page_notices() -> list[str]:  # a page opened before the unplug, reading until both returns
             notices: list[str] = []
+            deadline = time.monotonic() + 60  # status arrives every 0.25 s: without it a missed return never ends
             async with websockets.connect(f"ws://127.0.0.1:{ports['web']}/ws", open_timeout=10) as ws:
                 controller.unplug()
                 while sum("is back" in n for n in notices) < 2:
+                    assert time.monotonic() < deadline, f"no loss and return within 60 s: {notices}"
                     message = json.loads(await asyncio.wait_for(ws.recv(), 20))
                     if message["type"] == "notice":
                         notices.append(message["text"])
