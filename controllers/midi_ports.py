@@ -70,14 +70,26 @@ class PortWatch:
             thread.join(timeout=5)
 
     def _run(self, client: Any) -> None:
+        """Look every `interval` until stopped. A listing that fails (a busy or restarting JACK server) is kept
+        in last_error and the listing client made anew: one failed look must not end the watch for the set."""
         try:
             while not self._stop.wait(self.interval):
-                self.poll(client.get_ports())
-        except Exception as exc:  # noqa: BLE001 - the backend failed (its server gone): stop watching, say why
-            self.last_error = one_line(f"{type(exc).__name__}: {exc}", 200)
+                if client is None:
+                    client = self._client()  # None again: try at the next look
+                    continue
+                try:
+                    names = client.get_ports()
+                except Exception as exc:  # noqa: BLE001 - the backend failed: say why, make a new client
+                    self.last_error = one_line(f"{type(exc).__name__}: {exc}", 200)
+                    with contextlib.suppress(Exception):
+                        client.delete()
+                    client = None
+                    continue
+                self.poll(names)
         finally:
-            with contextlib.suppress(Exception):
-                client.delete()
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    client.delete()
 
     def poll(self, names: list[str]) -> None:
         """One look at the port list `names`: call lost() or back(name) when the port's presence changed."""

@@ -208,3 +208,31 @@ def test_a_session_tells_every_surface_and_reconnects(jack_midi: str, tmp_path) 
         if controller.proc is not None:
             controller.unplug()
     assert proc.returncode == 0, stderr[-2000:]
+
+
+def test_a_failed_port_listing_does_not_end_the_watch(monkeypatch) -> None:
+    """A listing that raises (a busy or restarting JACK server) once: the watch makes a new listing client and
+    still reports the loss and the return. Before, the first failure ended the watch for the set, silently.
+    Mocked: the rtmidi client (the failure cannot be made on demand with a real server)."""
+    from musicsteer.controllers.midi_ports import PortWatch
+
+    lists = iter([RuntimeError("JACK server busy"), ["knobs"], [], [], ["knobs"]])
+    made, events = [], []
+
+    class Client:
+        def get_ports(self):
+            item = next(lists, ["knobs"])
+            if isinstance(item, Exception):
+                raise item
+            return item
+
+        def delete(self):
+            pass
+
+    watch = PortWatch("knobs", "input", "jack", lambda: events.append("lost"), lambda name: events.append(name),
+                      interval=0.01)
+    monkeypatch.setattr(watch, "_client", lambda: made.append(1) or Client())
+    watch.start()
+    _wait(lambda: events == ["lost", "knobs"], timeout=5, what="the loss and the return after a failed listing")
+    watch.stop()
+    assert len(made) == 2 and "JACK server busy" in watch.last_error
