@@ -31,7 +31,7 @@ from ..engine.loading import check_model_folder
 from ..engine.tiny import no_progress_bars
 from . import quantizer
 from .losses import MultiScaleMel, plot_spectrograms, si_snr
-from .training import Stage, TrainConfig, TrainResult, batch_indices, plot_log, step_rng, train
+from .training import Stage, TrainConfig, TrainResult, batch_indices, plot_log, step_rng, train, warmup_cosine
 
 SAMPLE_RATE = 32000
 HOP = 640  # samples per frame: 8 * 5 * 4 * 4
@@ -151,11 +151,7 @@ class CodecStage(Stage):
             {"codec": self.model}, {"adam": self.optimizer}, {"lr": self.scheduler})
 
     def _lr_factor(self, step: int) -> float:
-        r = self.recipe
-        if step < r.warmup_steps:
-            return (step + 1) / r.warmup_steps
-        progress = min(1.0, (step - r.warmup_steps) / max(1, self.steps - r.warmup_steps))
-        return r.final_lr_fraction + (1 - r.final_lr_fraction) * 0.5 * (1 + math.cos(math.pi * progress))
+        return warmup_cosine(step, self.recipe.warmup_steps, self.steps, self.recipe.final_lr_fraction)
 
     def describe(self) -> dict[str, Any]:
         return {**asdict(self.recipe), "train_clips": [c.path for c in self.train_clips]}

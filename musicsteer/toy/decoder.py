@@ -51,7 +51,7 @@ from ..engine import tiny
 from ..engine.errors import MusicsteerError
 from ..engine.loading import weights_digest
 from .codec import MANIFEST, Clip, load_clips, load_codec
-from .training import Stage, TrainConfig, TrainResult, batch_indices, plot_log, step_rng, train
+from .training import Stage, TrainConfig, TrainResult, batch_indices, plot_log, step_rng, train, warmup_cosine
 
 PAD = tiny.PAD_TOKEN_ID  # MusicGen's pad / start id: one past the 2048 codes
 CODES = "codes"
@@ -232,11 +232,7 @@ class DecoderStage(Stage):
             {"musicgen": self.trained}, {"adamw": self.optimizer}, {"lr": self.scheduler})
 
     def _lr_factor(self, step: int) -> float:
-        r = self.recipe
-        if step < r.warmup_steps:
-            return (step + 1) / r.warmup_steps
-        progress = min(1.0, (step - r.warmup_steps) / max(1, self.steps - r.warmup_steps))
-        return r.final_lr_fraction + (1 - r.final_lr_fraction) * 0.5 * (1 + np.cos(np.pi * progress))
+        return warmup_cosine(step, self.recipe.warmup_steps, self.steps, self.recipe.final_lr_fraction)
 
     def describe(self) -> dict[str, Any]:
         return {**asdict(self.recipe), "codec": self.codec_digest, "train_clips": [i.path for i in self.items]}

@@ -56,6 +56,16 @@ class TrainConfig:
     progress: bool = True  # a tqdm bar on stderr
 
 
+
+def warmup_cosine(step: int, warmup: int, steps: int, final_fraction: float) -> float:
+    """The learning-rate factor at `step` (from 0): linear warm-up over `warmup` steps, then a cosine from 1
+    down to `final_fraction` at `steps` (the schedule of the codec and decoder stages)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, steps - warmup))
+    return final_fraction + (1 - final_fraction) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
 @dataclass
 class TrainResult:
     step: int  # steps done
