@@ -30,6 +30,17 @@ def _churn(target: tuple[str, int], count: int) -> None:
             sock.sendto(datagram, target)
 
 
+def _drained(target: tuple[str, int]) -> None:
+    """Return once the server has handled every datagram sent to it before: it handles them one at a time,
+    in arrival order, so the pong to a later ping means all earlier ones were handled."""
+    probe = Client(target)
+    try:
+        probe.send("/musicsteer/ping", 1)
+        probe.wait("/musicsteer/pong")
+    finally:
+        probe.close()
+
+
 def test_a_pinging_subscriber_pushed_out_by_churn_comes_back_with_its_next_ping(live: Live) -> None:  # noqa: F811
     surface = Client(live.server.address)
     try:
@@ -37,13 +48,16 @@ def test_a_pinging_subscriber_pushed_out_by_churn_comes_back_with_its_next_ping(
         surface.wait("/musicsteer/status")
         restored = live.server.counters["subscribers_restored"]
         _churn(live.server.address, 4 * MAX_SUBSCRIBERS)
-        until(lambda: surface.sock.getsockname() not in live.server.subscribers, what="the churn to push it out")
+        _drained(live.server.address)  # every churn datagram handled: none can push it out after its ping
+        assert surface.sock.getsockname() not in live.server.subscribers, "the churn pushed it out"
         surface.send("/musicsteer/ping", 7)  # as the docs say: a surface keeps its subscription with pings
         assert surface.wait("/musicsteer/pong")[0] == [7]  # the pong still echoes the ping's arguments
         until(lambda: surface.sock.getsockname() in live.server.subscribers, what="the ping to subscribe it again")
         heard = len(surface.replies("/musicsteer/status"))
         surface.wait("/musicsteer/status", heard + 2)  # and it hears the session again
-        assert live.server.counters["subscribers_restored"] - restored == 1
+        # >= 1, not == 1: the kernel may hand a closed churn socket's port to a later churn socket, and
+        # that address, pushed out earlier, is then rightly restored too (seen once in CI)
+        assert live.server.counters["subscribers_restored"] - restored >= 1
     finally:
         surface.send("/musicsteer/unsubscribe")
         surface.close()
