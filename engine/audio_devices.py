@@ -8,7 +8,9 @@ imported stays invisible until PortAudio is re-initialised, so listing and resol
 re-initialise it first (only while no stream of ours is open: terminating PortAudio closes streams).
 The sinks (engine/audio_out.py) say when they open and close a stream (`stream_opened`,
 `stream_closed`), and hand over a lost device's stream with `abandon_stream`: it stays counted as
-open for good, so this process never terminates PortAudio again (see engine/audio_out.py for why).
+open for good, so this process never terminates PortAudio again (see engine/audio_out.py for why), and
+the device, once back, is played by a child process that owns a PortAudio of its own
+(engine/audio_player.py: this process's libjack cannot make a new client after its server died).
 """
 
 from __future__ import annotations

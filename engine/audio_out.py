@@ -9,7 +9,10 @@ Loading PortAudio, the device list and `--output-device` resolution are engine/a
 
 A device can vanish mid-session (a JACK server killed, a USB interface unplugged). A watchdog thread
 notices within `_WATCH_PERIOD` + `stall_s`: the stream went inactive on its own, or its callback
-stopped coming; the sink then sets `error` and fails its ring, so the producer's waits return at once.
+stopped coming. Alone, the sink then sets `error` and fails its ring, so the producer's waits return at
+once; given `on_lost` (a session's output, engine/audio_reconnect.py), it calls that instead, once, and
+from then on its callback (should the stream ever call again) plays silence without touching the ring,
+so another consumer may read it.
 Measured here (PortAudio 19.6.0, JACK 1.9.21, the dummy backend): after the server dies the stream
 turns inactive at once; Pa_AbortStream (and Pa_StopStream) then blocks for 600 s, after which
 Pa_CloseStream aborts the process on an assert (pa_jack.c CleanUpStream), as Pa_Terminate does at
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
@@ -88,7 +92,8 @@ class _SinkBase:
     and `rebuffer_events`. `error` is None until the output fails.
     """
 
-    def __init__(self, ring: RingBuffer, sample_rate: int, channels: int, blocksize: int) -> None:
+    def __init__(self, ring: RingBuffer, sample_rate: int, channels: int, blocksize: int,
+                 clock: DacClock | None = None) -> None:
         if ring.channels != channels:
             raise ValueError(f"ring has {ring.channels} channels, sink needs {channels}")
         if blocksize < 1:
@@ -99,7 +104,9 @@ class _SinkBase:
         self.callbacks = self.callback_errors = self.output_underflows = 0
         self.error: str | None = None
         self._writer = RingWriter(ring, sample_rate)
-        self.clock = DacClock(ring.sample_rate)  # when each ring frame reached the DAC (knob → heard)
+        # When each ring frame reached the DAC (knob → heard); a consumer standing in for a lost device
+        # stamps the session's own clock.
+        self.clock = DacClock(ring.sample_rate) if clock is None else clock
 
     def _resample_to(self, device_rate: int) -> None:
         self.ring.set_rate(device_rate)  # the ring now holds device-rate frames: as many seconds as asked
@@ -153,7 +160,9 @@ class _SinkBase:
 class PortAudioSink(_SinkBase):
     """A sounddevice OutputStream whose callback only copies from the ring, watched while it plays.
 
-    `stall_s`: seconds without a callback after which a started stream counts as failed.
+    `stall_s`: seconds without a callback after which a started stream counts as failed. `on_lost(reason)`:
+    called once (on the watchdog's thread) when the device goes away, instead of failing the ring.
+    `host_api` and `host_block` (0: the host's own period, as asked of JACK) say how to open it again.
     """
 
     def __init__(self, device: int, ring: RingBuffer, sample_rate: int, channels: int, blocksize: int | str = "auto",
@@ -161,6 +170,7 @@ class PortAudioSink(_SinkBase):
         auto = blocksize == "auto"
         super().__init__(ring, sample_rate, channels, 1 if auto else int(blocksize))
         self.stall_s = float(stall_s)
+        self.on_lost: Callable[[str], None] | None = None
         self._callback_exc: BaseException | None = None  # the first one; formatted by the watchdog
         self._lost = False  # the device is gone: the stream must be abandoned, not stopped
         self._stopping = threading.Event()
@@ -179,7 +189,8 @@ class PortAudioSink(_SinkBase):
                 raise MusicsteerError(f"output device {self.device_name!r} refuses {sample_rate} Hz (supports {shown})")
             default = int(info["default_samplerate"])  # the device's own rate, else the nearest above ours
             rate = default if default in rates else min(rates, key=lambda r: (r < sample_rate, r))
-        jack = auto and str(sd.query_hostapis(info["hostapi"])["name"]).startswith("JACK")
+        self.host_api = str(sd.query_hostapis(info["hostapi"])["name"])
+        jack = auto and self.host_api.startswith("JACK")
         if auto and not jack:  # no period reported: the block of the device's low latency, a power of two
             low = max(AUTO_LEAST_BLOCK, round(float(info["default_low_output_latency"]) * rate))
             self.blocksize = min(1 << (low - 1).bit_length(), 16384)
@@ -191,6 +202,7 @@ class PortAudioSink(_SinkBase):
                                            callback=self._callback)
         except (sd.PortAudioError, ValueError) as exc:
             raise MusicsteerError(f"cannot open output device {self.device_name!r}: {one_line(exc)}") from None
+        self.host_block = 0 if jack else self.blocksize
         if jack:  # called back once a JACK period: the stream's latency is that period
             self.blocksize = max(16, round(float(self._stream.latency) * rate))
         if rate != self.sample_rate:
@@ -206,6 +218,9 @@ class PortAudioSink(_SinkBase):
             self.callbacks += 1
             if status.output_underflow:
                 self.output_underflows += 1
+            if self._lost:  # another consumer may own the ring now
+                outdata.fill(0.0)
+                return
             # The stream clock's own delay to the DAC, put on the monotonic clock arrivals are read on.
             delay = time_info.outputBufferDacTime - time_info.currentTime
             self.clock.mark(self.ring.frames_read, time.monotonic() + (delay if 0.0 < delay < 2.0 else self.latency))
@@ -218,11 +233,6 @@ class PortAudioSink(_SinkBase):
                 outdata.fill(0.0)
             except BaseException:
                 pass
-
-    def start(self) -> None:
-        self._stream.start()
-        self._watchdog = threading.Thread(target=self._watch, name="musicsteer-audio-watchdog", daemon=True)
-        self._watchdog.start()
 
     def _watch(self) -> None:
         seen, since = self.callbacks, time.monotonic()
@@ -241,13 +251,33 @@ class PortAudioSink(_SinkBase):
         exc = self._callback_exc
         if exc is not None and self.error is None:
             self._fail(f"audio callback for {self.device_name!r} raised {type(exc).__name__}: {one_line(exc)}")
+        if self._lost:
+            return
         if not self._stream.active:  # only PortAudio ends a started stream: our callback never asks to
-            self._lost = True
-            self._fail(f"output device {self.device_name!r} stopped playing: the device or its server went away")
+            self._lose(f"output device {self.device_name!r} stopped playing: the device or its server went away")
         elif silent_s > self.stall_s:
-            self._lost = True
-            self._fail(f"output device {self.device_name!r} stopped asking for audio "
+            self._lose(f"output device {self.device_name!r} stopped asking for audio "
                        f"(no callback for {silent_s:.1f} s)")
+
+    def _lose(self, reason: str) -> None:
+        """The device went away: its stream is never touched again (abandoned at stop)."""
+        self._lost = True  # before on_lost: the callback must leave the ring to the next consumer
+        if self.on_lost is None:
+            self._fail(reason)
+        else:
+            self.on_lost(one_line(reason))
+
+    def start(self) -> None:
+        """Start the stream and its watchdog. A device gone since it was opened (PortAudio: "Server is not
+        running") raises MusicsteerError, one line, and the stream counts as lost."""
+        sd = load_sounddevice()
+        try:
+            self._stream.start()
+        except sd.PortAudioError as exc:
+            self._lost = True
+            raise MusicsteerError(f"output device {self.device_name!r} cannot start: {one_line(exc)}") from None
+        self._watchdog = threading.Thread(target=self._watch, name="musicsteer-audio-watchdog", daemon=True)
+        self._watchdog.start()
 
     def stop(self) -> None:
         """Stop and close the stream (a sink plays once; open a new one to play again); never blocks on a
@@ -283,13 +313,14 @@ class NullSink(_SinkBase):
     Deadlines are absolute (start + k·period), so sleep jitter never accumulates and a
     `--output-device null` session runs at exactly real time. After a stall longer than
     `max_lag` the clock restarts (counted in output_underflows) instead of racing to catch up,
-    as a real device would drop out rather than play faster.
+    as a real device would drop out rather than play faster. `clock`: stamp this DacClock (a session's
+    own, while this sink stands in for a lost device on the same ring) instead of a new one.
     """
 
     def __init__(self, ring: RingBuffer, sample_rate: int, channels: int, blocksize: int | str = "auto",
-                 max_lag: float = 0.5) -> None:
+                 max_lag: float = 0.5, clock: DacClock | None = None) -> None:
         blocksize = NULL_AUTO_BLOCK if blocksize == "auto" else int(blocksize)
-        super().__init__(ring, sample_rate, channels, blocksize)
+        super().__init__(ring, sample_rate, channels, blocksize, clock)
         self.max_lag = max_lag
         self.latency = blocksize / sample_rate
         self._stop = threading.Event()

@@ -7,6 +7,8 @@ audio callback (or the null sink's clock) only copies from the ring; the recorde
 does all disk I/O; the caller's thread waits, reports status and may stop the session at any moment.
 Output devices and the recording path are opened before anything is generated, so a wrong device or
 an unwritable path fails at once with one line, and a recording is finalised however the session ends.
+A real device that goes away mid-session does not end it: engine/audio_reconnect.py plays on the clock,
+tells every surface (`notify`), and plays the device again when it returns.
 
 How far generation runs ahead of playback is the delay between turning a knob and hearing it
 (engine/latency.py measures it). A fixed `buffer_seconds` bounds it by the ring, plus the decode queue
@@ -35,16 +37,16 @@ import torch
 from torch import Tensor
 
 from . import __version__
-from .audio_out import open_sink
+from .audio_reconnect import open_output
 from .decode_worker import DecodeWorker
-from .events import Applied, Change, Event, MeterReading, Notice, plain
+from .events import Applied, Change, Event, MeterReading, Notice
 from .latency import KnobLatency
 from .lead import FAST_ENOUGH, SLOW_BUFFER_S, AutoLead, choose_chunk, margin_frames
 from .levels import LevelHistory
 from .loading import dtype_name
-from .params import AUTO_BUFFER_MAX, LIVE, PARAMS, check_settings, check_stream
+from .params import AUTO_BUFFER_MAX, PARAMS, check_settings, check_stream
 from .ring_buffer import RingBuffer
-from .session_stats import SessionStats, rate
+from .session_stats import SessionStats, rate, status_of
 from .streaming_decoder import StreamingConfig, StreamingDecoder
 from .takes import Recordings, take_path
 
@@ -88,8 +90,9 @@ class StreamingSession:
         if auto:
             buffer = AUTO_BUFFER_MAX
         self.ring = RingBuffer(self.channels, math.ceil(buffer * lm.sample_rate), lm.sample_rate)
-        self.sink = open_sink(options.output_device, self.ring, lm.sample_rate, self.channels, options.blocksize,
-                              resample=options.resample)
+        # A real device that goes away is played on the clock and retried (engine/audio_reconnect.py).
+        self.sink = open_output(options.output_device, self.ring, lm.sample_rate, self.channels, options.blocksize,
+                                options.resample, self.notify)
         self.blocksize = self.sink.blocksize  # the block the device plays (auto: chosen by the sink)
         self.ring.add_room(self.blocksize)  # the callback's room beside what is queued
         try:  # a block known only now (auto) against the prebuffer
@@ -208,27 +211,8 @@ class StreamingSession:
         }
 
     def status(self) -> dict:
-        """A snapshot for status lines and OSC subscribers: the stream's figures, every live control
-        under its status key (params.LIVE), refusals by kind and clamps (`counts`), the meter."""
-        stats = self.stats()
-        values = self.control.values
-        controls = {row.status: plain(getattr(values, row.status)) for row in LIVE.values()}
-        counts = self.control.counts
-        clamped = counts.pop("clamped", 0)
-        return {
-            "step": stats.step, "seconds": round(stats.played_seconds, 3), "rtf": round(stats.rtf, 3),
-            "generation_rtf": round(stats.generation_rtf, 3), "decode_rtf": round(stats.decode_rtf, 3),
-            "buffer": round(stats.buffer_seconds, 3), "underruns": stats.underrun_events,
-            "rebuffers": stats.rebuffers, "xruns": stats.xruns, "callback_errors": stats.callback_errors,
-            **controls, "recording": stats.recording or "", "recording_error": stats.recording_error or "",
-            "recording_seconds": round(take.seconds, 2) if (take := self.recordings.current) is not None else 0.0,
-            "device_error": stats.device_error or "",
-            "heard_median_ms": stats.heard.get("median_ms", 0.0), "heard_p95_ms": stats.heard.get("p95_ms", 0.0),
-            "lead": round(self.lead_seconds, 3),
-            "notices": stats.notices,
-            "refused": sum(counts.values()), "clamped": clamped, "refusals": counts,
-            "meter": dict(self.gen.meter.latest) if self.gen.meter is not None else {},
-        }
+        """A snapshot for status lines and OSC subscribers (engine/session_stats.status_of)."""
+        return status_of(self)
 
     def level(self) -> dict:
         """The level and spectrum of the audio playing now (engine/levels.py), from any thread."""
@@ -300,8 +284,8 @@ class StreamingSession:
         return self.ring.available == 0
 
     def _watch(self) -> None:
-        """Between status updates: warn of a filling disk; end the session if the device failed
-        (what was made is recorded; nothing more can be heard)."""
+        """Between status updates: warn of a filling disk; end the session if the output failed (a
+        consumer raised: what was made is recorded). A device that went away is not that: see the sink."""
         self.recordings.watch()
         self.knob_latency.update()  # while the DAC stamps of what was just played are still held
         if self.sink.error is not None and not self._stop.is_set():
@@ -398,6 +382,9 @@ class StreamingSession:
             idle_seconds=ring.idle_frames / ring.sample_rate,
             recording_error=self.recordings.error,
             device_error=sink.error,
+            device_lost=getattr(sink, "lost", None),
+            device_losses=getattr(sink, "losses", 0),
+            device_returns=getattr(sink, "returns", 0),
             heard=self.knob_latency.summary(),
             notices=self.notice_count,
         )

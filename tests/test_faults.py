@@ -136,11 +136,12 @@ def test_sigint_and_sigterm_finalise_the_take(tmp_path: Path, sig: signal.Signal
     assert logged.end is not None and logged.end["frames"] * 640 >= len(audio)
 
 
-def test_the_sound_device_vanishing_mid_session_ends_it_in_one_line_keeping_the_take(tmp_path: Path) -> None:
-    """A JACK server killed under `play` (as an unplugged interface): the session notices within about a
-    second, says so in one line, exits non-zero, and the take up to then is a finished, readable WAV.
-    jackd is started here, not through tests/jack.py: this process must never touch PortAudio after
-    the server dies (PortAudio 19.6 aborts on terminate then)."""
+def test_the_sound_device_vanishing_mid_session_is_told_in_one_line_and_the_session_goes_on(tmp_path: Path) -> None:
+    """A JACK server killed under `play` (as an unplugged interface) and never back: the session says so at once,
+    in one line, goes on on the clock to its end (--seconds), exits 0, and the take is whole: every second asked
+    for, a finished, readable WAV. (Until issue 28 the loss ended the session, exit 1, with the take cut short;
+    tests/test_audio_reconnect.py has the device coming back.) jackd is started here, not through tests/jack.py:
+    this process must never touch PortAudio after the server dies (PortAudio 19.6 aborts on terminate then)."""
     import shutil
 
     name = f"musicsteer-vanish-{os.getpid()}"
@@ -151,8 +152,8 @@ def test_the_sound_device_vanishing_mid_session_ends_it_in_one_line_keeping_the_
     wav = tmp_path / "vanish.wav"
     try:
         for _ in range(100):  # until the server is up: play finds its device, or says it is unknown
-            proc = subprocess.Popen([*PLAY, "--output-device", "system", "--record", str(wav)], env=env,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            proc = subprocess.Popen([*PLAY, "--output-device", "system", "--record", str(wav), "--seconds", "5"],
+                                    env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             while not take_begun(wav) and proc.poll() is None:
                 time.sleep(0.02)
             if proc.poll() is None:
@@ -161,19 +162,17 @@ def test_the_sound_device_vanishing_mid_session_ends_it_in_one_line_keeping_the_
         wait_until(proc, lambda: recorded_seconds(wav) >= 1.0)
         jackd.terminate()  # SIGTERM: the server goes away cleanly (SIGKILL would leak a JACK registry slot)
         jackd.wait(timeout=10)
-        gone = time.monotonic()
         _, stderr = proc.communicate(timeout=60)
-        ended = time.monotonic() - gone
     finally:
         if jackd.poll() is None:
             jackd.terminate()
             jackd.wait(timeout=10)
     lines = stderr.strip().splitlines()
     told = [line for line in lines if line.startswith("musicsteer: error:")]
-    assert proc.returncode == 1 and "Traceback" not in stderr, stderr
+    assert proc.returncode == 0 and "Traceback" not in stderr, stderr
     assert len(told) == 1 and "output device 'system' stopped playing" in told[0], stderr  # said once
-    assert lines[-1] == f"recorded {wav} ({sf.info(wav).frames / RATE:.2f} s)", stderr  # and what is kept
-    assert ended < 10, ended
+    assert "still generating and recording" in told[0] and "retrying" in told[0], stderr
+    assert lines[-1] == f"recorded {wav} (5.00 s)", stderr  # the whole take
     info = sf.info(wav)  # finalised: the header covers every byte written
-    assert info.frames >= RATE and data_chunk(wav)[1] == wav.stat().st_size - data_chunk(wav)[0]
-    assert read_log(wav.with_suffix(".jsonl")).end is not None
+    assert info.frames == 5 * RATE and data_chunk(wav)[1] == wav.stat().st_size - data_chunk(wav)[0]
+    assert read_log(wav.with_suffix(".jsonl")).end["frames"] * 640 == info.frames
