@@ -93,7 +93,9 @@ def buffering(session: StreamingSession) -> str:
 def faults(stats: SessionStats) -> str:
     """`underruns 0 (0.00 s), rebuffers 0, xruns 0, callback errors 0`: every way the sound could break."""
     return (f"underruns {stats.underrun_events} ({stats.underrun_seconds:.2f} s), rebuffers {stats.rebuffers}, "
-            f"xruns {stats.xruns}, callback errors {stats.callback_errors}")
+            f"xruns {stats.xruns}, callback errors {stats.callback_errors}"
+            + (f", output device lost {stats.device_losses}x, back {stats.device_returns}x"
+               if stats.device_losses else ""))
 
 
 def surfaces_needs(args: argparse.Namespace, config: SessionConfig | None) -> tuple[tuple[Need, ...], dict]:
