@@ -1,5 +1,6 @@
-"""Load a MusicGen model and its processor: from the hub, a local folder, the tiny test model, or
-a random-weight model of a real size (for speed benchmarks on machines without the hub).
+"""Load a MusicGen model and its processor: from the hub, a local folder, the tiny test model, the toy
+(a small MusicGen trained by this project, shipped in the package: musicsteer/toy/shipped.py), or a
+random-weight model of a real size (for speed benchmarks on machines without the hub).
 
 Every name ends up in the same `from_pretrained` path except `random:SIZE`, which has no weights
 to load. Every failure a user can cause becomes a one-line `MusicsteerError`.
@@ -74,10 +75,10 @@ class LoadedModel:
 
     model: MusicgenForConditionalGeneration
     processor: MusicgenProcessor  # always set: load_model refuses a model without one
-    name: str  # what the user passed: "tiny", a hub id, a path, "random:small"
+    name: str  # what the user passed: "tiny", "toy", a hub id, a path, "random:small"
     device: torch.device
     dtype: torch.dtype
-    weights_id: str = ""  # identifies weights beyond name + config (the tiny recipe version)
+    weights_id: str = ""  # identifies weights beyond name + config (the tiny recipe version, the toy's digest)
 
     @property
     def num_codebooks(self) -> int:
@@ -157,6 +158,17 @@ def weights_digest(model: torch.nn.Module, sample: int = 64) -> str:
     return digest.hexdigest()[:16]
 
 
+def files_digest(folder: Path, pattern: str) -> str:
+    """sha256 (16 hex digits) of the names and bytes of `folder`'s files matching `pattern`, in name order."""
+    digest = hashlib.sha256()
+    for path in sorted(folder.glob(pattern)):
+        digest.update(path.name.encode())
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
+
+
 def device_spec(device: str) -> str:
     """--device's text, checked and normalised ("auto", "cpu", "cuda", "cuda:N" or "mps"; "mps:0", torch's name
     of the one Apple GPU, is "mps") without asking what this machine has: a Ray driver checks it for actors on
@@ -207,7 +219,8 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 
 def load_model(name_or_path: str, device: str = "auto", dtype: str = "float32") -> LoadedModel:
-    """Load "tiny" | "tiny-stereo" | "random:SIZE[-stereo]" | a local folder | a hub id."""
+    """Load "tiny" | "tiny-stereo" | "toy" | "random:SIZE[-stereo]" | a local folder | a hub id. "toy" is the
+    shipped toy MusicGen (one line, MusicsteerError, while none is shipped); its fingerprint names its weights."""
     torch_device, torch_dtype = resolve_device(device), resolve_dtype(dtype)
     name = str(name_or_path).strip()
     weights_id = ""
@@ -216,6 +229,13 @@ def load_model(name_or_path: str, device: str = "auto", dtype: str = "float32") 
         weights_id = f"tiny-recipe-{tiny.RECIPE_VERSION}"
         with tiny.no_progress_bars():
             model, processor = _from_pretrained(name, str(folder), torch_dtype, local_only=True)
+    elif name == "toy":
+        from musicsteer.toy.shipped import shipped
+
+        folder = shipped("model")
+        # retrained weights keep the architecture: the digest tells logs, caches and vectors which weights they had
+        weights_id = f"toy-{files_digest(folder, '*.safetensors')}"
+        model, processor = _from_pretrained(name, str(folder), torch_dtype, local_only=True)
     elif name.startswith("random:"):
         model, processor = build_random_model(name.removeprefix("random:"))
     else:
@@ -305,7 +325,7 @@ def _locate(name: str) -> tuple[str, bool]:
         raise MusicsteerError(f"model folder not found: {name}")
     if not _HUB_ID.fullmatch(name):
         raise MusicsteerError(
-            f"{name!r} is not a model folder, a hub id (like facebook/musicgen-small), tiny or random:SIZE"
+            f"{name!r} is not a model folder, a hub id (like facebook/musicgen-small), tiny, toy or random:SIZE"
         )
     offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
     if not offline and _hub_reachable():

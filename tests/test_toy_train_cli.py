@@ -12,20 +12,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from toy_corpus import TINY_CODEC as CODEC
+from toy_corpus import TINY_DECODER as DECODER
 from toy_corpus import write_corpus
 
 from musicsteer.cli import main
 from musicsteer.engine.loading import load_model
 from musicsteer.toy import plan
-from musicsteer.toy.codec import CodecRecipe
-from musicsteer.toy.decoder import DecoderRecipe
 from musicsteer.toy.training import read_log
 
-CODEC = CodecRecipe(num_filters=4, hidden_size=16, batch_size=2, segment_frames=10, warmup_steps=2,
-                    init_frames=2048, eval_clips=2, eval_frames=50, dead_uses=0.05)
-DECODER = DecoderRecipe(hidden_size=32, layers=2, heads=2, ffn_dim=64, dropout=0.0, text_size=16, text_layers=1,
-                        text_heads=2, text_ff=32, segment_frames=20, batch_size=4, lr=3e-3, warmup_steps=2,
-                        eval_clips=2, render_seconds=0.2)
 TINY = (plan.StagePlan("codec", steps=3, share=0.6, checkpoint_every=2, recipe=CODEC),
         plan.StagePlan("decoder", steps=6, share=1.0, checkpoint_every=4, eval_every=3, recipe=DECODER))
 # The child process builds the same table (the recipes above, by their repr) and signals itself (a real SIGTERM

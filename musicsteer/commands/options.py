@@ -142,11 +142,22 @@ def refuse_idle(args: argparse.Namespace, defaults: dict[str, Any] | None = None
     return {name: value for name, value in (defaults or {}).items() if name in kept.values()}
 
 
+def vectors_path(text: str) -> str:
+    """--vectors' type: a file, or `toy` / `toy:instrument`, the shipped toy's vectors, resolved to their file
+    here, so that sessions, logs and replays see a file like any other (musicsteer/toy/shipped.py)."""
+    from musicsteer.toy.shipped import vectors_file  # (no torch)
+
+    try:
+        return vectors_file(text)
+    except MusicsteerError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
     group.add_argument("--model", default=None,
-                       help=f"hub id, local folder, 'tiny' (offline test model) or 'random:small|medium|large' "
-                            f"(default {DEFAULT_MODEL})")
+                       help=f"hub id, local folder, 'toy' (the small MusicGen trained by this project, shipped), "
+                            f"'tiny' (offline test model) or 'random:small|medium|large' (default {DEFAULT_MODEL})")
     group.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     group.add_argument("--dtype", help="float32 (default; a replay: the session's), bfloat16 or float16")
     add_params(group, "quantize", "threads", "decode")
@@ -155,7 +166,9 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
 def add_generation_options(parser: argparse.ArgumentParser) -> None:
     add_params(parser.add_argument_group("generation"), "prompt", "seed", "guidance", "temperature", "top_k", "top_p")
     group = parser.add_argument_group("steering")
-    group.add_argument("--vectors", help="steering-vectors file (.safetensors)")
+    group.add_argument("--vectors", type=vectors_path, metavar="FILE",
+                       help="steering-vectors file (.safetensors), or toy (the toy's genre vectors; "
+                            "toy:instrument, its lead-instrument vectors)")
     add_params(group, "mix", "alpha", "layer", "site", "steer_rule")
     group.add_argument("--steer-both", action="store_true",
                        help="steer both CFG halves (default: the conditional half only)")

@@ -2,10 +2,14 @@
 
 corpus  OUT --clips N --seed S: N clips of 10 s (classical, electronic, jazz, rock in turn), 32 kHz mono WAVs in
         a folder per genre with manifest.csv (captions, split) and instruments.csv; a rerun resumes.
-train   CORPUS RUN [--hours H] [--threads T] [--seed S]: the stages that exist (codec, then decoder) in RUN,
+train   CORPUS RUN [--hours H] [--threads T] [--seed S]: the stages (codec, judge, decoder, vectors) in RUN,
         each resumed from its checkpoint or skipped once finished (musicsteer/toy/plan.py); the model is
         RUN/decoder/model. Building the corpus needs the `toy` extra (music21, pyfluidsynth, pedalboard) and
         FluidSynth with a General MIDI soundfont.
+vectors CORPUS RUN: the vectors stage alone (the probe pipeline on the held-out clips with RUN's MusicGen),
+        into RUN/vectors; `toy train` runs it last.
+ship    RUN: RUN's MusicGen, judge and vectors into the package (float16 safetensors, at most 30 MB), where
+        `--model toy`, `--clap toy` and `--vectors toy` find them (musicsteer/toy/ship.py).
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     from musicsteer.toy.plan import DEFAULT_HOURS, PLAN  # (light: no torch)
 
-    stages = ", then ".join(f"{p.name} ({p.steps:,} steps)" for p in PLAN)
+    stages = ", then ".join(p.name if p.name == "vectors" else f"{p.name} ({p.steps:,} steps)" for p in PLAN)
     train = jobs.add_parser("train", help="train the toy MusicGen on a corpus: every stage, resumable",
                             description=f"Train the toy MusicGen in RUN from CORPUS: {stages}. Deterministic; "
                                         "a rerun of the same command resumes (after Ctrl-C, SIGTERM, a kill or the "
@@ -57,6 +61,23 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="torch threads (default 2; keep it the same on every resumption for the same bytes)")
     train.add_argument("--seed", type=typed("seed"), default=0, help="training seed (default 0)")
     train.set_defaults(run=run_train)
+
+    vectors = jobs.add_parser("vectors", help="the toy's steering vectors: probe pipeline on the held-out clips",
+                              description="Run probe extract, analyze and train on CORPUS's held-out clips with "
+                                          "RUN's trained MusicGen, for the genre and the lead instrument: "
+                                          "RUN/vectors/{genre,instrument}.safetensors, report-*/ (per-layer ARI, "
+                                          "NMI, probe accuracy), tables.md. A rerun resumes the extraction.")
+    vectors.add_argument("corpus", metavar="CORPUS", help="the corpus RUN was trained on")
+    vectors.add_argument("run_dir", metavar="RUN", help="a run folder whose decoder stage is finished")
+    vectors.add_argument("--threads", type=typed("threads"), default=2, help="torch threads (default 2)")
+    vectors.set_defaults(run=run_vectors)
+
+    ship = jobs.add_parser("ship", help="put a finished run's model, judge and vectors into the package",
+                           description="Copy RUN's MusicGen (RUN/decoder/model), judge (RUN/judge/model) and "
+                                       "vectors (RUN/vectors) into the package folder that --model toy, --clap toy "
+                                       "and --vectors toy read, as float16 safetensors; refused over 30 MB.")
+    ship.add_argument("run_dir", metavar="RUN", help="a run folder whose stages are all finished")
+    ship.set_defaults(run=run_ship)
 
 
 def run_corpus(args: argparse.Namespace) -> int:
@@ -80,7 +101,7 @@ def run_corpus(args: argparse.Namespace) -> int:
 def run_train(args: argparse.Namespace) -> int:
     import shlex
 
-    from musicsteer.toy.plan import PLAN, model_dir, train_all
+    from musicsteer.toy.plan import model_dir, train_all
 
     corpus, run = Path(args.corpus).expanduser(), Path(args.run_dir).expanduser()
     again = (f"musicsteer toy train {shlex.quote(args.corpus)} {shlex.quote(args.run_dir)} --threads {args.threads} "
@@ -100,6 +121,39 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"toy train: stopped at the {args.hours:g} h budget in the {last.name} stage; checkpoint saved. "
               f"To go on: {again} --hours H with H > {args.hours:g}", file=sys.stderr)
         return 1
-    final = model_dir(run, PLAN[-1].name)
-    print(f"model: {final} (try: musicsteer render --model {final} --prompt jazz)")
+    final = model_dir(run, "decoder")
+    print(f"model: {final} (try: musicsteer render --model {final} --prompt jazz); vectors: {run / 'vectors'}; "
+          f"to ship it: musicsteer toy ship {shlex.quote(args.run_dir)}")
+    return 0
+
+
+def run_vectors(args: argparse.Namespace) -> int:
+    import json
+
+    from musicsteer.engine.errors import MusicsteerError, shown
+    from musicsteer.toy.plan import RUN_STAMP, check_corpus, finished, model_dir
+    from musicsteer.toy.vectors import make_vectors
+
+    corpus, run = Path(args.corpus).expanduser(), Path(args.run_dir).expanduser()
+    if not finished(run, "decoder"):
+        raise MusicsteerError(f"RUN {shown(args.run_dir)} has no finished decoder stage: run `musicsteer toy train "
+                              "CORPUS RUN` first")
+    stamp = json.loads((run / RUN_STAMP).read_text()) if (run / RUN_STAMP).is_file() else {}
+    if stamp.get("corpus") not in (None, check_corpus(corpus)):
+        raise MusicsteerError(f"CORPUS {shown(args.corpus)} is not the corpus RUN was trained on")
+    facts = make_vectors(corpus, run, model_dir(run, "decoder"), threads=args.threads)
+    print((run / "vectors" / "tables.md").read_text(encoding="utf-8"))
+    figures = ", ".join(f"{k} {v:.4g}" for k, v in facts["held_out"].items())
+    print(f"vectors: {run / 'vectors'} ({figures}); to ship them: musicsteer toy ship {args.run_dir}")
+    return 0
+
+
+def run_ship(args: argparse.Namespace) -> int:
+    from musicsteer.toy.ship import ship
+    from musicsteer.toy.shipped import weights_dir
+
+    manifest = ship(Path(args.run_dir).expanduser())
+    sizes = ", ".join(f"{part} {size / 1e6:.2f} MB" for part, size in manifest["sizes"].items())
+    print(f"shipped {args.run_dir} into {weights_dir()}: {manifest['bytes'] / 1e6:.2f} MB ({sizes}); try: "
+          "musicsteer render --model toy --prompt jazz --vectors toy")
     return 0

@@ -36,9 +36,14 @@ PIPELINE_TEMPLATE = CLAP_TEMPLATE  # transformers' zero-shot-audio-classificatio
 
 
 def _locate(spec: str) -> tuple[str, bool]:
-    """(what to pass to from_pretrained, local_files_only) for "tiny", a folder or a hub id."""
+    """(what to pass to from_pretrained, local_files_only) for "tiny", "toy" (the judge shipped in the package,
+    musicsteer/toy/judge.py; one line if none is shipped yet), a folder or a hub id."""
     if spec == "tiny":
         return str(ensure_tiny_clap()), True
+    if spec == "toy":
+        from musicsteer.toy.shipped import shipped
+
+        return str(shipped("judge")), True
     path = Path(spec).expanduser()
     try:
         found = path.exists()
@@ -57,7 +62,7 @@ def _locate(spec: str) -> tuple[str, bool]:
         return spec, False
     if not _in_hub_cache(spec):
         raise MusicsteerError(f"CLAP model {shown(spec)} not found: not in the hub cache and the hub is unreachable "
-                              "(use a local folder made with save_pretrained, or --clap tiny)")
+                              "(use a local folder made with save_pretrained, --clap toy or --clap tiny)")
     return spec, True
 
 
@@ -71,7 +76,9 @@ class ClapScorer:
         try:
             with no_progress_bars():
                 self.processor = AutoProcessor.from_pretrained(source, local_files_only=local_only)
-                self.model = ClapModel.from_pretrained(source, local_files_only=local_only)
+                # float32 whatever the file holds: from_pretrained keeps a checkpoint's dtype (the toy judge ships
+                # float16), and CPU scoring in float16 is slow where it runs at all
+                self.model = ClapModel.from_pretrained(source, local_files_only=local_only, dtype=torch.float32)
         except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
             raise MusicsteerError(f"could not load CLAP model {shown(spec)}: {one_line(e)}") from None
         if not isinstance(self.processor, ClapProcessor):

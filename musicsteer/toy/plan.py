@@ -1,12 +1,15 @@
 """`musicsteer toy train`: the stages that exist, in order, in one run folder, within one wall-clock budget.
 
-RUN/codec (codec.py's run folder; its model in RUN/codec/model), then RUN/decoder (decoder.py's, trained on
-RUN/codec/model; the MusicGen in RUN/decoder/model). A stage whose model is finished (its toy_<stage>.json
-written, the last thing a stage saves) is skipped; one with a checkpoint is resumed (training.py); the rest
-start. `PLAN` is the one table of step counts, budget shares and cadences (measured per stage, docs/toy.md);
+RUN/codec (codec.py's run folder; its model in RUN/codec/model), then RUN/judge (judge.py's CLAP, trained on
+the corpus alone; RUN/judge/model), then RUN/decoder (decoder.py's, trained on RUN/codec/model; the MusicGen in
+RUN/decoder/model), then RUN/vectors (vectors.py: the probe pipeline on the held-out clips with that MusicGen;
+no training loop, a few minutes). A stage whose output is finished (its toy_<stage>.json written, the last thing
+a stage saves: `facts_path`) is skipped; one with a checkpoint is resumed (training.py); the rest start.
+`PLAN` is the one table of step counts, budget shares and cadences (measured per stage, docs/toy.md);
 RUN/run.json names what the run trains on (seed, corpus), so a rerun against another is refused up front.
 Budget: stage i may spend, in all over its resumptions, `share` of what the stages before it left of
---hours (the last stage: all of it); training.py stops a stage at its budget with its checkpoint saved.
+--hours (the last stage: all of it); training.py stops a stage at its budget with its checkpoint saved. The
+vectors stage has no steps to stop between: it runs once the decoder is done, whatever is left.
 """
 
 from __future__ import annotations
@@ -30,13 +33,20 @@ class StagePlan:
     share: float  # of the budget left when it starts; the last stage takes all that is left
     checkpoint_every: int = 500
     eval_every: int = 0  # 0: at the end only
-    recipe: Any = None  # None: the stage's default recipe (CodecRecipe(), DecoderRecipe())
+    # None: the stage's default recipe (CodecRecipe(), JudgeRecipe(), DecoderRecipe()); for vectors, make_vectors'
+    # keyword arguments ({"segment_seconds": 0.5}: the tests' short clips)
+    recipe: Any = None
 
 
-# Measured (docs/toy.md): codec ~1 s a step on 2 cores (10,000 steps ~2.8 h), decoder ~2 s a step (3,800 ~2.1 h).
+# Measured (docs/toy.md): codec ~1 s a step on 2 cores (10,000 steps ~2.8 h); judge 0.6-0.8 s a step (32 clips, 1
+# thread, load 3-5; on the 400-clip corpus 400 steps took 254-323 s with their evals, held-out zero-shot accuracy
+# 1.0 from step 200), so 2,500 steps (~22 epochs of 3,600 clips) ~25-35 min plus ~3 min for the 4,000 clips'
+# features; decoder ~2 s a step (3,800 ~2.1 h); vectors: no steps (probe extract of the 400 held-out clips, twice).
 PLAN: tuple[StagePlan, ...] = (
     StagePlan("codec", steps=10_000, share=0.6, eval_every=1000),
+    StagePlan("judge", steps=2_500, share=0.2, eval_every=500),
     StagePlan("decoder", steps=3_800, share=1.0, eval_every=500),
+    StagePlan("vectors", steps=1, share=1.0),
 )
 
 
@@ -54,9 +64,15 @@ def model_dir(run: Path, name: str) -> Path:
     return run / name / "model"
 
 
+def facts_path(run: Path, name: str) -> Path:
+    """toy_<stage>.json, the last thing a stage writes: beside its model (RUN/<stage>/model), or in RUN/vectors."""
+    return (run / name if name == "vectors" else model_dir(run, name)) / f"toy_{name}.json"
+
+
 def finished(run: Path, name: str) -> bool:
-    """The stage's model is saved whole: toy_<stage>.json is written after save_pretrained (codec.py, decoder.py)."""
-    return (model_dir(run, name) / f"toy_{name}.json").is_file()
+    """The stage's output is saved whole: toy_<stage>.json is written after save_pretrained (codec.py, judge.py,
+    decoder.py) or after the vectors files (vectors.py)."""
+    return facts_path(run, name).is_file()
 
 
 def check_corpus(corpus: Path) -> dict[str, Any]:
@@ -136,7 +152,7 @@ def train_all(corpus: Path, run: Path, hours: float, threads: int, seed: int, pr
     for i, plan in enumerate(PLAN):
         budget = left if i == len(PLAN) - 1 else plan.share * left
         if finished(run, plan.name):
-            facts = json.loads((model_dir(run, plan.name) / f"toy_{plan.name}.json").read_text())
+            facts = json.loads(facts_path(run, plan.name).read_text())
             seconds = spent(run, plan.name)
             outcome = Outcome(plan.name, facts.get("steps", plan.steps), plan.steps, "finished earlier", seconds,
                               facts.get("held_out", {}))
@@ -159,10 +175,20 @@ def _run_stage(plan: StagePlan, corpus: Path, run: Path, config: Any) -> Any:
         from .codec import train_codec
 
         return train_codec(corpus, folder, config, plan.recipe)
+    if plan.name == "judge":
+        from .judge import train_judge
+
+        return train_judge(corpus, folder, config, plan.recipe)
     if plan.name == "decoder":
         from .decoder import train_decoder
 
         return train_decoder(corpus, folder, config, plan.recipe, model_dir(run, "codec"))
+    if plan.name == "vectors":
+        from .training import TrainResult
+        from .vectors import make_vectors
+
+        facts = make_vectors(corpus, run, model_dir(run, "decoder"), threads=config.threads, **(plan.recipe or {}))
+        return TrainResult(1, "done", facts["seconds"], last_eval=facts["held_out"])
     raise MusicsteerError(f"no stage called {plan.name!r}")
 
 
