@@ -143,7 +143,8 @@ def test_eval_batches_its_clips_and_each_equals_its_lone_clip(tiny, tmp_path) ->
     from conftest import random_vectors
 
     from musicsteer.engine.generator import Generator
-    from musicsteer.evaluation.clips import ClipStore, batches, local_render, plan
+    from musicsteer.evaluation.clips import ClipStore, local_render
+    from musicsteer.evaluation.plan import batches, plan
     from musicsteer.evaluation.protocol import Protocol, Sampling
     from musicsteer.evaluation.runner import _make_clips
 
@@ -151,15 +152,16 @@ def test_eval_batches_its_clips_and_each_equals_its_lone_clip(tiny, tmp_path) ->
     protocol = Protocol(pairs=(("rock", "jazz"),), n=3, source_seconds=0.3, seconds=0.3, alpha=0.5, alphas=(0.2,),
                         sampling=Sampling(temperature=0.0))
     jobs = plan(protocol, {}, vectors)
-    assert [len(group) for group in batches(jobs, 4)] == [3, 4, 4, 1]  # 3 sources; 3 × (prompted + 2 alphas)
+    # blocks of one kind and α, never mixed: 3 sources; 3 prompted, 3 unsteered, 3 at each α of 0, 0.2, 0.5
+    assert [len(group) for group in batches(jobs, 4)] == [3] * 6
     render = local_render(tiny, vectors, protocol, Generator)
     lone = _make_clips(tiny.facts, vectors, protocol, ClipStore(tmp_path / "lone"), "eager", 1, render)
     store = ClipStore(tmp_path / "batched")
     batched = _make_clips(tiny.facts, vectors, protocol, store, "eager", 4, render)
-    assert lone.keys() == batched.keys() and len(lone) == 12
+    assert lone.keys() == batched.keys() and len(lone) == 18
     for name in lone:
         assert torch.equal(ClipStore(tmp_path / "lone").codes(name), store.codes(name)), name
-    steered = [name for name in lone if "steered" in name]
+    steered = [name for name in lone if "-steered-a0." in name]  # α 0.2 and 0.5
     prompted = steered[0].rsplit("-steered", 1)[0] + "-prompted"  # another arm, another clip: not all alike
     assert not torch.equal(store.codes(steered[0]), store.codes(prompted))
     gone = store.paths(steered[1])

@@ -24,6 +24,7 @@ torch.set_num_threads(1)
 
 GENRES = ("rock", "classical", "electronic", "jazz")
 ALPHAS = (0.2, 0.5, 0.8)
+CLIPS = 2 * (3 + 1 + len(ALPHAS))  # per clip index: source, prompted, unsteered, α = 0 and the sweep
 
 
 @pytest.fixture(scope="module")
@@ -50,12 +51,12 @@ def test_writes_table_json_png_wavs_manifest_and_page(evaluated) -> None:
     steered = [results["clips"][f"rock-to-classical/{i:02d}-steered-a0.5"]["classical"] for i in range(2)]
     assert row["steered"]["deltas"] == pytest.approx(np.subtract(steered, src).tolist())
     assert f"{row['steered']['delta']['mean']:+.3f}" in table
-    assert [p["alpha"] for p in results["sweep"]["rock:classical"]] == list(ALPHAS)
+    assert [p["alpha"] for p in results["sweep"]["rock:classical"]] == [0.0, *ALPHAS]  # α = 0 always
     for scores in results["clips"].values():
         assert list(scores) == list(GENRES) and sum(scores.values()) == pytest.approx(1.0, abs=1e-5)
 
     manifest = json.loads((out / "manifest.json").read_text())
-    assert len(manifest["clips"]) == 2 + 2 * (1 + len(ALPHAS)) and len(manifest["trials"]) == 2
+    assert len(manifest["clips"]) == CLIPS and len(manifest["trials"]) == 2
     for clip in manifest["clips"]:
         audio, rate = sf.read(out / clip["wav"])
         assert rate == 32000 and len(audio) == clip["frames"] * 640
@@ -71,9 +72,10 @@ def test_continuations_share_the_source_and_steering_changes_the_codes(evaluated
     clips = evaluated["out"] / "clips"
     source = np.load(clips / "source/rock-00.npy")
     codes = {name: np.load(clips / f"rock-to-classical/00-{name}.npy")
-             for name in ("prompted", *(f"steered-a{a:g}" for a in ALPHAS))}
+             for name in ("prompted", "unsteered", "steered-a0", *(f"steered-a{a:g}" for a in ALPHAS))}
     for name, c in codes.items():
         assert np.array_equal(c[:, :50], source), name  # the same start, token for token
+    assert np.array_equal(codes.pop("steered-a0"), codes["unsteered"])  # α = 0 is no steering, code for code
     continuations = [c[:, 50:].tobytes() for c in codes.values()]
     assert len(set(continuations)) == len(continuations)  # every arm and α differs after the start
 
@@ -85,19 +87,19 @@ def test_second_run_reuses_every_clip(evaluated, capsys) -> None:
     time.sleep(0.05)  # a rewrite would get a later mtime
     capsys.readouterr()
     assert run_cli(evaluated["argv"]) == 0
-    assert "clips: 0 generated, 10 reused" in capsys.readouterr().out
-    assert {p: p.stat().st_mtime_ns for p in before} == before and len(wavs) == 10
+    assert f"clips: 0 generated, {CLIPS} reused" in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in before} == before and len(wavs) == CLIPS
     # a changed setting (another α) makes only the clips it changes
     assert run_cli([*evaluated["argv"][:-2], "--alpha", "0.3", "--out", str(out)]) == 0
-    assert "clips: 2 generated, 8 reused" in capsys.readouterr().out  # only the α=0.3 clips are new
+    assert f"clips: 2 generated, {CLIPS - 2} reused" in capsys.readouterr().out  # only the α=0.3 clips are new
     assert run_cli(evaluated["argv"]) == 0  # and the old ones were kept: back to the first run's set
-    assert "clips: 0 generated, 10 reused" in capsys.readouterr().out
+    assert f"clips: 0 generated, {CLIPS} reused" in capsys.readouterr().out
 
 
 def same_clips(a: Path, b: Path) -> None:
     """Eval folder `b` holds `a`'s clips (codes) and the same results."""
     names = sorted(p.relative_to(b) for p in (b / "clips").rglob("*.npy"))  # `a` may hold more (other α)
-    assert len(names) == 10
+    assert len(names) == CLIPS
     for name in names:
         assert np.array_equal(np.load(a / name), np.load(b / name)), name
     assert json.loads((a / "results.json").read_text()) == json.loads((b / "results.json").read_text())
@@ -110,7 +112,7 @@ def test_ray_makes_the_single_process_clips(evaluated, ray_address, tmp_path, ca
     capsys.readouterr()
     assert run_cli([*evaluated["argv"][:-2], "--ray", ray_address, "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "starting 2 Ray actor(s), each 1 CPU(s)" in printed and "clips: 10 generated, 0 reused" in printed
+    assert "starting 2 Ray actor(s), each 1 CPU(s)" in printed and f"clips: {CLIPS} generated, 0 reused" in printed
     same_clips(evaluated["out"], out)
 
 
@@ -132,10 +134,10 @@ def test_a_killed_eval_resumes_to_the_same_clips(mode, evaluated, tmp_path, requ
     finally:
         proc.wait()
     kept = len(list(out.glob("clips/**/*.json")))
-    assert 0 < kept < 10 and not (out / "results.json").exists()
+    assert 0 < kept < CLIPS and not (out / "results.json").exists()
     capsys.readouterr()
     assert run_cli(command[3:]) == 0  # the rerun, from this process
-    assert f"clips: {10 - kept} generated, {kept} reused" in capsys.readouterr().out
+    assert f"clips: {CLIPS - kept} generated, {kept} reused" in capsys.readouterr().out
     same_clips(evaluated["out"], out)
 
 
@@ -158,7 +160,7 @@ def test_decode_graph_is_honoured_and_gives_the_eager_codes(evaluated, tmp_path,
     graph_argv = [*argv[:n], "--n", "1", *argv[n + 2 : alphas], "--decode", "graph", "--out", str(out)]
     capsys.readouterr()
     assert run_cli(graph_argv) == 0
-    assert "clips: 3 generated, 0 reused" in capsys.readouterr().out
+    assert "clips: 5 generated, 0 reused" in capsys.readouterr().out  # source, prompted, unsteered, α 0 and 0.5
     assert json.loads((evaluated["out"] / "results.json").read_text())["settings"]["decode"] == "eager"  # auto, CPU
     assert json.loads((out / "results.json").read_text())["settings"]["decode"] == "graph"
     for name in ("source/rock-00", "rock-to-classical/00-prompted", "rock-to-classical/00-steered-a0.5"):

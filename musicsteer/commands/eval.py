@@ -1,6 +1,8 @@
-"""`musicsteer eval`: the paper's §IV evaluation (CLAP Table I, 2AFC listening test, α sweep).
+"""`musicsteer eval`: the paper's §IV evaluation (CLAP Table I, 2AFC listening test, α sweep) and the
+effect studies (α curve with 95 % intervals, cross-effect, hold drift, fusion).
 
-  musicsteer eval --model M --vectors FILE [--clap ID|DIR|tiny] [--pairs a:b,c:d] [--n N] --out DIR
+  musicsteer eval --model M --vectors FILE|toy [--clap ID|DIR|toy|tiny] [--pairs a:b,c:d|all] [--n N]
+                  [--alphas A,B,...] [--hold-seconds S [--hold-window W]] [--fusion S:A+B,...] --out DIR
   musicsteer eval score-2afc answers.csv [answers2.csv ...] [--out DIR] [--alternative two-sided|greater]
 
 The evaluation modules (CLAP, scipy, matplotlib) are imported when the command runs, so the rest
@@ -21,12 +23,14 @@ from musicsteer.evaluation.protocol import (  # no torch: the protocol's rows an
     CLAP_TEMPLATE,
     CLIP_BATCH,
     CLIP_SECONDS,
+    HOLD_SECONDS,
+    HOLD_WINDOW,
     SOURCE_PROMPT,
     STEER_TEXT,
     N,
 )
 
-from .options import add_model_options, add_params, add_ray_option, resolve, typed
+from .options import add_model_options, add_params, add_ray_option, resolve, typed, vectors_path
 from .options import flag_type as row_type
 
 
@@ -34,20 +38,31 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("eval", help="CLAP genre-transition table, alpha sweep and a 2AFC listening test",
                             description=__doc__.splitlines()[0])
     add_model_options(parser)
-    parser.add_argument("--vectors", help="steering-vectors file (.safetensors) with a vector per genre")
+    parser.add_argument("--vectors", type=vectors_path, metavar="FILE",
+                        help="steering-vectors file (.safetensors) with a vector per genre, or toy (the toy's)")
     parser.add_argument("--out", help="output folder (a rerun reuses the clips already there)")
     parser.add_argument("--clap", default="laion/clap-htsat-unfused",
                         help="CLAP hub id, local folder, or 'tiny' (offline random model; default %(default)s)")
-    parser.add_argument("--pairs", help="transitions SOURCE:TARGET,... (default: rock:classical,"
-                                        "classical:electronic,electronic:jazz,jazz:rock)")
+    parser.add_argument("--pairs", help="transitions SOURCE:TARGET,..., or all (every ordered pair of the vectors "
+                                        "file's genres; default: rock:classical,classical:electronic,"
+                                        "electronic:jazz,jazz:rock)")
     parser.add_argument("--n", type=row_type(N), default=N.default,
                         help=f"{N.help} ({N.describe_range()}; default %(default)s)")
     add_params(parser, "seed", "seconds", "alpha", "layer", "site", "steer_rule",
                defaults={"seconds": CLIP_SECONDS})  # eval's clips; the rest take the table's defaults (resolve)
     parser.add_argument("--source-seconds", type=typed("seconds"), default=CLIP_SECONDS,
                         help=f"length of a source clip (default {CLIP_SECONDS:g})")
-    parser.add_argument("--alphas", help=f"extra strengths for the sweep plot, e.g. 0.2,0.4,0.6,0.8 (at most "
-                                         f"{ALPHAS.size}, each {ALPHAS.describe_range()}, none twice)")
+    parser.add_argument("--alphas", help=f"extra strengths for the α curve, e.g. 0.2,0.4,0.6,0.8 (at most "
+                                         f"{ALPHAS.size}, each {ALPHAS.describe_range()}, none twice; α = 0 and "
+                                         "--alpha are always in it)")
+    parser.add_argument("--hold-seconds", type=row_type(HOLD_SECONDS), default=0.0,
+                        help=f"hold drift: per transition and clip, a continuation this long steered at --alpha, "
+                             f"scored span by span ({HOLD_SECONDS.describe_range(' s')}; default: no hold study)")
+    parser.add_argument("--hold-window", type=row_type(HOLD_WINDOW), default=HOLD_WINDOW.default,
+                        help=f"{HOLD_WINDOW.help} ({HOLD_WINDOW.describe_range(' s')}; default %(default)g)")
+    parser.add_argument("--fusion", help="fusions SOURCE:A+B,...: steered toward A and B at once (the mix knob's "
+                                         "{A: 1, B: 1}) at --alpha, against each alone (SOURCE:A and SOURCE:B must "
+                                         "be in --pairs)")
     parser.add_argument("--steer-text", choices=STEER_TEXT, default=STEER_TEXT[0],
                         help="text of the steered arm: the source prompt (default) or none (the paper's wording)")
     parser.add_argument("--source-prompt", type=typed("prompt"), default=SOURCE_PROMPT,
@@ -82,7 +97,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from musicsteer.engine.files import writable_folder
-    from musicsteer.evaluation.protocol import Protocol, Sampling, parse_alphas, parse_labels, parse_pairs
+    from musicsteer.evaluation.protocol import (
+        Protocol,
+        Sampling,
+        parse_alphas,
+        parse_fusions,
+        parse_labels,
+        parse_pairs,
+    )
     from musicsteer.evaluation.runner import EvalRequest, evaluate
 
     if not args.vectors:
@@ -100,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
         site=args.site or "", steer_rule=args.steer_rule, steer_text=args.steer_text,
         source_prompt=args.source_prompt, blend_prompt=args.blend_prompt,
         sampling=Sampling(args.guidance, args.temperature, args.top_k, args.top_p),
+        hold_seconds=args.hold_seconds, hold_window=args.hold_window, fusions=parse_fusions(args.fusion),
     )
     request = EvalRequest(protocol, args.vectors, Path(args.out), args.clap, args.template, parse_labels(args.labels),
                           args.trial_seed, args.clap_batch, args.decode, args.batch, args.ray, args.device)
@@ -107,10 +130,14 @@ def run(args: argparse.Namespace) -> int:
 
     if args.ray is not None:
         set_threads(args)  # what `load` would do here: CLAP scores in this process with the same threads
-    evaluate(request, partial(load, args))  # a partial, not a lambda: --ray's actors are sent it
+    results = evaluate(request, partial(load, args))  # a partial, not a lambda: --ray's actors are sent it
     out = Path(args.out)
     print((out / "table.md").read_text(encoding="utf-8"))
-    print(f"wrote {out}/table.md, results.json, alpha_sweep.png, manifest.json, listening_test.html and clips/")
+    check = results["alpha0_check"]
+    print(f"α = 0: {check['identical']} of {check['clips']} steered clips equal the unsteered ones, code for code")
+    studies = "".join(f", {name}.csv/.png" for name in ("hold", "fusion") if name in results)
+    print(f"wrote {out}/table.md, results.json, alpha_sweep.png, effect.csv, effect-*.png, cross_effect.csv/.png"
+          f"{studies}, manifest.json, listening_test.html and clips/")
     return 0
 
 

@@ -1,15 +1,11 @@
-"""Generating the evaluation clips, resumably.
+"""Generating the evaluation clips (planned in plan.py), resumably.
 
 Each clip is three files: NAME.wav (the audio), NAME.npy (its codes, (codebooks, frames)) and
 NAME.json (its identity: every setting that decides its codes, and where the continuation starts).
 The JSON is written last, so a clip counts as done only when all three are whole; a rerun with the
 same identity reuses the files untouched (no regeneration, mtimes unchanged), and any change of
-model, token step (--decode), seed, prompt, length, sampling or steering makes a new clip. Layout
-under OUT/clips/:
-
-  source/{genre}-{i:02d}.*                      the source clips (shared by pairs with that source)
-  {source}-to-{target}/{i:02d}-prompted.*       the prompted baseline
-  {source}-to-{target}/{i:02d}-steered-a{α}.*   the steered continuation at strength α
+model, token step (--decode), seed, prompt, length, sampling or steering makes a new clip. The layout
+under OUT/clips/ is plan.py's.
 """
 
 from __future__ import annotations
@@ -24,28 +20,13 @@ import torch
 
 from musicsteer.engine.audio_io import write_wav
 from musicsteer.engine.codec import decode_codes
-from musicsteer.engine.control import Controls
 from musicsteer.engine.files import atomic_write, remove_partial
 from musicsteer.engine.generator import Generator, render_batch
 from musicsteer.engine.loading import LoadedModel
 from musicsteer.engine.vectors import SteeringVectors
 
-from .protocol import Protocol, slug
-
-
-@dataclass(frozen=True)
-class ClipJob:
-    """One clip to make: its name, its identity, and how to generate it."""
-
-    name: str  # path under OUT/clips without suffix, e.g. "rock-to-jazz/00-prompted"
-    kind: str  # "source" | "prompted" | "steered"
-    pair: str  # "rock:jazz" ("" for source clips)
-    index: int
-    alpha: float | None
-    identity: dict  # compared as JSON with the stored one
-    controls: Controls
-    steered: bool
-    source_name: str = ""  # the source clip this continues ("" for source clips)
+from .plan import ClipJob, batches
+from .protocol import Protocol
 
 
 @dataclass
@@ -55,52 +36,6 @@ class Clip:
     prompt_frames: int  # frames of the source at the start of the WAV (0 for source clips)
     frames: int
     reused: bool
-
-
-def _sampling_controls(protocol: Protocol, prompt: str, seed: int, **steer) -> Controls:
-    s = protocol.sampling
-    return Controls(prompt=prompt, seed=seed, guidance=s.guidance, temperature=s.temperature,
-                    top_k=s.top_k, top_p=s.top_p, **steer)
-
-
-def plan(protocol: Protocol, model_id: dict, vectors: SteeringVectors) -> list[ClipJob]:
-    """Every clip the protocol needs, source clips first (continuations read their codes)."""
-    layer = vectors.best_layer if protocol.layer is None else protocol.layer
-    site = protocol.site or vectors.site
-    sampling = dict(vars(protocol.sampling))
-    jobs: list[ClipJob] = []
-    sources: dict[tuple[str, int], ClipJob] = {}
-    for source, _target in protocol.pairs:
-        for i in range(protocol.n):
-            if (source, i) in sources:
-                continue
-            prompt, seed = protocol.source_text(source), protocol.source_seed(i)
-            identity = {"kind": "source", **model_id, "prompt": prompt, "seed": seed,
-                        "seconds": protocol.source_seconds, **sampling}
-            job = ClipJob(f"source/{slug(source)}-{i:02d}", "source", "", i, None, identity,
-                          _sampling_controls(protocol, prompt, seed), False)
-            sources[(source, i)] = job
-            jobs.append(job)
-    for source, target in protocol.pairs:
-        folder = f"{slug(source)}-to-{slug(target)}"
-        for i in range(protocol.n):
-            start = sources[(source, i)]
-            seed = protocol.continuation_seed(i)
-            base = {**model_id, "source": start.identity, "seed": seed, "seconds": protocol.seconds, **sampling}
-            prompt = protocol.blend_text(source, target)
-            jobs.append(ClipJob(f"{folder}/{i:02d}-prompted", "prompted", f"{source}:{target}", i, None,
-                                {"kind": "prompted", **base, "prompt": prompt},
-                                _sampling_controls(protocol, prompt, seed), False, start.name))
-            for alpha in protocol.sweep:
-                prompt = protocol.steered_text(source)
-                steer = {"vectors_sha256": vectors.sha256, "target": target, "alpha": alpha, "layer": layer,
-                         "site": site, "rule": protocol.steer_rule}
-                controls = _sampling_controls(protocol, prompt, seed, alpha=alpha, mix={target: 1.0},
-                                              layers=(layer,), site=site)
-                jobs.append(ClipJob(f"{folder}/{i:02d}-steered-a{alpha:g}", "steered", f"{source}:{target}", i,
-                                    alpha, {"kind": "steered", **base, "prompt": prompt, **steer}, controls,
-                                    True, start.name))
-    return jobs
 
 
 class ClipStore:
@@ -149,20 +84,21 @@ Render = Callable[[list[Item]], Iterator[tuple[int, Rendered]]]
 
 def render_clips(lm: LoadedModel, vectors: SteeringVectors, jobs: list[ClipJob], protocol: Protocol,
                  generator: type[Generator], prompt_codes: torch.Tensor | None) -> Rendered:
-    """The clips of `jobs` (one kind: all sources, or all continuations of sources of equal length), in one
-    batched pass with the token loop `generator` (the --decode choice, graph.GENERATORS), and their audio.
+    """The clips of `jobs` (one block: all sources, or continuations of one kind, α and length of sources of
+    equal length), in one batched pass with the token loop `generator` (the --decode choice,
+    graph.GENERATORS), and their audio.
 
     A batch of B is B streams in the CFG batch of 2B: each its own prompt, seed, source codes and
-    steering; sampling is the protocol's, shared. Greedy, every stream's codes equal its lone run's;
-    seeded, the batch's matmul rounding can move a top-k cut (docs/design.md §5), so the batch size
-    is part of a clip's identity (runner._make_clips)."""
-    if len({job.kind == "source" for job in jobs}) != 1:
-        raise ValueError("render_clips batches clips of one kind: sources, or continuations")
-    if prompt_codes is None:
-        total = max(1, round(protocol.source_seconds * lm.frame_rate))
-    else:
+    steering; sampling is the protocol's, shared. A continuation longer than the model's window (a hold)
+    slides as a live session does: the Generator is the engine's, with its default window and keep.
+    Greedy, every stream's codes equal its lone run's; seeded, the batch's matmul rounding can move a
+    top-k cut (docs/design.md §5), so the batch size is part of a clip's identity (runner._make_clips)."""
+    if len({job.block for job in jobs}) != 1:
+        raise ValueError("render_clips batches clips of one block (plan.batches): one kind, one α, one length")
+    total = max(1, round(jobs[0].seconds * lm.frame_rate))  # new frames: a continuation's come after its source
+    if prompt_codes is not None:
         prompt_codes = prompt_codes.to(lm.device)
-        total = prompt_codes.shape[-1] + max(1, round(protocol.seconds * lm.frame_rate))
+        total += prompt_codes.shape[-1]
     steered = any(job.steered for job in jobs)
     gen = generator(lm, [job.controls for job in jobs], vectors if steered else None, steer_rule=protocol.steer_rule)
     codes = render_batch(gen, total, prompt_codes).cpu()
@@ -208,16 +144,3 @@ def make_clips(store: ClipStore, jobs: list[ClipJob], size: int, render: Render,
                 clips[job.name] = clip or store.save(job, codes, audio, sample_rate, prompt_frames[number])
             progress(len(group))
     return [clips[job.name] for job in jobs]
-
-
-def batches(jobs: list[ClipJob], size: int) -> list[list[ClipJob]]:
-    """The plan's jobs (sources first) cut into batches of at most `size` of one kind, in plan order: the
-    same plan and size give the same batches whatever is already on disk, so a resumed run remakes a
-    clip in the company it was first made in."""
-    groups: list[list[ClipJob]] = []
-    for job in jobs:
-        if groups and len(groups[-1]) < size and (groups[-1][0].kind == "source") == (job.kind == "source"):
-            groups[-1].append(job)
-        else:
-            groups.append([job])
-    return groups

@@ -15,6 +15,19 @@ electronic→jazz, jazz→rock) and each clip i in 0..N-1:
        steered toward the target's vector with strength α at the given layer (default the
        vectors file's best_layer and site), per token, on the conditional CFG half.
 3. Every α of the sweep (`--alphas`) gets its own steered clips from the same starts and seeds.
+   The sweep always holds α = 0 (the curve's baseline), and every continuation also gets
+   (c) unsteered: the steered arm's text and seed, no vectors at all. The α = 0 clips must equal
+       these code for code (checked every run: effect.alpha0_check).
+4. `--pairs all`: every ordered pair of the vectors file's genres (12 for four).
+5. `--hold-seconds S`: per transition and clip, one continuation S seconds long at the main α (the
+   engine's own window slide past the model's window), scored in consecutive `--hold-window` spans.
+6. `--fusion SOURCE:A+B`: from the source clips, steered toward the mix {A: 1, B: 1} at the main α
+   (the live `mix` knob's definition: the unit-normalised weighted sum), next to A alone and B alone
+   (the transitions SOURCE:A and SOURCE:B, which must be in --pairs).
+
+Clips are made in blocks of one kind and α, each across every transition and clip in the same order
+(plan.py): the α = 0 block and the unsteered block have the same batch shapes row for row, so a
+batch's rounding cannot tell them apart.
 
 A clip's WAV holds the whole transition (source then continuation, decoded in one pass so the
 seam is the codec's own); CLAP scores only the continuation (see clap.py).
@@ -30,6 +43,7 @@ from dataclasses import asdict, dataclass, field
 from musicsteer.engine.errors import BadType, MusicsteerError, OutOfRange, TooLarge, one_line, shown
 from musicsteer.engine.params import LIVE, NAME_CHARS, PARAMS, Param, check_text
 
+ALL_PAIRS = "all"  # --pairs all: every ordered pair of the vectors file's genres, resolved once it is read
 DEFAULT_PAIRS: tuple[tuple[str, str], ...] = (
     ("rock", "classical"), ("classical", "electronic"), ("electronic", "jazz"), ("jazz", "rock"),
 )
@@ -48,6 +62,11 @@ CLIP_BATCH = Param("--batch", "whole", "clips generated together, one stream eac
                    high=64, default=8)
 # The sweep's strengths: the alpha row, as a list (duplicates refused, like a `many` row's).
 ALPHAS = dataclasses.replace(PARAMS["alpha"], name="--alphas", many=True, size=16, default=None)
+# Hold drift: one long steered continuation per clip, scored window by window (both in seconds).
+HOLD_SECONDS = Param("--hold-seconds", "number", "seconds α is held in the hold-drift study", "s", 0, 600,
+                     low_open=True)
+HOLD_WINDOW = Param("--hold-window", "number", "seconds of each scored span of a hold", "s", 1, 60, default=5.0)
+FUSIONS_MAX = 16
 LABELS_MAX = 256  # CLAP labels (--labels or the vectors file's): one CLAP text each per batch
 PROMPT = LIVE["prompt"]  # every text the protocol sends to MusicGen is held to the table's prompt row
 PROMPT_FIELDS = {"--source-prompt": ("source",), "--blend-prompt": ("source", "target")}
@@ -65,7 +84,7 @@ class Sampling:
 class Protocol:
     """Everything that decides which clips exist and what their codes are."""
 
-    pairs: tuple[tuple[str, str], ...] = DEFAULT_PAIRS
+    pairs: tuple[tuple[str, str], ...] | str = DEFAULT_PAIRS  # or ALL_PAIRS until the vectors file is read
     n: int = N.default
     seed: int = PARAMS["seed"].default
     source_seconds: float = CLIP_SECONDS
@@ -79,15 +98,28 @@ class Protocol:
     source_prompt: str = SOURCE_PROMPT
     blend_prompt: str = BLEND_PROMPT
     sampling: Sampling = field(default_factory=Sampling)
+    hold_seconds: float = 0.0  # 0: no hold-drift study
+    hold_window: float = HOLD_WINDOW.default
+    fusions: tuple[tuple[str, str, str], ...] = ()  # (source, a, b): steered toward a and b at once
 
     @property
     def genres(self) -> list[str]:
-        return list(dict.fromkeys(g for pair in self.pairs for g in pair))
+        pairs = () if self.pairs == ALL_PAIRS else self.pairs
+        return list(dict.fromkeys([*(g for pair in pairs for g in pair), *(g for f in self.fusions for g in f)]))
 
     @property
     def sweep(self) -> list[float]:
-        """Every α that gets steered clips: the main α plus the sweep, ascending."""
-        return sorted({self.alpha, *self.alphas})
+        """Every α that gets steered clips: 0 (the baseline), the main α and the sweep, ascending."""
+        return sorted({0.0, self.alpha, *self.alphas})
+
+    def resolved(self, genres: list[str]) -> Protocol:
+        """This protocol with `--pairs all` made every ordered pair of `genres` (the vectors file's labels)."""
+        if self.pairs != ALL_PAIRS:
+            return self
+        if len(genres) < 2:
+            raise MusicsteerError(f"--pairs all needs at least two genres; the vectors file has "
+                                  f"{one_line(', '.join(genres), 200) or 'none'}")
+        return dataclasses.replace(self, pairs=tuple((a, b) for a in genres for b in genres if a != b))
 
     def source_text(self, source: str) -> str:
         return self.source_prompt.format(source=source)
@@ -106,14 +138,18 @@ class Protocol:
 
     def to_json(self) -> dict:
         data = asdict(self)
-        data["pairs"] = [f"{a}:{b}" for a, b in self.pairs]
+        data["pairs"] = self.pairs if self.pairs == ALL_PAIRS else [f"{a}:{b}" for a, b in self.pairs]
+        data["fusions"] = [fusion_name(*f) for f in self.fusions]
         return data
 
 
 def parse_pairs(text: str | None) -> tuple[tuple[str, str], ...]:
-    """"rock:classical,jazz:rock" -> (("rock", "classical"), ("jazz", "rock")); None: the paper's four."""
+    """"rock:classical,jazz:rock" -> (("rock", "classical"), ("jazz", "rock")); None: the paper's four;
+    "all": ALL_PAIRS (every ordered pair of the vectors file's genres, Protocol.resolved)."""
     if text is None:
         return DEFAULT_PAIRS
+    if text.strip() == ALL_PAIRS:
+        return ALL_PAIRS
     pairs = []
     for part in text.split(","):
         source, sep, target = part.strip().partition(":")
@@ -141,6 +177,46 @@ def check_pairs(pairs: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ..
             raise BadType(f"--pairs: genres {shown(other)} and {shown(genre)} would share the clip folder "
                           f"{shown(slug(genre))}")
     return pairs
+
+
+def parse_fusions(text: str | None) -> tuple[tuple[str, str, str], ...]:
+    """"rock:jazz+electronic,..." -> (("rock", "jazz", "electronic"), ...); None or '': none (check_fusions)."""
+    fusions = []
+    for part in (text or "").split(","):
+        if not part.strip():
+            continue
+        source, sep, targets = part.strip().partition(":")
+        a, plus, b = targets.partition("+")
+        names = [name.strip() for name in (source, a, b)]
+        if not sep or not plus or not all(names) or "+" in b:
+            raise BadType(f"--fusion needs SOURCE:A+B[,SOURCE:A+B...], got {shown(part.strip())}")
+        fusions.append(tuple(names))
+    return tuple(fusions)
+
+
+def check_fusions(fusions: tuple[tuple[str, str, str], ...], pairs: tuple[tuple[str, str], ...] | str) -> None:
+    """Each fusion steers toward two different genres, neither its source, and is compared with each
+    alone: SOURCE:A and SOURCE:B must be transitions of --pairs (checked once `all` is resolved)."""
+    if len(fusions) > FUSIONS_MAX:
+        raise TooLarge(f"--fusion: at most {FUSIONS_MAX} fusions, got {len(fusions)}")
+    seen = set()
+    for source, a, b in fusions:
+        for genre in (source, a, b):
+            check_text("a --fusion genre", genre, NAME_CHARS, empty=False)
+        name = fusion_name(source, a, b)
+        if a == b or source in (a, b):
+            raise BadType(f"--fusion {shown(name)} names a genre twice: it steers from one genre toward two others")
+        if (source, frozenset((a, b))) in seen:
+            raise BadType(f"--fusion lists {shown(name)} twice")
+        seen.add((source, frozenset((a, b))))
+        missing = [f"{source}:{t}" for t in (a, b) if pairs != ALL_PAIRS and (source, t) not in pairs]
+        if missing:
+            raise BadType(f"--fusion {shown(name)} is compared with each target alone: add {' and '.join(missing)} "
+                          "to --pairs (or give --pairs all)")
+
+
+def fusion_name(source: str, a: str, b: str) -> str:
+    return f"{source}:{a}+{b}"
 
 
 def parse_alphas(text: str | None) -> tuple[float, ...]:
@@ -212,7 +288,15 @@ def check_protocol(protocol: Protocol) -> None:
     from musicsteer.engine.steering import check_alpha  # torch: only once a run is under way
 
     N.check(protocol.n)
-    check_pairs(protocol.pairs)
+    if protocol.pairs != ALL_PAIRS:  # `all` is checked once the vectors file names the genres (Protocol.resolved)
+        check_pairs(protocol.pairs)
+    check_fusions(protocol.fusions, protocol.pairs)
+    if protocol.hold_seconds:  # 0: no hold study (NaN and negatives are refused by the row)
+        HOLD_SECONDS.check(protocol.hold_seconds)
+        HOLD_WINDOW.check(protocol.hold_window)
+        if protocol.hold_window > protocol.hold_seconds:
+            raise OutOfRange(f"--hold-window {protocol.hold_window:g} s is longer than --hold-seconds "
+                             f"{protocol.hold_seconds:g} s: give a window no longer than the hold")
     seed = PARAMS["seed"].named("--seed").check(protocol.seed)[0]
     last = protocol.continuation_seed(protocol.n - 1)
     if last > PARAMS["seed"].high:
@@ -248,7 +332,7 @@ def check_protocol(protocol: Protocol) -> None:
         template_fields(flag, template, PROMPT_FIELDS[flag])
     # Formatting is bounded now (templates ≤ the row's size, no format specs, genres ≤ NAME_CHARS): every
     # text the clips will use, held to the prompt row, so an over-long result fails here, not mid-run.
-    for source, target in protocol.pairs:
+    for source, target in (() if protocol.pairs == ALL_PAIRS else protocol.pairs):
         PROMPT.named(f"the source prompt of {source}").check(protocol.source_text(source))
         PROMPT.named(f"the blend prompt of {source}:{target}").check(protocol.blend_text(source, target))
 

@@ -1,17 +1,25 @@
 """`musicsteer eval` from checked inputs to the files in OUT (the protocol is in protocol.py).
 
-Order of work, cheapest failure first: settings, vectors file and genres, CLAP model, MusicGen
-model; then the clips (reused when already on disk), CLAP scores, and the outputs:
+Order of work, cheapest failure first: settings, vectors file and genres (`--pairs all` resolved),
+CLAP model, MusicGen model; then the clips (reused when already on disk), CLAP scores, and the outputs:
   table.md             paper Table I (Markdown)
-  results.json         settings, Table I numbers, per-clip deltas, the α sweep, every clip's scores
-  alpha_sweep.png      mean target-genre score vs α
+  results.json         settings, Table I numbers, per-clip deltas, the α sweep with intervals and every
+                       label's score, the α = 0 check, cross-effect, hold drift, fusion, every clip's scores
+  alpha_sweep.png      mean target-genre score vs α, every transition
+  effect-{source}.png  P(target) vs α with 95 % bands, one per source genre; effect.csv its numbers
+  cross_effect.png     change of every label's score from α = 0, per target; cross_effect.csv
+  hold.png, hold.csv   (--hold-seconds) P(target) along the held continuation, per target
+  fusion.png, .csv     (--fusion) every label's score, fused against each target alone
   manifest.json        every clip (WAV path, kind, pair, seed, prompt, α, where the continuation
                        starts) and the 2AFC trials
   listening_test.html  the 2AFC page (next to clips/, which it references relatively)
+The α = 0 clips must equal the unsteered ones code for code: when any differs, everything is written
+and the run ends with one line (exit 2) naming it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,14 +30,16 @@ from tqdm import tqdm
 
 from musicsteer.engine.errors import MusicsteerError, shown
 from musicsteer.engine.files import only_writer
+from musicsteer.engine.generator import DEFAULT_KEEP_SECONDS, DEFAULT_WINDOW_SECONDS
 from musicsteer.engine.graph import GENERATORS, decode_step
 from musicsteer.engine.loading import LoadedModel, ModelFacts, device_spec, resolve_device
 from musicsteer.engine.params import PARAMS
 from musicsteer.engine.vectors import SteeringVectors
 
-from . import listening, metrics, report
+from . import effect, effect_report, hold, listening, metrics, report
 from .clap import ClapScorer
-from .clips import Clip, ClipStore, Render, local_render, make_clips, plan
+from .clips import Clip, ClipStore, Render, local_render, make_clips
+from .plan import plan
 from .protocol import CLAP_BATCH, CLIP_BATCH, Protocol, check_clap_template, check_genres, check_labels, check_protocol
 
 
@@ -67,9 +77,12 @@ def evaluate(request: EvalRequest, load_model: Callable[[], LoadedModel]) -> dic
     except OSError as e:
         raise MusicsteerError(f"cannot use {shown(e.filename)}: {e.strerror or e}") from None
     vectors = SteeringVectors.load(request.vectors)
+    protocol = protocol.resolved(vectors.labels)  # --pairs all: every ordered pair of the file's genres
+    request = dataclasses.replace(request, protocol=protocol)
     labels = check_labels(list(request.labels or vectors.labels),
                           "--labels" if request.labels else "the vectors file's labels")
     check_genres(protocol, vectors.labels, labels)
+    check_protocol(protocol)  # again, now with the pairs: their prompts, the fusions' transitions
     if protocol.layer is not None and not 0 <= protocol.layer < vectors.num_layers:
         raise MusicsteerError(f"--layer {protocol.layer} out of range; the vectors file has layers "
                               f"0..{vectors.num_layers - 1}")
@@ -87,10 +100,15 @@ def _evaluate(request: EvalRequest, vectors: SteeringVectors, labels: list[str],
               load_model: Callable[[], LoadedModel]) -> dict:
     """`evaluate` once its inputs are checked and this process alone writes OUT."""
     protocol, out = request.protocol, Path(request.out)
+    store = ClipStore(out / "clips")
     with _renderer(request, vectors, load_model) as (model, step, render):
         scorer.to(model.device if request.ray is None else resolve_device("auto"))
-        clips = _make_clips(model, vectors, protocol, ClipStore(out / "clips"), step, request.batch, render)
-    scores = _score(scorer, clips, labels, model.frame_rate)
+        clips = _make_clips(model, vectors, protocol, store, step, request.batch, render)
+    held = {name: clip for name, clip in clips.items() if clip.job.kind == "hold"}
+    scores = _score(scorer, {name: clip for name, clip in clips.items() if name not in held}, labels,
+                    model.frame_rate)
+    cuts = hold.spans(protocol.hold_seconds, protocol.hold_window) if held else []
+    span_scores = hold.score_spans(scorer, list(held.values()), model.frame_rate, cuts, labels) if held else {}
 
     layer = vectors.best_layer if protocol.layer is None else protocol.layer
     results = {
@@ -98,30 +116,53 @@ def _evaluate(request: EvalRequest, vectors: SteeringVectors, labels: list[str],
                      "decode": step,
                      "vectors": str(request.vectors), "vectors_sha256": vectors.sha256, "layer": layer,
                      "site": protocol.site or vectors.site, "clap": request.clap, "template": request.template,
-                     "labels": labels, "protocol": protocol.to_json()},
-        "transitions": {}, "sweep": {},
-        "clips": {name: dict(zip(labels, map(float, row), strict=True)) for name, row in scores.items()},
+                     "labels": labels, "protocol": protocol.to_json(),
+                     "ci": {"method": metrics.CI_METHOD, "level": metrics.CI_LEVEL},
+                     # a hold slides as a live session does: the engine's window and keep (capped by the model's)
+                     "hold_generator": {"window_seconds": DEFAULT_WINDOW_SECONDS,
+                                        "keep_seconds": DEFAULT_KEEP_SECONDS}},
+        "transitions": {},
     }
-    by_key = {(c.job.kind, c.job.pair, c.job.index, c.job.alpha): c for c in clips.values()}
+    by_key = {(c.job.kind, c.job.pair, c.job.index, c.job.alpha): c.job.name for c in clips.values()}
+
+    def names(kind: str, pair: str, alpha: float | None) -> list[str]:
+        return [by_key[(kind, pair, i, alpha)] for i in range(protocol.n)]
+
+    def rows(kind: str, pair: str, alpha: float | None) -> np.ndarray:  # (N, labels)
+        return np.stack([scores[name] for name in names(kind, pair, alpha)])
+
+    def source_rows(pair: str) -> np.ndarray:  # (N, labels): each prompted clip's source clip
+        return np.stack([scores[clips[name].job.source_name] for name in names("prompted", pair, None)])
+
     for source, target in protocol.pairs:
-        pair = f"{source}:{target}"
+        pair, col = f"{source}:{target}", labels.index(target)
+        results["transitions"][pair] = metrics.transition(source_rows(pair)[:, col],
+                                                          rows("steered", pair, protocol.alpha)[:, col],
+                                                          rows("prompted", pair, None)[:, col])
+    check = effect.alpha0_check(protocol, lambda kind, pair, alpha: [store.codes(name).numpy()
+                                                                      for name in names(kind, pair, alpha)])
+    results |= {"sweep": effect.sweep(protocol, labels, rows, source_rows), "alpha0_check": check,
+                "cross_effect": effect.cross_effect(protocol, labels, rows)}
+    if held:
+        def held_rows(pair: str) -> np.ndarray:  # (N, spans, labels)
+            return np.stack([span_scores[name] for name in names("hold", pair, protocol.alpha)])
 
-        def target_scores(kind: str, alpha: float | None = None, *, pair: str = pair, target: str = target):
-            return [scores[by_key[(kind, pair, i, alpha)].job.name][labels.index(target)] for i in range(protocol.n)]
-
-        src = [scores[by_key[("prompted", pair, i, None)].job.source_name][labels.index(target)]
-               for i in range(protocol.n)]
-        results["transitions"][pair] = metrics.transition(src, target_scores("steered", protocol.alpha),
-                                                          target_scores("prompted"))
-        results["sweep"][pair] = []
-        for alpha in protocol.sweep:
-            steered = np.asarray(target_scores("steered", alpha))
-            results["sweep"][pair].append({"alpha": alpha, "target_score": metrics.summary(steered),
-                                           "delta": metrics.summary(steered - np.asarray(src))})
+        results["hold"] = effect.hold(protocol, labels, held_rows, cuts)
+    if protocol.fusions:
+        results["fusion"] = effect.fusion(protocol, labels, rows)
+    results["clips"] = {name: dict(zip(labels, map(float, row), strict=True)) for name, row in scores.items()}
+    if held:
+        results["hold_clips"] = {name: [dict(zip(labels, map(float, row), strict=True)) for row in spans]
+                                 for name, spans in span_scores.items()}
     report.write_json(out / "results.json", results)
     report.write_table(out / "table.md", results)
     report.plot_sweep(out / "alpha_sweep.png", results)
+    effect_report.write(out, results)
     _write_listening(out, clips, protocol, request.trial_seed, results["settings"])
+    if not check["ok"]:
+        raise MusicsteerError(f"α = 0 is not the unsteered continuation: {check['clips'] - check['identical']} of "
+                              f"{check['clips']} clips differ in their codes (first: {check['differ'][0]}); "
+                              f"everything else is written to {shown(str(out))} (results.json: alpha0_check)")
     return results
 
 
