@@ -8,7 +8,11 @@ Nothing in rtmidi reports an unplugged controller: over JACK the input simply he
 is the list of ports, read from one rtmidi client of our own in well under a millisecond. `PortWatch`
 reads it every POLL_SECONDS on a thread of its own and calls `lost()` once when the port's name leaves
 the list, then `back(name)` once a port of the same name returns (ALSA's client:port numbers, which a
-replugged device may not get again, are not part of the name compared: see `same_port`). What to do
+replugged device may not get again, are not part of the name compared: see `same_port`). A port that
+left and came back between two looks is in both lists, yet the owner's connection to it is dead: so the
+watch also compares the port's identity, its full name (ALSA's numbers included) and, over JACK, how many
+times a port of that name was registered (controllers/jack_ports.py); a changed identity is told as a
+loss and a return at once, and the owner reconnects. What to do
 then (close the dead port, reopen, resend the lights, tell the performer) is the owner's: MidiInput and
 MidiFeedback (controllers/midi.py, midi_feedback.py).
 """
@@ -49,6 +53,9 @@ class PortWatch:
         self._lost, self._back, self.interval = lost, back, interval
         self.present = True  # the port was there when it was opened
         self.last_error = ""
+        self._seen: tuple[str, int] | None = None  # the port's identity at the last look (None: not there, or
+        # not compared yet: the first look, and the one after a return, only take it)
+        self._registrations: Any = None  # over JACK: jack_ports.Registrations, made by start()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -59,6 +66,13 @@ class PortWatch:
         client = self._client()
         if client is None:
             return
+        if self.api == "jack":
+            try:
+                from .jack_ports import Registrations
+
+                self._registrations = Registrations()
+            except (OSError, RuntimeError) as exc:  # watched by name only: a replug within one look is missed
+                self.last_error = one_line(f"cannot watch JACK port registrations: {exc}", 200)
         self._thread = threading.Thread(target=self._run, args=(client,), name=f"midi-watch-{self.direction}",
                                         daemon=True)
         self._thread.start()
@@ -68,6 +82,9 @@ class PortWatch:
         thread, self._thread = self._thread, None
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=5)
+        registrations, self._registrations = self._registrations, None
+        if registrations is not None:
+            registrations.close()
 
     def _run(self, client: Any) -> None:
         """Look every `interval` until stopped. A listing that fails (a busy or restarting JACK server) is kept
@@ -92,17 +109,27 @@ class PortWatch:
                     client.delete()
 
     def poll(self, names: list[str]) -> None:
-        """One look at the port list `names`: call lost() or back(name) when the port's presence changed."""
-        found = next((n for n in names if same_port(n, self.name)), None)
+        """One look at the port list `names`: call lost() or back(name) when the port's presence changed,
+        both when it is there under another identity (it left and came back since the last look)."""
+        seen, self._seen = self._seen, self._identity(names)
+        found = self._seen and self._seen[0]
         try:
-            if self.present and found is None:
+            if self.present and (found is None or (seen is not None and self._seen != seen)):
                 self.present = False
                 self._lost()
-            elif not self.present and found is not None:
+            if not self.present and found is not None:
                 self.present = True
+                self._seen = None  # the next look's identity is the one compared (its registration may be told late)
                 self._back(found)
         except Exception as exc:  # noqa: BLE001 - the owner's failure is kept; the watch goes on
             self.last_error = one_line(f"{type(exc).__name__}: {exc}", 200)
+
+    def _identity(self, names: list[str]) -> tuple[str, int] | None:
+        """The port's identity in `names`: its full name and its JACK registrations so far; None: not there."""
+        found = next((n for n in names if same_port(n, self.name)), None)
+        if found is None:
+            return None
+        return found, self._registrations.count(found) if self._registrations is not None else 0
 
     def _client(self) -> Any:
         """One rtmidi client of our own that only lists ports (None: the backend cannot make one; said in

@@ -9,10 +9,8 @@ Replies go to the sender's (ip, port): a clamp -> /musicsteer/clamped, a refusal
 session's control state and never logged per element; record/start and record/stop answer once the
 session's takes thread has opened or closed the files.
 
-Two-way: every applied change, whatever moved it, is echoed on its control's own address (the row's
-first, which takes its whole value) with the value it was set to, to subscribers and the `feedback`
-targets (`--osc-feedback`), from a socket of its own that reads nothing; a new subscriber or target
-gets every value at once. Another engine's output arriving here (OUTPUT_ONLY) is ignored unanswered.
+Two-way: what the engine does goes to subscribers and the `feedback` targets (`--osc-feedback`):
+controllers/osc_broadcast.py. Another engine's output arriving here (OUTPUT_ONLY) is ignored unanswered.
 
 Subscriptions expire (controllers/osc_subscribers.py): one lasts SUBSCRIPTION_SECONDS from the last
 datagram its address sent, renewed by /musicsteer/subscribe, ping or any control; past MAX_SUBSCRIBERS
@@ -21,11 +19,10 @@ again. The full state a subscribe brings is budgeted per address and in total (D
 it, a later status tick sends it. `--osc-feedback` targets never expire.
 
 Threads: a BlockingOSCUDPServer in one thread (the threading server lost 5–22 % at 1 kHz under
-torch load) that never touches torch; a sender thread for subscribers, fed by a queue the engine
-listener only appends to. Packets are read strictly (controllers/osc_packet.py); osc_args.py turns
-arguments into engine values and back. Bundle time tags are ignored: a sleep would stall the only
-serving thread. Whoever reaches the port can steer and write recordings: loopback by default;
-`allow` takes IPs/networks.
+torch load) that never touches torch; the broadcaster's sender thread for subscribers. Packets are
+read strictly (controllers/osc_packet.py); osc_args.py turns arguments into engine values and back.
+Bundle time tags are ignored: a sleep would stall the only serving thread. Whoever reaches the port
+can steer and write recordings: loopback by default; `allow` takes IPs/networks.
 """
 
 from __future__ import annotations
@@ -33,25 +30,22 @@ from __future__ import annotations
 import collections
 import contextlib
 import ipaddress
-import queue
 import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pythonosc.dispatcher import Dispatcher
-from pythonosc.osc_message_builder import OscMessageBuilder
 from pythonosc.osc_server import BlockingOSCUDPServer
 
 from musicsteer.engine.errors import BadType, MusicsteerError, UnknownName, one_line
-from musicsteer.engine.events import Applied, Change, Event, MeterReading, Notice
+from musicsteer.engine.events import Change
 from musicsteer.engine.params import LIVE, OSC_ADDRESSES, PARAMS
 
 from . import osc_args
 from .addresses import BAD_ADDRESS, bind_error, udp_target
-from .feedback import applied_values, current_values
+from .osc_broadcast import PREFIX, Broadcaster, Reply, send
 from .osc_packet import Message, parse_packet
 from .osc_subscribers import STATUS_REPLIES_PER_SECOND, SUBSCRIPTION_SECONDS, Budget, Subscribers
 from .presets import bank_of
@@ -61,7 +55,6 @@ if TYPE_CHECKING:
 
     from .presets import PresetBank
 
-PREFIX = "/musicsteer"
 MAX_CLAMP_REPLIES = 8  # per datagram
 # Messages per second the server handles (a token bucket holding one second's worth); past it datagrams
 # are dropped unread, counted as `busy`, unanswered (no reply flood): a flood of valid changes on a
@@ -78,7 +71,6 @@ PATTERN_CHARS = set("*?[]{}")  # OSC address patterns: refused, not matched (see
 # pointed at this port), ignored without an answer, or two engines would trade errors forever.
 OUTPUT_ONLY = frozenset(f"{PREFIX}/{path}" for path in (
     "error", "warning", "changed", "meter", "clamped", "pong", "preset/saved", *TAKE_REPLIES.values()))
-_STOP = object()
 
 
 class _Server(BlockingOSCUDPServer):
@@ -115,7 +107,7 @@ class OscServer:
         self.arrivals: collections.deque[tuple[int, Change]] = collections.deque(maxlen=16384)
         self._subscribers = Subscribers(self._counters, self._lock, subscription_seconds)
         self._presets = presets
-        self._outbox, self._threads = queue.SimpleQueue[Any](), list[threading.Thread]()
+        self._thread: threading.Thread | None = None
         self._running = self._closed = False
         self._budget, self._refilled = float(RATE), time.monotonic()
         self._status_replies = Budget(STATUS_REPLIES_PER_SECOND, STATUS_REPLIES_PER_SECOND)  # the server thread's
@@ -133,11 +125,8 @@ class OscServer:
         except MusicsteerError:
             self._server.server_close()  # refused: the port is free again at once
             raise
-        # What subscribers and feedback targets are told leaves from a socket of its own, which reads nothing:
-        # an engine or a surface that answers it (with an error, a status) talks to no one, never in a loop.
-        self._broadcast = socket.socket(sock.family, socket.SOCK_DGRAM)
-        self._broadcast.bind((self.address[0], 0))
-        self._echoed: dict[str, Any] = {}  # the value last echoed per control (the sender thread's own)
+        self.broadcaster = Broadcaster(surface, self._subscribers, self.feedback, sock, self.status_interval,
+                                       self._count)  # what subscribers and feedback targets are told
 
     @property
     def address(self) -> tuple[str, int]:
@@ -164,25 +153,20 @@ class OscServer:
         if self._running or self._closed:
             return
         self._running = True
-        self._surface.listeners.add(self._on_event)
-        self._threads = [threading.Thread(target=run, name=f"musicsteer-osc{tail}", daemon=True)
-                         for run, tail in ((self._serve, ""), (self._send_loop, "-out"))]
-        for thread in self._threads:
-            thread.start()
-        for target in self.feedback:  # surfaces start in sync
-            self._outbox.put(target)
+        self.broadcaster.start()
+        self._thread = threading.Thread(target=self._serve, name="musicsteer-osc", daemon=True)
+        self._thread.start()
 
     def stop(self) -> None:
         if self._running:  # (shutdown() would wait forever for a serve_forever that never ran)
             self._running = False
-            self._surface.listeners.remove(self._on_event)
             self._server.shutdown()
-            self._outbox.put(_STOP)
-            for thread in self._threads:
-                thread.join(timeout=5)
+            self.broadcaster.stop()
+            if self._thread is not None:
+                self._thread.join(timeout=5)
         self._closed = True
         self._server.server_close()
-        self._broadcast.close()
+        self.broadcaster.close()
 
     def _serve(self) -> None:
         while self._running:  # the handlers are guarded; this outlives any surprise in socketserver
@@ -213,7 +197,7 @@ class OscServer:
             self._control.report("busy")
             return
         if self._subscribers.heard(client, now):  # a subscriber pushed out by newer ones, back
-            self._outbox.put(client)
+            self.broadcaster.put(client)
         replies = _Replies()
         try:
             messages = parse_packet(data)
@@ -258,7 +242,7 @@ class OscServer:
         into a backtracking regex, and `/musicsteer/*****…Q` took seconds of GIL per datagram."""
         routes: dict[str, Callable[[Any, Message, _Replies], None]] = {
             address: lambda client, msg, replies, row=row, address=address: self._submit(
-                msg, osc_args.change(row, address, msg), replies) for address, row in OSC_ADDRESSES.items()}
+                client, msg, osc_args.change(row, address, msg), replies) for address, row in OSC_ADDRESSES.items()}
         routes |= {
             "record/start": self._record_start,
             "record/stop": lambda client, msg, replies: self._later(client, "record/stop",
@@ -274,10 +258,10 @@ class OscServer:
         assert tuple(table) == ADDRESSES  # one address space, one definition
         return table
 
-    def _submit(self, message: Message, change: Change, replies: _Replies) -> None:
+    def _submit(self, client: Any, message: Message, change: Change, replies: _Replies) -> None:
         step = self._surface.step  # read before submit: the change cannot land before this step
-        try:
-            checked = self._control.submit(change)
+        try:  # the source is the sender's host: one host's prompts hold one place (engine/prompts.py)
+            checked = self._control.submit(change, source=client[0])
         except MusicsteerError as exc:  # refused by the table, the model or the vectors (and counted there)
             self._refused(replies, exc.kind, f"{osc_args.address(message)}: {exc}", exc)
             return
@@ -292,20 +276,9 @@ class OscServer:
                 if name and osc_args.scalar(applied) != osc_args.scalar(asked) and len(replies.out) < MAX_CLAMP_REPLIES:
                     replies.out.append((f"{PREFIX}/clamped", [name, osc_args.scalar(applied), osc_args.scalar(asked)]))
 
-    def _send(self, clients: Any, address: str, *args: Any, sock: socket.socket | None = None) -> None:
-        """Send one message to a sender's address, or to each of a list of them (from `sock`: by default
-        the server's socket, as a reply)."""
-        try:
-            builder = OscMessageBuilder(address)
-            for arg in args:
-                builder.add_arg(*osc_args.typed(arg))
-            dgram = builder.build().dgram
-            for client in clients if isinstance(clients, list) else [clients]:
-                with contextlib.suppress(OSError):  # one unreachable subscriber must not starve the rest
-                    (sock or self._server.socket).sendto(dgram, client)
-                    self._count("replies_sent")
-        except Exception:  # noqa: BLE001 - an echoed argument python-osc cannot encode
-            self._count("send_errors")
+    def _send(self, client: Any, address: str, *args: Any) -> None:
+        """A reply to one sender, from the server's socket."""
+        send(self._server.socket, client, address, args, self._count)
 
     def _record_start(self, client: Any, message: Message, replies: _Replies) -> None:
         if osc_args.released(message):
@@ -328,7 +301,7 @@ class OscServer:
                 self._control.report("refused_take")
             address, args = (f"{PREFIX}/{TAKE_REPLIES[command]}", [str(path or "")]) if error is None else \
                 (f"{PREFIX}/error", [one_line(f"{PREFIX}/{command}: {error}", 300)])
-            self._outbox.put(_Out(client, address, args))
+            self.broadcaster.put(Reply(client, address, args))
         self._surface.recordings.later(action, done)
 
     @property
@@ -350,21 +323,7 @@ class OscServer:
             self._subscribers.remove(client)
             return
         if self._subscribers.add(client):
-            self._outbox.put(client)  # a status at once, so the subscriber's widgets start in sync
-
-    def _status_args(self) -> list[Any]:
-        return osc_args.status(self._surface.status())
-
-    def _echo(self, clients: Any, values: dict[str, Any], again: bool = False) -> None:
-        """Each value on its control's own address (/musicsteer/alpha f, /musicsteer/mix s f …), where
-        a surface's widget for that address shows it. A value equal to the one last echoed is not sent
-        again (unless `again`: a new subscriber's start): surfaces show it already, and two engines fed
-        each other's echoes stop at once instead of trading the same value every token."""
-        for param, value in values.items():
-            args = osc_args.values(value)
-            if args and (again or self._echoed.get(param, _STOP) != value):  # (no args: no mix, the file's layers)
-                self._echoed[param] = value
-                self._send(clients, f"{PREFIX}/{LIVE[param].osc[0]}", *args, sock=self._broadcast)
+            self.broadcaster.put(client)  # a status at once, so the subscriber's widgets start in sync
 
     def _status_request(self, client: Any, message: Message, replies: _Replies) -> None:
         """/musicsteer/status -> /musicsteer/status key value …, within a budget shared by all senders: the reply
@@ -373,59 +332,7 @@ class OscServer:
             self._count("errors", "busy")  # unanswered: an error reply would amplify too
             self._control.report("busy")
             return
-        replies.out.append((f"{PREFIX}/status", self._status_args()))
-
-    def _sync(self, client: Any) -> None:
-        """The full state to one subscriber (a status, then every value), so its widgets start in sync."""
-        self._send(client, f"{PREFIX}/status", *self._status_args(), sock=self._broadcast)
-        self._echo(client, current_values(self._control.values), again=True)
-
-    def _on_event(self, event: Event) -> None:
-        if self._running and (self._subscribers or self.feedback):  # only an enqueue: this runs between tokens
-            self._outbox.put(event)
-
-    def _send_loop(self) -> None:
-        due = time.monotonic() + self.status_interval
-        while True:
-            item = None
-            with contextlib.suppress(queue.Empty):
-                item = self._outbox.get(timeout=max(0.0, due - time.monotonic()))
-            if item is _STOP:
-                return
-            try:
-                subscribers = [*self.feedback, *(s for s in self._subscribers.live() if s not in self.feedback)]
-                out = self._broadcast
-                if isinstance(item, MeterReading):  # /musicsteer/meter label score ...
-                    self._send(subscribers, f"{PREFIX}/meter", *(x for pair in item.scores.items() for x in pair),
-                               sock=out)
-                elif isinstance(item, tuple):  # a new subscriber's address: the state now, to start in sync
-                    self._sync(item)
-                elif isinstance(item, _Out):  # a deferred reply
-                    self._send(item.client, item.address, *item.args)
-                elif isinstance(item, Notice):
-                    self._send(subscribers, f"{PREFIX}/{item.level}", one_line(item.text, 300), sock=out)
-                for change in item.changes if isinstance(item, Applied) else ():
-                    self._send(subscribers, f"{PREFIX}/changed", change.param, *osc_args.values(change.value),
-                               *([float(change.seconds)] if change.seconds else []), sock=out)
-                if isinstance(item, Applied):
-                    self._echo(subscribers, applied_values(item))
-                if time.monotonic() >= due:
-                    due = max(due + self.status_interval, time.monotonic())  # no burst after a stall
-                    self._send(subscribers, f"{PREFIX}/status", *(self._status_args() if subscribers else ()),
-                               sock=out)
-                    for owed in self._subscribers.owed():  # subscribers whose state the budget put off
-                        self._sync(owed)
-            except Exception:  # noqa: BLE001 - one bad status must not end subscriber traffic
-                self._count("internal")
-
-
-@dataclass(frozen=True)
-class _Out:
-    """A reply sent from the sender thread (for answers that come after the datagram was handled)."""
-
-    client: Any
-    address: str
-    args: list[Any]
+        replies.out.append((f"{PREFIX}/status", self.broadcaster.status_args()))
 
 
 class _Replies:

@@ -26,27 +26,24 @@ OSCQueryHTTPServer/Handler), wrapped because its OSCQueryService binds every int
 host), advertises port 0 when asked for any free port, blocks start-up ~1.7 s per zeroconf service
 (measured), holds itself in atexit and never closes its socket, and its nodes hold fixed values.
 
-Security: the HTTP server is read-only (GET; HEAD and every other method are refused, so the
-library's file-serving base class never reads the disk) and listens on the host given, which the CLI
-makes the OSC host: whoever can reach it can already steer over OSC. It tells only what OSC replies tell.
+Security: the HTTP server (controllers/oscquery_http.py: GET only, every request bounded in time, in
+number and per host) listens on the host given, which the CLI makes the OSC host: whoever can reach it
+can already steer over OSC. It tells only what OSC replies tell.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import ipaddress
 import json
 import logging
 import re
 import socket
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
 import ifaddr
-from pythonoscquery.osc_query_service import OSCQueryHTTPHandler, OSCQueryHTTPServer
 from pythonoscquery.shared.osc_access import OSCAccess
 from pythonoscquery.shared.osc_address_space import OSCAddressSpace
 from pythonoscquery.shared.osc_host_info import OSCHostInfo
@@ -60,6 +57,7 @@ from musicsteer.engine.params import GLIDE, OSC_ADDRESSES, PARAMS, Param, check_
 from .addresses import BAD_ADDRESS, bind_error
 from .osc import ADDRESSES, PREFIX, SESSION_COMMANDS
 from .osc_subscribers import SUBSCRIPTION_SECONDS
+from .oscquery_http import POLL_SECONDS, HTTPServer
 
 # The session's own commands (controllers/osc.py): the arguments each takes, written as the parameter
 # table writes them ([…] optional, a word such as morph_s: seconds), and what it does.
@@ -74,11 +72,6 @@ COMMANDS = {
     "ping": ("[any …]", "replies pong with the same arguments"),
     "status": ("", "replies /musicsteer/status: key/value pairs, mix last"),
 }
-MAX_CLIENTS = 16  # connections served at once (a thread each); past it the oldest idle one makes room
-REQUEST_SECONDS = 10.0  # the longest one request may take, however slowly its client sends
-ROOM_SECONDS = 1.0  # how long a new connection waits for the idle one it displaced to end
-ACCEPT_BACKOFF = 0.5  # s without accepting after accept() ran out of descriptors (it would spin, not block)
-_OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 _TAGS = {"i": int, "h": int, "f": float, "d": float, "s": str}  # what the OSC server accepts, as Python types
 _UNSPECIFIED = ("", "0.0.0.0", "::")
 _EXTENSIONS = {"ACCESS": True, "VALUE": True, "RANGE": True, "DESCRIPTION": True, "CLIPMODE": True,
@@ -147,119 +140,6 @@ def _ips(host: str) -> list[str]:
     return [socket.getaddrinfo(host, None, socket.AF_INET)[0][4][0]]  # a name such as localhost
 
 
-class _Handler(OSCQueryHTTPHandler):
-    server: _HTTPServer
-    timeout = 5  # seconds a stalled client may wait between two reads
-
-    def setup(self) -> None:
-        # A client trickling a byte every few seconds never trips `timeout`: the whole request gets
-        # REQUEST_SECONDS, then its connection is shut (its thread ends; stop() never waits on it).
-        super().setup()
-        self._deadline = threading.Timer(REQUEST_SECONDS, self.server.cut, (self.connection,))
-        self._deadline.daemon = True
-        self._deadline.start()
-
-    def parse_request(self) -> bool:  # the request line arrived: this connection is no longer idle
-        self.server.begun(self.connection)
-        return super().parse_request()
-
-    def finish(self) -> None:
-        self._deadline.cancel()
-        with contextlib.suppress(OSError):
-            super().finish()
-
-    def do_GET(self) -> None:
-        try:
-            self.server.owner._refresh()
-        except Exception as exc:  # noqa: BLE001 - a failing values() answers 500, never kills the server
-            self._respond(500, one_line(f"cannot read the current values: {exc}", 200))
-            return
-        try:  # (the library writes nothing until its JSON is made: a value JSON cannot hold fails first)
-            super().do_GET()
-        except Exception as exc:  # noqa: BLE001
-            self.server.owner.errors += 1
-            self._respond(500, one_line(f"internal error ({type(exc).__name__})", 200))
-
-    def do_HEAD(self) -> None:  # SimpleHTTPRequestHandler's HEAD would look up files in the working directory
-        self.send_error(405, "read-only OSCQuery server: GET only")
-
-    def _respond(self, code: int, data: str | None = None) -> None:  # JSON with a length; a 204 has no body
-        body = (data or "").encode() if code != 204 else b""
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json" if code == 200 else "text/plain; charset=utf-8")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:  # a surface polling every second must not fill stderr
-        pass
-
-
-class _HTTPServer(OSCQueryHTTPServer):
-    daemon_threads = False  # stop() joins every request thread: nothing is left running
-    block_on_close = True
-
-    def __init__(self, owner: OscQueryService, address: tuple[str, int]) -> None:
-        self.owner, self.address_family = owner, socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-        self._clients = threading.BoundedSemaphore(MAX_CLIENTS)  # a thread and a deadline timer each: bounded
-        self._open: dict[socket.socket, bool] = {}  # connection -> its request line arrived; oldest first
-        self._open_lock = threading.Lock()
-        super().__init__(owner._space, owner._host_info, address, _Handler, True)
-
-    def get_request(self) -> tuple[socket.socket, Any]:
-        try:
-            return super().get_request()
-        except OSError as exc:  # (socketserver ignores it, and select() says "readable" again at once: a spin)
-            self.owner.errors += 1
-            if exc.errno in _OUT_OF_RESOURCES:
-                time.sleep(ACCEPT_BACKOFF)  # this is the serving thread's own wait: nothing else stalls
-            raise
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        """Serve on a thread of its own; with MAX_CLIENTS at work, the oldest connection that has sent no
-        request line yet is cut to make room (idle peers never lock a surface out); with none, closed."""
-        if not self._clients.acquire(blocking=False):
-            with self._open_lock:
-                idle = next((c for c, begun in self._open.items() if not begun), None)
-                if idle is not None:
-                    self._open.pop(idle)  # (its thread ends at once; it is not picked twice)
-            if idle is not None:
-                self.cut(idle)
-            if idle is None or not self._clients.acquire(timeout=ROOM_SECONDS):
-                self.owner.errors += 1
-                self.shutdown_request(request)
-                return
-        with self._open_lock:
-            self._open[request] = False
-        super().process_request(request, client_address)
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            with self._open_lock:
-                self._open.pop(request, None)
-            self._clients.release()
-
-    def begun(self, connection: socket.socket) -> None:
-        with self._open_lock:
-            if connection in self._open:
-                self._open[connection] = True
-
-    def cut(self, connection: socket.socket) -> None:
-        """End a connection now (its request thread returns): a deadline passed, or the server stops."""
-        with contextlib.suppress(OSError):
-            connection.shutdown(socket.SHUT_RDWR)
-
-    def cut_all(self) -> None:
-        with self._open_lock:
-            for connection in list(self._open):
-                self.cut(connection)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:  # no traceback per broken client
-        self.owner.errors += 1
-
-
 class OscQueryService:
     """An OSCQuery HTTP server for the OSC server at `osc_address`, announced with zeroconf.
 
@@ -276,17 +156,17 @@ class OscQueryService:
         self.http_host, self.http_port = str(http_host), PARAMS["osc_port"].named("OSCQuery port").check(http_port)[0]
         self.name = check_text("the OSCQuery name", name, 63, empty=False)
         self.advertise, self._values = advertise, values
-        self.errors = 0  # requests that failed inside the server (broken connections, clients past MAX_CLIENTS)
+        self.errors = 0  # requests that failed or were cut (broken, past a deadline, displaced: oscquery_http.py)
         # python-oscquery logs one ERROR line per request it cannot answer (`?BOGUS`): a poller, or anyone
         # who reaches the port, must not fill stderr; the 400 answer says it to the client.
         logging.getLogger("pythonoscquery.osc_query_service").setLevel(logging.CRITICAL)
         self.advertise_error: str | None = None  # why zeroconf could not announce (the HTTP server still runs)
         self.announced: list[str] = []  # the zeroconf names registered ("musicsteer-2._osc…": the name was taken)
-        self._space = OSCAddressSpace()
+        self.space = OSCAddressSpace()
         self._nodes = self._build()
         osc_ip = None if self.osc_address[0] in _UNSPECIFIED else self.osc_address[0]  # no OSC_IP: the HTTP host
-        self._host_info = OSCHostInfo(self.name, _EXTENSIONS, osc_ip, self.osc_address[1], "UDP")
-        self._server: _HTTPServer | None = None
+        self.host_info = OSCHostInfo(self.name, _EXTENSIONS, osc_ip, self.osc_address[1], "UDP")
+        self._server: HTTPServer | None = None
         self._threads: list[threading.Thread] = []
         self._zeroconf: Zeroconf | None = None  # set by the announcing thread
         self._lock, self._stopping, self._stopped = threading.Lock(), False, False
@@ -314,11 +194,11 @@ class OscQueryService:
                                                         f"{help_}; OSC: {form}" if form else help_)
             self._set(node, arguments(form)[0], None)
         assert tuple(nodes) == ADDRESSES  # one address space, one definition
-        self._space._root = _Node("/", description="root node")  # (so every node renders with CLIPMODE)
+        self.space._root = _Node("/", description="root node")  # (so every node renders with CLIPMODE)
         for path in sorted({p.rsplit("/", 1)[0] for p in nodes} - {""} - set(nodes), key=len):
-            self._space.add_node(_Node(path))
+            self.space.add_node(_Node(path))
         for path in sorted(nodes, key=lambda p: p.count("/")):  # (stable: same depth, ADDRESSES's order)
-            self._space.add_node(nodes[path])
+            self.space.add_node(nodes[path])
         return readable
 
     @staticmethod
@@ -330,10 +210,10 @@ class OscQueryService:
         node.clipmode = ["both" if r and "MIN" in r else "none" for r in ranges] if any(ranges) else None
         node.attributes[A.VALUE] = value
 
-    def _refresh(self) -> None:
+    def refresh(self) -> None:
         """Read values() and set every readable node's VALUE (and, for repeated forms, TYPE) to it."""
         values = self._values()
-        with self._space.lock:
+        with self.space.lock:
             for node, row, form in self._nodes:
                 args, repeats = arguments(form, row)
                 value = _value_list(values.get(row.name))
@@ -355,10 +235,10 @@ class OscQueryService:
             return
         host, port = self.http_host, self.http_port
         try:
-            self._server = _HTTPServer(self, (host, port))
+            self._server = HTTPServer(self, (host, port))
         except BAD_ADDRESS as exc:
             raise bind_error(exc, "OSCQuery", host, port) from None
-        self._threads = [threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
+        self._threads = [threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": POLL_SECONDS},
                                           name="musicsteer-oscquery", daemon=True)]
         if self.advertise:
             self._threads.append(threading.Thread(target=self._announce, name="musicsteer-zeroconf", daemon=True))
@@ -389,7 +269,7 @@ class OscQueryService:
 
     def stop(self) -> None:
         """Unregister zeroconf (goodbye packets), stop serving and close the socket; joins every thread this
-        service started (a stalled HTTP client is cut after _Handler.timeout seconds). Idempotent."""
+        service started (HTTP clients still connected are cut). Idempotent."""
         with self._lock:
             if self._stopped:
                 return

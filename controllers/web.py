@@ -27,7 +27,9 @@ control state and answered at most once per message; nothing is logged per messa
 
 Bounds (what a peer can make the session hold): controllers/web_connections.py accepts on the port,
 MAX_CONNECTIONS open at once, one holding no request closed after REQUEST_SECONDS, the oldest idle one
-making room for a new one; MAX_PAGES open pages, each with a bounded outbox and a RATE of messages.
+making room for a new one; MAX_PAGES open pages, MAX_PAGES_PER_HOST from one host, each with a bounded
+outbox and a RATE of messages. A new page past either takes the place of the page heard from longest
+ago (of its own host, else of the host holding the most), closed with code DISPLACED and a reason.
 """
 
 from __future__ import annotations
@@ -71,6 +73,8 @@ STATIC = files("musicsteer.controllers") / "web_static"
 COOKIE = "musicsteer_token"
 MAX_MESSAGE = 64 * 1024  # bytes a page may send in one frame (uvicorn closes the socket past it)
 MAX_PAGES = 16  # open pages at once
+MAX_PAGES_PER_HOST = MAX_PAGES // 2  # of them from one host: one host cannot take every place
+DISPLACED = 4001  # the close code of a page closed to make room for a newer one (the page does not reconnect)
 RATE = 500  # messages a second one page may send (a token bucket); past it they are dropped and counted busy
 OUTBOX = 512  # messages waiting for a slow page; past it the oldest news is dropped (a status comes again)
 LEVEL_INTERVAL = 0.05  # s: the level view's refresh (20 Hz: smooth on a phone, a few hundred bytes each)
@@ -170,12 +174,10 @@ class WebSurface:
             self._control.report("refused_origin")
             await ws.close(code=1008)  # before accept: uvicorn answers the handshake with 403
             return
-        if len(self._pages) >= MAX_PAGES:
-            self._control.report("busy")
-            await ws.close(code=1013)
-            return
+        host = ws.client.host if ws.client else ""
+        self._make_room(host)
         await ws.accept()
-        page = _Page(ws)
+        page = _Page(ws, host)
         self._pages.add(page)
         page.put(hello(self._session, self._presets))
         writer = asyncio.create_task(page.write())
@@ -184,6 +186,7 @@ class WebSurface:
                 message = await ws.receive()
                 if message["type"] == "websocket.disconnect":
                     break
+                page.heard = time.monotonic()
                 if not page.admit():
                     self._count("busy")
                     self._control.report("busy")
@@ -196,6 +199,22 @@ class WebSurface:
         finally:
             self._pages.discard(page)
             writer.cancel()
+
+    def _make_room(self, host: str) -> None:
+        """Before a page from `host` opens: past MAX_PAGES_PER_HOST pages from that host, or MAX_PAGES in all,
+        the page heard from longest ago of that host (in all: of the host holding the most) is closed with a
+        reason, so a fresh page (the performer's) always opens and one host never holds every place."""
+        mine = [p for p in self._pages if p.host == host]
+        if len(mine) < MAX_PAGES_PER_HOST and len(self._pages) < MAX_PAGES:
+            return
+        if len(mine) < MAX_PAGES_PER_HOST:  # of the hosts holding the most, the page heard from longest ago
+            held = collections.Counter(p.host for p in self._pages)
+            mine = [p for p in self._pages if held[p.host] == max(held.values())]
+        victim = min(mine, key=lambda p: p.heard)
+        self._pages.discard(victim)  # its place is free now; its close frame follows
+        self._count("pages_displaced")
+        victim.displace(f"a newer page took its place ({MAX_PAGES_PER_HOST} at most from one host, {MAX_PAGES} "
+                        "in all): reload to take one again")  # (a close reason holds 123 bytes)
 
     def _handle(self, page: _Page, text: str | None) -> None:
         """One message from a page (None: a binary frame): act, and answer a refusal once (counted once, by kind)."""
@@ -214,7 +233,7 @@ class WebSurface:
 
     def _act(self, page: _Page, message: PageMessage) -> None:
         if message.kind == "set":
-            checked = self._control.submit(message.change)
+            checked = self._control.submit(message.change, source=page.host)  # (engine/prompts.py)
             if checked.clamped:
                 page.put({"type": "clamped", "param": checked.param, "applied": json_safe(checked.value),
                           "asked": json_safe(message.change.value)})
@@ -305,8 +324,10 @@ class _TokenGate:
 class _Page:
     """One open page: a bounded outbox drained by its writer task (a slow phone never blocks the rest)."""
 
-    def __init__(self, ws: WebSocket) -> None:
-        self.ws = ws
+    def __init__(self, ws: WebSocket, host: str) -> None:
+        self.ws, self.host = ws, host
+        self.heard = time.monotonic()  # when it last sent a message (or opened)
+        self.closing: asyncio.Task | None = None  # its close, when it was displaced
         self.outbox: asyncio.Queue[dict] = asyncio.Queue(OUTBOX)
         self.dropped = 0
         self._budget, self._refilled = float(RATE), time.monotonic()
@@ -317,6 +338,14 @@ class _Page:
                 self.outbox.get_nowait()  # the oldest news goes: statuses and values come again
             self.dropped += 1
         self.outbox.put_nowait(message)
+
+    def displace(self, reason: str) -> None:
+        """Close it (code DISPLACED, `reason`) from a task of its own: a page that reads nothing must not
+        hold up the one taking its place (its pings end it then)."""
+        async def close() -> None:
+            with contextlib.suppress(Exception):  # gone already
+                await self.ws.close(code=DISPLACED, reason=reason)
+        self.closing = asyncio.create_task(close())
 
     def admit(self) -> bool:
         now = time.monotonic()

@@ -19,7 +19,7 @@ import itertools
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,9 +107,11 @@ class ControlState:
         self._mixed: dict[tuple, Tensor] = {}  # remembered mix directions (see _direction)
         self._lock = threading.Lock()
         self._counts: collections.Counter[str] = collections.Counter()
-        # prepare(change, then): work a change needs before it can apply (a prompt's text encoding, on
-        # another thread); `then` (None for a scheduled change) queues it once done. Set by the generator.
-        self.prepare: Callable[[Change, Callable[[], None] | None], None] | None = None
+        # prepare(change, then, source): work a change needs before it can apply (a prompt's text encoding, on
+        # another thread); `then` (None for a scheduled change) queues it once done. It returns the value of
+        # a change from `source` (or the oldest of another's) that the new one superseded unapplied, or None
+        # (engine/prompts.py). Set by the generator.
+        self.prepare: Callable[[Change, Callable[[], None] | None, Hashable], Any] | None = None
 
     # -- any thread ---------------------------------------------------------------------------
     def check(self, change: Change, live: bool = True) -> Change:
@@ -136,18 +138,20 @@ class ControlState:
                                   f"{', '.join(self.vectors.labels)}")
         return change
 
-    def submit(self, change: Change, at_step: int | None = None) -> Change:
+    def submit(self, change: Change, at_step: int | None = None, source: Hashable = None) -> Change:
         """Queue a change for the next token boundary, or for `at_step` (start-up paths: automation, a
         replayed log; checked strictly). Thread-safe. Returns the checked change (`clamped` set when
         a live value was brought into range); raises a typed MusicsteerError, nothing queued, if refused.
-        Both outcomes are counted."""
+        Both outcomes are counted. `source` names the sender (an OSC sender's host, a page's host): a live
+        prompt replaces the one its source has waiting to be encoded, counted `superseded`."""
         try:
             change = self.check(change, live=at_step is None)
             if at_step is None:  # when it arrived, for knob → heard (engine/latency.py)
                 change = dataclasses.replace(change, arrived=time.monotonic())
             encoding = change.param == "prompt" and self.prepare is not None
-            if encoding:  # encoded on the prompt thread; a live one joins the inbox when that is done
-                self.prepare(change, self._when_ready(change) if at_step is None else None)
+            then = self._when_ready(change) if at_step is None else None  # a live one joins the inbox when encoded
+            if encoding and self.prepare(change, then, source) is not None:  # (encoded on the prompt thread)
+                self.report("superseded")  # a waiting prompt gave way to this one, never applied
             if at_step is not None:
                 with self._lock:
                     heapq.heappush(self._scheduled, (at_step, next(self._order), change))

@@ -8,6 +8,15 @@ session log records the step it took effect at, so `render --replay` (which appl
 encoding there) gives the same codes. A scheduled prompt (automation, a replayed log) is encoded
 ahead in the same way and waited for if it is due before it is ready.
 
+What waits to be encoded is bounded, and no sender can hold it. A live prompt replaces the prompt its
+source (controllers name theirs: an OSC sender's host, a page's host) has waiting, if any: a newer
+prompt from one sender supersedes its older one, which would have played for a token or two only. At
+most PENDING sources wait; past that the oldest waiting prompt (another source's) gives way. So a
+sender posting prompts faster than the encoder takes them holds one place, and the performer's prompt
+is always taken (it was refused `busy` once a flood filled the 8 places). What gave way is returned to
+the caller (ControlState counts it `superseded`). Prompts encoded ahead for a schedule wait apart (at
+most PENDING; past that they are encoded when due) and after live ones, so they take no live place.
+
 Prompts longer than the encoder's limit are cut to it (the tokenizer's `model_max_length`, else T5's
 trained 512 tokens: Raffel et al. 2020, §3.1.1), and the performer is told.
 """
@@ -15,24 +24,22 @@ trained 512 tokens: Raffel et al. 2020, §3.1.1), and the performer is told.
 from __future__ import annotations
 
 import collections
-import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-from .errors import Busy, printable
+from .errors import printable
 
 if TYPE_CHECKING:
     from .events import Change
     from .loading import LoadedModel
 
 T5_TOKENS = 512  # T5's training length, used when a tokenizer states no limit
-PENDING = 8  # prompts waiting to be encoded; past this a flood is refused (Busy)
+PENDING = 8  # live prompts waiting to be encoded (one per source), and as many scheduled ones
 KEPT = 16  # encoded prompts kept for the boundary that applies them (states are S x d_text each)
-_STOP = object()
 
 
 def token_limit(lm: LoadedModel) -> int:
@@ -62,31 +69,47 @@ class PromptEncoder:
     def __init__(self, lm: LoadedModel, warn: Callable[[str], None] | None = None) -> None:
         self.lm, self.warn = lm, warn
         self._ready: collections.OrderedDict[str, tuple[Tensor, Tensor]] = collections.OrderedDict()
-        self._busy: dict[str, threading.Event] = {}  # prompts being encoded now or queued
+        self._busy: dict[str, threading.Event] = {}  # prompts waiting or being encoded now
+        self._holds: collections.Counter[str] = collections.Counter()  # how many entries wait for each
+        self._live: collections.OrderedDict[Hashable, tuple[str, Callable[[], None]]] = collections.OrderedDict()
+        self._ahead: collections.deque[str] = collections.deque()  # scheduled prompts, encoded ahead
         self._lock = threading.Lock()
-        self._queue: queue.Queue = queue.Queue(PENDING)
+        self._changed = threading.Condition(self._lock)
+        self._unfinished = 0  # entries waiting or being encoded (settle waits for none)
         self._thread: threading.Thread | None = None
+        self._stopping = False
         self.encoded = 0  # prompts encoded on the prompt thread (tests, status)
 
-    def request(self, change: Change, then: Callable[[], None] | None) -> None:
-        """Encode `change.value` ahead (any thread, never blocks); call `then()` from the prompt thread
-        once it is ready. A live prompt (`then`) is refused (Busy) when PENDING already wait; a scheduled
-        one (no `then`) is then simply encoded when due."""
+    def request(self, change: Change, then: Callable[[], None] | None, source: Hashable = None) -> str | None:
+        """Encode `change.value` ahead (any thread, never blocks); call `then()` from the prompt thread once
+        it is ready. A live prompt (`then`) takes the place of `source`'s waiting one, or past PENDING
+        sources of the oldest waiting; that prompt, never applied now, is returned (None: nothing gave way).
+        A scheduled one (no `then`) past PENDING waiting is simply encoded when due."""
         prompt = change.value
         with self._lock:
             if self._thread is None:
+                self._stopping = False
                 self._thread = threading.Thread(target=self._run, name="musicsteer-prompt", daemon=True)
                 self._thread.start()
-            fresh = prompt not in self._busy
-            self._busy.setdefault(prompt, threading.Event())  # before the put: the worker may take it at once
-            try:
-                self._queue.put_nowait((prompt, then))
-            except queue.Full:
-                if fresh:
-                    self._busy.pop(prompt).set()
-                if then is None:
-                    return
-                raise Busy(f"{PENDING} prompts are already waiting to be encoded; this one is refused") from None
+            gave_way = None
+            if then is None:
+                if len(self._ahead) >= PENDING:
+                    return None
+                self._ahead.append(prompt)
+            else:
+                old = self._live.pop(source, None)
+                if old is None and len(self._live) >= PENDING:
+                    old = self._live.popitem(last=False)[1]  # another source's, the oldest: it gives way
+                if old is not None:
+                    gave_way = old[0]
+                    self._release(gave_way)
+                    self._unfinished -= 1
+                self._live[source] = (prompt, then)  # the newest: taken after every prompt now waiting
+            self._holds[prompt] += 1
+            self._busy.setdefault(prompt, threading.Event())
+            self._unfinished += 1
+            self._changed.notify_all()
+        return gave_way
 
     def states(self, prompt: str) -> tuple[Tensor, Tensor]:
         """The encoded prompt: ready, or being encoded (waited for), or encoded here and now."""
@@ -102,15 +125,26 @@ class PromptEncoder:
 
     def settle(self) -> None:
         """Wait until every requested prompt is encoded and handed on (tests, a replay's last step)."""
-        self._queue.join()
+        with self._changed:
+            self._changed.wait_for(lambda: self._unfinished <= 0 or self._thread is None)
 
     def close(self) -> None:
         """End the prompt thread (a later request starts a new one)."""
         with self._lock:
             thread, self._thread = self._thread, None
+            self._stopping = True
+            self._changed.notify_all()
         if thread is not None:
-            self._queue.put(_STOP)
             thread.join(timeout=30)
+
+    def _release(self, prompt: str) -> None:
+        """One entry for `prompt` no longer waits (the lock held); the last one wakes whoever waits for it."""
+        self._holds[prompt] -= 1
+        if self._holds[prompt] <= 0:
+            del self._holds[prompt]
+            event = self._busy.pop(prompt, None)
+            if event is not None:
+                event.set()
 
     def _encode(self, prompt: str) -> tuple[Tensor, Tensor]:
         states, mask, truncated = encode_text(self.lm, prompt)
@@ -118,10 +152,18 @@ class PromptEncoder:
             self.warn(f"prompt cut to the text encoder's {token_limit(self.lm)} tokens: {printable(prompt)[:60]}…")
         return states.to(self.lm.dtype), mask
 
+    def _next(self) -> tuple[str, Callable[[], None] | None] | None:
+        """The next entry to encode, live prompts first (None: the thread is to end)."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._live or self._ahead or self._stopping)
+            if self._stopping:
+                return None
+            return self._live.popitem(last=False)[1] if self._live else (self._ahead.popleft(), None)
+
     def _run(self) -> None:
         if self.lm.device.type == "cuda":
             torch.cuda.set_device(self.lm.device)  # a new thread starts on device 0
-        while (item := self._queue.get()) is not _STOP:
+        while (item := self._next()) is not None:
             prompt, then = item
             try:
                 encoded = self._encode(prompt)
@@ -134,10 +176,9 @@ class PromptEncoder:
                     while len(self._ready) > KEPT:
                         self._ready.popitem(last=False)
                     self.encoded += 1
-                event = self._busy.pop(prompt, None)
-            if event is not None:
-                event.set()
+                self._release(prompt)
             if then is not None:
                 then()
-            self._queue.task_done()
-        self._queue.task_done()  # the stop itself: settle() never waits on it
+            with self._changed:
+                self._unfinished -= 1
+                self._changed.notify_all()

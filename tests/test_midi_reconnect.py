@@ -22,12 +22,19 @@ from musicsteer.controllers.midi_feedback import MidiFeedback
 from musicsteer.controllers.midi_ports import same_port
 
 CONTROLLER = r"""
-import sys, mido
+import sys, time, mido
 backend = mido.Backend("mido.backends.rtmidi/UNIX_JACK", load=True)
 knobs = backend.open_output("knobs", virtual=True)
 lights = backend.open_input("lights", virtual=True, callback=lambda m: print(m.hex(), flush=True))
 print("ready", flush=True)
-for line in sys.stdin:  # each line: a CC value to send on CC 0 (the ALPHA knob)
+for line in sys.stdin:  # each line: a CC value to send on CC 0 (the ALPHA knob), or "replug"
+    if line.strip() == "replug":  # both ports unregistered and registered again under their names, at once
+        began = time.monotonic()
+        knobs.close(), lights.close()  # (python-rtmidi cannot reopen a virtual port: new JACK clients, ~0.3 s)
+        knobs = backend.open_output("knobs", virtual=True)
+        lights = backend.open_input("lights", virtual=True, callback=lambda m: print(m.hex(), flush=True))
+        print(f"replugged in {time.monotonic() - began:.4f} s", flush=True)
+        continue
     knobs.send(mido.Message("control_change", control=0, value=int(line)))
 """
 
@@ -56,11 +63,22 @@ class Controller:
         self.proc.stdin.write(f"{value}\n")
         self.proc.stdin.flush()
 
+    def replug(self) -> float:
+        """Unregister both ports and register them again, a few milliseconds apart (within one look)."""
+        assert self.proc is not None and self.proc.stdin is not None
+        self.proc.stdin.write("replug\n")
+        self.proc.stdin.flush()
+        line = _wait(lambda: next((x for x in self.lights if x.startswith("replugged")), None), what="a replug")
+        return float(line.split()[2])
+
     def unplug(self) -> None:
         assert self.proc is not None and self.proc.stdin is not None
         self.proc.stdin.close()
         self.proc.wait(timeout=10)
         self.proc = None
+
+
+LOOK = 2.0  # s between two looks at the port list in the replug test
 
 
 def _wait(condition, timeout: float = 10.0, what: str = "condition"):
@@ -108,6 +126,50 @@ def test_an_unplugged_controller_is_told_and_reconnects_when_it_returns(jack_mid
         controller.turn(127)
         _wait(lambda: surface.state["alpha"] == 1.0, what="the knob to move alpha again")
         assert len(surface.submitted) > applied and midi.reconnects == 1 and feedback.reconnects == 1
+    finally:
+        midi.stop()
+        feedback.stop()
+        if controller.proc is not None:
+            controller.unplug()
+
+
+def test_a_controller_replugged_within_one_look_reconnects(jack_midi: str, monkeypatch) -> None:
+    """Unplugged and plugged back between two looks at the port list, the port's name never left the list, yet
+    the connections to it are gone: the watch tells it by the port's JACK registrations, and the knobs and
+    lights work again. A replug here takes ~0.3 s (mido makes new JACK clients), longer than POLL_SECONDS, so
+    the looks are spread to LOOK s and the replug starts right after both watches looked: it falls between
+    two looks every time (nothing else is changed; the looks are counted, not replaced)."""
+    from musicsteer.controllers.midi_ports import PortWatch
+
+    looks: list[float] = []
+    look = PortWatch.poll
+    monkeypatch.setattr(PortWatch, "poll", lambda self, names: look(self, names) or looks.append(time.monotonic()))
+    monkeypatch.setattr(PortWatch.__init__, "__defaults__", (LOOK,))
+    controller, notices = Controller(), []
+    controller.plug()
+    surface = RecordingSurface(alpha=0.0)
+    midi = MidiInput(surface, "knobs", MidiMapper([ALPHA], {}, values_reader(surface)), api="jack",
+                     notify=lambda level, text: notices.append((level, text)))
+    feedback = MidiFeedback([ALPHA], {}, "lights", "jack", lambda: dict(surface.state),
+                            notify=lambda level, text: notices.append((level, text)))
+    try:
+        midi.start()
+        feedback.start()
+        _knock(controller, midi, 0)
+        _wait(lambda: controller.lights, what="the lights' first state")
+        surface.state["alpha"] = 0.5
+        seen = len(looks)
+        _wait(lambda: len(looks) >= seen + 2, timeout=3 * LOOK, what="both watches to look")
+        began = time.monotonic()
+        took = controller.replug()
+        assert time.monotonic() - began < LOOK / 2 and not notices, (took, notices)  # no look fell in between
+        _wait(lambda: len(notices) >= 4, timeout=3 * LOOK, what="both losses and returns told")
+        assert sorted(level for level, _ in notices) == ["error", "error", "warning", "warning"], notices
+        _wait(lambda: "B0 00 40" in controller.lights, what="the lights resent after the replug")
+        _knock(controller, midi, 64)  # the knob is heard again: picks 0.5 up, then moves it
+        controller.turn(127)
+        _wait(lambda: surface.state["alpha"] == 1.0, what="the knob to move alpha again")
+        assert midi.reconnects == 1 and feedback.reconnects == 1 and midi.connected and feedback.connected
     finally:
         midi.stop()
         feedback.stop()

@@ -271,7 +271,7 @@ def test_slow_clients_are_bounded_and_never_hold_the_end_of_a_session(capfd) -> 
     """From a hostile review: 200 clients trickling a byte every 3 s made 212 threads and held stop() for
     108 s. Now at most MAX_CLIENTS are served at once, each request has REQUEST_SECONDS, stop() cuts
     the rest; and a request the library cannot answer writes nothing to stderr."""
-    from musicsteer.controllers import oscquery
+    from musicsteer.controllers import oscquery_http as oscquery
 
     service = OscQueryService(OSC, "127.0.0.1", 0, dict, advertise=False)
     service.start()

@@ -1,8 +1,10 @@
 """Issue 28 (2), the page's port path by path: what a peer can make it hold is bounded and expires.
 
 A real streaming session (tiny model, null device) serves the page; peers are real TCP sockets and real
-WebSockets from 127.0.0.1: a connection that never sends, one that trickles its headers, more connections
-than the port holds, more pages than it serves. (The descriptor-limit run, 2,000 idle connections against a
+WebSockets from 127.0.0.1 (and, as other hosts, from 127.0.0.2 and 127.0.0.3: Linux routes 127/8 to the
+loopback interface): a connection that never sends, one that trickles its headers, more connections than
+the port holds, more pages than it serves, and the performer's own page in a real headless Chromium.
+(The descriptor-limit run, 2,000 idle connections against a
 `musicsteer play` under RLIMIT_NOFILE 1,024 while a take records, is tests/test_peers_web.py.)
 """
 
@@ -20,7 +22,7 @@ import websockets
 from conftest import random_vectors
 from test_osc import until
 
-from musicsteer.controllers.web import MAX_PAGES, WebSurface
+from musicsteer.controllers.web import DISPLACED, MAX_PAGES, MAX_PAGES_PER_HOST, WebSurface
 from musicsteer.controllers.web_connections import MAX_CONNECTIONS, REQUEST_SECONDS
 from musicsteer.engine.control import Controls
 from musicsteer.engine.generator import Generator
@@ -114,25 +116,77 @@ def test_connections_past_the_cap_displace_idle_ones_and_an_open_page_keeps_its_
     assert web.counters["evicted"] + web.counters["refused_connection"] - before >= 40
 
 
-def test_pages_are_bounded_and_a_page_gone_frees_its_place(web: WebSurface) -> None:
+async def _page(url: str, host: str = "127.0.0.1") -> websockets.ClientConnection:
+    """A page's WebSocket from `host` (any of 127/8: another host to the server), past its hello."""
+    page = await websockets.connect(url, open_timeout=10, local_addr=(host, 0))
+    assert json.loads(await asyncio.wait_for(page.recv(), 10))["type"] == "hello"
+    return page
+
+
+async def _displaced(page: websockets.ClientConnection) -> str:
+    """The reason a page was closed to make room (its close code must be DISPLACED), reading what comes first."""
+    with pytest.raises(websockets.ConnectionClosed) as closed:
+        async with asyncio.timeout(10):  # (TimeoutError: not displaced, a failure)
+            while True:
+                await page.recv()
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == DISPLACED, closed.value
+    return closed.value.rcvd.reason
+
+
+def test_one_host_holds_at_most_its_share_of_pages_and_a_fresh_page_always_opens(web: WebSurface) -> None:
+    """Issue 28's second round: 16 pages from one client filled every place, and the performer's page was
+    refused (1013) for as long as they stayed. Now one host holds MAX_PAGES_PER_HOST; a page past it, or past
+    MAX_PAGES, takes the place of the page heard from longest ago (of its own host, else of the host holding
+    the most; of several holding as many, the page heard from longest ago), which is closed with DISPLACED and
+    a reason; a page gone frees its place."""
     url = f"ws://127.0.0.1:{web.address[1]}/ws"
 
     async def run() -> None:
-        pages = [await websockets.connect(url, open_timeout=10) for _ in range(MAX_PAGES)]
-        for page in pages:
-            assert json.loads(await page.recv())["type"] == "hello"
-        with pytest.raises(websockets.InvalidStatus):  # one past the bound: refused, nothing held
-            await websockets.connect(url, open_timeout=10)
-        for page in pages:
+        before = web.counters["pages_displaced"]
+        hog = [await _page(url, "127.0.0.2") for _ in range(MAX_PAGES)]  # one client opens every place
+        reasons = [await _displaced(page) for page in hog[:MAX_PAGES - MAX_PAGES_PER_HOST]]  # the oldest go
+        assert all("newer page took its place" in r and "reload" in r for r in reasons), reasons
+        others = [await _page(url, "127.0.0.3") for _ in range(MAX_PAGES - MAX_PAGES_PER_HOST)]  # now all full
+        await hog[-1].send(json.dumps({"type": "set", "param": "alpha", "value": 0.2}))  # heard from lately
+        await asyncio.sleep(0.3)
+        performer = await _page(url)  # a fresh page from a third host: in, at the hog's expense
+        await _displaced(hog[MAX_PAGES - MAX_PAGES_PER_HOST])  # the hog's page heard from longest ago
+        again = await _page(url)  # the performer reloading: in, at the expense of the host holding the most now
+        await _displaced(others[0])
+        for page in (hog[-1], *others[1:], performer, again):  # nobody else lost a place
+            assert json.loads(await asyncio.wait_for(page.recv(), 10))["type"] in ("status", "level", "values")
+        assert web.counters["pages_displaced"] - before == MAX_PAGES - MAX_PAGES_PER_HOST + 2
+        for page in (*hog, *others, performer, again):
             page.transport.abort()  # gone without a goodbye (a phone whose browser was killed)
         deadline = time.monotonic() + 10
-        while True:
-            try:
-                async with websockets.connect(url, open_timeout=10) as page:
-                    assert json.loads(await page.recv())["type"] == "hello"
-                    return
-            except websockets.InvalidStatus:
-                assert time.monotonic() < deadline, "the pages that went away still held their places"
-                await asyncio.sleep(0.2)
+        while web._pages:  # the pages that went away free their places
+            assert time.monotonic() < deadline, f"{len(web._pages)} pages gone still hold their places"
+            await asyncio.sleep(0.2)
 
     asyncio.run(run())
+
+
+def test_the_performers_page_opens_past_a_hog_and_a_displaced_page_stays_closed(web: WebSurface, tmp_path) -> None:
+    """In a real headless Chromium: the performer's page connects while another client holds every place it
+    may; a page displaced says why and does not reconnect (reconnecting would displace the newer one: two
+    tabs would take each other's place for ever)."""
+    from conftest import chromium
+    from selenium.webdriver.common.by import By
+
+    url = f"ws://127.0.0.1:{web.address[1]}/ws"
+    driver = chromium(tmp_path / "profile")
+    loop = asyncio.new_event_loop()
+    try:
+        hog = [loop.run_until_complete(_page(url, "127.0.0.2")) for _ in range(MAX_PAGES)]
+        driver.get(f"http://127.0.0.1:{web.address[1]}/")
+        chip = lambda: driver.find_element(By.ID, "connection").text  # noqa: E731
+        until(lambda: chip() == "connected", what="the performer's page to connect")
+        newer = [loop.run_until_complete(_page(url)) for _ in range(MAX_PAGES_PER_HOST)]  # its own host's
+        until(lambda: chip().startswith("closed: a newer page took its place"), what="the page to say why")
+        time.sleep(3)  # the page's retry would have come within 0.5 s
+        assert chip().startswith("closed:") and sum(p.host == "127.0.0.1" for p in web._pages) == MAX_PAGES_PER_HOST
+        for page in (*hog, *newer):
+            page.transport.abort()
+    finally:
+        driver.quit()
+        loop.close()

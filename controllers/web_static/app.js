@@ -8,12 +8,17 @@ const state = { table: [], vectors: [], values: {}, status: {}, presets: [], lay
 const active = new Set();  // params the performer is touching: echoes must not pull them back meanwhile
 const inputs = {};         // param -> {set(value)} for echoes
 let ws = null, retry = 0;
+const DISPLACED = 4001;  // controllers/web.py: closed to make room for a newer page
 
 function connect() {
   const scheme = location.protocol === "https:" ? "wss" : "ws";
   ws = new WebSocket(`${scheme}://${location.host}/ws`);  // the token travels as the page's cookie
   ws.onopen = () => { retry = 0; chip("connection", "connected", "on"); };
-  ws.onclose = () => {
+  ws.onclose = (event) => {
+    if (event.code === DISPLACED) {  // a newer page took this one's place: reconnecting would take it back
+      chip("connection", "closed: " + event.reason, "off");
+      return;
+    }
     chip("connection", "disconnected", "off");
     setTimeout(connect, Math.min(5000, 500 * ++retry));
   };
