@@ -302,7 +302,7 @@ class OscServer:
             address, args = (f"{PREFIX}/{TAKE_REPLIES[command]}", [str(path or "")]) if error is None else \
                 (f"{PREFIX}/error", [one_line(f"{PREFIX}/{command}: {error}", 300)])
             self.broadcaster.put(Reply(client, address, args))
-        self._surface.recordings.later(action, done)
+        self._surface.recordings.later(action, done, command.removeprefix("record/"), client[0])
 
     @property
     def subscription_seconds(self) -> float:

@@ -260,7 +260,7 @@ class WebSurface:
 
         action = (lambda: session.start_recording(message.name, live=True)) if message.action == "start" \
             else session.stop_recording
-        session.recordings.later(action, done)
+        session.recordings.later(action, done, message.action, page.host)
 
     def _to_all(self, message: dict) -> None:
         for page in list(self._pages):

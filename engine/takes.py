@@ -23,8 +23,7 @@ from __future__ import annotations
 import os
 import stat
 import threading
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -33,14 +32,14 @@ from typing import Any
 import numpy as np
 
 from .checkpoint import Checkpoint
-from .errors import MusicsteerError, one_line, printable
+from .errors import MusicsteerError, printable
 from .events import Change
 from .files import writable_file, writable_folder
 from .recorder import LOW_SPACE_SECONDS, Recorder
 from .session_log import SessionLog, log_path_for
+from .take_requests import TakeRequests
 
 SUFFIX = ".wav"
-MAX_PENDING = 4  # live take requests waiting for the takes thread; more are refused as busy
 
 
 def take_path(path: str | Path, folder: str | Path | None = None, overwrite: bool = False) -> Path:
@@ -211,8 +210,7 @@ class Recordings:
         # emitted so far waits here for the rest. It is in the ring already: only the takes wait.
         self._partial = np.zeros((channels, 0), np.float32)
         self._lock = threading.Lock()
-        self._worker: ThreadPoolExecutor | None = None
-        self._pending, self._pending_lock = 0, threading.Lock()
+        self._requests = TakeRequests()
 
     # -- starting and stopping (any thread) ---------------------------------------------------
     def start(self, path: str | Path | None, live: bool = False) -> Path:
@@ -250,38 +248,16 @@ class Recordings:
         self.done.append(take.finish(self._clock(), padded, heard))
         return take.path
 
-    def later(self, action: Callable[[], Path | None], done: Callable[[Path | None, str | None], None]) -> None:
-        """Run start/stop on the takes thread, then `done(path, None)` or `done(None, error line)`:
-        for live requests, so file I/O never runs on the thread serving the controls."""
-        def job() -> None:
-            try:
-                result = action()
-            except MusicsteerError as err:
-                done(None, str(err))
-            except Exception as err:  # noqa: BLE001 - a request must always be answered, whatever failed
-                done(None, f"{type(err).__name__}: {one_line(err)}")
-            else:
-                done(result, None)
-            finally:
-                with self._pending_lock:
-                    self._pending -= 1
-        with self._pending_lock:  # a flood of record requests (2,000 OSC messages a second) is refused, never
-            if self._pending >= MAX_PENDING:  # queued without bound ahead of the performer's own stop
-                busy = self._pending
-            else:
-                busy, self._pending = 0, self._pending + 1
-        if busy:
-            done(None, f"busy: {busy} take requests are already waiting")
-            return
-        if self._worker is None:
-            self._worker = ThreadPoolExecutor(1, thread_name_prefix="musicsteer-takes")
-        self._worker.submit(job)
+    def later(self, action: Callable[[], Path | None], done: Callable[[Path | None, str | None], None],
+              kind: str = "start", source: Hashable = None) -> None:
+        """Run a live start/stop (`kind`) from `source` (the sender's host) on the takes thread, then
+        `done(path, None)` or `done(None, error line)`: file I/O never runs on the thread serving the
+        controls, and a flood never holds the performer's stop (engine/take_requests.py)."""
+        self._requests.put(kind, source, action, done)
 
     def close(self, padded: bool, heard: dict[str, float] | None = None) -> None:
         """At the session's end: finish pending live requests, then the current take."""
-        if self._worker is not None:
-            self._worker.shutdown(wait=True)
-            self._worker = None
+        self._requests.close()
         self.stop(padded, heard)
 
     # -- the session's threads ----------------------------------------------------------------

@@ -408,25 +408,42 @@ def test_sigterm_during_start_up_is_one_line_not_a_silent_kill() -> None:
     assert proc.returncode in (130, 0) and "Traceback" not in stderr, (proc.returncode, stderr)
 
 
-def test_a_flood_of_take_requests_is_refused_as_busy_not_queued(tmp_path):
-    """Live record/start and stop requests wait for the takes thread; a flood of them (OSC allows 2,000
-    messages a second) is answered busy past a few, so the performer's own stop never waits behind it."""
-    import threading
-
-    from musicsteer.engine.takes import MAX_PENDING, Recordings
+def test_a_flood_of_take_starts_never_holds_the_performers_stop(tmp_path):
+    """Live record requests wait for the takes thread, one start per source: a flood of starts from one
+    host (OSC allows 2,000 messages a second) keeps only its newest waiting, starts from many hosts keep the
+    newest MAX_PENDING, every start that gave way is answered "superseded", and the performer's stop, sent
+    after the flood, is never refused and runs after the starts still waiting."""
+    from musicsteer.engine.take_requests import MAX_PENDING, SUPERSEDED
+    from musicsteer.engine.takes import Recordings
 
     recordings = Recordings(32000, 1, 640, dict, lambda: 0, lambda level, text: None, folder=tmp_path)
-    release, answers = threading.Event(), []
-    for _ in range(MAX_PENDING + 6):
-        recordings.later(lambda: release.wait(10) and None, lambda path, error: answers.append(error))
-    busy = [a for a in answers if a is not None]
-    assert len(busy) == 6 and all(a.startswith("busy: ") for a in busy)
+    release, started, ran, answers = threading.Event(), threading.Event(), [], {}
+
+    def ask(kind: str, source: str, name: str) -> None:
+        def action():
+            started.set()
+            release.wait(10)
+            ran.append(name)
+        recordings.later(action, lambda path, error: answers.setdefault(name, error), kind, source)
+
+    ask("start", "10.0.0.1", "first")
+    assert started.wait(10)  # the takes thread runs it, held by `release`: what follows waits
+    for i in range(50):
+        ask("start", "10.0.0.66", f"hog-{i}")  # one host: each replaces its own waiting one
+    for host in range(MAX_PENDING + 3):
+        ask("start", f"10.0.1.{host}", f"many-{host}")  # many hosts: the oldest waiting gives way
+    ask("stop", "127.0.0.1", "stop")
+    ask("stop", "127.0.0.1", "stop-again")  # the same stop twice: joined, one run, both answered
     release.set()
     recordings.close(padded=False)
-    assert len(answers) == MAX_PENDING + 6 and answers.count(None) == MAX_PENDING
-    recordings.later(lambda: None, lambda path, error: answers.append(error))  # the queue is free again
-    recordings.close(padded=False)
-    assert answers[-1] is None
+    kept = [f"many-{host}" for host in range(3, MAX_PENDING + 3)]
+    assert ran == ["first", *kept, "stop"]
+    assert all(answers[f"hog-{i}"] == SUPERSEDED for i in range(50))
+    assert all(answers[f"many-{host}"] == SUPERSEDED for host in range(3))
+    assert all(answers[name] is None for name in ["first", *kept, "stop", "stop-again"])
+    recordings.later(lambda: None, lambda path, error: answers.setdefault("again", error), "stop", "x")
+    recordings.close(padded=False)  # the queue is free again after close
+    assert answers["again"] is None
 
 
 def test_a_take_request_that_fails_unexpectedly_is_still_answered(tmp_path):
