@@ -20,7 +20,17 @@ from musicsteer.engine.errors import MusicsteerError, TooLarge, UnknownName, sho
 from musicsteer.engine.events import Change, validate_change
 from musicsteer.engine.params import GLIDE, LIVE, NAME_CHARS, PARAMS, YAML_KEYS, Param, check_stream, check_text
 
-from .mappings import ACTIONS, CURVES, KNOB_PARAMS, TAKEOVERS, KnobMapping, Preset, TriggerMapping, knob_end
+from .mappings import (
+    ACTIONS,
+    CURVES,
+    KNOB_PARAMS,
+    TAKEOVERS,
+    KnobMapping,
+    Preset,
+    TriggerMapping,
+    default_range,
+    knob_end,
+)
 from .yaml_file import YamlTree, read_text
 
 MIDI_APIS = ("alsa", "jack")
@@ -228,7 +238,7 @@ class _Reader:
         pair = [key for key in ("from", "to") if key in f]
         if len(pair) != (2 if param == "crossfade" else 0):
             raise self.tree.fail(node, "'from' and 'to' (two vector names) go together with param: crossfade")
-        default = {"alpha": (0.0, 1.0), "top_p": (0.0, 1.0), "crossfade": (0.0, 1.0)}.get(param)
+        default = default_range(param)  # the row's span (mappings.default_range)
         if default is None and not {"min", "max"} <= set(f):
             raise self.tree.fail(node, f"param {param} needs 'min' and 'max' (the values at CC 0 and CC 127)")
         # (named by the row: "min of alpha" says more than "min")

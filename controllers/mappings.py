@@ -20,6 +20,18 @@ ACTIONS = ("steer", "morph", "preset")
 KNOB_PARAMS = (*(row.name for row in LIVE.values() if row.midi), "crossfade", "morph_seconds")
 # Ranges a knob may span beyond the table's rows (min/max in a mapping must lie inside them).
 EXTRA_RANGES = {"crossfade": (0.0, 1.0), "morph_seconds": (GLIDE.low, GLIDE.high)}
+# Where a knob on those starts (min, max, curve), unless a mapping says otherwise.
+EXTRA_DEFAULTS = {"crossfade": (0.0, 1.0, "linear"), "morph_seconds": (0.5, 16.0, "exp")}
+
+
+def default_range(param: str) -> tuple[float, float, str] | None:
+    """(min, max, curve) a knob on `param` spans when a mapping (a config's, `midi-learn`'s, `--midi`
+    without a config) gives none: its row's span and curve in the parameter table; None for a row
+    without a span (seed, layer: the range is the performer's to give)."""
+    if param in EXTRA_DEFAULTS:
+        return EXTRA_DEFAULTS[param]
+    row = PARAMS[param]
+    return None if row.span is None else (float(row.span[0]), float(row.span[1]), row.curve)
 
 
 def knob_end(param: str, which: str) -> Param:

@@ -19,18 +19,8 @@ import mido
 from musicsteer.engine.errors import BadType, MusicsteerError, shown
 
 from . import yaml_file
-from .mappings import CURVES, KNOB_PARAMS, knob_end
+from .mappings import CURVES, KNOB_PARAMS, default_range, knob_end
 from .midi import PRESS
-
-# Starting ranges a learned knob gets (edit the file to taste): the ends a performer is likely to want.
-LEARN_RANGES: dict[str, tuple[float, float, str]] = {
-    "alpha": (0.0, 1.0, "linear"),
-    "guidance": (1.0, 8.0, "exp"),
-    "temperature": (0.5, 2.0, "exp"),
-    "top_k": (10, 500, "exp"),
-    "top_p": (0.0, 1.0, "linear"),
-    "morph_seconds": (0.5, 16.0, "exp"),
-}
 
 
 @dataclass(frozen=True)
@@ -49,7 +39,8 @@ def parse_knob_targets(text: str) -> list[KnobTarget]:
         if name not in KNOB_PARAMS or name == "crossfade":
             learnable = ", ".join(p for p in KNOB_PARAMS if p != "crossfade")
             raise MusicsteerError(f"cannot learn {name!r} (learnable: {learnable})")
-        low, high, curve = LEARN_RANGES.get(name, (None, None, "linear"))
+        # The starting range (edit the file to taste): the row's span and curve (mappings.default_range).
+        low, high, curve = default_range(name) or (None, None, "linear")
         if spec:
             fields = spec.split(":")
             if len(fields) not in (2, 3):

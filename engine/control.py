@@ -37,7 +37,7 @@ _TYPES = {"number": float, "whole": int, "text": str, "choice": str, "mix": dict
 
 def _controls_field(row: Any) -> tuple[str, type, Any]:
     kind = tuple if row.many else _TYPES[row.kind]
-    empty = {"mix": dict, "layer": tuple}.get(row.name)
+    empty = dict if row.kind == "mix" else tuple if row.many else None
     default = field(default_factory=empty) if empty else (row.default if row.default is not None else "")
     return row.status, kind, default
 
@@ -47,6 +47,13 @@ def _controls_field(row: Any) -> tuple[str, type, Any]:
 Controls = dataclasses.make_dataclass("Controls", [_controls_field(row) for row in LIVE.values()])
 Controls.__doc__ = "The live controls, one field per row of params.LIVE (named by its status key)."
 FIELD = {row.name: row.status for row in LIVE.values()}  # Change.param -> Controls field
+
+
+def controls_of(values: dict[str, Any]) -> Any:
+    """`Controls` from values by row name (a parsed command line's, a config's): a value missing or None
+    is the field's default (mix {}, layers (), site "": the vectors file's). Values are already checked."""
+    given = {row.status: values.get(row.name) for row in LIVE.values()}
+    return Controls(**{name: value for name, value in given.items() if value is not None})
 
 MIX_MEMORY = 64  # mix directions remembered (a morph makes a new mix every token)
 INBOX = 4096  # changes waiting for the next token; past this a flood is refused (Busy), not queued
@@ -97,7 +104,7 @@ class ControlState:
         # The starting values obey the rules of any start-up path: out of range is an error, not a clamp.
         for row in LIVE.values():
             value = getattr(self.values, row.status)
-            if not value and row.name in ("mix", "layer"):  # empty: the vectors file's choice
+            if not value and row.default is None:  # empty (mix, layers): the vectors file's choice
                 continue
             setattr(self.values, row.status, self.check(Change(row.name, value), live=False).value)
         self._inbox: queue.Queue[Change] = queue.Queue(INBOX)
@@ -218,22 +225,22 @@ class ControlState:
 
     def _apply(self, step: int, change: Change, boundary: Boundary) -> None:
         param, value = change.param, change.value
-        name = FIELD[param]
-        if param in ("alpha", "mix"):
+        row = LIVE[param]
+        if row.glide is not None:  # alpha (a ramp; a jump glides over the slew) and mix (a morph)
             self._glides.pop(param, None)
             seconds = change.seconds or (self.alpha_slew_seconds if param == "alpha" else 0.0)
             if seconds > 0:
                 steps = glide_steps(seconds, self.steps_per_second)
-                self._glides[param] = _Glide(step, steps, getattr(self.values, name), value)
+                self._glides[param] = _Glide(step, steps, getattr(self.values, row.status), value)
                 return
-        setattr(self.values, name, value)
-        if param in ("alpha", "mix", "layer", "site"):
+        setattr(self.values, row.status, value)
+        # What the row acts on (params.EFFECTS); "sampler": the sampler reads the values every step.
+        if row.effect == "steering":
             boundary.steering = True
-        elif param == "prompt":
+        elif row.effect == "prompt":
             boundary.prompt = value
-        elif param == "seed":
+        elif row.effect == "seed":
             boundary.seed = value
-        # guidance, temperature, top_k, top_p: the sampler reads them every step
 
     def snapshot(self) -> tuple[dict[str, Any], dict[str, tuple[int, int, Any, Any]]]:
         """The generation thread: the values now (a copy) and the glides under way, {param: (start_step,

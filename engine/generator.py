@@ -13,8 +13,8 @@ CFG batch is laid out [conditional rows 0..B-1, unconditional rows 0..B-1]: halv
 (conditional first), so the CFG mix is one `chunk(2)` and the steering table marks the first B
 rows. Each stream has its own control state (prompt, seed, steering terms and their changes),
 its own torch.Generator (so stream b draws exactly what a lone session seeded like it draws) and
-its own codes; the sampler's knobs (guidance, temperature, top-k, top-p) are the batch's, equal in
-every stream. Greedy or seeded, stream b's codes equal a B = 1 session's with b's controls
+its own codes; the sampler's settings (`sampling.Sampler`: the table's "sampler" rows) are the
+batch's, equal in every stream. Greedy or seeded, stream b's codes equal a B = 1 session's with b's controls
 (tests/test_batch.py).
 """
 
@@ -35,9 +35,9 @@ from .delay import DelayPattern
 from .errors import BadType, MusicsteerError, shown
 from .events import Applied, Listeners, Notice
 from .kv_cache import KVCache
-from .params import PARAMS, check_settings
+from .params import PARAMS, SAMPLER, check_settings
 from .prompts import PromptEncoder
-from .sampling import guided_logits, sample_tokens
+from .sampling import guided_logits, sample_tokens, sampler_of
 from .steering import SteeringTensors
 from .vectors import SteeringVectors
 
@@ -94,10 +94,6 @@ def fast_decoder(lm: LoadedModel) -> FastDecoder:
         dec = FastDecoder(lm.model).eval()
         lm.model._musicsteer_fast_decoder = dec
     return dec
-
-
-# The sampler's knobs: one per batch (the graph's tensor knobs and draw shape), so equal in every stream.
-SHARED = ("guidance", "temperature", "top_k", "top_p")
 
 
 class Generator:
@@ -229,9 +225,8 @@ class Generator:
         if self.meter is not None:
             self._read_meter(capture[self.meter.tap])
         self.last_logits = logits[:, :, -1]
-        values = self.control.values
-        mixed = guided_logits(self.last_logits, values.guidance)
-        return sample_tokens(mixed, values.temperature, values.top_k, values.top_p, self.draw_rng)
+        sampler = sampler_of(self.control.values)
+        return sample_tokens(guided_logits(self.last_logits, sampler.guidance), sampler, self.draw_rng)
 
     def _read_meter(self, hidden: Tensor) -> None:
         """Hand the meter this token's tap activation (2B, T, d); pass a reading on to the listeners."""
@@ -289,13 +284,14 @@ class Generator:
             self.listeners.emit(Applied(self.step_index, tuple(boundary.changes), row))
 
     def _check_shared(self) -> None:
-        """The sampler's knobs are the batch's: refuse streams whose values differ (MusicsteerError)."""
-        first = self.control.values
+        """The sampler's settings are the batch's: refuse streams whose values differ (MusicsteerError)."""
+        first = sampler_of(self.control.values)
         for row, control in enumerate(self.rows[1:], 1):
-            differ = [k for k in SHARED if getattr(control.values, k) != getattr(first, k)]
+            theirs = sampler_of(control.values)
+            differ = [k for k in SAMPLER if getattr(theirs, k) != getattr(first, k)]
             if differ:
                 raise MusicsteerError(f"stream {row}'s {differ[0]} differs from stream 0's: the sampler's knobs "
-                                      f"({', '.join(SHARED)}) are the whole batch's")
+                                      f"({', '.join(SAMPLER)}) are the whole batch's")
 
     def _warn(self, text: str) -> None:
         self.listeners.emit(Notice(self.step_index, "warning", text))

@@ -8,12 +8,13 @@ with one launch.
 
 What a replay reads, and how a value changes without recapture:
   tokens, position                  copied into static input buffers by `step` (device tensors)
-  guidance, temperature, top-p      0-d device tensors written by `set_sampling` (only when changed)
+  guidance, temperature, top-p,     0-d device tensors written by `set_sampling` from one `sampling.Sampler`
+  min-p                             (only when it changed)
   steering alpha/direction/layer    `SteeringTensors(apply_all=True)`: copy_ in place, every slot computed
   prompt (same text-length bucket)  `KVCache.set_cross` copies in place
   seed                              each stream's torch.Generator's host state, read by every replay
 Only a prompt in a new text-length bucket (it rebinds buffers the graph points at), a new top-k
-(the draw's shape), switching greedy or top-p on or off, or another `tap` rebuilds; `step` notices
+(the draw's shape), switching greedy, top-p or min-p on or off, or another `tap` rebuilds; `step` notices
 and rebuilds (counted in `builds`). On the CPU (`capture=False`) the same function runs eagerly, so
 its numerics are what the CPU tests check. Prefill (many tokens at once) stays eager.
 
@@ -44,9 +45,10 @@ from . import decoder as decoder_fn
 from . import sampling
 from .decoder import FastDecoder
 from .errors import MusicsteerError, one_line
-from .generator import SHARED, Generator
+from .generator import Generator
 from .kv_cache import KVCache
-from .params import DECODE, PARAMS
+from .params import DECODE
+from .sampling import Sampler, sampler_of
 from .steering import SteeringTensors
 
 if TYPE_CHECKING:
@@ -87,10 +89,12 @@ class GraphDecoder:
         self.guidance = torch.zeros((), device=device)
         self.inverse_temperature = torch.ones((), device=device)
         self.top_p_floor = torch.full((), -1.0, device=device)
+        self.min_p = torch.zeros((), device=device)
         # Shapes and branches of the sampler, fixed in a captured graph: a change rebuilds.
         self.k = vocab  # candidates per draw
         self.greedy = False
         self.top_p_on = False
+        self.min_p_on = False
         # Static outputs: valid until the next step (copy them to keep them).
         self.logits = torch.zeros(batch2, codebooks, vocab, dtype=cache.k.dtype, device=device)
         self.sampled = torch.zeros(batch2 // 2, codebooks, dtype=torch.long, device=device)
@@ -105,29 +109,31 @@ class GraphDecoder:
         # Told that one line when a capture fails (GraphGenerator: the session's warning, as a Notice).
         self.on_fallback: Callable[[str], None] = lambda text: warnings.warn(text, RuntimeWarning, stacklevel=2)
         self._bound: tuple | None = None
-        self._knobs: tuple | None = None
-        self.set_sampling(*(PARAMS[name].default for name in SHARED))  # the sampler's knobs, the table's defaults
+        self.sampler: Sampler | None = None  # the settings the buffers hold
+        self.set_sampling(Sampler())  # the table's defaults
 
     # -- per-token API ----------------------------------------------------------------------
-    def set_sampling(self, guidance: float, temperature: float, top_k: int, top_p: float) -> None:
-        """Set the sampling knobs, as `sampling.sample_tokens` reads them (top_k/top_p 0 = off,
-        greedy when temperature <= 0 or top_k == 1). Guidance, temperature and top-p are 0-d device
-        tensors written in place, only when changed (no launches otherwise). Top-k is the shape of
-        the draw, greedy and top-p on/off are branches: changing one of those rebuilds the graph
-        once (counted in `builds`); they are set-and-forget knobs, unlike the steering ones.
-        Derived values are computed on the host in the precision the eager sampler uses, so CPU
-        results match it bit for bit."""
-        knobs = (guidance, temperature, top_k, top_p)
-        if knobs == self._knobs:
+    def set_sampling(self, sampler: Sampler) -> None:
+        """Take the sampler's settings whole, as `sampling.sample_tokens` reads them (top_k/top_p/min_p
+        0 = off, greedy when temperature <= 0 or top_k == 1). Guidance, temperature, top-p and min-p
+        are 0-d device tensors written in place, only when the settings changed (no launches
+        otherwise). Top-k is the shape of the draw, greedy, top-p and min-p on/off are branches:
+        changing one of those rebuilds the graph once (counted in `builds`); they are set-and-forget
+        knobs, unlike the steering ones. Derived values are computed on the host in the precision the
+        eager sampler uses, so CPU results match it bit for bit."""
+        if sampler == self.sampler:
             return
-        self._knobs = knobs
-        self.guidance.fill_(guidance)
-        self.inverse_temperature.fill_(1 / temperature if temperature > 0 else 1.0)
-        floor = sampling.top_p_floor(top_p)
+        self.sampler = sampler
+        self.guidance.fill_(sampler.guidance)
+        self.inverse_temperature.fill_(1 / sampler.temperature if sampler.temperature > 0 else 1.0)
+        floor = sampling.top_p_floor(sampler.top_p)
         self.top_p_on = floor is not None
         self.top_p_floor.fill_(floor if floor is not None else -1.0)
-        self.k = sampling.candidate_count(top_k, self.vocab)
-        self.greedy = sampling.is_greedy(temperature, top_k)
+        cut = sampling.min_p_cut(sampler.min_p)
+        self.min_p_on = cut is not None
+        self.min_p.fill_(cut if cut is not None else 0.0)
+        self.k = sampling.candidate_count(sampler.top_k, self.vocab)
+        self.greedy = sampling.is_greedy(sampler.temperature, sampler.top_k)
 
     @torch.no_grad()
     def step(self, tokens: Tensor, position: int | Tensor) -> Tensor:
@@ -195,7 +201,8 @@ class GraphDecoder:
         if self.greedy:
             return mixed.argmax(dim=-1)  # draws nothing: the random stream is untouched, as in eager
         floor = self.top_p_floor if self.top_p_on else None
-        probs, ids = sampling.candidates(mixed * self.inverse_temperature, self.k, floor)
+        cut = self.min_p if self.min_p_on else None
+        probs, ids = sampling.candidates(mixed * self.inverse_temperature, self.k, floor, cut)
         # The race of sampling.draw, not torch.multinomial: the same draws, minus multinomial's
         # host-side validity check (.item()), which made it uncapturable until pytorch#134818.
         return sampling.draw(probs, ids, self.draw_rng)
@@ -208,8 +215,8 @@ class GraphDecoder:
         c = self.cache
         if c.cross_k is None or c.cross_v is None or c.cross_mask is None:
             raise RuntimeError("set the prompt (KVCache.set_cross) before decoding")
-        # Greedy is one branch whatever top-k and top-p say: changing them then rebuilds nothing.
-        sampler = ("greedy",) if self.greedy else (self.k, self.top_p_on)
+        # Greedy is one branch whatever top-k, top-p and min-p say: changing them then rebuilds nothing.
+        sampler = ("greedy",) if self.greedy else (self.k, self.top_p_on, self.min_p_on)
         return (c.cross_k.data_ptr(), c.cross_v.data_ptr(), c.cross_mask.data_ptr(), tuple(c.cross_k.shape), sampler,
                 self.tap)
 
@@ -278,9 +285,9 @@ class GraphGenerator(Generator):
     def _decode(self, tokens: Tensor, positions: Tensor) -> Tensor:
         if self.capture is not None or positions.numel() > 1:
             return super()._decode(tokens, positions)  # every activation wanted, or a prefill: eager
-        meter, values = self.meter, self.control.values
+        meter = self.meter
         self.graph.tap = None if meter is None else meter.tap  # a meter attached or moved: one rebuild
-        self.graph.set_sampling(values.guidance, values.temperature, values.top_k, values.top_p)
+        self.graph.set_sampling(sampler_of(self.control.values))
         sampled = self.graph.step(tokens, positions)
         self.last_logits = self.graph.logits
         if meter is not None:

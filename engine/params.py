@@ -2,9 +2,14 @@
 
 One `Param` row per control gives its type, unit, range, default, whether it glides, and how it
 appears on every path in and out: the CLI flag, the YAML key (`defaults:` of a config, a line of an
-automation file), the OSC address, whether a MIDI knob may move it, and its status key. `Controls`,
-validation, the CLI options, config defaults, automation keys, OSC dispatch and replies, the status
-and README's table of knobs are all derived from `PARAMS`; adding a knob is one row plus its effect.
+automation file), the OSC address, whether a MIDI knob may move it, its status key, the span a fader
+or default MIDI knob travels, and, for a live row, its `effect`: what it acts on (the sampler, the
+steering, the prompt, the seed). `Controls`, validation, the CLI options, config defaults, automation
+keys, OSC dispatch and replies, the page's faders, the default MIDI ranges, the control state's
+dispatch, the sampler's settings (`sampling.Sampler`: one field per "sampler" row), the status and
+README's table of knobs are all derived from `PARAMS`. A sampler knob is one row plus its arithmetic
+in engine/sampling.py (and its 0-d buffer in engine/graph.py); any other live knob, one row plus what
+its effect does.
 
 `Param.check` is the one validator. Where a value enters at start-up (CLI, config, automation file,
 replayed log) it runs with `live=False`: out of range is an error (one line, exit 2), never a silent
@@ -30,6 +35,9 @@ WHEN_SLOW = ("rebuffer", "play")
 AUTO_BUFFER_MAX = 2.0  # seconds: the most --buffer auto lets generation run ahead (a slow machine's ceiling)
 DECODE = ("auto", "graph", "eager")
 QUANTIZE = ("int8", "int8-tensor")
+# What a live row acts on, read by the control state's dispatch (engine/control.py) and the sampler
+# (engine/sampling.py): the sampler's settings, the steering terms, the text prompt, the random stream.
+EFFECTS = ("sampler", "steering", "prompt", "seed")
 NAME_CHARS = 64  # a vector name, a preset name
 
 
@@ -62,6 +70,8 @@ class Param:
     status: str | None = None
     words: tuple[str, ...] = ()  # words a number row also takes (buffer: "auto")
     span: tuple[float, float] | None = None  # what a fader spans on a surface (the page, default MIDI knobs)
+    curve: str = "linear"  # how a default MIDI knob travels the span (controllers/mappings.py CURVES; exp: by ratios)
+    effect: str | None = None  # a live row: what it acts on (EFFECTS)
 
     @property
     def dest(self) -> str:
@@ -239,32 +249,37 @@ AT = Param("at", "number", "when an automation event applies, from the start of 
 # Controls: the values a running session takes at token boundaries (`Controls` has one field each).
 CONTROLS = (
     Param("prompt", "text", "text prompt ('' = none)", size=500, default="", live=True, cli="--prompt",
-           keys=("prompt",), osc=("prompt",), osc_types="s", status="prompt"),
+           keys=("prompt",), osc=("prompt",), osc_types="s", status="prompt", effect="prompt"),
     Param("seed", "whole", "sampling seed: the same seed and flags give the same codes", low=0, high=2**63 - 1,
            default=0, live=True, cli="--seed", keys=("seed",), osc=("seed",), osc_types="i", midi=True,
-           status="seed"),
+           status="seed", effect="seed"),
     Param("guidance", "number", "classifier-free guidance scale", "×", 0, 30, default=3.0, live=True,
            cli="--guidance", keys=("guidance",), osc=("guidance",), osc_types="f", midi=True, status="guidance",
-           span=(1, 10)),
+           span=(1, 8), curve="exp", effect="sampler"),
     Param("temperature", "number", "sampling temperature (0 = greedy)", "", 0, 10, default=1.0, live=True,
            cli="--temperature", keys=("temperature",), osc=("temperature",), osc_types="f", midi=True,
-           status="temperature", span=(0, 2)),
+           status="temperature", span=(0.5, 2), curve="exp", effect="sampler"),
     Param("top_k", "whole", "candidates per draw (1 = greedy, 0 = all)", "tokens", 0, 2048, default=250,
            live=True, cli="--top-k", keys=("top_k",), osc=("topk",), osc_types="i", midi=True, status="top_k",
-           span=(0, 500)),
+           span=(10, 500), curve="exp", effect="sampler"),
     Param("top_p", "number", "nucleus sampling mass (0 = off)", "", 0, 1, default=0.0, live=True, cli="--top-p",
-           keys=("top_p",), osc=("topp",), osc_types="f", midi=True, status="top_p", span=(0, 1)),
+           keys=("top_p",), osc=("topp",), osc_types="f", midi=True, status="top_p", span=(0, 1), effect="sampler"),
+    Param("min_p", "number", "min-p: keep the tokens at least this fraction as likely as the most likely one "
+           "(after temperature, top-k and top-p; 0 = off)", "", 0, 1, default=0.0, live=True, cli="--min-p",
+           keys=("min_p",), osc=("minp",), osc_types="f", midi=True, status="min_p", span=(0, 0.5),
+           effect="sampler"),
     Param("alpha", "number", "steering strength α (with --steer)", "", -10, 10, default=0.5, live=True,
            cli="--alpha", keys=("alpha",), glide=("alpha", "ramp"), osc=("alpha",), osc_types="f [ramp_s]",
-           midi=True, status="alpha", span=(0, 1)),
+           midi=True, status="alpha", span=(0, 1), effect="steering"),
     Param("mix", "mix", "steering vector, or a weighted mix of vectors (genre fusion)", "", -10, 10, size=16,
            default=None, live=True, cli="--steer", keys=("mix", "steer"), glide=("morph", "seconds"),
-           osc=("mix", "steer", "morph"), osc_types="s f … [morph_s] | s | s morph_s", status="mix"),
+           osc=("mix", "steer", "morph"), osc_types="s f … [morph_s] | s | s morph_s", status="mix",
+           effect="steering"),
     Param("layer", "whole", "steering layer(s) (default: the vectors file's best layer)", "", 0, 1000,
            size=8, default=None, live=True, cli="--layer", many=True, keys=("layer",), osc=("layer",),
-           osc_types="i", midi=True, status="layers"),
+           osc_types="i", midi=True, status="layers", effect="steering"),
     Param("site", "choice", "steering site (default: the vectors file's)", choices=SITES, default=None, live=True,
-           cli="--site", keys=("site",), osc=("site",), osc_types="s", status="site"),
+           cli="--site", keys=("site",), osc=("site",), osc_types="s", status="site", effect="steering"),
 )
 
 # Settings fixed for a session: bounded at the door like the controls, never changed live.
@@ -279,8 +294,8 @@ SETTINGS = (
     Param("blocksize", "whole", "audio callback block: auto = the device's own period where PortAudio reports one "
           "(a JACK server's), else the smallest that plays whole (engine/audio_out.py)", "frames", 16, 16384,
           default="auto", cli="--blocksize", words=("auto",)),
-    Param("slew", "number", "an alpha jump glides over this time (no clicks)", "s", 0, 10, default=0.05,
-           cli="--slew"),
+    Param("slew", "number", "an alpha jump glides over this time (no clicks); a ramp's own time wins", "s", 0, 10,
+           default=0.05, cli="--slew"),
     Param("init_seconds", "number", "seconds of --init-audio to continue from (its end)", "s", 0, 30,
            low_open=True, default=10.0, cli="--init-seconds"),
     Param("window_seconds", "number", "context window: MusicGen's trained 30 s; past it the last keep_seconds are "
@@ -312,6 +327,7 @@ SETTINGS = (
 
 PARAMS: dict[str, Param] = {p.name: p for p in (*CONTROLS, *SETTINGS)}
 LIVE: dict[str, Param] = {p.name: p for p in CONTROLS}
+SAMPLER: dict[str, Param] = {p.name: p for p in CONTROLS if p.effect == "sampler"}  # the sampler's settings
 OSC_ADDRESSES: dict[str, Param] = {address: p for p in CONTROLS for address in p.osc}
 YAML_KEYS: dict[str, Param] = {key: p for p in PARAMS.values() for key in p.keys}
 
@@ -372,5 +388,6 @@ def markdown_table() -> str:
     return "\n".join(rows)
 
 
-__all__ = ["AT", "CONTROLS", "GLIDE", "LIVE", "PARAMS", "RULES", "SETTINGS", "SITES", "Param", "check_settings",
+__all__ = ["AT", "CONTROLS", "EFFECTS", "GLIDE", "LIVE", "PARAMS", "RULES", "SAMPLER", "SETTINGS", "SITES",
+           "Param", "check_settings",
            "check_stream", "check_text", "glide_steps", "markdown_table"]

@@ -28,7 +28,7 @@ from musicsteer.engine.generator import Generator
 from musicsteer.engine.graph import GENERATORS, GraphDecoder, GraphGenerator, decode_step
 from musicsteer.engine.loading import LoadedModel, load_model
 from musicsteer.engine.meter import GenreMeter
-from musicsteer.engine.sampling import draw, sample_tokens
+from musicsteer.engine.sampling import Sampler, draw, sample_tokens
 from musicsteer.engine.steering import SteeringTensors
 
 # The device the graph-vs-eager tests run on: cpu here; scripts/gpu-check sets cuda. On cuda the static step
@@ -96,17 +96,18 @@ def test_static_path_equals_eager_greedy_with_steering_moving_every_token(tiny) 
 
 
 KNOBS = [dict(), dict(temperature=0.7, top_k=40, top_p=0.9), dict(top_k=0, top_p=0.8), dict(top_p=0.5), dict(top_k=0),
-         dict(temperature=1.3, top_k=2), dict(top_k=1), dict(temperature=0.0)]
+         dict(temperature=1.3, top_k=2), dict(top_k=1), dict(temperature=0.0), dict(min_p=0.1),
+         dict(temperature=1.3, top_k=0, top_p=0.9, min_p=0.05), dict(top_k=1, min_p=0.3)]
 
 
 @pytest.mark.parametrize("knobs", KNOBS)
 def test_tensor_knob_sampler_draws_what_sample_tokens_draws(tiny, knobs: dict) -> None:
     """On the same logits and generator state both samplers pick the same tokens and leave the
     generator in the same state (greedy draws nothing in either)."""
-    knobs = {**dict(temperature=1.0, top_k=250, top_p=0.0), **knobs}
+    sampler = Sampler(**knobs)
     gen = GraphGenerator(tiny, Controls(prompt=PROMPT), capture=False)
     graph = gen.graph
-    graph.set_sampling(3.0, knobs["temperature"], knobs["top_k"], knobs["top_p"])
+    graph.set_sampling(sampler)
     noise = torch.Generator().manual_seed(1)
     for seed in range(40):
         mixed = 4 * torch.randn(1, tiny.num_codebooks, graph.vocab, generator=noise)
@@ -114,14 +115,15 @@ def test_tensor_knob_sampler_draws_what_sample_tokens_draws(tiny, knobs: dict) -
         got = graph._sample(mixed)
         after = graph.rng.get_state()
         eager_rng = torch.Generator().manual_seed(seed)
-        want = sample_tokens(mixed, knobs["temperature"], knobs["top_k"], knobs["top_p"], eager_rng)
+        want = sample_tokens(mixed, sampler, eager_rng)
         assert torch.equal(got, want)
         assert torch.equal(after, eager_rng.get_state())
         untouched = torch.equal(after, torch.Generator().manual_seed(seed).get_state())
-        assert untouched == (knobs["top_k"] == 1 or knobs["temperature"] <= 0)
+        assert untouched == (sampler.top_k == 1 or sampler.temperature <= 0)
 
 
-@pytest.mark.parametrize("knobs", [dict(), dict(temperature=0.7, top_k=40), dict(top_k=0, top_p=0.8)])
+@pytest.mark.parametrize("knobs", [dict(), dict(temperature=0.7, top_k=40), dict(top_k=0, top_p=0.8),
+                                   dict(top_k=0, min_p=0.05)])
 def test_sampled_codes_equal_eager_for_a_seed(tiny, knobs: dict) -> None:
     """Whole seeded runs agree. (The two attention layouts give logits ~1e-7 apart, so a draw that
     sits exactly on a top-p boundary may legitimately go the other way; the sampler's own exactness
@@ -184,7 +186,7 @@ def test_draws_follow_transformers_filtered_distribution(top_k: int, top_p: floa
     if top_p:
         reference = TopPLogitsWarper(top_p)(None, reference)
     want = reference.softmax(-1)[0]
-    draws = sample_tokens(logits.expand(40000, -1), 1.0, top_k, top_p, torch.Generator().manual_seed(0))
+    draws = sample_tokens(logits.expand(40000, -1), Sampler(top_k=top_k, top_p=top_p), torch.Generator().manual_seed(0))
     freq = torch.bincount(draws, minlength=60).float() / draws.numel()
     assert set(draws.unique().tolist()) <= set(torch.nonzero(want).flatten().tolist())
     assert (freq - want).abs().max().item() < 0.012

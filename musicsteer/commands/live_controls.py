@@ -55,14 +55,11 @@ def load_session_config(args: argparse.Namespace) -> tuple[SessionConfig | None,
 
 
 def default_midi_mappings(labels: list[str]) -> list[KnobMapping | TriggerMapping]:
-    """--midi without a config: the mod wheel (CC 1) is alpha, CC 7 guidance (each over its row's span in
-    the parameter table), and the keys from middle C up select the vectors in file order."""
-    from musicsteer.controllers.mappings import KnobMapping, TriggerMapping
-    from musicsteer.engine.params import LIVE
+    """--midi without a config: the mod wheel (CC 1) is alpha, CC 7 guidance (each over its row's span and
+    curve in the parameter table), and the keys from middle C up select the vectors in file order."""
+    from musicsteer.controllers.mappings import KnobMapping, TriggerMapping, default_range
 
-    knobs = [KnobMapping(cc=1, channel=None, param="alpha", low=LIVE["alpha"].span[0], high=LIVE["alpha"].span[1]),
-             KnobMapping(cc=7, channel=None, param="guidance", low=LIVE["guidance"].span[0],
-                         high=LIVE["guidance"].span[1], curve="exp")]
+    knobs = [KnobMapping(cc, None, param, *default_range(param)) for cc, param in ((1, "alpha"), (7, "guidance"))]
     return knobs + [TriggerMapping(action="steer", target={label: 1.0}, note=60 + i) for i, label in enumerate(labels)]
 
 

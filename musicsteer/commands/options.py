@@ -15,7 +15,7 @@ import sys
 from typing import Any, NoReturn
 
 from musicsteer.engine.errors import MusicsteerError, one_line
-from musicsteer.engine.params import PARAMS, Param
+from musicsteer.engine.params import LIVE, PARAMS, Param
 
 DEFAULT_MODEL = "facebook/musicgen-small"
 
@@ -94,7 +94,8 @@ def resolve(args: argparse.Namespace, defaults: dict[str, Any] | None = None) ->
 # meter's easing too) need a vectors file and, where no live surface (OSC, MIDI in, the page) may set a
 # mix later, a mix (play.surfaces_needs) or, in a render, a mix or an automation file (RENDER_STEERING).
 Need = tuple[tuple[str, ...], str]
-STEERING_FLAGS = ("alpha", "layer", "site", "steer_rule", "steer_both", "slew", "ease_at")
+STEERING_FLAGS = (*(r.dest for r in LIVE.values() if r.effect == "steering" and r.dest != "steer"), "steer_rule",
+                  "steer_both", "slew", "ease_at")
 LIVE_STEERING: Need = ("vectors",), "--vectors FILE (nothing steers without one)"
 RENDER_STEERING: Need = ("steer", "automation"), "--steer or --automation (nothing steers a render without one)"
 NEEDS: dict[str, list[Need]] = {
@@ -164,12 +165,13 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
 
 
 def add_generation_options(parser: argparse.ArgumentParser) -> None:
-    add_params(parser.add_argument_group("generation"), "prompt", "seed", "guidance", "temperature", "top_k", "top_p")
+    # The live rows by what they act on (params.EFFECTS): a new row gets its flag here without an edit.
+    add_params(parser.add_argument_group("generation"), *(r.name for r in LIVE.values() if r.effect != "steering"))
     group = parser.add_argument_group("steering")
     group.add_argument("--vectors", type=vectors_path, metavar="FILE",
                        help="steering-vectors file (.safetensors), or toy (the toy's genre vectors; "
                             "toy:instrument, its lead-instrument vectors)")
-    add_params(group, "mix", "alpha", "layer", "site", "steer_rule")
+    add_params(group, *(r.name for r in LIVE.values() if r.effect == "steering"), "steer_rule")
     group.add_argument("--steer-both", action="store_true",
                        help="steer both CFG halves (default: the conditional half only)")
     group = parser.add_argument_group("genre meter (needs --vectors)")

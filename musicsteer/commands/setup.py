@@ -12,12 +12,13 @@ from typing import NamedTuple
 
 import torch
 
-from musicsteer.engine.control import Controls
+from musicsteer.engine.control import Controls, controls_of
 from musicsteer.engine.errors import MusicsteerError
 from musicsteer.engine.generator import Generator
 from musicsteer.engine.graph import GENERATORS, decode_step
 from musicsteer.engine.loading import LoadedModel, load_model, resolve_device, resolve_dtype
 from musicsteer.engine.meter import GenreMeter
+from musicsteer.engine.params import LIVE
 from musicsteer.engine.quantize import MODES, quantize_decoder
 from musicsteer.engine.vectors import SteeringVectors
 
@@ -117,9 +118,6 @@ def session_spec(args: argparse.Namespace) -> SessionSpec:
     lm = load(args)
     if vectors is not None:
         vectors.check_model(lm.num_layers, lm.d_model, lm.name)
-    controls = Controls(
-        prompt=args.prompt, seed=args.seed, guidance=args.guidance, temperature=args.temperature,
-        top_k=args.top_k, top_p=args.top_p, alpha=args.alpha, mix=dict(args.steer or {}),
-        layers=tuple(args.layer or ()), site=args.site or "",
-    )
+    # Every live row's flag, by the table (a flag parsed but left out here would be replaced by its default).
+    controls = controls_of({row.name: getattr(args, row.dest, None) for row in LIVE.values()})
     return SessionSpec(lm, vectors, controls)
