@@ -28,7 +28,7 @@ from torch import Tensor
 
 from .errors import Busy, MusicsteerError, OutOfRange, UnknownName, shown
 from .events import Change, validate_change
-from .params import LIVE, glide_steps
+from .params import LIVE, PARAMS, glide_steps
 from .steering import Term, check_alpha
 from .vectors import SteeringVectors
 
@@ -89,11 +89,11 @@ class Boundary:
 
 class ControlState:
     def __init__(self, controls: Any, vectors: SteeringVectors | None, num_layers: int,
-                 steps_per_second: float, alpha_slew_seconds: float = 0.0, steer_rule: str = "renorm") -> None:
+                 steps_per_second: float, slew: float = PARAMS["slew"].default, steer_rule: str = "renorm") -> None:
         self.vectors = vectors
         self.steer_rule = steer_rule  # renorm divides by 1 + alpha: it needs alpha > -1
         # A knob jump in alpha glides over this time instead of landing in one token (no clicks).
-        self.alpha_slew_seconds = alpha_slew_seconds
+        self.slew = slew
         self.num_layers = num_layers
         self.steps_per_second = steps_per_second
         self.values = dataclasses.replace(controls, mix=dict(controls.mix))
@@ -228,7 +228,7 @@ class ControlState:
         row = LIVE[param]
         if row.glide is not None:  # alpha (a ramp; a jump glides over the slew) and mix (a morph)
             self._glides.pop(param, None)
-            seconds = change.seconds or (self.alpha_slew_seconds if param == "alpha" else 0.0)
+            seconds = change.seconds or (self.slew if param == "alpha" else 0.0)
             if seconds > 0:
                 steps = glide_steps(seconds, self.steps_per_second)
                 self._glides[param] = _Glide(step, steps, getattr(self.values, row.status), value)

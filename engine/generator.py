@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 
 DEFAULT_WINDOW_SECONDS = PARAMS["window_seconds"].default  # MusicGen's training length
 DEFAULT_KEEP_SECONDS = PARAMS["keep_seconds"].default  # context carried into the next window (audiocraft's)
+DEFAULT_SLEW = PARAMS["slew"].default  # an alpha jump glides over this time
 
 
 class Frame:
@@ -110,11 +111,10 @@ class Generator:
         keep_seconds: float = DEFAULT_KEEP_SECONDS,
         steer_rule: str = "renorm",
         steer_both: bool = False,
-        alpha_slew_seconds: float = 0.0,
+        slew: float = DEFAULT_SLEW,
     ) -> None:
         # The table's bounds, whoever calls: a replayed log's header is a start-up path like a flag.
-        check_settings(window_seconds=window_seconds, keep_seconds=keep_seconds, steer_rule=steer_rule,
-                       slew=alpha_slew_seconds)
+        check_settings(window_seconds=window_seconds, keep_seconds=keep_seconds, steer_rule=steer_rule, slew=slew)
         if not isinstance(steer_both, bool):
             raise BadType(f"steer_both needs true or false, got {shown(steer_both)}")
         if vectors is not None:
@@ -135,7 +135,7 @@ class Generator:
         self.steering = SteeringTensors(dec.num_layers, dec.d_model, batch, lm.device, steer_rule, steer_both,
                                         apply_all=self.steer_every_slot)
         # One control state per stream; `control` is stream 0's (the live session's only one).
-        self.rows = [ControlState(c, vectors, dec.num_layers, lm.frame_rate, alpha_slew_seconds, steer_rule)
+        self.rows = [ControlState(c, vectors, dec.num_layers, lm.frame_rate, slew, steer_rule)
                      for c in streams]
         self.control = self.rows[0]
         self._check_shared()
@@ -145,7 +145,7 @@ class Generator:
             control.prepare = self.prompts.request
         # Everything besides the controls that decides the codes: a session log records it for replay.
         self.settings = {"window_seconds": window_seconds, "keep_seconds": keep_seconds, "steer_rule": steer_rule,
-                         "steer_both": steer_both, "alpha_slew_seconds": alpha_slew_seconds}
+                         "steer_both": steer_both, "slew": slew}
         self.vectors = vectors
         self.delay = DelayPattern(lm.num_codebooks, lm.audio_channels, lm.pad_token_id, batch, self.window,
                                   lm.device)

@@ -233,6 +233,9 @@ def _header(header: dict[str, Any]) -> dict[str, Any]:
             check_text(f"the header's {key}", header[key], TEXT_CHARS)
     for key in header["settings"]:
         check_text("a setting's name", key, NAME_CHARS)
+    settings = dict(header["settings"])
+    if "alpha_slew_seconds" in settings:  # the slew's name in older logs: one name now
+        settings.setdefault("slew", settings.pop("alpha_slew_seconds"))
     prompt_frames = _count(header.get("prompt_frames", 0), "prompt_frames")
     init = header.get("init_audio")
     need(init is None or isinstance(init, dict) and isinstance(init.get("path"), str)
@@ -258,7 +261,7 @@ def _header(header: dict[str, Any]) -> dict[str, Any]:
     for key in ("seed", "prompt"):  # the header repeats these two of the controls: the copies must agree
         need(key not in header or key not in controls or header[key] == controls[key],
              f"{key} must equal controls' {key}, got {shown(header.get(key), 30)}")
-    return {**header, "controls": controls, "take": take}
+    return {**header, "controls": controls, "take": take, "settings": settings}
 
 
 def _controls(mapping: Any) -> dict[str, Any]:

@@ -143,14 +143,15 @@ def test_eval_batches_its_clips_and_each_equals_its_lone_clip(tiny, tmp_path) ->
     from conftest import random_vectors
 
     from musicsteer.engine.generator import Generator
+    from musicsteer.engine.sampling import Sampler
     from musicsteer.evaluation.clips import ClipStore, local_render
     from musicsteer.evaluation.plan import batches, plan
-    from musicsteer.evaluation.protocol import Protocol, Sampling
+    from musicsteer.evaluation.protocol import Protocol
     from musicsteer.evaluation.runner import _make_clips
 
     vectors = random_vectors(tiny, labels=("rock", "jazz"))
     protocol = Protocol(pairs=(("rock", "jazz"),), n=3, source_seconds=0.3, seconds=0.3, alpha=0.5, alphas=(0.2,),
-                        sampling=Sampling(temperature=0.0))
+                        sampling=Sampler(temperature=0.0))
     jobs = plan(protocol, {}, vectors)
     # blocks of one kind and α, never mixed: 3 sources; 3 prompted, 3 unsteered, 3 at each α of 0, 0.2, 0.5
     assert [len(group) for group in batches(jobs, 4)] == [3] * 6

@@ -10,12 +10,12 @@ import pytest
 from conftest import one_line_error, random_vectors
 from test_eval_support import run_cli
 
-from musicsteer.engine.params import PARAMS
+from musicsteer.engine.params import PARAMS, SAMPLER
+from musicsteer.engine.sampling import Sampler
 from musicsteer.evaluation import protocol as protocol_module
 from musicsteer.evaluation.protocol import (
     ALPHAS,
     Protocol,
-    Sampling,
     check_clap_template,
     check_protocol,
     parse_alphas,
@@ -134,7 +134,7 @@ def test_library_callers_get_the_same_checks() -> None:
     for bad in (Protocol(n=0), Protocol(seconds=0.0), Protocol(source_seconds=float("nan")),
                 Protocol(alpha=-1.0), Protocol(alphas=(0.2, 0.2)), Protocol(layer=-1), Protocol(site="nowhere"),
                 Protocol(steer_rule="mul"), Protocol(steer_text="all"), Protocol(pairs=()),
-                Protocol(sampling=Sampling(top_k=5000)), Protocol(sampling=Sampling(guidance=float("inf"))),
+                Protocol(sampling=Sampler(top_k=5000)), Protocol(sampling=Sampler(guidance=float("inf"))),
                 Protocol(source_prompt="{source:>9}"), Protocol(blend_prompt="x" * 501),
                 Protocol(pairs=(("rock", "rock"),)), Protocol(seed=2**63 - 10_000)):
         one_line_error(check_protocol, bad)
@@ -145,9 +145,10 @@ def test_library_callers_get_the_same_checks() -> None:
 
 
 def test_protocol_defaults_are_the_tables() -> None:
-    sampling, protocol = Sampling(), Protocol()
-    for name in ("guidance", "temperature", "top_k", "top_p"):
-        assert getattr(sampling, name) == PARAMS[name].default, name
+    protocol = Protocol()
+    assert set(vars(protocol.sampling)) == set(SAMPLER)  # the sampler's rows, every one
+    for name in SAMPLER:
+        assert getattr(protocol.sampling, name) == PARAMS[name].default, name
     assert protocol.alpha == PARAMS["alpha"].default and protocol.seed == PARAMS["seed"].default
     assert protocol.steer_rule == PARAMS["steer_rule"].default and protocol.n == protocol_module.N.default
     assert ALPHAS.low == PARAMS["alpha"].low and ALPHAS.high == PARAMS["alpha"].high

@@ -1,9 +1,9 @@
 """No knob is dropped on its way in: every row of the parameter table, set to a valid value that is not its
 default, through every start-up path (the CLI flags of render and play, a config's `defaults:`, automation
-at t = 0, a replayed session log, the library call), is what the generator holds afterwards: read back
-from its control state, its settings and, for the sampler's rows, the captured step's buffers (--decode
-graph; on the CPU the same static step, uncaptured). Table-driven: a new row is covered without an edit
-here. (A flag parsed but then replaced by the table's default was possible until the CLI derived
+at t = 0, a replayed session log, the library call; eval's sampler flags), is what the generator holds
+afterwards: read back from its control state, its settings and, for the sampler's rows, the captured step's
+buffers (--decode graph; on the CPU the same static step, uncaptured). Table-driven: a new row is covered
+without an edit here. (A flag parsed but then replaced by the table's default was possible until the CLI derived
 `Controls` from the table.)
 
 The generator a command builds is read through a subclass registered as the "graph" token loop (a spy:
@@ -12,6 +12,7 @@ it records the instance and changes nothing), so the commands run exactly as a u
 from __future__ import annotations
 
 import inspect
+import json
 from typing import Any
 
 import pytest
@@ -23,6 +24,7 @@ from musicsteer.engine.control import Controls, controls_of
 from musicsteer.engine.generator import Generator
 from musicsteer.engine.graph import GENERATORS, GraphGenerator
 from musicsteer.engine.params import LIVE, SAMPLER, SETTINGS, Param
+from musicsteer.engine.sampling import Sampler, sampler_of
 
 TINY = ["--model", "tiny", "--device", "cpu", "--decode", "graph"]
 # Settings rows a generator takes (the slew, the steering rule, the window): a flag that sets one must reach it.
@@ -157,6 +159,26 @@ def test_the_library_call_reaches_the_generator(setup, tiny) -> None:
     gen = Spy(tiny, controls_of(values), SteeringVectors.load(vectors), **settings)
     render_codes(gen, 10)
     assert_reached(gen, values, rows)
+
+
+def test_eval_gives_every_clip_the_sampler_flags(setup, tmp_path) -> None:
+    """eval's sampler flags are the table's sampler rows: each reaches the generator of every batch of clips
+    (every stream of it) and every clip's identity (so a clip made with other settings is not reused)."""
+    values, vectors, _ = setup
+    rows = list(SAMPLER.values())
+    want = Sampler(**{name: values[name] for name in SAMPLER})
+    source, target = list(values["mix"])
+    out = tmp_path / "eval"
+    assert main(["eval", *TINY, "--clap", "tiny", "--vectors", vectors, "--n", "1", "--pairs", f"{source}:{target}",
+                 "--seconds", "0.2", "--source-seconds", "0.2", *cli_flags(values, rows), "--out", str(out)]) == 0
+    assert len(Spy.made) >= 4  # the sources, the prompted and unsteered arms, the steered ones
+    for gen in Spy.made:
+        assert_reached(gen, values, rows)
+        assert [sampler_of(control.values) for control in gen.rows] == [want] * len(gen.rows)
+    identities = [json.loads(path.read_text())["identity"] for path in (out / "clips").rglob("*.json")]
+    assert len(identities) >= len(Spy.made)
+    for identity in identities:
+        assert {name: identity[name] for name in SAMPLER} == vars(want), identity
 
 
 def test_every_path_is_given_every_row() -> None:

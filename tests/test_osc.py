@@ -100,7 +100,8 @@ class Live:
 
 @pytest.fixture(scope="module")
 def live(tiny, tmp_path_factory):
-    gen = Generator(tiny, Controls(prompt="rock", mix={"rock": 1.0}, alpha=0.2), random_vectors(tiny, best_layer=LAYER))
+    gen = Generator(tiny, Controls(prompt="rock", mix={"rock": 1.0}, alpha=0.2), random_vectors(tiny, best_layer=LAYER),
+                    slew=0.0)  # the path, not the slew: an alpha lands at the next token
     session = StreamingSession(gen, StreamOptions(output_device="null", record_dir=tmp_path_factory.mktemp("takes")))
     server = OscServer(session, port=0, status_interval=0.2)
     live = Live(session, server)

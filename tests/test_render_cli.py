@@ -17,6 +17,7 @@ from musicsteer.engine.audio_io import write_wav
 from musicsteer.engine.codec import encode_audio
 from musicsteer.engine.control import Controls
 from musicsteer.engine.generator import Generator, render_codes
+from musicsteer.engine.params import PARAMS, glide_steps
 from musicsteer.engine.synthetic import synthetic_clip
 
 TINY = ["--model", "tiny", "--device", "cpu"]
@@ -83,7 +84,11 @@ def test_automation_changes_land_on_their_tokens(tiny, tmp_path, vectors_file) -
     gen.step = step_and_record
     via_api = render_codes(gen, 60)
     assert applied == {10: ["mix"], 20: ["alpha"], 30: ["alpha"], 40: ["layer"]}
-    assert alpha_at[19] == pytest.approx(0.3) and alpha_at[20] == pytest.approx(0.8)
+    # The jump at step 20 glides over the default slew (as a user's render does): it lands whole on its last token.
+    glide = glide_steps(PARAMS["slew"].default, tiny.frame_rate)
+    assert glide > 1
+    assert alpha_at[19] == pytest.approx(0.3) and alpha_at[20] == pytest.approx(0.3 + 0.5 / glide)
+    assert alpha_at[20 + glide - 2] < 0.8 and alpha_at[20 + glide - 1] == pytest.approx(0.8)
     assert alpha_at[30] == pytest.approx(0.8 - 0.7 * 0.2) and alpha_at[34] == pytest.approx(0.1)
     assert gen.steering.active["residual"] == frozenset({0})
 

@@ -19,12 +19,12 @@ from musicsteer.engine.session import StreamingSession, StreamOptions
 from musicsteer.engine.session_log import read_log
 
 
-def live_session(tiny, tmp_path, seconds: float | None, vectors_path: str):
+def live_session(tiny, tmp_path, seconds: float | None, vectors_path: str, slew: float = 0.05):
     from musicsteer.engine.vectors import SteeringVectors
 
     vectors = SteeringVectors.load(vectors_path)
     gen = Generator(tiny, Controls(prompt="rock", mix={"rock": 1.0}, alpha=0.2, seed=11), vectors,
-                    window_seconds=2.0, keep_seconds=0.5, alpha_slew_seconds=0.05)  # slides twice in 5 s
+                    window_seconds=2.0, keep_seconds=0.5, slew=slew)  # slides twice in 5 s
     session = StreamingSession(gen, StreamOptions(seconds=seconds, output_device="null",
                                                   record=tmp_path / "live.wav"), keep_codes=True)
     script = [(0.6, Change("alpha", 0.8)), (1.2, Change("mix", {"jazz": 1.0}, seconds=1.0)),
@@ -66,6 +66,26 @@ def test_replay_regenerates_identical_codes(tiny, tmp_path, vectors_file, second
     assert main(["render", "--replay", str(tmp_path / "live.jsonl"), "--device", "cpu",
                  "--out", str(tmp_path / "replayed.wav"), "--codes-out", str(out)]) == 0
     assert np.array_equal(np.load(out), live)
+
+
+def test_a_log_naming_the_slew_by_its_old_name_replays_with_it(tiny, tmp_path, vectors_file) -> None:
+    """Logs before the slew had one name call it `alpha_slew_seconds` in their settings: read as `slew`, so
+    such a log replays with its own slew (here 0: the α jump at 0.6 s landed in one token), not the
+    default's glide."""
+    session = live_session(tiny, tmp_path, 1.0, vectors_file, slew=0.0)
+    live = np.stack([c.numpy() for c in session.codes], axis=-1)
+    path = tmp_path / "live.jsonl"
+    lines = path.read_text().splitlines()
+    header = json.loads(lines[0])
+    header["settings"]["alpha_slew_seconds"] = header["settings"].pop("slew")
+    path.write_text("\n".join([json.dumps(header), *lines[1:]]) + "\n")
+    log = read_log(path)
+    assert log.header["settings"]["slew"] == 0.0 and "alpha_slew_seconds" not in log.header["settings"]
+    assert [c.param for _, c in log.changes] == ["alpha"]
+    out = tmp_path / "replayed.npy"
+    assert main(["render", "--replay", str(path), "--device", "cpu", "--out", str(tmp_path / "replayed.wav"),
+                 "--codes-out", str(out)]) == 0
+    assert np.array_equal(np.load(out), live[:, :log.end["frames"]])
 
 
 def test_replay_refuses_a_different_vectors_file(tiny, tmp_path, vectors_file, capsys) -> None:

@@ -29,7 +29,7 @@ def test_every_slide_checkpoint_resumes_to_the_same_codes(tiny, vectors_file) ->
     across a slide, a reseed, a prompt change); resuming a fresh generator from each slide's
     checkpoint with only the later changes gives the live codes from there on, draw for draw."""
     vectors = SteeringVectors.load(vectors_file)
-    settings = {"window_seconds": 1.0, "keep_seconds": 0.3, "alpha_slew_seconds": 0.05}
+    settings = {"window_seconds": 1.0, "keep_seconds": 0.3, "slew": 0.05}
     script = [(10, Change("alpha", 0.6)), (30, Change("mix", {"jazz": 1.0}, seconds=1.2)),
               (48, Change("alpha", -0.3, seconds=0.4)), (70, Change("seed", 9)), (95, Change("prompt", "calm")),
               (120, Change("top_k", 40)), (150, Change("alpha", 0.9))]

@@ -59,8 +59,9 @@ def test_change_at_step_k_follows_the_rule_and_leaves_earlier_steps(tiny, site: 
     vectors = random_vectors(tiny)
     layer, k, alpha = 1, 12, 0.6
     base, seen = run_steps(Generator(tiny, Controls(**GREEDY), vectors, steer_rule=rule), 30, capture_at=k)
+    # slew 0: the rule at step k, so the jump lands whole in one token (the default glides it over 50 ms)
     gen = Generator(tiny, Controls(**GREEDY, mix={"jazz": 1.0}, alpha=0.0, layers=(layer,), site=site), vectors,
-                    steer_rule=rule)
+                    steer_rule=rule, slew=0)
     gen.control.submit(Change("alpha", alpha), at_step=k)
     steered, got = run_steps(gen, 30, capture_at=k)
 
@@ -82,7 +83,9 @@ def test_change_at_step_k_follows_the_rule_and_leaves_earlier_steps(tiny, site: 
 def test_steer_both_steers_the_unconditional_half_too(tiny) -> None:
     vectors = random_vectors(tiny)
     _, seen = run_steps(Generator(tiny, Controls(**GREEDY), vectors), 6, capture_at=5)
-    gen = Generator(tiny, Controls(**GREEDY, mix={"rock": 1.0}, alpha=0.0, layers=(1,)), vectors, steer_both=True)
+    # slew 0: the rule at step 5 on both halves, so the jump lands whole in one token (the default glides it)
+    gen = Generator(tiny, Controls(**GREEDY, mix={"rock": 1.0}, alpha=0.0, layers=(1,)), vectors, steer_both=True,
+                    slew=0)
     gen.control.submit(Change("alpha", 0.5), at_step=5)
     _, got = run_steps(gen, 6, capture_at=5)
     want = by_hand(seen["residual.1"], 0.5, vectors.direction("rock", 1))
@@ -121,7 +124,8 @@ def test_glides_reach_their_target_in_the_given_time(tiny) -> None:
 
 def test_change_from_another_thread_lands_at_the_next_token(tiny) -> None:
     vectors = random_vectors(tiny)
-    gen = Generator(tiny, Controls(**GREEDY, mix={"rock": 1.0}, alpha=0.1), vectors)
+    # slew 0: the change's arrival at the next token, not the glide the default slew gives a jump
+    gen = Generator(tiny, Controls(**GREEDY, mix={"rock": 1.0}, alpha=0.1), vectors, slew=0)
     applied: list[Applied] = []
     gen.listeners.add(applied.append)
     gen.start()

@@ -16,6 +16,7 @@ from functools import partial
 from pathlib import Path
 
 from musicsteer.engine.errors import MusicsteerError
+from musicsteer.engine.params import SAMPLER
 from musicsteer.evaluation.protocol import (  # no torch: the protocol's rows and defaults
     ALPHAS,
     BLEND_PROMPT,
@@ -73,7 +74,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--template", type=typed("prompt"), default=CLAP_TEMPLATE,
                         help="CLAP text per label, with one {} for the label (default: transformers' zero-shot "
                              "pipeline's, %(default)r)")
-    add_params(parser, "guidance", "temperature", "top_k", "top_p")
+    add_params(parser, *SAMPLER)  # every sampler row of the table: a new one is a flag here by itself
     parser.add_argument("--trial-seed", type=typed("seed"), default=0, help="seed of the 2AFC trial and A/B order")
     parser.add_argument("--clap-batch", type=row_type(CLAP_BATCH), default=CLAP_BATCH.default,
                         help=f"{CLAP_BATCH.help} ({CLAP_BATCH.describe_range()}; default %(default)s)")
@@ -97,9 +98,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from musicsteer.engine.files import writable_folder
+    from musicsteer.engine.sampling import Sampler
     from musicsteer.evaluation.protocol import (
         Protocol,
-        Sampling,
         parse_alphas,
         parse_fusions,
         parse_labels,
@@ -121,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
         seconds=args.seconds, alpha=args.alpha, alphas=parse_alphas(args.alphas), layer=layer,
         site=args.site or "", steer_rule=args.steer_rule, steer_text=args.steer_text,
         source_prompt=args.source_prompt, blend_prompt=args.blend_prompt,
-        sampling=Sampling(args.guidance, args.temperature, args.top_k, args.top_p),
+        sampling=Sampler(**{name: getattr(args, row.dest) for name, row in SAMPLER.items()}),
         hold_seconds=args.hold_seconds, hold_window=args.hold_window, fusions=parse_fusions(args.fusion),
     )
     request = EvalRequest(protocol, args.vectors, Path(args.out), args.clap, args.template, parse_labels(args.labels),

@@ -171,7 +171,7 @@ def add_generation_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--vectors", type=vectors_path, metavar="FILE",
                        help="steering-vectors file (.safetensors), or toy (the toy's genre vectors; "
                             "toy:instrument, its lead-instrument vectors)")
-    add_params(group, *(r.name for r in LIVE.values() if r.effect == "steering"), "steer_rule")
+    add_params(group, *(r.name for r in LIVE.values() if r.effect == "steering"), "steer_rule", "slew")
     group.add_argument("--steer-both", action="store_true",
                        help="steer both CFG halves (default: the conditional half only)")
     group = parser.add_argument_group("genre meter (needs --vectors)")

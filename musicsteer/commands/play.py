@@ -44,7 +44,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_params(group, "init_seconds", "buffer", "prebuffer", "blocksize", "when_slow")
     group.add_argument("--no-resample", action="store_true",
                        help="fail if the device refuses the model's rate, instead of resampling")
-    add_params(group, "slew")
     group.add_argument("--codes-out", help="save the codes of what was played (codebooks, frames; the audio "
                                            "prompt's first) as .npy at the end")
     group.add_argument("--no-status", action="store_true", help="no live status line")
@@ -139,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
     spec = session_spec(args)
     lm = spec.lm
     gen = generator_class(args, lm)(lm, spec.controls, spec.vectors, steer_rule=args.steer_rule,
-                                    steer_both=args.steer_both, alpha_slew_seconds=args.slew)
+                                    steer_both=args.steer_both, slew=args.slew)
     attach_meter(gen, args)
     prompt_codes = prompt_codes_from(lm, args.init_audio, args.init_seconds)
     init = None

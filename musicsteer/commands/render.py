@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     timed = schedule(automation, lm.frame_rate, args.seconds, args.automation)  # refuses events past the end
     takes = [dataclasses.replace(spec.controls, seed=spec.controls.seed + i) for i in range(args.variations)]
     gen = generator_class(args, lm)(lm, takes if len(takes) > 1 else takes[0], spec.vectors,
-                                    steer_rule=args.steer_rule, steer_both=args.steer_both)
+                                    steer_rule=args.steer_rule, steer_both=args.steer_both, slew=args.slew)
     meter = attach_meter(gen, args)
     readings: list[dict[str, float]] = []
     if meter is not None:
@@ -253,7 +253,7 @@ def replay(args: argparse.Namespace) -> int:
 
 
 # What a session log's header may set besides the controls (Generator's keyword arguments).
-SETTINGS_KEYS = {"window_seconds", "keep_seconds", "steer_rule", "steer_both", "alpha_slew_seconds"}
+SETTINGS_KEYS = {"window_seconds", "keep_seconds", "steer_rule", "steer_both", "slew"}
 
 
 def finish(args: argparse.Namespace, gen: Generator, total: int, prompt_codes: torch.Tensor | None,

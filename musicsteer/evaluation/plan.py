@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from musicsteer.engine.control import Controls
+from musicsteer.engine.control import Controls, controls_of
 from musicsteer.engine.vectors import SteeringVectors
 
 from .protocol import Protocol, fusion_name, slug
@@ -45,9 +45,9 @@ class ClipJob:
 
 
 def _sampling_controls(protocol: Protocol, prompt: str, seed: int, **steer) -> Controls:
-    s = protocol.sampling
-    return Controls(prompt=prompt, seed=seed, guidance=s.guidance, temperature=s.temperature,
-                    top_k=s.top_k, top_p=s.top_p, **steer)
+    """A clip's controls: its prompt and seed, the protocol's sampler (every "sampler" row, by row name)
+    and `steer` (alpha, mix, layer, site: row names too)."""
+    return controls_of({"prompt": prompt, "seed": seed, **vars(protocol.sampling), **steer})
 
 
 def plan(protocol: Protocol, model_id: dict, vectors: SteeringVectors) -> list[ClipJob]:
@@ -85,7 +85,7 @@ def plan(protocol: Protocol, model_id: dict, vectors: SteeringVectors) -> list[C
             identity.update({"vectors_sha256": vectors.sha256, **({"target": targets[0]} if len(mix) == 1 else
                                                                     {"mix": mix}),
                              "alpha": alpha, "layer": layer, "site": site, "rule": protocol.steer_rule})
-            steer = {"alpha": alpha, "mix": dict(mix), "layers": (layer,), "site": site}
+            steer = {"alpha": alpha, "mix": dict(mix), "layer": (layer,), "site": site}
             suffix = f"{kind}-a{alpha:g}"
         blocks.setdefault(block, []).append(
             ClipJob(f"{folder}/{i:02d}-{suffix}", kind, pair, i, alpha, identity,

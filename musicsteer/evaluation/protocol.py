@@ -39,9 +39,13 @@ import dataclasses
 import re
 import string
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 from musicsteer.engine.errors import BadType, MusicsteerError, OutOfRange, TooLarge, one_line, shown
 from musicsteer.engine.params import LIVE, NAME_CHARS, PARAMS, Param, check_text
+
+if TYPE_CHECKING:
+    from musicsteer.engine.sampling import Sampler
 
 ALL_PAIRS = "all"  # --pairs all: every ordered pair of the vectors file's genres, resolved once it is read
 DEFAULT_PAIRS: tuple[tuple[str, str], ...] = (
@@ -72,12 +76,12 @@ PROMPT = LIVE["prompt"]  # every text the protocol sends to MusicGen is held to 
 PROMPT_FIELDS = {"--source-prompt": ("source",), "--blend-prompt": ("source", "target")}
 
 
-@dataclass(frozen=True)
-class Sampling:
-    guidance: float = PARAMS["guidance"].default
-    temperature: float = PARAMS["temperature"].default
-    top_k: int = PARAMS["top_k"].default
-    top_p: float = PARAMS["top_p"].default
+def default_sampler() -> Sampler:
+    """The table's sampler settings (`sampling.Sampler`: one field per "sampler" row). Imported here, not
+    at the top: the engine's sampler needs torch, and the CLI reads this module's defaults without it."""
+    from musicsteer.engine.sampling import Sampler
+
+    return Sampler()
 
 
 @dataclass(frozen=True)
@@ -97,7 +101,7 @@ class Protocol:
     steer_text: str = "source"
     source_prompt: str = SOURCE_PROMPT
     blend_prompt: str = BLEND_PROMPT
-    sampling: Sampling = field(default_factory=Sampling)
+    sampling: Sampler = field(default_factory=default_sampler)  # every clip's, passed whole to the generator
     hold_seconds: float = 0.0  # 0: no hold-drift study
     hold_window: float = HOLD_WINDOW.default
     fusions: tuple[tuple[str, str, str], ...] = ()  # (source, a, b): steered toward a and b at once
