@@ -69,7 +69,11 @@ class Malformed(MusicsteerError):
     kind = "malformed"
 
 
-_ALL_CONTROLS = {code: f"\\x{code:02x}" for code in (*range(32), 127)}
+# C0, DEL and C1 controls, and Unicode's bidirectional controls (U+061C, U+200E/F, U+202A-E, U+2066-9): a
+# right-to-left override in a hostile take name shows it reversed on the terminal, so it is escaped too.
+_BIDI = (0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A))
+_ALL_CONTROLS = {code: f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+                 for code in (*range(32), *range(127, 160), *_BIDI)}
 _CONTROLS = {code: escape for code, escape in _ALL_CONTROLS.items() if chr(code) not in " \t\n\r\x0b\x0c"}
 # reprlib bounds the work as well as the length: a YAML alias bomb or a 60 KB blob is never expanded.
 _REPR = reprlib.Repr()

@@ -252,3 +252,17 @@ def test_a_vectors_file_label_with_a_surrogate_cannot_be_created() -> None:
 
     with pytest.raises(MusicsteerError, match="not valid Unicode"):
         SteeringVectors.create({SURROGATE: torch.ones(2, 4)}, model="tiny", method="mse", best_layer=0)
+
+
+def test_a_right_to_left_override_in_a_take_name_is_escaped_where_the_name_is_printed(tmp_path: Path) -> None:
+    """A take named "\\u202ex.wav" (a right-to-left override, from the page or a pasted name) once printed
+    raw in `recorded …`, so the terminal showed a reversed, spoofable name: every printed path escapes the
+    bidirectional controls as it does control characters (engine/errors.printable)."""
+    name = "\u202eVAW.evil.wav"
+    proc = subprocess.run([sys.executable, "-m", "musicsteer", "render", "--model", "tiny", "--prompt", "jazz",
+                           "--seconds", "0.5", "--out", name], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / name).is_file()  # the file is made as named: only its printing is escaped
+    printed = proc.stdout + proc.stderr
+    assert "\u202e" not in printed and "\\u202eVAW.evil.wav" in printed
