@@ -181,6 +181,8 @@ def read_log(path: str | Path) -> LoggedSession:
             raise type(err)(f"{path} line 1: {err}") from None
     # Changes apply after the state the log starts from: a resumed take's after its checkpoint's token.
     first_step = session.resume.step + 1 if session.resume is not None else 0
+    rate, frames = header.get("sample_rate"), header.get("frame_rate")  # (older logs may not say)
+    hop = rate // frames if isinstance(rate, int) and isinstance(frames, int) and frames > 0 else 0
     for number, record in records[1:]:
         try:
             if not isinstance(record, dict):
@@ -189,6 +191,8 @@ def read_log(path: str | Path) -> LoggedSession:
                 check_text("a record's key", key, NAME_CHARS)
             if "end" in record:
                 end = record["end"]
+                if session.end is not None:
+                    raise Malformed("a log has one end record")
                 if not isinstance(end, dict):
                     raise Malformed("the end record needs {'frames': N}")
                 if not isinstance(end.get("padded", False), bool):
@@ -202,6 +206,9 @@ def read_log(path: str | Path) -> LoggedSession:
             # Held to the start-up rules of every other path: a hand-edited NaN or 1e308 is refused here.
             change = Change(record.get("param"), record.get("value"), record.get("seconds", 0.0))
             step = _count(record.get("step"), "step", low=first_step - start) + start  # the session's step
+            if hop and "sample" in record and record["sample"] != (step - start) * hop:
+                raise Malformed(f"a change's sample must be its step × {hop} (the frame's first sample), got "
+                                f"{shown(record['sample'])} at step {step - start}")
             if session.end is not None or (session.changes and step < session.changes[-1][0]):
                 raise Malformed("changes come in step order, before the end record")
             if len(session.changes) >= MAX_CHANGES_PER_STEP and session.changes[-MAX_CHANGES_PER_STEP][0] == step:

@@ -498,6 +498,22 @@ def test_hand_edited_logs_are_one_line(edit: str, words: str, tmp_path) -> None:
         read_log(path)
 
 
+@pytest.mark.parametrize(("edit", "words"), [
+    ('{"step": 10, "sample": 1, "param": "alpha", "value": 0.5}', "line 2: a change's sample must be its step × 640"),
+    ('{"step": 10, "sample": 6400, "param": "alpha", "value": 0.5}\n{"end": {"steps": 10, "frames": 5}}',
+     "line 4: a log has one end record"),
+])
+def test_a_log_whose_records_contradict_each_other_is_one_line(edit: str, words: str, tmp_path) -> None:
+    """Found by a hostile review: a change whose sample is not its step's frame, and a log with a second end
+    record, were read silently (which one a replay should believe is not the log's to leave open)."""
+    header = {"format": "musicsteer.session/3", "model": "tiny", "controls": {}, "settings": {},
+              "engine_version": __version__, "sample_rate": 32000, "frame_rate": 50}
+    path = tmp_path / "edited.jsonl"
+    path.write_text(json.dumps(header) + "\n" + edit + "\n" + '{"end": {"steps": 10, "frames": 5}}\n')
+    with pytest.raises(MusicsteerError, match=words):
+        read_log(path)
+
+
 @pytest.mark.parametrize(("header", "words"), [
     ({"controls": {"mix": {"rock": "x"}}}, "line 1: "),
     ({"controls": {"volume": 1}}, "unknown control"),
