@@ -145,11 +145,14 @@ class Take:
         self.samples += pcm.shape[1]
 
     def finish(self, step: int, padded: bool, heard: dict[str, float] | None = None) -> Take:
-        """Close the WAV, then the log with its end record (`padded`: the session's end was known and
+        """Close the WAV, then the log with its end record (`frames`: the frames made; `wav_frames`, only when
+        the recording failed: the whole frames its WAV holds; `padded`: the session's end was known and
         this take reached it, so replay pads the last delayed codebooks as the stream did; `heard`:
         the session's knob → heard figures, engine/latency.py)."""
         self.recorder.stop()
         end = {"steps": step - self.start_step, "frames": self.samples // self.hop, "padded": padded}
+        if self.recorder.error:  # a full disk: the WAV holds less than was made; replay regenerates it all
+            end["wav_frames"] = self.recorder.frames_written // self.hop
         self.log.close(end={**end, "knob_to_heard": heard} if heard else end)
         return self
 

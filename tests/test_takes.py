@@ -307,6 +307,9 @@ def test_a_full_disk_is_told_at_once_and_at_the_end_and_the_audio_before_it_kept
             told += [args[0]] if address == "/musicsteer/error" else []
         _, stderr = proc.communicate(timeout=60)
         kept = sf.info(take).frames / 32000
+        end = json.loads(take.with_suffix(".jsonl").read_text().splitlines()[-1])["end"]
+    # the end record says what the take made (a replay regenerates it all) and what its WAV holds
+    assert end["frames"] == 6 * 50 and end["wav_frames"] == round(kept * 32000) // 640, end
     assert told and "No space left on device" in told[0], told
     assert proc.returncode == 1, stderr
     last = stderr.strip().splitlines()[-1]
