@@ -184,7 +184,8 @@ def test_values_of_a_real_control_state() -> None:
     """The values the engine holds: changes submitted, applied at token boundaries, a morph on its way."""
     vectors = SteeringVectors.create({k: torch.randn(4, 8) for k in ("jazz", "rock")}, model="tiny",
                                      method="random", best_layer=2)
-    control = ControlState(Controls(alpha=0.5), vectors, num_layers=4, steps_per_second=50.0)
+    control = ControlState(Controls(alpha=0.5), vectors, num_layers=4, steps_per_second=50.0,
+                           slew=0.0)  # the values, not the glide: an alpha lands at the next token
     with OscQueryService(OSC, "127.0.0.1", 0, lambda: current_values(control.values), advertise=False) as service:
         assert get(service, f"{PREFIX}/layer?VALUE")[1] == {"VALUE": [2]}  # the vectors file's best layer
         control.submit(Change("alpha", 3.0))
