@@ -54,6 +54,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # also while a command imports torch, before any handler of its own
         print("musicsteer: interrupted", file=sys.stderr)
         return 130
+    except Exception:
+        # Ctrl-C inside a C extension's import (numpy's, under transformers' lazy loader) surfaces as another
+        # error (AttributeError -> ModuleNotFoundError, seen in CI): the signal, not that error, is what happened.
+        if _INTERRUPTED:
+            print("musicsteer: interrupted", file=sys.stderr)
+            return 130
+        raise
 
 
 def entry() -> None:
@@ -65,6 +72,7 @@ def entry() -> None:
     # SIGTERM before a command installs its own handler (play's stops the session cleanly) ends the
     # process as Ctrl-C does: one line, exit 130, never a silent kill halfway through start-up.
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)  # Python's own behaviour, remembered (see main)
     code = main()
     if code == 130:
         sys.stdout.flush()
@@ -73,5 +81,9 @@ def entry() -> None:
     sys.exit(code)
 
 
+_INTERRUPTED: list[int] = []  # the signals received before a command installed its own handlers
+
+
 def _interrupt(signum: int, frame: object) -> None:
+    _INTERRUPTED.append(signum)
     raise KeyboardInterrupt
